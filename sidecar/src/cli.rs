@@ -1,0 +1,62 @@
+//! Command-line flags. Every flag also reads an environment variable, so the injected container
+//! is configured through `env` like any other.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Parser;
+use pingora::server::configuration::ServerConf;
+
+/// The Bulwark sidecar: enforces Bulwark traffic policy in front of one app.
+#[derive(Debug, Parser)]
+#[command(name = "bulwark-sidecar", version, about, long_about = None)]
+pub struct Args {
+    /// Address of the inbound listener: clients connect here and are proxied to `--app`.
+    #[arg(long, env = "BULWARK_INBOUND_LISTEN", default_value = "0.0.0.0:15080")]
+    pub inbound_listen: SocketAddr,
+
+    /// Address of the app the inbound listener forwards to (normally on localhost).
+    #[arg(long, env = "BULWARK_APP", default_value = "127.0.0.1:8080")]
+    pub app: SocketAddr,
+
+    /// Address of the admin listener (/healthz, /readyz, /metrics). Keep it on loopback: it is
+    /// not authenticated.
+    #[arg(long, env = "BULWARK_ADMIN_LISTEN", default_value = "127.0.0.1:15090")]
+    pub admin_listen: SocketAddr,
+
+    /// Directory for the sidecar's own state: the upgrade socket and pid file (and, in later
+    /// versions, the last good snapshot and the quota store).
+    #[arg(long, env = "BULWARK_STATE_DIR", default_value = "/var/run/bulwark")]
+    pub state_dir: PathBuf,
+
+    /// Worker threads of each listener.
+    #[arg(long, env = "BULWARK_THREADS", default_value_t = 1)]
+    pub threads: usize,
+
+    /// Seconds to keep serving in-flight requests after SIGTERM before exiting.
+    #[arg(long, env = "BULWARK_SHUTDOWN_GRACE_SECONDS", default_value_t = 5)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Take over the listening sockets of a running sidecar (zero-downtime upgrade): the old
+    /// process hands them over through the upgrade socket in `--state-dir`, then drains.
+    #[arg(long)]
+    pub upgrade: bool,
+}
+
+impl Args {
+    /// Pingora's server configuration, derived from the flags.
+    pub fn server_conf(&self) -> anyhow::Result<ServerConf> {
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("cannot create --state-dir {}", self.state_dir.display()))?;
+        let path = |name: &str| self.state_dir.join(name).to_string_lossy().into_owned();
+        Ok(ServerConf {
+            threads: self.threads.max(1),
+            pid_file: path("sidecar.pid"),
+            upgrade_sock: path("upgrade.sock"),
+            // SIGTERM: stop accepting at once, let in-flight requests finish within the grace time.
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(self.shutdown_grace_seconds),
+            ..ServerConf::default()
+        })
+    }
+}
