@@ -1,1 +1,233 @@
 //! The compiled per-pod snapshot: the contract between the operator and the sidecar.
+//!
+//! The operator selects, for one pod, every policy whose selector matches it, resolves what the
+//! sidecar cannot see (Service backends to addresses, Secret references to keys) and sends the
+//! result as one versioned value. The sidecar validates a snapshot whole, compiles it into its
+//! runtime structures and swaps it in atomically; standalone mode builds the same value from CR
+//! YAML files. Policy specs travel as the user wrote them (already validated by the apiserver):
+//! one source of truth, no second schema to keep in step.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{
+    FailoverPolicySpec, FeatureFlagSpec, QuotaPolicySpec, RateLimitPolicySpec, WebhookEndpointSpec,
+};
+
+/// The snapshot format this build reads and writes. A sidecar refuses a snapshot with another
+/// `schema`, keeping its last good one, rather than misreading it.
+pub const SCHEMA: u32 = 1;
+
+/// Everything one sidecar enforces.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// The format, [`SCHEMA`].
+    pub schema: u32,
+    /// Increases with every change for this pod; a reconnecting sidecar sends the version it has
+    /// and receives nothing until something newer exists.
+    pub version: u64,
+    /// The pod this snapshot was compiled for (`None` in standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<ObjectRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<Sourced<RateLimitPolicySpec>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<Sourced<QuotaPolicySpec>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_flags: Vec<Sourced<FeatureFlagSpec>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<Sourced<ResolvedFailoverPolicy>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Sourced<ResolvedWebhookEndpoint>>,
+}
+
+/// A namespaced object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A policy spec and where it came from, so the sidecar's metrics, logs and acknowledgements
+/// name the policy and generation they concern.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sourced<T> {
+    pub source: PolicySource,
+    pub spec: T,
+}
+
+/// Identity of a policy object at one generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySource {
+    pub namespace: String,
+    pub name: String,
+    /// `metadata.generation` of the spec carried (0 in standalone mode).
+    pub generation: i64,
+}
+
+/// A FailoverPolicy with its Service backends resolved to ready endpoint addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedFailoverPolicy {
+    pub policy: FailoverPolicySpec,
+    /// Addresses (`ip:port`) of each Service backend, keyed by `namespace/name:port`; static
+    /// `address` backends need no entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_endpoints: BTreeMap<String, Vec<String>>,
+}
+
+/// A WebhookEndpoint with its signing keys read from the referenced Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedWebhookEndpoint {
+    pub endpoint: WebhookEndpointSpec,
+    /// The current key first; during rotation also the previous one until its grace period ends.
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// One `whsec_` signing key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKey {
+    pub secret: SecretString,
+    /// Unix seconds after which this (previous) key is no longer used; `None` for the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("secret", &self.secret)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// A secret value: serialised as is (it must reach the sidecar), never printed by `Debug` or
+/// `Display`, so it cannot leak into logs or the `/config` dump by accident.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that uses it (signing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Snapshot {
+    /// An empty snapshot of the current schema: a sidecar with it passes traffic through.
+    pub fn empty() -> Self {
+        Self {
+            schema: SCHEMA,
+            ..Self::default()
+        }
+    }
+
+    /// A copy safe to show (the admin `/config` dump): every secret replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for webhook in &mut copy.webhooks {
+            for key in &mut webhook.spec.signing_keys {
+                key.secret = SecretString::new("<redacted>");
+            }
+        }
+        copy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::common::SecretKeyRef;
+    use crate::crd::webhook::{Signing, WebhookEndpointSpec};
+
+    fn webhook_snapshot() -> Snapshot {
+        let endpoint: WebhookEndpointSpec = WebhookEndpointSpec {
+            selector: Default::default(),
+            url: "https://hooks.example.com/in".into(),
+            signing: Signing {
+                secret_ref: SecretKeyRef {
+                    name: "hook".into(),
+                    key: "secret".into(),
+                },
+                rotation_grace_period: None,
+            },
+            event_types: vec!["invoice.*".into()],
+            headers: vec![],
+            timeout: None,
+            retry: None,
+            max_message_age: None,
+            rate_limit_per_second: None,
+            max_concurrency: None,
+            ordered: false,
+            disabled: false,
+            disable_after_failing_for: None,
+            network: None,
+        };
+        Snapshot {
+            version: 7,
+            pod: Some(ObjectRef {
+                namespace: "shop".into(),
+                name: "api-0".into(),
+            }),
+            webhooks: vec![Sourced {
+                source: PolicySource {
+                    namespace: "shop".into(),
+                    name: "billing".into(),
+                    generation: 3,
+                },
+                spec: ResolvedWebhookEndpoint {
+                    endpoint,
+                    signing_keys: vec![SigningKey {
+                        secret: SecretString::new("whsec_c2VjcmV0"),
+                        not_after: None,
+                    }],
+                },
+            }],
+            ..Snapshot::empty()
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let snapshot = webhook_snapshot();
+        let json = serde_json::to_string(&snapshot).unwrap();
+        assert!(
+            json.contains("whsec_c2VjcmV0"),
+            "the key must travel to the sidecar"
+        );
+        assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snapshot);
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_redacted_copies() {
+        let snapshot = webhook_snapshot();
+        assert!(!format!("{snapshot:?}").contains("whsec_c2VjcmV0"));
+        let shown = serde_json::to_string(&snapshot.redacted()).unwrap();
+        assert!(!shown.contains("whsec_c2VjcmV0"));
+        assert!(shown.contains("<redacted>"));
+    }
+}

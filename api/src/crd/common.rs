@@ -1,7 +1,5 @@
 //! Types shared by several kinds: status, request matching, counter keys, responses, references.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -282,10 +280,10 @@ pub struct DenyResponse {
     #[schemars(range(min = 400, max = 599))]
     pub status_code: Option<u16>,
     /// Extra response headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$'))").message("header names must be HTTP tokens"))]
-    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub headers: Vec<HttpHeader>,
     /// The response body, sent as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
@@ -294,6 +292,21 @@ pub struct DenyResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub content_type: Option<String>,
+}
+
+/// A header name and value, as Gateway API's `HTTPHeader`. Lists of headers are keyed by name
+/// (names are compared case-insensitively by HTTP, so use one spelling).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpHeader {
+    /// The header name: an HTTP token such as `X-Request-Source`.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    /// The header value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
 }
 
 /// The pattern of a DNS-1123 label, used for names of rules, groups and upstreams.

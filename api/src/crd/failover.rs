@@ -4,14 +4,12 @@
 //! Field names follow Istio's `outlierDetection` and Resilience4j's circuit breaker where those
 //! are clear, so users who know them recognise the knobs.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyStatus, RequestMatch};
+use super::common::{HttpHeader, PolicyStatus, RequestMatch};
 use crate::Duration;
 
 /// FailoverPolicy routes the selected pods' outbound calls (made through the sidecar's outbound
@@ -413,9 +411,10 @@ pub struct Fallback {
     #[schemars(range(min = 200, max = 599))]
     pub status_code: Option<u16>,
     /// Response headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
-    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub headers: Vec<HttpHeader>,
     /// The response body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]

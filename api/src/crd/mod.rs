@@ -26,6 +26,82 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("webhookendpoints.yaml", WebhookEndpoint::crd()),
         ("failoverpolicies.yaml", FailoverPolicy::crd()),
     ]
+    .into_iter()
+    .map(|(file, crd)| (file, reflow_descriptions(crd)))
+    .collect()
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps again and would show both
+/// breaks. Joins the lines of each paragraph, keeping blank-line paragraph breaks.
+fn reflow_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = reflow(text)
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD always serialises");
+    walk(&mut value);
+    serde_json::from_value(value).expect("reflowing descriptions keeps the CRD valid")
+}
+
+fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .split('\n')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflow_joins_lines_and_keeps_paragraphs() {
+        assert_eq!(reflow("one\ntwo\n\nthree\n four"), "one two\n\nthree four");
+    }
+
+    #[test]
+    fn every_kind_is_namespaced_in_the_bulwark_category_with_a_short_name() {
+        let short: Vec<String> = all()
+            .into_iter()
+            .map(|(_, crd)| {
+                assert_eq!(crd.spec.scope, "Namespaced");
+                assert_eq!(crd.spec.group, crate::GROUP);
+                assert_eq!(crd.spec.versions[0].name, crate::VERSION);
+                assert_eq!(
+                    crd.spec.names.categories.as_deref(),
+                    Some(&["bulwark".to_owned()][..])
+                );
+                assert!(
+                    crd.spec.versions[0]
+                        .subresources
+                        .as_ref()
+                        .unwrap()
+                        .status
+                        .is_some()
+                );
+                crd.spec.names.short_names.unwrap().join(",")
+            })
+            .collect();
+        assert_eq!(short, ["rlp", "qp", "ff", "whe", "fop"]);
+    }
 }
 
 /// Renders a CRD as the YAML committed under `crds/`.

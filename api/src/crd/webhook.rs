@@ -1,14 +1,12 @@
 //! `WebhookEndpoint`: a subscriber URL the sidecar delivers the app's events to, signed with
 //! Standard Webhooks signatures, retried on a schedule, never lost once accepted.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyStatus, SecretKeyRef};
+use super::common::{HttpHeader, PolicyStatus, SecretKeyRef};
 use crate::Duration;
 
 /// WebhookEndpoint is a subscriber: events that the selected pods' apps submit to their sidecar
@@ -82,11 +80,12 @@ pub struct WebhookEndpointSpec {
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub event_types: Vec<String>,
-    /// Extra request headers sent with every delivery. `webhook-*` headers are Bulwark's.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$') && !k.lowerAscii().startsWith('webhook-'))").message("header names must be HTTP tokens and must not start with webhook-"))]
-    pub headers: BTreeMap<String, String>,
+    /// Extra request headers sent with every delivery. `webhook-*` headers are Bulwark's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self.all(h, !h.name.lowerAscii().startsWith('webhook-'))").message("header names starting with webhook- are reserved for Standard Webhooks headers"))]
+    pub headers: Vec<HttpHeader>,
     /// How long one attempt may take before it counts as failed (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('5m')").message("timeout must be between 100ms and 5m"))]
@@ -155,7 +154,7 @@ pub struct RetrySchedule {
 #[serde(rename_all = "camelCase")]
 pub struct WebhookNetwork {
     /// Allow an `http://` URL (no TLS).
-    #[serde(default)]
+    #[serde(default, rename = "allowInsecureHTTP")]
     pub allow_insecure_http: bool,
     /// Allow targets that resolve to loopback, link-local, private or cloud-metadata addresses.
     /// Refused by default so that a tenant cannot aim deliveries at the cluster's internals.
