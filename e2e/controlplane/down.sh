@@ -42,7 +42,7 @@ if [ ! -d "$dir" ]; then
   log "nothing to do: $dir does not exist"
   exit 0
 fi
-dir=$(cd "$dir" && pwd)
+dir=$(cd "$dir" && pwd -P)   # canonical: processes are matched by this path
 [ "$dir" != / ] || die "--dir / is not a data directory"
 marker=.bulwark-controlplane   # written by up.sh
 if [ ! -e "$dir/$marker" ] && [ -n "$(ls -A "$dir")" ]; then

@@ -38,12 +38,19 @@ Files in DIR:
   logs/<name>.log     etcd, kube-apiserver, kube-controller-manager, watchdog
   pids/<name>.pid     the same processes
 
-If DIR already holds a running, ready control plane on the same apiserver port, up.sh says so,
-prints the kubeconfig path and exits 0 (idempotent; --watch-pid is then ignored: the plane keeps
-the lifetime it was started with). If DIR holds a partly running or unready plane, or another
-port, up.sh refuses (exit 1): run down.sh --dir DIR first. Leftovers of a plane that is no longer
-running (crash, reboot) are removed and a fresh plane starts. On a readiness timeout up.sh prints
-the tail of each log, stops what it started, keeps DIR/logs for inspection and exits 1.
+Behaviour:
+  - DIR already holds a running, ready plane on the same apiserver port: up.sh says so, prints the
+    kubeconfig path and exits 0 (idempotent; --watch-pid is then ignored, the plane keeps the
+    lifetime it was started with).
+  - DIR holds a partly running or unready plane, or one on another port, or another up.sh is
+    starting one there, or a port is taken, or DIR is a non-empty directory up.sh did not make:
+    up.sh refuses with a message and exits 1. (down.sh --dir DIR clears a plane.)
+  - Leftovers of a plane that no longer runs (crash, reboot) are removed; a fresh plane starts.
+  - Startup fails (timeout, a component exits): up.sh prints the tail of each log, stops what it
+    started, keeps DIR/logs for inspection and exits 1.
+  - --watch-pid also covers up.sh itself being killed during startup: once PID is gone and up.sh
+    has ended, the watchdog stops everything and removes DIR.
+  - No nodes or kubelet: pods are stored, never run; Service "kubernetes" has no endpoints.
 Stop with: e2e/controlplane/down.sh --dir DIR
 EOF
 }
@@ -122,7 +129,7 @@ marker=.bulwark-controlplane   # marks DIR as ours: down.sh only deletes a direc
 
 [ -d "$dir" ] && dir_existed=true || dir_existed=false
 mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
+dir=$(cd "$dir" && pwd -P)   # canonical: processes are matched by this path
 
 # True if PID is alive and was started for this DIR (guards against reused PIDs).
 owned() {
@@ -325,7 +332,13 @@ start etcd "$bin/etcd" \
   --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
   --initial-cluster "bulwark=http://127.0.0.1:$etcd_peer_port" \
   --initial-cluster-state new
-etcd_ready() { [ "$(curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" | jq -r .health)" = true ]; }
+# listens NAME PORT: the port is bound by the process we started, not by someone else's that took
+# it after the port check (then ours exits, and a health check would happily answer for theirs).
+listens() { ss -Hltnp "sport = :$2" | grep -q "pid=$(pid_of "$1"),"; }
+etcd_ready() {
+  listens etcd "$etcd_port" && listens etcd "$etcd_peer_port" \
+    && [ "$(curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" | jq -r .health)" = true ]
+}
 wait_for "etcd /health" etcd_ready
 log "etcd ready ($(elapsed) s)"
 
@@ -348,7 +361,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --endpoint-reconciler-type none \
   --profiling=false
 
-readyz_ok() { [ "$(kc get --raw /readyz)" = ok ]; }
+readyz_ok() { listens kube-apiserver "$apiserver_port" && [ "$(kc get --raw /readyz)" = ok ]; }
 wait_for "kube-apiserver /readyz" readyz_ok
 log "kube-apiserver ready ($(elapsed) s)"
 
@@ -377,7 +390,8 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --service-cluster-ip-range 10.96.0.0/16 \
   --profiling=false
 # The controller-manager's ServiceAccount controller creates it: proof that it runs.
-wait_for 'ServiceAccount "default" in namespace "default"' kc get serviceaccount default --namespace default
+default_sa() { listens kube-controller-manager "$kcm_port" && kc get serviceaccount default --namespace default; }
+wait_for 'ServiceAccount "default" in namespace "default"' default_sa
 log "kube-controller-manager working; control plane $K8S_VERSION ready in $(elapsed) s"
 
 started_ok=true

@@ -33,20 +33,22 @@ pub fn missing_kinds(served: &[String]) -> Vec<String> {
 
 async fn check(client: &Client) -> Readiness {
     let group_version = format!("{}/{}", bulwark_api::GROUP, bulwark_api::VERSION);
-    match client.list_api_group_resources(&group_version).await {
-        Ok(list) => {
-            let served: Vec<String> = list.resources.into_iter().map(|r| r.name).collect();
-            let missing = missing_kinds(&served);
-            if missing.is_empty() {
-                Readiness::Ready
-            } else {
-                Readiness::NotReady(format!(
-                    "{group_version} does not serve {}: install the CRDs (kubectl apply -f crds/)",
-                    missing.join(", ")
-                ))
-            }
+    let served: Vec<String> = match client.list_api_group_resources(&group_version).await {
+        Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
+        // The whole group is unknown until the first Bulwark CRD is installed.
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(e) => {
+            return Readiness::NotReady(format!("cannot list {group_version} resources: {e}"));
         }
-        Err(e) => Readiness::NotReady(format!("cannot list {group_version} resources: {e}")),
+    };
+    let missing = missing_kinds(&served);
+    if missing.is_empty() {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady(format!(
+            "{group_version} does not serve {}: install the CRDs (kubectl apply -f crds/)",
+            missing.join(", ")
+        ))
     }
 }
 

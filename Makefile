@@ -1,0 +1,51 @@
+# One target per thing a person does. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CP_DIR ?= $(CURDIR)/.bulwark/controlplane
+
+.PHONY: help deps controlplane build crds manifests lint test e2e unit demo up down clean
+
+help: ## This list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+deps: ## Install what the build and tests need (Debian packages; checks Go and Rust)
+	@bash scripts/install-deps.sh
+
+controlplane: deps ## Build (once, cached by version) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+	@bash e2e/controlplane/build.sh >/dev/null
+
+build: deps ## Build the workspace (operator, sidecar, crdgen)
+	cargo build --workspace --all-targets
+
+crds: ## Regenerate crds/ and the chart's copy from the Rust types
+	cargo run -q -p bulwark-api --bin crdgen crds
+	cargo run -q -p bulwark-api --bin crdgen charts/bulwark/crds
+
+manifests: controlplane crds ## Render manifests/ from the chart (kubectl apply -f manifests/ installs Bulwark)
+	bash scripts/render-manifests.sh > manifests/bulwark.yaml
+
+lint: deps ## cargo fmt --check and clippy -D warnings
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit: build ## Unit and property tests (no control plane)
+	cargo test --workspace --exclude bulwark-e2e
+
+e2e: build controlplane ## End-to-end tests on a real control plane started for the run
+	cargo test -p bulwark-e2e
+
+test: deps controlplane lint build ## Everything CI runs: lint, unit, property and end-to-end tests
+	cargo test --workspace
+
+demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work
+	@bash scripts/demo.sh "$(CP_DIR)"
+
+up: controlplane ## Start the local control plane (kubeconfig: .bulwark/controlplane/kubeconfig)
+	@bash e2e/controlplane/up.sh --dir "$(CP_DIR)"
+
+down: ## Stop the local control plane and remove its data
+	@bash e2e/controlplane/down.sh --dir "$(CP_DIR)"
+
+clean: down ## Remove build output (the cached control-plane binaries stay in ~/.cache/bulwark)
+	cargo clean

@@ -1,0 +1,101 @@
+//! Child processes that are killed when their handle drops (a failing test leaves none behind),
+//! and a tiny HTTP/1.1 client over std, so tests speak to the binaries as any client would.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use crate::eventually;
+
+/// A running child process; SIGKILLed on drop unless already stopped.
+pub struct Running {
+    child: Child,
+    name: String,
+}
+
+impl Running {
+    /// Spawns `cmd` with stdout/stderr to `log` (so a failure can be diagnosed from the file).
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Running {
+        let file = std::fs::File::create(log).expect("cannot create the log file");
+        let child = cmd
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Running {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let name = self.name.clone();
+        eventually(timeout, &format!("{name} to exit after SIGTERM"), || {
+            self.child.try_wait().unwrap()
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A response: status code and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`; `None` when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// Waits until `GET path` answers `status`.
+pub fn wait_for_status(
+    addr: SocketAddr,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) -> HttpResponse {
+    eventually(
+        timeout,
+        &format!("GET http://{addr}{path} to answer {status}"),
+        || http_get(addr, path).filter(|r| r.status == status),
+    )
+}

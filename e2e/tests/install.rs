@@ -1,0 +1,106 @@
+//! Installing Bulwark on a fresh control plane, with the chart and with the rendered manifests,
+//! and the operator's readiness following what is installed.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bulwark_e2e::{
+    ControlPlane, free_ports,
+    process::{Running, http_get, wait_for_status},
+    repo_root, stdout_or_panic, workspace_binary,
+};
+
+fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    stdout_or_panic("helm", args, cp.helm().args(args).output().unwrap())
+}
+
+#[test]
+fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
+    // Its own plane: this test needs one where Bulwark's CRDs are not installed yet.
+    let cp = ControlPlane::start();
+    let chart = repo_root().join("charts/bulwark");
+    let chart = chart.to_str().unwrap();
+
+    let [admin_port] = free_ports();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let mut operator_cmd = std::process::Command::new(workspace_binary("bulwark-operator"));
+    operator_cmd
+        .args(["--kubeconfig", cp.kubeconfig.to_str().unwrap()])
+        .args([
+            "--admin-listen",
+            &admin.to_string(),
+            "--api-check-interval-seconds",
+            "1",
+        ]);
+    let mut operator = Running::spawn(
+        "bulwark-operator",
+        operator_cmd,
+        &cp.dir.join("logs/operator.log"),
+    );
+
+    // Before the CRDs exist the operator is alive but not ready, and says what is missing.
+    wait_for_status(admin, "/healthz", 200, Duration::from_secs(20));
+    let not_ready = wait_for_status(admin, "/readyz", 503, Duration::from_secs(20));
+    assert!(
+        not_ready.body.contains("ratelimitpolicies"),
+        "{}",
+        not_ready.body
+    );
+
+    helm_ok(&cp, &["lint", chart, "--strict"]);
+
+    // values.schema.json turns bad values into a clear error before anything is installed.
+    let bad = cp
+        .helm()
+        .args(["install", "bad", chart, "--set", "operator.replicas=0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("replicas") && err.contains("minimum"), "{err}");
+
+    helm_ok(
+        &cp,
+        &[
+            "install",
+            "bulwark",
+            chart,
+            "--namespace",
+            "bulwark-system",
+            "--create-namespace",
+            "--wait",
+        ],
+    );
+    let crds = cp.kubectl_ok(&["get", "crd", "-o", "name"]);
+    for (_, crd) in bulwark_api::crd::all() {
+        assert!(
+            crds.contains(crd.metadata.name.as_deref().unwrap()),
+            "{crds}"
+        );
+    }
+    cp.install_crds(); // waits until Established (and re-applying what helm installed is a no-op)
+
+    wait_for_status(admin, "/readyz", 200, Duration::from_secs(20));
+    let metrics = http_get(admin, "/metrics").unwrap();
+    assert!(
+        metrics.body.contains("bulwark_operator_api_ready 1"),
+        "{}",
+        metrics.body
+    );
+
+    // manifests/ is the chart rendered with default values, and installs as well.
+    let render = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/render-manifests.sh"))
+        .output()
+        .unwrap();
+    let rendered = stdout_or_panic("scripts/render-manifests.sh", &[], render);
+    let committed = std::fs::read_to_string(repo_root().join("manifests/bulwark.yaml")).unwrap();
+    assert!(
+        committed == rendered,
+        "manifests/bulwark.yaml is out of date with the chart: run `make manifests`"
+    );
+    let manifests = repo_root().join("manifests");
+    cp.kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()]);
+
+    let status = operator.terminate(Duration::from_secs(10));
+    assert!(status.success(), "operator exited with {status} on SIGTERM");
+}
