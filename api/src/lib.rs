@@ -5,6 +5,8 @@
 //! `kubectl explain` prints, so they are written for users, not for Rust readers.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
+// `#[kube(printcolumn(type_ = ..), printcolumn(type_ = ..))]` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod crd;
 pub mod duration;
