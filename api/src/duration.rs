@@ -6,6 +6,7 @@
 
 use std::{borrow::Cow, fmt, str::FromStr};
 
+use kube::core::{Message, Rule};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -138,8 +139,68 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": PATTERN,
+            // The pattern allows at most 4 × (5 digits + 2 unit letters).
+            "maxLength": 28,
         })
     }
+}
+
+// CEL rules on durations. The apiserver runs CEL even when the pattern already failed, and
+// `duration()` of a malformed string adds a confusing "type conversion error"; every rule is
+// therefore guarded by the pattern, so a malformed value gets the pattern's error alone.
+
+fn well_formed(expr: &str) -> String {
+    format!("{expr}.matches('{PATTERN}')")
+}
+
+fn field_rule(condition: String, message: String) -> Rule {
+    Rule::new(format!("!{} || ({condition})", well_formed("self")))
+        .message(Message::Message(message))
+}
+
+/// A field-level rule: the duration lies within `[min, max]`.
+pub fn rule_between(field: &str, min: &str, max: &str) -> Rule {
+    field_rule(
+        format!("duration(self) >= duration('{min}') && duration(self) <= duration('{max}')"),
+        format!("{field} must be between {min} and {max}"),
+    )
+}
+
+/// A field-level rule: the duration is at least `min`.
+pub fn rule_at_least(field: &str, min: &str) -> Rule {
+    field_rule(
+        format!("duration(self) >= duration('{min}')"),
+        format!("{field} must be at least {min}"),
+    )
+}
+
+/// A field-level rule: the duration is at most `max`.
+pub fn rule_at_most(field: &str, max: &str) -> Rule {
+    field_rule(
+        format!("duration(self) <= duration('{max}')"),
+        format!("{field} must be at most {max}"),
+    )
+}
+
+/// An object-level rule: when both are set, `self.<shorter>` does not exceed `self.<longer>`
+/// (strictly shorter when `strict`). Reported at `.<shorter>`.
+pub fn rule_not_longer(shorter: &str, longer: &str, strict: bool) -> Rule {
+    let (a, b) = (format!("self.{shorter}"), format!("self.{longer}"));
+    let op = if strict { "<" } else { "<=" };
+    let relation = if strict {
+        "be shorter than"
+    } else {
+        "not exceed"
+    };
+    Rule::new(format!(
+        "!has({a}) || !has({b}) || !{} || !{} || duration({a}) {op} duration({b})",
+        well_formed(&a),
+        well_formed(&b)
+    ))
+    .message(Message::Message(format!(
+        "{shorter} must {relation} {longer}"
+    )))
+    .field_path(format!(".{shorter}"))
 }
 
 #[cfg(test)]

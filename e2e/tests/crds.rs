@@ -149,6 +149,23 @@ fn every_invalid_fixture_is_rejected_naming_the_field() {
     }
 }
 
+#[test]
+fn a_malformed_duration_gets_one_clear_error() {
+    let ns = cp().namespace("duration");
+    let path = std::env::temp_dir().join(format!("{}.yaml", ns.name));
+    fs::write(&path, RLP.replace("window: 1m", "window: 1d")).unwrap();
+    let out = ns.run_kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.rules[0].rates[0].window") && stderr.contains("should match"),
+        "{stderr}"
+    );
+    // CEL bounds are guarded by the pattern, so no second, confusing error appears.
+    assert!(!stderr.contains("type conversion error"), "{stderr}");
+    let _ = fs::remove_file(path);
+}
+
 /// The description the code gives a field, read from the generated CRD.
 fn field_description(kind: &str, path: &[&str]) -> String {
     let (_, crd) = bulwark_api::crd::all()

@@ -69,7 +69,7 @@ pub struct FailoverPolicySpec {
 /// A destination the app calls, and how calls to it are handled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("size(self.match.hosts) > 0 || has(self.match.path)").message("an upstream must match on hosts or path").field_path(".match"))]
+#[x_kube(validation = Rule::new("(has(self.match.hosts) && size(self.match.hosts) > 0) || has(self.match.path)").message("an upstream must match on hosts or path").field_path(".match"))]
 pub struct Upstream {
     /// The upstream's name, unique within the policy; used in metrics, `routeTo` and headers.
     #[schemars(
@@ -195,6 +195,7 @@ pub struct FailoverSettings {
     /// Traffic returns to a higher-priority group only after it has stayed healthy this long,
     /// so a flapping group does not pull traffic back and forth (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_at_most("failbackAfter", "1h"))]
     pub failback_after: Option<Duration>,
 }
 
@@ -202,7 +203,7 @@ pub struct FailoverSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.http) != has(self.tcp)").message("set exactly one of http and tcp"))]
-#[x_kube(validation = Rule::new("!has(self.interval) || !has(self.timeout) || duration(self.timeout) < duration(self.interval)").message("timeout must be shorter than interval").field_path(".timeout"))]
+#[x_kube(validation = crate::duration::rule_not_longer("timeout", "interval", true))]
 pub struct HealthCheck {
     /// Probe with an HTTP GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,10 +213,11 @@ pub struct HealthCheck {
     pub tcp: Option<TcpHealthCheck>,
     /// Time between probes of one endpoint (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms')").message("interval must be at least 100ms"))]
+    #[x_kube(validation = crate::duration::rule_at_least("interval", "100ms"))]
     pub interval: Option<Duration>,
     /// How long a probe may take (default 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("timeout", "1ms", "1m"))]
     pub timeout: Option<Duration>,
     /// Consecutive successes that mark an endpoint healthy (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +258,7 @@ pub struct TcpHealthCheck {}
 /// Passive outlier detection, as Istio's `outlierDetection`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::duration::rule_not_longer("baseEjectionTime", "maxEjectionTime", false))]
 pub struct OutlierDetection {
     /// Consecutive 5xx responses that eject an endpoint (default 5; 0 disables).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,10 +272,11 @@ pub struct OutlierDetection {
     /// Ejection time of a first ejection; each further ejection of the same endpoint lasts one
     /// more multiple of it (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("baseEjectionTime must be at least 1s"))]
+    #[x_kube(validation = crate::duration::rule_at_least("baseEjectionTime", "1s"))]
     pub base_ejection_time: Option<Duration>,
     /// The longest an endpoint stays ejected (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_at_most("maxEjectionTime", "24h"))]
     pub max_ejection_time: Option<Duration>,
     /// At most this share of a group's endpoints is ejected (default 50). Beyond it (panic), all
     /// endpoints are used, since sending to a suspect endpoint beats sending nowhere.
@@ -295,6 +299,7 @@ pub struct CircuitBreaker {
     pub slow_call_rate_threshold: Option<u8>,
     /// Calls slower than this count as slow (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("slowCallDuration", "1ms", "1h"))]
     pub slow_call_duration: Option<Duration>,
     /// The number of most recent calls the rates are computed over (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +311,7 @@ pub struct CircuitBreaker {
     pub minimum_calls: Option<u32>,
     /// How long the circuit stays open before probing (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("openDuration", "1ms", "1h"))]
     pub open_duration: Option<Duration>,
     /// Calls let through while half-open; all must succeed to close (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -335,6 +341,7 @@ pub enum RetryOn {
 /// Retry settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::duration::rule_not_longer("backoffBase", "backoffMax", false))]
 pub struct Retry {
     /// Attempts after the first (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,9 +363,11 @@ pub struct Retry {
     /// Exponential backoff with full jitter: the first delay is drawn from [0, `backoffBase`],
     /// doubling up to `backoffMax` (defaults 25ms and 250ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("backoffBase", "1ms", "1m"))]
     pub backoff_base: Option<Duration>,
     /// The largest backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("backoffMax", "1ms", "5m"))]
     pub backoff_max: Option<Duration>,
     /// Retries are capped at this percentage of requests over the last 10s, so retries cannot
     /// multiply an outage's load (default 20).
@@ -375,13 +384,15 @@ pub struct Retry {
 /// Timeouts, as Gateway API's `timeouts`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.request) || !has(self.perTry) || duration(self.perTry) <= duration(self.request)").message("perTry must not exceed request").field_path(".perTry"))]
+#[x_kube(validation = crate::duration::rule_not_longer("perTry", "request", false))]
 pub struct Timeouts {
     /// The whole call, retries included (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("request", "1ms", "1h"))]
     pub request: Option<Duration>,
     /// One try (default: `request`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("perTry", "1ms", "1h"))]
     pub per_try: Option<Duration>,
 }
 
@@ -399,6 +410,7 @@ pub struct Bulkhead {
     pub max_queue: Option<u32>,
     /// The longest a call waits in the queue (default 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_between("queueTimeout", "1ms", "1m"))]
     pub queue_timeout: Option<Duration>,
 }
 

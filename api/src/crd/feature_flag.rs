@@ -93,6 +93,7 @@ pub struct FeatureFlagSpec {
     /// Pass flag variants to the app as request headers, so it needs no SDK.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["header".into()]))]
     pub inject_headers: Vec<InjectHeader>,
 }
 

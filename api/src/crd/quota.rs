@@ -116,7 +116,7 @@ fn default_time_zone() -> String {
 /// One budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.overrides) || self.overrides.all(o, size(o.values) == size(self.key))").message("each override lists exactly one value per key part").field_path(".overrides"))]
+#[x_kube(validation = Rule::new("!has(self.overrides) || self.overrides.all(o, size(o.values) == (has(self.key) ? size(self.key) : 0))").message("each override lists exactly one value per key part").field_path(".overrides"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds) || self.thresholds.all(t, self.thresholds.exists_one(u, u == t))").message("thresholds must be unique").field_path(".thresholds"))]
 pub struct Quota {
     /// The quota's name, unique within the policy; used in headers, metrics and the usage API.

@@ -107,8 +107,8 @@ pub struct RateLimitPolicySpec {
 /// One rate-limited class of requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.algorithm == 'TokenBucket' || self.rates.all(r, !has(r.burst))").message("burst is only allowed with algorithm TokenBucket").field_path(".rates"))]
-#[x_kube(validation = Rule::new("!has(self.overrides) || self.overrides.all(o, size(o.values) == size(self.key))").message("each override lists exactly one value per key part").field_path(".overrides"))]
+#[x_kube(validation = Rule::new("self.algorithm == 'TokenBucket' || (self.rates.all(r, !has(r.burst)) && (!has(self.overrides) || self.overrides.all(o, !has(o.rates) || o.rates.all(r, !has(r.burst)))))").message("burst is only allowed with algorithm TokenBucket").field_path(".rates"))]
+#[x_kube(validation = Rule::new("!has(self.overrides) || self.overrides.all(o, size(o.values) == (has(self.key) ? size(self.key) : 0))").message("each override lists exactly one value per key part").field_path(".overrides"))]
 pub struct RateLimitRule {
     /// The rule's name, unique within the policy; used in metrics and responses.
     #[schemars(
@@ -164,7 +164,7 @@ pub struct Rate {
     #[schemars(range(min = 1, max = 1_000_000_000))]
     pub limit: u64,
     /// The window, e.g. `1s`, `1m`, `1h` (at most 24h: use a QuotaPolicy for longer periods).
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms') && duration(self) <= duration('24h')").message("window must be between 1ms and 24h"))]
+    #[x_kube(validation = crate::duration::rule_between("window", "1ms", "24h"))]
     pub window: Duration,
     /// TokenBucket only: how many units may be spent at once (default: `limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,14 +221,14 @@ pub struct GlobalRateLimit {
     pub mode: GlobalMode,
     /// Fast mode: how often local counts are pushed to Redis (default 100ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('10ms') && duration(self) <= duration('10s')").message("syncInterval must be between 10ms and 10s"))]
+    #[x_kube(validation = crate::duration::rule_between("syncInterval", "10ms", "10s"))]
     pub sync_interval: Option<Duration>,
     /// `Open` (default) admits requests while Redis is unreachable; `Closed` rejects them.
     #[serde(default)]
     pub failure_mode: FailureMode,
     /// How long a decision may wait for Redis before `failureMode` applies (default 50ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms') && duration(self) <= duration('5s')").message("timeout must be between 1ms and 5s"))]
+    #[x_kube(validation = crate::duration::rule_between("timeout", "1ms", "5s"))]
     pub timeout: Option<Duration>,
 }
 

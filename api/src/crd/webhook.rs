@@ -56,7 +56,7 @@ use crate::Duration;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("isURL(self.url) && url(self.url).getScheme() in ['https', 'http'] && url(self.url).getHostname() != ''").message("url must be an absolute http(s) URL").field_path(".url"))]
-#[x_kube(validation = Rule::new("!isURL(self.url) || url(self.url).getScheme() == 'https' || (has(self.network) && self.network.allowInsecureHTTP)").message("url must use https unless network.allowInsecureHTTP is true").field_path(".url"))]
+#[x_kube(validation = Rule::new("!isURL(self.url) || url(self.url).getScheme() != 'http' || (has(self.network) && self.network.allowInsecureHTTP)").message("url must use https unless network.allowInsecureHTTP is true").field_path(".url"))]
 pub struct WebhookEndpointSpec {
     /// Selects the pods, in this namespace, whose sidecars deliver to this endpoint. An empty
     /// selector selects every injected pod of the namespace.
@@ -88,14 +88,14 @@ pub struct WebhookEndpointSpec {
     pub headers: Vec<HttpHeader>,
     /// How long one attempt may take before it counts as failed (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('5m')").message("timeout must be between 100ms and 5m"))]
+    #[x_kube(validation = crate::duration::rule_between("timeout", "100ms", "5m"))]
     pub timeout: Option<Duration>,
     /// When attempts are made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySchedule>,
     /// Messages older than this are not attempted again and become dead letters (default 72h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('720h')").message("maxMessageAge must be between 1m and 720h"))]
+    #[x_kube(validation = crate::duration::rule_between("maxMessageAge", "1m", "720h"))]
     pub max_message_age: Option<Duration>,
     /// At most this many deliveries per second to this endpoint, across its retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +115,7 @@ pub struct WebhookEndpointSpec {
     /// Disable the endpoint automatically once every attempt has failed for this long (default
     /// 120h; `0s` never disables). The status says why, and an Event is recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = crate::duration::rule_at_most("disableAfterFailingFor", "720h"))]
     pub disable_after_failing_for: Option<Duration>,
     /// Network restrictions (SSRF guard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,7 +131,7 @@ pub struct Signing {
     /// After the secret changes, deliveries are signed with both the new and the previous key
     /// for this long, so receivers can roll over (default 24h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) <= duration('720h')").message("rotationGracePeriod must be at most 720h"))]
+    #[x_kube(validation = crate::duration::rule_at_most("rotationGracePeriod", "720h"))]
     pub rotation_grace_period: Option<Duration>,
 }
 
@@ -141,6 +142,7 @@ pub struct RetrySchedule {
     /// Delay before each attempt, counted from the previous failure; the first entry is the
     /// first attempt. Default, as Svix: `[0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h]`.
     #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.all(d, !d.matches('^([0-9]{1,5}(h|m|s|ms)){1,4}$') || duration(d) <= duration('720h'))").message("each delay must be at most 720h"))]
     pub schedule: Vec<Duration>,
     /// Random spread added to each delay, in percent of it (default 20), so retries from many
     /// sidecars do not arrive together.
