@@ -50,7 +50,8 @@ run kubectl explain ratelimitpolicy.spec.rules.rates
 
 say "Bad input is rejected by the apiserver itself, naming the field"
 for bad in e2e/fixtures/invalid/ratelimitpolicy/02-window-too-long.yaml \
-           e2e/fixtures/invalid/webhookendpoint/*https*.yaml; do
+           e2e/fixtures/invalid/webhookendpoint/03-url-plain-http.yaml \
+           e2e/fixtures/invalid/featureflag/06-gate-unknown-flag.yaml; do
   [ -f "$bad" ] || continue
   grep '^# Rejected because:' "$bad" || true
   printf '$ kubectl apply -n demo -f %s\n' "$bad"
