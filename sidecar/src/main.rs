@@ -5,11 +5,7 @@
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-mod admin;
-mod cli;
-mod metrics;
-mod proxy;
-
+use bulwark_sidecar::{admin, cli, metrics, proxy};
 use std::sync::Arc;
 
 use clap::Parser;

@@ -43,7 +43,7 @@ use crate::Duration;
     ),
     printcolumn(
         name = "Pods",
-        type_ = "string",
+        type_ = "integer",
         json_path = ".status.programmedPods",
         priority = 1,
         description = "Selected pods enforcing the current generation"

@@ -41,7 +41,7 @@ use super::common::{DenyResponse, JwtSource, KeySource, PolicyStatus, RequestMat
     ),
     printcolumn(
         name = "Pods",
-        type_ = "string",
+        type_ = "integer",
         json_path = ".status.programmedPods",
         priority = 1,
         description = "Selected pods enforcing the current generation"

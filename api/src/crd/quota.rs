@@ -60,7 +60,7 @@ use super::common::{
     ),
     printcolumn(
         name = "Pods",
-        type_ = "string",
+        type_ = "integer",
         json_path = ".status.programmedPods",
         priority = 1,
         description = "Selected pods enforcing the current generation"

@@ -61,7 +61,7 @@ use crate::Duration;
     ),
     printcolumn(
         name = "Pods",
-        type_ = "string",
+        type_ = "integer",
         json_path = ".status.programmedPods",
         priority = 1,
         description = "Selected pods enforcing the current generation"
@@ -216,7 +216,7 @@ pub struct RateLimitOverride {
 pub struct GlobalRateLimit {
     /// `Exact` (default): one atomic Redis script per decision, never over the limit.
     /// `Fast`: each sidecar counts locally and syncs with Redis every `syncInterval`; the limit
-    /// can be exceeded by what the pods admit between two syncs (see docs/rate-limits.md).
+    /// can be exceeded by what the pods admit locally between two syncs.
     #[serde(default)]
     pub mode: GlobalMode,
     /// Fast mode: how often local counts are pushed to Redis (default 100ms).

@@ -1,0 +1,1 @@
+//! Counter keys: compiled form of `[KeySource]`.

@@ -1,0 +1,1 @@
+//! Request matching: compiled form of `RequestMatch`.

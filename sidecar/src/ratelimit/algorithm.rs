@@ -1,0 +1,1 @@
+//! Rate-limit algorithms as pure state machines.

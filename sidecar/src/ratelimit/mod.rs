@@ -1,0 +1,3 @@
+//! Rate limiting: algorithms, counter stores and the compiled `RateLimitPolicy` engine.
+
+pub mod algorithm;
