@@ -141,6 +141,15 @@ owned() {
   return 1
 }
 pid_of() { cat "$dir/pids/$1.pid" 2>/dev/null || true; }
+# Liveness: the process exists and is not a zombie. Not `owned`: a process in the middle of
+# execve (setsid -> the component) can briefly show an empty cmdline, which `owned` would read as
+# "someone else's", killing a healthy start under load.
+alive() {
+  local pid=$1 state
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [ "$state" != Z ]
+}
 kc() { "$kubectl" --kubeconfig "$dir/kubeconfig" --request-timeout=5s "$@"; }
 
 if [ ! -e "$dir/$marker" ] && [ -n "$(ls -A "$dir")" ]; then
@@ -153,14 +162,14 @@ flock -n 9 || die "another up.sh is using $dir right now"
 
 # What is already in DIR?
 if [ -e "$dir/$marker" ]; then
-  alive=()
-  for c in "${components[@]}"; do owned "$(pid_of "$c")" && alive+=("$c"); done
-  if [ ${#alive[@]} -gt 0 ]; then
+  running=()
+  for c in "${components[@]}"; do owned "$(pid_of "$c")" && running+=("$c"); done
+  if [ ${#running[@]} -gt 0 ]; then
     running=$(sed -n 's/^BULWARK_APISERVER=//p' "$dir/env" 2>/dev/null || true)
     [ "$running" = "https://127.0.0.1:$apiserver_port" ] \
       || die "$dir holds a control plane on ${running:-an unknown port}, not port $apiserver_port; run: $here/down.sh --dir $dir"
-    [ ${#alive[@]} -eq ${#components[@]} ] \
-      || die "$dir holds a partly running control plane (only: ${alive[*]}); run: $here/down.sh --dir $dir"
+    [ ${#running[@]} -eq ${#components[@]} ] \
+      || die "$dir holds a partly running control plane (only: ${running[*]}); run: $here/down.sh --dir $dir"
     [ "$(kc get --raw /readyz 2>/dev/null)" = ok ] \
       || die "$dir holds a running control plane that is not ready; run: $here/down.sh --dir $dir"
     log "a control plane is already running in $dir ($running)"
@@ -304,7 +313,7 @@ wait_for() {
   until "$@" >/dev/null 2>&1; do
     for c in "${components[@]}"; do
       [ -e "$dir/pids/$c.pid" ] || continue
-      owned "$(pid_of "$c")" || die "$c exited while waiting for $what"
+      alive "$(pid_of "$c")" || die "$c exited while waiting for $what"
     done
     [ $SECONDS -lt $deadline ] || die "timed out after ${timeout} s waiting for $what"
     sleep 0.25
