@@ -162,14 +162,14 @@ flock -n 9 || die "another up.sh is using $dir right now"
 
 # What is already in DIR?
 if [ -e "$dir/$marker" ]; then
-  running=()
-  for c in "${components[@]}"; do owned "$(pid_of "$c")" && running+=("$c"); done
-  if [ ${#running[@]} -gt 0 ]; then
+  live=()
+  for c in "${components[@]}"; do owned "$(pid_of "$c")" && live+=("$c"); done
+  if [ ${#live[@]} -gt 0 ]; then
     running=$(sed -n 's/^BULWARK_APISERVER=//p' "$dir/env" 2>/dev/null || true)
     [ "$running" = "https://127.0.0.1:$apiserver_port" ] \
       || die "$dir holds a control plane on ${running:-an unknown port}, not port $apiserver_port; run: $here/down.sh --dir $dir"
-    [ ${#running[@]} -eq ${#components[@]} ] \
-      || die "$dir holds a partly running control plane (only: ${running[*]}); run: $here/down.sh --dir $dir"
+    [ ${#live[@]} -eq ${#components[@]} ] \
+      || die "$dir holds a partly running control plane (only: ${live[*]}); run: $here/down.sh --dir $dir"
     [ "$(kc get --raw /readyz 2>/dev/null)" = ok ] \
       || die "$dir holds a running control plane that is not ready; run: $here/down.sh --dir $dir"
     log "a control plane is already running in $dir ($running)"
