@@ -22,6 +22,7 @@ use std::{
 };
 
 pub mod process;
+pub mod sidecar;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -36,6 +36,12 @@ impl Running {
         self.child.id()
     }
 
+    /// SIGKILL, as a crash would end it, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let _ = Command::new("kill")
@@ -57,7 +63,7 @@ impl Drop for Running {
     }
 }
 
-/// A response: status code and body.
+/// A response: status code, head (status line and headers) and body.
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
@@ -65,15 +71,37 @@ pub struct HttpResponse {
     pub body: String,
 }
 
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
 /// `GET path` over HTTP/1.1 with `Connection: close`; `None` when nothing answers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
+    http_request(addr, "GET", path, &[])
+}
+
+/// A request with extra headers, over HTTP/1.1 with `Connection: close`; `None` when nothing
+/// answers.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw).into_owned();

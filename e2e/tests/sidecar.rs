@@ -1,57 +1,31 @@
 //! The sidecar binary in front of a real upstream HTTP server on loopback, driven over TCP.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::time::Duration;
 
 use bulwark_e2e::{
-    free_ports,
-    process::{Running, http_get, wait_for_status},
-    workspace_binary,
+    process::{http_get, wait_for_status},
+    sidecar::{Sidecar, Upstream},
 };
 
 #[test]
 fn proxies_to_the_app_and_reports_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hello.txt"), "hello from the app\n").unwrap();
-    let [app_port, inbound_port, admin_port] = free_ports();
-    let addr = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello from the app\n").unwrap();
+    let app = Upstream::start(&www, "hello.txt");
+    let mut sidecar = Sidecar::start(app.addr, &dir.path().join("state"), &[]);
 
-    let mut app_cmd = Command::new("python3");
-    app_cmd
-        .args([
-            "-m",
-            "http.server",
-            &app_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(dir.path());
-    let _app = Running::spawn("upstream", app_cmd, &dir.path().join("app.log"));
-    wait_for_status(addr(app_port), "/hello.txt", 200, Duration::from_secs(10));
+    // No policy source configured: pass-through is the intended state, so it is ready at once.
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
 
-    let mut sidecar_cmd = Command::new(workspace_binary("bulwark-sidecar"));
-    sidecar_cmd
-        .args(["--inbound-listen", &addr(inbound_port).to_string()])
-        .args(["--app", &addr(app_port).to_string()])
-        .args(["--admin-listen", &addr(admin_port).to_string()])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"));
-    let mut sidecar = Running::spawn(
-        "bulwark-sidecar",
-        sidecar_cmd,
-        &dir.path().join("sidecar.log"),
-    );
-
-    wait_for_status(addr(admin_port), "/healthz", 200, Duration::from_secs(10));
-    wait_for_status(addr(admin_port), "/readyz", 200, Duration::from_secs(10));
-
-    let proxied = http_get(addr(inbound_port), "/hello.txt").expect("the inbound listener answers");
+    let proxied = http_get(sidecar.inbound, "/hello.txt").expect("the inbound listener answers");
     assert_eq!(proxied.status, 200);
     assert_eq!(proxied.body, "hello from the app\n");
-    let missing = http_get(addr(inbound_port), "/missing").unwrap();
+    let missing = http_get(sidecar.inbound, "/missing").unwrap();
     assert_eq!(missing.status, 404, "the app's own answers pass through");
 
-    let metrics = http_get(addr(admin_port), "/metrics").unwrap().body;
+    let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
     assert!(
         metrics.contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 1"),
         "{metrics}"
@@ -61,6 +35,6 @@ fn proxies_to_the_app_and_reports_health_and_metrics() {
         "{metrics}"
     );
 
-    let status = sidecar.terminate(Duration::from_secs(15));
+    let status = sidecar.process.terminate(Duration::from_secs(15));
     assert!(status.success(), "sidecar exited with {status} on SIGTERM");
 }

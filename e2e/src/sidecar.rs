@@ -1,0 +1,82 @@
+//! The sidecar binary and a real upstream app (Python's `http.server`) as processes on loopback.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use crate::{
+    free_ports,
+    process::{Running, wait_for_status},
+    workspace_binary,
+};
+
+fn loopback(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+/// A static-file HTTP server serving `dir`, standing in for the app.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    _process: Running,
+}
+
+impl Upstream {
+    /// Serves `dir`; waits until `probe` (a file in it) answers 200.
+    pub fn start(dir: &Path, probe: &str) -> Upstream {
+        let [port] = free_ports();
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir);
+        let process = Running::spawn("upstream", cmd, &dir.join("../upstream.log"));
+        let addr = loopback(port);
+        wait_for_status(addr, &format!("/{probe}"), 200, Duration::from_secs(10));
+        Upstream {
+            addr,
+            _process: process,
+        }
+    }
+}
+
+/// A running `bulwark-sidecar`.
+pub struct Sidecar {
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub state_dir: PathBuf,
+    pub process: Running,
+}
+
+impl Sidecar {
+    /// Starts a sidecar in front of `app`, with `extra` flags (e.g. `--config-dir`), state in
+    /// `state_dir`, and waits until its admin listener answers `/healthz`.
+    pub fn start(app: SocketAddr, state_dir: &Path, extra: &[&str]) -> Sidecar {
+        let [inbound, admin] = free_ports();
+        let (inbound, admin) = (loopback(inbound), loopback(admin));
+        std::fs::create_dir_all(state_dir).unwrap();
+        let mut cmd = Command::new(workspace_binary("bulwark-sidecar"));
+        cmd.args(["--inbound-listen", &inbound.to_string()])
+            .args(["--app", &app.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(extra);
+        let log = state_dir.join(format!("sidecar-{}.log", crate::unique_name("run")));
+        let process = Running::spawn("bulwark-sidecar", cmd, &log);
+        wait_for_status(admin, "/healthz", 200, Duration::from_secs(10));
+        Sidecar {
+            inbound,
+            admin,
+            state_dir: state_dir.to_path_buf(),
+            process,
+        }
+    }
+}
