@@ -24,8 +24,23 @@ pub struct Args {
     #[arg(long, env = "BULWARK_ADMIN_LISTEN", default_value = "127.0.0.1:15090")]
     pub admin_listen: SocketAddr,
 
-    /// Directory for the sidecar's own state: the upgrade socket and pid file (and, in later
-    /// versions, the last good snapshot and the quota store).
+    /// Standalone mode: a directory of Bulwark custom resources (the same YAML as for
+    /// Kubernetes), watched and hot-reloaded. An invalid change is rejected and the last good
+    /// policy keeps serving.
+    #[arg(long, env = "BULWARK_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+
+    /// How often --config-dir is checked for changes, in milliseconds.
+    #[arg(long, env = "BULWARK_CONFIG_POLL_MS", default_value_t = 1000)]
+    pub config_poll_ms: u64,
+
+    /// The most local rate-limit counters kept in memory (one per key and rule). When full, an
+    /// arbitrary counter is dropped to make room (bulwark_ratelimit_evictions_total).
+    #[arg(long, env = "BULWARK_MAX_COUNTERS", default_value_t = 1_000_000)]
+    pub max_counters: usize,
+
+    /// Directory for the sidecar's own state: the last good snapshot (so a restarted sidecar
+    /// enforces at once), the upgrade socket and the pid file.
     #[arg(long, env = "BULWARK_STATE_DIR", default_value = "/var/run/bulwark")]
     pub state_dir: PathBuf,
 

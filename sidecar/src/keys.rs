@@ -189,6 +189,23 @@ impl KeyBuilder {
         self.parts.is_empty()
     }
 
+    /// The key an override's `values` name, written as [`write_key`](Self::write_key) would
+    /// write the request's: a `ClientIP` value is put in canonical form (`::ffff:1.2.3.4` is
+    /// `1.2.3.4`, `2001:DB8::1` is `2001:db8::1`), so an override matches however it was spelled.
+    pub fn override_key(&self, values: &[String]) -> String {
+        let canonical: Vec<String> = values
+            .iter()
+            .zip(self.parts.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(
+                |(value, part)| match (part, value.parse::<std::net::IpAddr>()) {
+                    (Some(Part::ClientIp), Ok(ip)) => ip.to_canonical().to_string(),
+                    _ => value.clone(),
+                },
+            )
+            .collect();
+        join_values(&canonical)
+    }
+
     /// The payload of the request's bearer token, if there is a well-formed one.
     fn decode_claims(&self, headers: &HeaderMap) -> Option<Map<String, Value>> {
         let jwt = self.jwt.as_ref()?;

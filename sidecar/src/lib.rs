@@ -8,9 +8,11 @@
 pub mod admin;
 pub mod cli;
 pub mod compile;
+pub mod config;
 pub mod keys;
 pub mod matching;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;

@@ -1,18 +1,29 @@
 //! `bulwark-sidecar`: the Pingora proxy that sits beside an app and enforces Bulwark policy.
 //!
 //! Listeners: `inbound` (clients → sidecar → app on localhost) and `admin` (loopback: health,
-//! readiness, metrics). Policy sources and enforcement modules plug into `proxy`'s phases.
+//! readiness, metrics, config). Policy comes from the last good snapshot on disk, then from the
+//! configured source (standalone: `--config-dir`).
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-use bulwark_sidecar::{admin, cli, metrics, proxy};
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use bulwark_sidecar::{
+    admin, cli,
+    config::{persist, watch::ConfigWatcher},
+    metrics::Metrics,
+    policy::{ActivePolicy, CompiledPolicy},
+    proxy,
+    ratelimit::{store::LocalStore, sweeper::Sweeper},
+};
 use clap::Parser;
 use pingora::{
     server::{Server, configuration::Opt},
-    services::listening::Service,
+    services::{background::background_service, listening::Service},
 };
+
+/// Shards of the local counter store: enough that two cores rarely contend on one lock.
+const STORE_SHARDS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
@@ -33,22 +44,70 @@ fn main() -> anyhow::Result<()> {
     );
     server.bootstrap();
 
-    let metrics = Arc::new(metrics::Metrics::new()?);
+    let metrics = Arc::new(Metrics::new()?);
+    // Without a policy source there is nothing to wait for: pass-through is the intended state.
+    let policy = Arc::new(ActivePolicy::new(args.config_dir.is_none()));
+
+    // The last good snapshot first, so a restarted sidecar enforces before any source answers.
+    match persist::load(&args.state_dir) {
+        Ok(Some(snapshot)) => match CompiledPolicy::compile(snapshot, &metrics) {
+            Ok(compiled) => {
+                tracing::info!(
+                    version = compiled.snapshot.version,
+                    "enforcing the last good snapshot from disk"
+                );
+                policy.install(compiled, &metrics);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved snapshot cannot be compiled; ignoring it")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the saved snapshot; ignoring it"),
+    }
+
+    if let Some(dir) = &args.config_dir {
+        let watcher = ConfigWatcher {
+            dir: dir.clone(),
+            state_dir: args.state_dir.clone(),
+            interval: Duration::from_millis(args.config_poll_ms.max(50)),
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+        };
+        // Load once before serving; on failure the saved snapshot (if any) keeps serving and
+        // /readyz says the sidecar still waits for a valid policy.
+        let _ = watcher.reload();
+        server.add_service(background_service("bulwark config watcher", watcher));
+    }
+
+    let store = Arc::new(LocalStore::new(STORE_SHARDS, args.max_counters));
+    server.add_service(background_service(
+        "bulwark counter sweeper",
+        Sweeper {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            interval: Duration::from_secs(5),
+        },
+    ));
 
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::InboundProxy::new(args.app, metrics.clone()),
+        proxy::InboundProxy::new(args.app, policy.clone(), store, metrics.clone()),
         "bulwark inbound",
     );
     inbound.add_tcp(&args.inbound_listen.to_string());
 
-    let mut admin = Service::new("bulwark admin".to_owned(), admin::Admin::new(metrics));
+    let mut admin = Service::new(
+        "bulwark admin".to_owned(),
+        admin::Admin::new(metrics, policy),
+    );
     admin.add_tcp(&args.admin_listen.to_string());
 
     tracing::info!(
         inbound = %args.inbound_listen,
         admin = %args.admin_listen,
         app = %args.app,
+        config_dir = ?args.config_dir,
         "bulwark-sidecar starting"
     );
     server.add_service(inbound);

@@ -1,11 +1,26 @@
 //! The sidecar's Prometheus metrics (`bulwark_` prefix, base units, `_total` counters).
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
     /// Requests proxied by the inbound listener, by response status class (`2xx`, ...).
     pub inbound_requests: IntCounterVec,
+    /// Rate-limit decisions by policy (`namespace/name`), rule and decision
+    /// (`allowed`, `limited`, `shadow_limited`).
+    pub ratelimit_requests: IntCounterVec,
+    /// Time to decide all rate limits of one request.
+    pub ratelimit_decision_seconds: Histogram,
+    /// Local rate-limit counters held, and counters dropped because the store was full.
+    pub ratelimit_counters: IntGauge,
+    pub ratelimit_evictions: IntCounter,
+    /// Version of the snapshot being enforced.
+    pub snapshot_version: IntGauge,
+    /// Configuration loads by result (`success`, `failure`).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -28,9 +43,56 @@ impl Metrics {
             &["status_class"],
         )?;
         registry.register(Box::new(inbound_requests.clone()))?;
+        let ratelimit_requests = IntCounterVec::new(
+            Opts::new(
+                "bulwark_ratelimit_requests_total",
+                "Rate-limit decisions by policy, rule and decision.",
+            ),
+            &["policy", "rule", "decision"],
+        )?;
+        registry.register(Box::new(ratelimit_requests.clone()))?;
+        let ratelimit_decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "bulwark_ratelimit_decision_duration_seconds",
+                "Time to decide every rate limit that applies to one request.",
+            )
+            .buckets(vec![
+                1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3, 1e-2,
+            ]),
+        )?;
+        registry.register(Box::new(ratelimit_decision_seconds.clone()))?;
+        let ratelimit_counters = IntGauge::new(
+            "bulwark_ratelimit_counters",
+            "Local rate-limit counters held in memory.",
+        )?;
+        registry.register(Box::new(ratelimit_counters.clone()))?;
+        let ratelimit_evictions = IntCounter::new(
+            "bulwark_ratelimit_evictions_total",
+            "Local rate-limit counters dropped because the store was full.",
+        )?;
+        registry.register(Box::new(ratelimit_evictions.clone()))?;
+        let snapshot_version = IntGauge::new(
+            "bulwark_snapshot_version",
+            "Version of the policy snapshot being enforced.",
+        )?;
+        registry.register(Box::new(snapshot_version.clone()))?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "bulwark_config_reloads_total",
+                "Policy configuration loads, by result (success, failure).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
         Ok(Self {
             registry,
             inbound_requests,
+            ratelimit_requests,
+            ratelimit_decision_seconds,
+            ratelimit_counters,
+            ratelimit_evictions,
+            snapshot_version,
+            config_reloads,
         })
     }
 

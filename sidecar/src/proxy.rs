@@ -1,31 +1,105 @@
-//! The inbound `ProxyHttp`. Kept thin: each phase calls into a policy module; it holds no
-//! policy logic of its own.
+//! The inbound `ProxyHttp`. Kept thin: each phase builds a [`RequestView`] and asks a policy
+//! module for a decision; it holds no policy logic of its own.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::{
     Result,
+    http::ResponseHeader,
     prelude::HttpPeer,
     proxy::{ProxyHttp, Session},
 };
 
-use crate::metrics::{Metrics, status_class};
+use crate::{
+    metrics::{Metrics, status_class},
+    policy::ActivePolicy,
+    ratelimit::{engine::Rejection, store::LocalStore},
+    request::RequestView,
+};
 
 pub struct InboundProxy {
     app: SocketAddr,
+    policy: Arc<ActivePolicy>,
+    store: Arc<LocalStore>,
     metrics: Arc<Metrics>,
 }
 
 impl InboundProxy {
-    pub fn new(app: SocketAddr, metrics: Arc<Metrics>) -> Self {
-        Self { app, metrics }
+    pub fn new(
+        app: SocketAddr,
+        policy: Arc<ActivePolicy>,
+        store: Arc<LocalStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            app,
+            policy,
+            store,
+            metrics,
+        }
     }
 }
 
-/// Per-request state (policy decisions will live here, never in globals).
+/// Per-request state: what the policy phases decided, for the later phases.
 #[derive(Default)]
-pub struct RequestCtx {}
+pub struct RequestCtx {
+    /// Rate-limit headers to add to the app's response.
+    response_headers: Vec<(String, String)>,
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The policy view of a Pingora request.
+fn view(session: &Session) -> RequestView<'_> {
+    let header = session.req_header();
+    RequestView {
+        method: header.method.as_str(),
+        path: header.uri.path(),
+        query: header.uri.query(),
+        host: header.uri.host().or_else(|| {
+            header
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        }),
+        headers: &header.headers,
+        client_ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+    }
+}
+
+async fn reject(session: &mut Session, rejection: Rejection) -> Result<()> {
+    let mut header = ResponseHeader::build(rejection.status, Some(rejection.headers.len() + 1))?;
+    for (name, value) in rejection.headers {
+        header.append_header(name, value)?;
+    }
+    header.insert_header(
+        http::header::CONTENT_LENGTH,
+        rejection.body.len().to_string(),
+    )?;
+    let empty = rejection.body.is_empty();
+    session
+        .write_response_header(Box::new(header), empty)
+        .await?;
+    if !empty {
+        session
+            .write_response_body(Some(Bytes::from(rejection.body)), true)
+            .await?;
+    }
+    Ok(())
+}
 
 #[async_trait]
 impl ProxyHttp for InboundProxy {
@@ -35,6 +109,30 @@ impl ProxyHttp for InboundProxy {
         RequestCtx::default()
     }
 
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let policy = self.policy.load();
+        if policy.rate_limits.is_empty() {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let decision = policy
+            .rate_limits
+            .decide(&view(session), &self.store, unix_nanos());
+        self.metrics
+            .ratelimit_decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match decision.reject {
+            Some(rejection) => {
+                reject(session, rejection).await?;
+                Ok(true)
+            }
+            None => {
+                ctx.response_headers = decision.headers;
+                Ok(false)
+            }
+        }
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -42,6 +140,18 @@ impl ProxyHttp for InboundProxy {
     ) -> Result<Box<HttpPeer>> {
         // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
         Ok(Box::new(HttpPeer::new(self.app, false, String::new())))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        for (name, value) in ctx.response_headers.drain(..) {
+            response.insert_header(name, value)?;
+        }
+        Ok(())
     }
 
     async fn logging(

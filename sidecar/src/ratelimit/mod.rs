@@ -1,3 +1,7 @@
-//! Rate limiting: algorithms, counter stores and the compiled `RateLimitPolicy` engine.
+//! Rate limiting: algorithms (pure), the local counter store, and the compiled
+//! `RateLimitPolicy` engine that decides each request.
 
 pub mod algorithm;
+pub mod engine;
+pub mod store;
+pub mod sweeper;

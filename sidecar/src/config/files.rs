@@ -1,0 +1,383 @@
+//! Standalone mode: Bulwark custom resources read from `*.yaml`, `*.yml` and `*.json` files in one
+//! directory (not recursive; names starting with `.` are skipped, so a Kubernetes ConfigMap
+//! volume's `..data` links are not read twice). Errors say file, line, column and field.
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use bulwark_api::{
+    crd::{FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint},
+    snapshot::{PolicySource, Snapshot, Sourced},
+};
+use kube::ResourceExt;
+use serde::{Deserialize, de::DeserializeOwned};
+
+/// Namespace given to objects without `metadata.namespace`, as `kubectl apply` would.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Why a configuration directory cannot become a snapshot. The whole load fails: a snapshot is
+/// taken whole or not at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `file`, `file:line:column`, or the directory itself.
+    pub location: String,
+    /// The field, as users write it (`spec.rules[0].rates[0].window`), when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {field}: {}", self.location, self.message),
+            None => write!(f, "{}: {}", self.location, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded directory: the snapshot (version 0: the caller numbers it) and, for every policy,
+/// where it was read, so later errors (compilation) can point at the file.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub origins: BTreeMap<(String, PolicySource), String>,
+}
+
+impl Loaded {
+    /// Where the policy `kind namespace/name` was read (for error messages).
+    pub fn origin(&self, kind: &str, source: &PolicySource) -> String {
+        let key = (
+            kind.to_owned(),
+            PolicySource {
+                generation: 0,
+                ..source.clone()
+            },
+        );
+        self.origins
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| format!("{kind} {}/{}", source.namespace, source.name))
+    }
+}
+
+/// The files of `dir` that hold policies, in name order (the load order, so errors are stable).
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = fs::read_dir(dir).map_err(|e| ConfigError {
+        location: dir.display().to_string(),
+        field: None,
+        message: format!("cannot read the configuration directory: {e}"),
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            !name.starts_with('.') && matches!(ext, "yaml" | "yml" | "json") && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every policy file of `dir` into one snapshot.
+pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
+    let mut loaded = Loaded {
+        snapshot: Snapshot::empty(),
+        ..Loaded::default()
+    };
+    for path in policy_files(dir)? {
+        let text = fs::read_to_string(&path).map_err(|e| ConfigError {
+            location: path.display().to_string(),
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        load_text(&path.display().to_string(), &text, &mut loaded)?;
+    }
+    Ok(loaded)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// Adds the documents of one file (`origin` names it in errors) to `loaded`.
+pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), ConfigError> {
+    let expected_api_version = format!("{}/{}", bulwark_api::GROUP, bulwark_api::VERSION);
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value =
+            serde_yaml::Value::deserialize(document).map_err(|e| yaml_error(origin, None, &e))?;
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        let doc_location = || format!("{origin} (document {})", index + 1);
+        let meta: TypeMeta = serde_yaml::from_value(value).map_err(|e| ConfigError {
+            location: doc_location(),
+            field: None,
+            message: format!("not a Kubernetes object: {e}"),
+        })?;
+        let kind = meta.kind.unwrap_or_default();
+        if meta.api_version.as_deref() != Some(expected_api_version.as_str()) {
+            return Err(ConfigError {
+                location: doc_location(),
+                field: Some("apiVersion".into()),
+                message: format!(
+                    "expected {expected_api_version} (Bulwark's API), found {:?}",
+                    meta.api_version.unwrap_or_default()
+                ),
+            });
+        }
+        // Typed deserialisation of the same document, so errors carry its line and the field path.
+        let typed = || {
+            serde_yaml::Deserializer::from_str(text)
+                .nth(index)
+                .expect("the document exists")
+        };
+        match kind.as_str() {
+            "RateLimitPolicy" => {
+                let object: RateLimitPolicy = typed_object(origin, typed())?;
+                let sourced = sourced(origin, &kind, &object, object.spec.clone(), loaded)?;
+                loaded.snapshot.rate_limits.push(sourced);
+            }
+            "QuotaPolicy" => {
+                let object: QuotaPolicy = typed_object(origin, typed())?;
+                let sourced = sourced(origin, &kind, &object, object.spec.clone(), loaded)?;
+                loaded.snapshot.quotas.push(sourced);
+            }
+            "FeatureFlag" => {
+                let object: FeatureFlag = typed_object(origin, typed())?;
+                let sourced = sourced(origin, &kind, &object, object.spec.clone(), loaded)?;
+                loaded.snapshot.feature_flags.push(sourced);
+            }
+            // Accepted so that one directory can hold a whole policy set; enforcing these
+            // (and resolving their references) arrives with their policy modules.
+            "FailoverPolicy" => {
+                let _: FailoverPolicy = typed_object(origin, typed())?;
+            }
+            "WebhookEndpoint" => {
+                let _: WebhookEndpoint = typed_object(origin, typed())?;
+            }
+            other => {
+                return Err(ConfigError {
+                    location: doc_location(),
+                    field: Some("kind".into()),
+                    message: format!(
+                        "unknown kind {other:?}: expected RateLimitPolicy, QuotaPolicy, FeatureFlag, WebhookEndpoint or FailoverPolicy"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn typed_object<T: DeserializeOwned>(
+    origin: &str,
+    document: serde_yaml::Deserializer<'_>,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        yaml_error(origin, field, e.inner())
+    })
+}
+
+fn yaml_error(origin: &str, field: Option<String>, e: &serde_yaml::Error) -> ConfigError {
+    let location = match e.location() {
+        Some(at) => format!("{origin}:{}:{}", at.line(), at.column()),
+        None => origin.to_owned(),
+    };
+    // serde_yaml appends " at line L column C"; the location already says it.
+    let message = e.to_string();
+    let mut message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned();
+    // It may also prefix a coarser path of its own ("spec.rules[0].rates[0]: ...").
+    if let (Some(field), Some((head, rest))) = (&field, message.split_once(": "))
+        && field.starts_with(head)
+    {
+        message = rest.to_owned();
+    }
+    ConfigError {
+        location,
+        field,
+        message,
+    }
+}
+
+/// The policy with its identity; rejects a second object of the same kind, namespace and name.
+fn sourced<K: kube::Resource, T>(
+    origin: &str,
+    kind: &str,
+    object: &K,
+    spec: T,
+    loaded: &mut Loaded,
+) -> Result<Sourced<T>, ConfigError> {
+    let name = object.meta().name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err(ConfigError {
+            location: origin.to_owned(),
+            field: Some("metadata.name".into()),
+            message: format!("a {kind} needs a name"),
+        });
+    }
+    let source = PolicySource {
+        namespace: object
+            .namespace()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        name,
+        generation: object.meta().generation.unwrap_or(0),
+    };
+    let key = (
+        kind.to_owned(),
+        PolicySource {
+            generation: 0,
+            ..source.clone()
+        },
+    );
+    if let Some(first) = loaded.origins.get(&key) {
+        return Err(ConfigError {
+            location: origin.to_owned(),
+            field: Some("metadata.name".into()),
+            message: format!(
+                "{kind} {}/{} is already defined in {first}",
+                source.namespace, source.name
+            ),
+        });
+    }
+    loaded.origins.insert(key, origin.to_owned());
+    Ok(Sourced { source, spec })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded, ConfigError> {
+        let mut loaded = Loaded {
+            snapshot: Snapshot::empty(),
+            ..Loaded::default()
+        };
+        load_text("policies/api.yaml", text, &mut loaded).map(|()| loaded)
+    }
+
+    const GOOD: &str = "\
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata:
+  name: api
+spec:
+  rules:
+  - name: per-ip
+    key: [{type: ClientIP}]
+    rates: [{limit: 10, window: 1s}]
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: QuotaPolicy
+metadata:
+  name: monthly
+  namespace: shop
+spec:
+  quotas:
+  - name: all
+    limit: 1000
+    period: Month
+";
+
+    #[test]
+    fn reads_several_kinds_from_one_file_with_defaults_applied() {
+        let loaded = load(GOOD).unwrap();
+        let rl = &loaded.snapshot.rate_limits[0];
+        assert_eq!(rl.source.namespace, "default");
+        assert_eq!(rl.source.name, "api");
+        assert_eq!(
+            rl.spec.rules[0].rates[0].window,
+            bulwark_api::Duration::from_secs(1)
+        );
+        assert_eq!(loaded.snapshot.quotas[0].source.namespace, "shop");
+        assert_eq!(
+            loaded.snapshot.quotas[0].spec.time_zone, "UTC",
+            "CRD defaults apply in standalone mode too"
+        );
+        assert_eq!(
+            loaded.origin("RateLimitPolicy", &rl.source),
+            "policies/api.yaml"
+        );
+    }
+
+    #[test]
+    fn a_bad_field_is_reported_with_file_line_and_path() {
+        let bad = GOOD.replace("window: 1s", "window: 1d");
+        let err = load(&bad).unwrap_err();
+        // The line of the bad value; serde_yaml's column is that of the enclosing flow mapping.
+        assert!(err.location.starts_with("policies/api.yaml:9:"), "{err}");
+        assert_eq!(err.field.as_deref(), Some("spec.rules[0].rates[0].window"));
+        assert!(err.message.contains("invalid duration \"1d\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains(": spec.rules[0].rates[0].window: invalid duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_in_a_later_document_point_at_its_own_lines() {
+        let bad = GOOD.replace("period: Month", "period: Fortnight");
+        let err = load(&bad).unwrap_err();
+        assert!(err.location.starts_with("policies/api.yaml:20:"), "{err}");
+        assert_eq!(err.field.as_deref(), Some("spec.quotas[0].period"));
+        assert!(err.message.contains("Fortnight"), "{err}");
+    }
+
+    #[test]
+    fn foreign_objects_and_duplicates_are_refused() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n";
+        let err = load(deployment).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("apiVersion"));
+        let unknown = "apiVersion: bulwark.dev/v1alpha1\nkind: Bogus\nmetadata: {name: x}\n";
+        assert_eq!(load(unknown).unwrap_err().field.as_deref(), Some("kind"));
+        let twice = format!("{GOOD}---\n{}", GOOD.split("---").next().unwrap());
+        let err = load(&twice).unwrap_err();
+        assert!(
+            err.message
+                .contains("RateLimitPolicy default/api is already defined in policies/api.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_documents_and_missing_required_fields() {
+        assert!(load("---\n---\n").unwrap().snapshot.rate_limits.is_empty());
+        let no_rules = "apiVersion: bulwark.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: x}\nspec: {}\n";
+        let err = load(no_rules).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec"));
+        assert!(err.message.contains("missing field `rules`"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_read_in_name_order_skipping_hidden_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("b.yaml"), GOOD.split("---").nth(1).unwrap()).unwrap();
+        fs::write(dir.path().join("a.yaml"), GOOD.split("---").next().unwrap()).unwrap();
+        fs::write(dir.path().join(".hidden.yaml"), "not: [valid").unwrap();
+        fs::write(dir.path().join("README.md"), "# notes").unwrap();
+        let loaded = load_dir(dir.path()).unwrap();
+        assert_eq!(loaded.snapshot.rate_limits.len(), 1);
+        assert_eq!(loaded.snapshot.quotas.len(), 1);
+        let missing = load_dir(&dir.path().join("nope")).unwrap_err();
+        assert!(
+            missing
+                .message
+                .contains("cannot read the configuration directory")
+        );
+    }
+}

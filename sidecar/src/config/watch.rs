@@ -1,0 +1,98 @@
+//! Watches the standalone configuration directory and hot-reloads it.
+//!
+//! The directory is polled (default every second) and its files' contents hashed: polling works
+//! the same on every filesystem, including a Kubernetes ConfigMap volume whose files change by
+//! swapping a symlink, which inotify-based watchers miss unless they watch the right inode.
+//! A changed directory is loaded and compiled whole; on success it is installed and persisted,
+//! on failure the error is logged once and counted, and the last good policy keeps serving.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use pingora::{server::ShutdownWatch, services::background::BackgroundService};
+
+use super::{files, persist};
+use crate::{
+    metrics::Metrics,
+    policy::{ActivePolicy, CompiledPolicy},
+};
+
+pub struct ConfigWatcher {
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub interval: Duration,
+    pub policy: Arc<ActivePolicy>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A fingerprint of the policy files' names and contents.
+fn fingerprint(dir: &Path) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    for path in files::policy_files(dir).ok()? {
+        path.hash(&mut hasher);
+        std::fs::read(&path).ok()?.hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+impl ConfigWatcher {
+    /// Loads, compiles and installs the directory once. Returns the error text on failure.
+    pub fn reload(&self) -> Result<u64, String> {
+        let result = files::load_dir(&self.dir)
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| {
+                let mut snapshot = loaded.snapshot.clone();
+                snapshot.version = self.policy.load().snapshot.version + 1;
+                CompiledPolicy::compile(snapshot, &self.metrics).map_err(|e| {
+                    let origin = loaded.origin(e.kind, &e.source);
+                    format!("{origin}: {e}")
+                })
+            });
+        match result {
+            Ok(compiled) => {
+                let version = compiled.snapshot.version;
+                if let Err(e) = persist::save(&self.state_dir, &compiled.snapshot) {
+                    tracing::warn!(error = %e, "cannot persist the last good snapshot");
+                }
+                self.policy.install(compiled, &self.metrics);
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(version, dir = %self.dir.display(), "policy loaded");
+                Ok(version)
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "invalid policy configuration rejected; the last good one keeps serving");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last = fingerprint(&self.dir);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = fingerprint(&self.dir);
+            if now != last {
+                last = now;
+                let _ = self.reload();
+            }
+        }
+    }
+}

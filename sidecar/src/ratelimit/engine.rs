@@ -1,0 +1,683 @@
+//! The compiled `RateLimitPolicy` set of one snapshot, and the per-request decision.
+//!
+//! Semantics (docs/crds.md): every rule of every policy whose `match` selects the request
+//! applies; each rule keeps one counter per key and admits the request only if all its rates do
+//! (all-or-nothing within a rule). The request is rejected if any enforcing rule rejects it, with
+//! the most restrictive answer (the longest `Retry-After`). Rules decide independently, as
+//! Envoy's descriptors do: a rule that admitted a request has counted it even if another rule
+//! rejects it. `Shadow` policies count and report, never reject.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    hash::{DefaultHasher, Hash, Hasher},
+};
+
+use bulwark_api::{
+    crd::{
+        common::{Enforcement, Scope},
+        rate_limit::{RateLimitAlgorithm, RateLimitPolicySpec, RateLimitRule},
+    },
+    snapshot::{PolicySource, Sourced},
+};
+use prometheus::IntCounter;
+
+use super::{
+    algorithm::{self, Algorithm, Outcome, Rate},
+    store::{LocalStore, MAX_RATES},
+};
+use crate::{
+    compile::CompileError, keys::KeyBuilder, matching::CompiledMatch, metrics::Metrics,
+    request::RequestView,
+};
+
+const NANOS: u64 = 1_000_000_000;
+
+/// Every rate-limit rule of a snapshot, ready to decide.
+#[derive(Default)]
+pub struct RateLimits {
+    rules: Vec<CompiledRule>,
+}
+
+struct CompiledRule {
+    /// Identifies the rule's counters; changes when the rule's limits change, so edited limits
+    /// start from fresh counters while untouched rules keep theirs across reloads.
+    id: u64,
+    name: String,
+    enforce: bool,
+    matcher: CompiledMatch,
+    key: KeyBuilder,
+    algorithm: Algorithm,
+    rates: Vec<Rate>,
+    cost_amount: u64,
+    cost_header: Option<http::HeaderName>,
+    overrides: HashMap<String, Vec<Rate>>,
+    response: Response,
+    counters: Counters,
+}
+
+struct Counters {
+    allowed: IntCounter,
+    limited: IntCounter,
+    shadow_limited: IntCounter,
+}
+
+/// How a rejection is answered.
+#[derive(Clone, Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    content_type: String,
+    legacy_headers: bool,
+}
+
+/// The outcome for one request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// `Some` when the request must be answered by the sidecar instead of the app.
+    pub reject: Option<Rejection>,
+    /// Headers describing the most restrictive applicable limit, for the response (IETF
+    /// `RateLimit` / `RateLimit-Policy`, and legacy ones when asked).
+    pub headers: Vec<(String, String)>,
+}
+
+/// A response produced by the sidecar.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RateLimits {
+    /// Compiles the policies; an error names the policy and the field.
+    pub fn compile(
+        policies: &[Sourced<RateLimitPolicySpec>],
+        metrics: &Metrics,
+    ) -> Result<Self, (PolicySource, CompileError)> {
+        let mut rules = Vec::new();
+        for policy in policies {
+            if policy.spec.scope == Scope::Global {
+                // Redis-backed counters arrive with the global store; refuse rather than
+                // silently enforcing per pod what the user declared for the workload.
+                return Err((
+                    policy.source.clone(),
+                    CompileError::new(
+                        "scope",
+                        "Global scope needs a Redis store, which this sidecar version does not have yet",
+                    ),
+                ));
+            }
+            for (i, rule) in policy.spec.rules.iter().enumerate() {
+                let compiled = compile_rule(&policy.source, &policy.spec, rule, metrics)
+                    .map_err(|e| (policy.source.clone(), e.under(&format!("rules[{i}]"))))?;
+                rules.push(compiled);
+            }
+        }
+        Ok(Self { rules })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Decides `req` at `now` (Unix nanoseconds) against `store`.
+    pub fn decide(&self, req: &RequestView<'_>, store: &LocalStore, now: u64) -> Decision {
+        let mut key = String::with_capacity(64);
+        // The applicable limit with the least room, for the response headers.
+        // Each with the rate that decided, captured now: overrides make it key-dependent.
+        let mut tightest: Option<(&CompiledRule, Outcome, Rate)> = None;
+        let mut rejected: Option<(&CompiledRule, Outcome, Rate)> = None;
+        for rule in &self.rules {
+            if !rule.matcher.matches(req) {
+                continue;
+            }
+            key.clear();
+            let _ = write!(key, "{:016x}\u{1f}", rule.id);
+            let key_start = key.len();
+            rule.key.write_key(req, &mut key);
+            let rates = rule
+                .overrides
+                .get(&key[key_start..])
+                .map(Vec::as_slice)
+                .unwrap_or(&rule.rates);
+            let cost = rule.cost(req);
+            let (outcome, index) = store.decide(&key, rule.algorithm, rates, now, cost);
+            let rate = rates[index.min(rates.len() - 1)];
+            if outcome.allowed {
+                rule.counters.allowed.inc();
+                if tightest
+                    .as_ref()
+                    .is_none_or(|(_, t, _)| outcome.remaining < t.remaining)
+                {
+                    tightest = Some((rule, outcome, rate));
+                }
+            } else if rule.enforce {
+                rule.counters.limited.inc();
+                if rejected
+                    .as_ref()
+                    .is_none_or(|(_, r, _)| outcome.retry_after_nanos > r.retry_after_nanos)
+                {
+                    rejected = Some((rule, outcome, rate));
+                }
+            } else {
+                rule.counters.shadow_limited.inc();
+            }
+        }
+        match rejected {
+            Some((rule, outcome, rate)) => {
+                let mut headers = limit_headers(rule, rate, &outcome);
+                // A cost above the limit can never pass: no Retry-After promises otherwise.
+                if outcome.retry_after_nanos != algorithm::NEVER {
+                    headers.push((
+                        "Retry-After".into(),
+                        ceil_seconds(outcome.retry_after_nanos).max(1).to_string(),
+                    ));
+                }
+                headers.push(("Content-Type".into(), rule.response.content_type.clone()));
+                headers.extend(rule.response.headers.iter().cloned());
+                Decision {
+                    reject: Some(Rejection {
+                        status: rule.response.status,
+                        headers,
+                        body: rule.response.body.clone(),
+                    }),
+                    headers: Vec::new(),
+                }
+            }
+            None => Decision {
+                reject: None,
+                headers: tightest
+                    .map(|(rule, outcome, rate)| limit_headers(rule, rate, &outcome))
+                    .unwrap_or_default(),
+            },
+        }
+    }
+}
+
+impl CompiledRule {
+    fn cost(&self, req: &RequestView<'_>) -> u64 {
+        self.cost_header
+            .as_ref()
+            .and_then(|name| req.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(self.cost_amount)
+    }
+}
+
+/// IETF `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), plus the
+/// legacy `X-RateLimit-*` headers when the policy asks for them.
+fn limit_headers(rule: &CompiledRule, rate: Rate, outcome: &Outcome) -> Vec<(String, String)> {
+    let window = ceil_seconds(rate.window_nanos);
+    let reset = ceil_seconds(outcome.reset_nanos);
+    let mut headers = vec![
+        (
+            "RateLimit-Policy".into(),
+            format!("\"{}\";q={};w={window}", rule.name, rate.limit),
+        ),
+        (
+            "RateLimit".into(),
+            format!("\"{}\";r={};t={reset}", rule.name, outcome.remaining),
+        ),
+    ];
+    if rule.response.legacy_headers {
+        headers.push(("X-RateLimit-Limit".into(), rate.limit.to_string()));
+        headers.push((
+            "X-RateLimit-Remaining".into(),
+            outcome.remaining.to_string(),
+        ));
+        headers.push(("X-RateLimit-Reset".into(), reset.to_string()));
+    }
+    headers
+}
+
+fn ceil_seconds(nanos: u64) -> u64 {
+    nanos.div_ceil(NANOS)
+}
+
+fn to_rates(rates: &[bulwark_api::crd::rate_limit::Rate], multiplier: u64) -> Vec<Rate> {
+    rates
+        .iter()
+        .take(MAX_RATES)
+        .map(|r| Rate {
+            limit: r.limit.saturating_mul(multiplier),
+            window_nanos: r.window.as_std().as_nanos().min(u64::MAX as u128) as u64,
+            burst: r.burst.unwrap_or(r.limit).saturating_mul(multiplier),
+        })
+        .collect()
+}
+
+fn compile_rule(
+    source: &PolicySource,
+    spec: &RateLimitPolicySpec,
+    rule: &RateLimitRule,
+    metrics: &Metrics,
+) -> Result<CompiledRule, CompileError> {
+    let matcher = CompiledMatch::compile(&rule.match_).map_err(|e| e.under("match"))?;
+    let key = KeyBuilder::compile(&rule.key, spec.jwt.as_ref())?;
+    let algorithm = match rule.algorithm {
+        RateLimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
+        RateLimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
+        RateLimitAlgorithm::FixedWindow => Algorithm::FixedWindow,
+    };
+    let rates = to_rates(&rule.rates, 1);
+    if rates.is_empty() {
+        return Err(CompileError::new("rates", "at least one rate is required"));
+    }
+    let mut overrides = HashMap::new();
+    for (i, o) in rule.overrides.iter().enumerate() {
+        if o.values.len() != key.len() {
+            return Err(CompileError::new(
+                format!("overrides[{i}].values"),
+                "each override lists exactly one value per key part",
+            ));
+        }
+        let rates = match (&o.rates, o.multiplier) {
+            (Some(rates), None) => to_rates(rates, 1),
+            (None, Some(m)) => to_rates(&rule.rates, u64::from(m)),
+            _ => {
+                return Err(CompileError::new(
+                    format!("overrides[{i}]"),
+                    "set exactly one of rates and multiplier",
+                ));
+            }
+        };
+        // The first override for a key wins, as documented.
+        overrides
+            .entry(key.override_key(&o.values))
+            .or_insert(rates);
+    }
+    let cost_header = match rule.cost.as_ref().and_then(|c| c.header.as_deref()) {
+        Some(name) => Some(http::HeaderName::try_from(name).map_err(|_| {
+            CompileError::new(
+                "cost.header",
+                format!("{name:?} is not a valid header name"),
+            )
+        })?),
+        None => None,
+    };
+    let response = compile_response(spec)?;
+    // Counter identity: the rule and every rate its keys can be decided with (overrides in
+    // order). A state means nothing under another window, so changed rates get fresh counters.
+    let mut id = DefaultHasher::new();
+    (
+        &source.namespace,
+        &source.name,
+        &rule.name,
+        rule.algorithm as u8,
+    )
+        .hash(&mut id);
+    rates.hash(&mut id);
+    let mut override_rates: Vec<(&String, &Vec<Rate>)> = overrides.iter().collect();
+    override_rates.sort_by(|a, b| a.0.cmp(b.0));
+    override_rates.hash(&mut id);
+    let policy = format!("{}/{}", source.namespace, source.name);
+    let counter = |decision: &str| {
+        metrics.ratelimit_requests.with_label_values(&[
+            policy.as_str(),
+            rule.name.as_str(),
+            decision,
+        ])
+    };
+    Ok(CompiledRule {
+        id: id.finish(),
+        name: rule.name.clone(),
+        enforce: spec.enforcement == Enforcement::Enforce,
+        matcher,
+        key,
+        algorithm,
+        rates,
+        cost_amount: rule.cost.as_ref().map_or(1, |c| u64::from(c.amount)),
+        cost_header,
+        overrides,
+        response,
+        counters: Counters {
+            allowed: counter("allowed"),
+            limited: counter("limited"),
+            shadow_limited: counter("shadow_limited"),
+        },
+    })
+}
+
+fn compile_response(spec: &RateLimitPolicySpec) -> Result<Response, CompileError> {
+    let configured = spec.response.as_ref();
+    let deny = configured.map(|r| &r.deny);
+    let mut headers = Vec::new();
+    for (i, h) in deny
+        .map(|d| d.headers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        http::HeaderName::try_from(h.name.as_str()).map_err(|_| {
+            CompileError::new(
+                format!("response.headers[{i}].name"),
+                "not a valid header name",
+            )
+        })?;
+        http::HeaderValue::try_from(h.value.as_str()).map_err(|_| {
+            CompileError::new(
+                format!("response.headers[{i}].value"),
+                "not a valid header value",
+            )
+        })?;
+        headers.push((h.name.clone(), h.value.clone()));
+    }
+    Ok(Response {
+        status: deny.and_then(|d| d.status_code).unwrap_or(429),
+        headers,
+        body: deny.and_then(|d| d.body.clone()).unwrap_or_default(),
+        content_type: deny
+            .and_then(|d| d.content_type.clone())
+            .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+        legacy_headers: configured.is_some_and(|r| r.legacy_headers),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use bulwark_api::snapshot::Sourced;
+    use http::HeaderMap;
+
+    use super::*;
+
+    const SECOND: u64 = NANOS;
+
+    fn policies(yaml: &str) -> Vec<Sourced<RateLimitPolicySpec>> {
+        let spec: RateLimitPolicySpec = serde_yaml::from_str(yaml).unwrap();
+        vec![Sourced {
+            source: PolicySource {
+                namespace: "ns".into(),
+                name: "p".into(),
+                generation: 1,
+            },
+            spec,
+        }]
+    }
+
+    fn compile(yaml: &str) -> RateLimits {
+        RateLimits::compile(&policies(yaml), &Metrics::new().unwrap()).unwrap()
+    }
+
+    struct Req {
+        path: &'static str,
+        headers: HeaderMap,
+        ip: IpAddr,
+    }
+
+    impl Req {
+        fn new(path: &'static str, headers: &[(&'static str, &str)]) -> Self {
+            let mut map = HeaderMap::new();
+            for (k, v) in headers {
+                map.insert(*k, v.parse().unwrap());
+            }
+            Req {
+                path,
+                headers: map,
+                ip: "10.0.0.1".parse().unwrap(),
+            }
+        }
+
+        fn view(&self) -> RequestView<'_> {
+            RequestView {
+                method: "GET",
+                path: self.path,
+                query: None,
+                host: Some("api.local"),
+                headers: &self.headers,
+                client_ip: Some(self.ip),
+            }
+        }
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    const TWO_PER_MINUTE: &str = "
+rules:
+- name: per-key
+  key: [{type: Header, name: x-key}]
+  algorithm: FixedWindow
+  rates: [{limit: 2, window: 1m}]
+";
+
+    #[test]
+    fn rejects_over_the_limit_with_ietf_headers_and_retry_after() {
+        let limits = compile(TWO_PER_MINUTE);
+        let store = LocalStore::new(4, 1000);
+        let req = Req::new("/", &[("x-key", "a")]);
+        let first = limits.decide(&req.view(), &store, 0);
+        assert_eq!(first.reject, None);
+        assert_eq!(
+            header(&first.headers, "RateLimit-Policy"),
+            Some("\"per-key\";q=2;w=60")
+        );
+        assert_eq!(
+            header(&first.headers, "RateLimit"),
+            Some("\"per-key\";r=1;t=60")
+        );
+        assert!(limits.decide(&req.view(), &store, SECOND).reject.is_none());
+        let third = limits
+            .decide(&req.view(), &store, 10 * SECOND)
+            .reject
+            .expect("over the limit");
+        assert_eq!(third.status, 429);
+        assert_eq!(
+            header(&third.headers, "Retry-After"),
+            Some("50"),
+            "the window resets at 60 s"
+        );
+        assert_eq!(
+            header(&third.headers, "RateLimit"),
+            Some("\"per-key\";r=0;t=50")
+        );
+        // Another key is counted apart.
+        assert!(
+            limits
+                .decide(
+                    &Req::new("/", &[("x-key", "b")]).view(),
+                    &store,
+                    10 * SECOND
+                )
+                .reject
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn overrides_cost_shadow_and_custom_responses() {
+        let limits = compile(
+            "
+enforcement: Enforce
+response: {statusCode: 503, body: slow down, legacyHeaders: true, headers: [{name: X-Why, value: quota}]}
+rules:
+- name: per-key
+  key: [{type: Header, name: x-key}]
+  algorithm: FixedWindow
+  rates: [{limit: 2, window: 1m}]
+  cost: {amount: 1, header: x-cost}
+  overrides:
+  - values: [vip]
+    multiplier: 10
+",
+        );
+        let store = LocalStore::new(4, 1000);
+        let vip = Req::new("/", &[("x-key", "vip")]);
+        for _ in 0..20 {
+            assert!(limits.decide(&vip.view(), &store, 0).reject.is_none());
+        }
+        assert!(
+            limits.decide(&vip.view(), &store, 0).reject.is_some(),
+            "10× the limit, not more"
+        );
+
+        let heavy = Req::new("/", &[("x-key", "a"), ("x-cost", "3")]);
+        let rejected = limits
+            .decide(&heavy.view(), &store, 0)
+            .reject
+            .expect("a cost of 3 exceeds 2");
+        assert_eq!(rejected.status, 503);
+        assert_eq!(rejected.body, "slow down");
+        assert_eq!(header(&rejected.headers, "X-Why"), Some("quota"));
+        assert_eq!(header(&rejected.headers, "X-RateLimit-Limit"), Some("2"));
+        let bad_cost = Req::new("/", &[("x-key", "a"), ("x-cost", "lots")]);
+        assert!(
+            limits.decide(&bad_cost.view(), &store, 0).reject.is_none(),
+            "an unreadable cost falls back to amount"
+        );
+
+        let shadow = compile(&TWO_PER_MINUTE.replace("rules:", "enforcement: Shadow\nrules:"));
+        let req = Req::new("/", &[("x-key", "a")]);
+        for _ in 0..5 {
+            assert!(shadow.decide(&req.view(), &store, 0).reject.is_none());
+        }
+    }
+
+    #[test]
+    fn every_matching_rule_applies_and_the_longest_wait_wins() {
+        let limits = compile(
+            "
+rules:
+- name: burst
+  match: {path: {value: /api}}
+  algorithm: FixedWindow
+  rates: [{limit: 1, window: 1s}]
+- name: hourly
+  algorithm: FixedWindow
+  rates: [{limit: 1, window: 1h}]
+",
+        );
+        let store = LocalStore::new(4, 1000);
+        assert!(
+            limits
+                .decide(&Req::new("/api/x", &[]).view(), &store, 0)
+                .reject
+                .is_none()
+        );
+        let rejected = limits
+            .decide(&Req::new("/api/x", &[]).view(), &store, 0)
+            .reject
+            .unwrap();
+        assert_eq!(
+            header(&rejected.headers, "Retry-After"),
+            Some("3600"),
+            "the hourly rule's wait"
+        );
+        assert!(
+            header(&rejected.headers, "RateLimit-Policy")
+                .unwrap()
+                .starts_with("\"hourly\"")
+        );
+    }
+
+    #[test]
+    fn global_scope_is_refused_until_a_redis_store_exists() {
+        let err = RateLimits::compile(
+            &policies(&TWO_PER_MINUTE.replace("rules:", "scope: Global\nrules:")),
+            &Metrics::new().unwrap(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.1.field, "scope");
+    }
+
+    #[test]
+    fn counters_survive_a_recompile_unless_the_rule_changed() {
+        let store = LocalStore::new(4, 1000);
+        let req = Req::new("/", &[("x-key", "a")]);
+        let before = compile(TWO_PER_MINUTE);
+        before.decide(&req.view(), &store, 0);
+        before.decide(&req.view(), &store, 0);
+        assert!(
+            compile(TWO_PER_MINUTE)
+                .decide(&req.view(), &store, 0)
+                .reject
+                .is_some(),
+            "same rule, same counter"
+        );
+        let raised = compile(&TWO_PER_MINUTE.replace("limit: 2", "limit: 3"));
+        assert!(
+            raised.decide(&req.view(), &store, 0).reject.is_none(),
+            "new limits, fresh counter"
+        );
+    }
+
+    #[test]
+    fn a_changed_override_gets_fresh_counters() {
+        let with_override = |window: &str| {
+            compile(&format!(
+                "
+rules:
+- name: per-key
+  key: [{{type: Header, name: x-key}}]
+  algorithm: FixedWindow
+  rates: [{{limit: 2, window: 1m}}]
+  overrides:
+  - values: [vip]
+    rates: [{{limit: 1, window: {window}}}]
+"
+            ))
+        };
+        let store = LocalStore::new(4, 1000);
+        let vip = Req::new("/", &[("x-key", "vip")]);
+        let hourly = with_override("1h");
+        assert!(hourly.decide(&vip.view(), &store, 0).reject.is_none());
+        assert!(hourly.decide(&vip.view(), &store, 0).reject.is_some());
+        // The override's window changed: its old state must not be read under the new window.
+        let per_second = with_override("1s");
+        assert!(
+            per_second
+                .decide(&vip.view(), &store, 2 * SECOND)
+                .reject
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_cost_above_the_limit_is_rejected_without_a_retry_after() {
+        let limits = compile(&TWO_PER_MINUTE.replace("rates:", "cost: {amount: 5}\n  rates:"));
+        let rejected = limits
+            .decide(
+                &Req::new("/", &[("x-key", "a")]).view(),
+                &LocalStore::new(1, 10),
+                0,
+            )
+            .reject
+            .unwrap();
+        assert_eq!(
+            header(&rejected.headers, "Retry-After"),
+            None,
+            "waiting would not help"
+        );
+    }
+
+    #[test]
+    fn client_ip_overrides_match_however_the_address_is_written() {
+        let limits = compile(
+            "
+rules:
+- name: per-ip
+  key: [{type: ClientIP}]
+  algorithm: FixedWindow
+  rates: [{limit: 1, window: 1m}]
+  overrides:
+  - values: ['::ffff:10.0.0.1']
+    multiplier: 3
+",
+        );
+        let store = LocalStore::new(4, 1000);
+        let req = Req::new("/", &[]); // client 10.0.0.1
+        let admitted = (0..4)
+            .filter(|_| limits.decide(&req.view(), &store, 0).reject.is_none())
+            .count();
+        assert_eq!(admitted, 3);
+    }
+}
