@@ -19,7 +19,10 @@ use pingora::{
 use crate::{
     metrics::{Metrics, status_class},
     policy::ActivePolicy,
-    ratelimit::{engine::Rejection, store::LocalStore},
+    ratelimit::{
+        engine::{AppliedLimit, Rejection},
+        store::LocalStore,
+    },
     request::RequestView,
 };
 
@@ -49,8 +52,8 @@ impl InboundProxy {
 /// Per-request state: what the policy phases decided, for the later phases.
 #[derive(Default)]
 pub struct RequestCtx {
-    /// Rate-limit headers to add to the app's response.
-    response_headers: Vec<(String, String)>,
+    /// The limit whose headers go on the app's response.
+    rate_limit: Option<AppliedLimit>,
 }
 
 fn unix_nanos() -> u64 {
@@ -127,7 +130,7 @@ impl ProxyHttp for InboundProxy {
                 Ok(true)
             }
             None => {
-                ctx.response_headers = decision.headers;
+                ctx.rate_limit = decision.applied;
                 Ok(false)
             }
         }
@@ -148,8 +151,10 @@ impl ProxyHttp for InboundProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        for (name, value) in ctx.response_headers.drain(..) {
-            response.insert_header(name, value)?;
+        if let Some(limit) = ctx.rate_limit.take() {
+            for (name, value) in limit.headers() {
+                response.insert_header(name, value)?;
+            }
         }
         Ok(())
     }

@@ -9,8 +9,8 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
 };
 
 use bulwark_api::{
@@ -24,7 +24,7 @@ use prometheus::IntCounter;
 
 use super::{
     algorithm::{self, Algorithm, Outcome, Rate},
-    store::{LocalStore, MAX_RATES},
+    store::{LocalStore, MAX_RATES, counter_key},
 };
 use crate::{
     compile::CompileError, keys::KeyBuilder, matching::CompiledMatch, metrics::Metrics,
@@ -43,7 +43,6 @@ struct CompiledRule {
     /// Identifies the rule's counters; changes when the rule's limits change, so edited limits
     /// start from fresh counters while untouched rules keep theirs across reloads.
     id: u64,
-    name: String,
     enforce: bool,
     matcher: CompiledMatch,
     key: KeyBuilder,
@@ -52,6 +51,7 @@ struct CompiledRule {
     cost_amount: u64,
     cost_header: Option<http::HeaderName>,
     overrides: HashMap<String, Vec<Rate>>,
+    info: Arc<RuleInfo>,
     response: Response,
     counters: Counters,
 }
@@ -69,6 +69,12 @@ struct Response {
     headers: Vec<(String, String)>,
     body: String,
     content_type: String,
+}
+
+/// What the response headers need to know of a rule.
+#[derive(Debug, PartialEq, Eq)]
+struct RuleInfo {
+    name: String,
     legacy_headers: bool,
 }
 
@@ -77,9 +83,34 @@ struct Response {
 pub struct Decision {
     /// `Some` when the request must be answered by the sidecar instead of the app.
     pub reject: Option<Rejection>,
-    /// Headers describing the most restrictive applicable limit, for the response (IETF
-    /// `RateLimit` / `RateLimit-Policy`, and legacy ones when asked).
-    pub headers: Vec<(String, String)>,
+    /// The most restrictive limit that admitted the request, for the app's response headers.
+    pub applied: Option<AppliedLimit>,
+}
+
+/// An admitting limit. Its headers are rendered only when the response is written, keeping
+/// formatting out of the decision itself.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AppliedLimit {
+    rule: Arc<RuleInfo>,
+    rate: Rate,
+    outcome: Outcome,
+}
+
+impl AppliedLimit {
+    /// IETF `RateLimit` / `RateLimit-Policy` (and legacy ones when asked) for the response.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        limit_headers(&self.rule, self.rate, &self.outcome)
+    }
+}
+
+impl Decision {
+    /// The headers to add to the app's response.
+    pub fn response_headers(&self) -> Vec<(String, String)> {
+        self.applied
+            .as_ref()
+            .map(AppliedLimit::headers)
+            .unwrap_or_default()
+    }
 }
 
 /// A response produced by the sidecar.
@@ -134,16 +165,15 @@ impl RateLimits {
                 continue;
             }
             key.clear();
-            let _ = write!(key, "{:016x}\u{1f}", rule.id);
-            let key_start = key.len();
             rule.key.write_key(req, &mut key);
-            let rates = rule
-                .overrides
-                .get(&key[key_start..])
-                .map(Vec::as_slice)
-                .unwrap_or(&rule.rates);
+            let rates = if rule.overrides.is_empty() {
+                &rule.rates
+            } else {
+                rule.overrides.get(key.as_str()).unwrap_or(&rule.rates)
+            };
             let cost = rule.cost(req);
-            let (outcome, index) = store.decide(&key, rule.algorithm, rates, now, cost);
+            let (outcome, index) =
+                store.decide(counter_key(rule.id, &key), rule.algorithm, rates, now, cost);
             let rate = rates[index.min(rates.len() - 1)];
             if outcome.allowed {
                 rule.counters.allowed.inc();
@@ -167,7 +197,7 @@ impl RateLimits {
         }
         match rejected {
             Some((rule, outcome, rate)) => {
-                let mut headers = limit_headers(rule, rate, &outcome);
+                let mut headers = limit_headers(&rule.info, rate, &outcome);
                 // A cost above the limit can never pass: no Retry-After promises otherwise.
                 if outcome.retry_after_nanos != algorithm::NEVER {
                     headers.push((
@@ -183,14 +213,16 @@ impl RateLimits {
                         headers,
                         body: rule.response.body.clone(),
                     }),
-                    headers: Vec::new(),
+                    applied: None,
                 }
             }
             None => Decision {
                 reject: None,
-                headers: tightest
-                    .map(|(rule, outcome, rate)| limit_headers(rule, rate, &outcome))
-                    .unwrap_or_default(),
+                applied: tightest.map(|(rule, outcome, rate)| AppliedLimit {
+                    rule: rule.info.clone(),
+                    rate,
+                    outcome,
+                }),
             },
         }
     }
@@ -209,7 +241,7 @@ impl CompiledRule {
 
 /// IETF `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), plus the
 /// legacy `X-RateLimit-*` headers when the policy asks for them.
-fn limit_headers(rule: &CompiledRule, rate: Rate, outcome: &Outcome) -> Vec<(String, String)> {
+fn limit_headers(rule: &RuleInfo, rate: Rate, outcome: &Outcome) -> Vec<(String, String)> {
     let window = ceil_seconds(rate.window_nanos);
     let reset = ceil_seconds(outcome.reset_nanos);
     let mut headers = vec![
@@ -222,7 +254,7 @@ fn limit_headers(rule: &CompiledRule, rate: Rate, outcome: &Outcome) -> Vec<(Str
             format!("\"{}\";r={};t={reset}", rule.name, outcome.remaining),
         ),
     ];
-    if rule.response.legacy_headers {
+    if rule.legacy_headers {
         headers.push(("X-RateLimit-Limit".into(), rate.limit.to_string()));
         headers.push((
             "X-RateLimit-Remaining".into(),
@@ -323,7 +355,6 @@ fn compile_rule(
     };
     Ok(CompiledRule {
         id: id.finish(),
-        name: rule.name.clone(),
         enforce: spec.enforcement == Enforcement::Enforce,
         matcher,
         key,
@@ -332,6 +363,10 @@ fn compile_rule(
         cost_amount: rule.cost.as_ref().map_or(1, |c| u64::from(c.amount)),
         cost_header,
         overrides,
+        info: Arc::new(RuleInfo {
+            name: rule.name.clone(),
+            legacy_headers: spec.response.as_ref().is_some_and(|r| r.legacy_headers),
+        }),
         response,
         counters: Counters {
             allowed: counter("allowed"),
@@ -372,7 +407,6 @@ fn compile_response(spec: &RateLimitPolicySpec) -> Result<Response, CompileError
         content_type: deny
             .and_then(|d| d.content_type.clone())
             .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
-        legacy_headers: configured.is_some_and(|r| r.legacy_headers),
     })
 }
 
@@ -457,11 +491,11 @@ rules:
         let first = limits.decide(&req.view(), &store, 0);
         assert_eq!(first.reject, None);
         assert_eq!(
-            header(&first.headers, "RateLimit-Policy"),
+            header(&first.response_headers(), "RateLimit-Policy"),
             Some("\"per-key\";q=2;w=60")
         );
         assert_eq!(
-            header(&first.headers, "RateLimit"),
+            header(&first.response_headers(), "RateLimit"),
             Some("\"per-key\";r=1;t=60")
         );
         assert!(limits.decide(&req.view(), &store, SECOND).reject.is_none());

@@ -1,13 +1,15 @@
 //! In-process counters (`Local` scope): sharded maps, bounded in size, with idle keys evicted.
 //!
-//! A counter is keyed by a string that starts with its rule's id, so rules never share state and
-//! lookups need no allocation. Memory is bounded: when a shard is full, an arbitrary counter is
+//! A counter is keyed by a 128-bit hash of its rule and key (xxh3, seeded with the rule's id), as
+//! pingora-limits keys its estimators: no key strings are stored or compared, so a lookup is one
+//! probe in a map of fixed-size entries. Two distinct keys share a counter only if their 128-bit
+//! hashes collide, which at a million live keys has a probability below 10^-26. Memory is bounded: when a shard is full, an arbitrary counter is
 //! dropped to make room (`evictions`). Forgetting a counter only forgets a client's history, which
 //! is more permissive, never stricter; bounded memory under a flood of distinct keys matters more.
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasherDefault, Hasher},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -26,11 +28,39 @@ struct Entry {
     idle_after: u64,
 }
 
-type Shard = Mutex<HashMap<Box<str>, Entry>>;
+/// The counter key: already a uniform hash, so the map uses its low bits as they are.
+pub type CounterKey = u128;
+
+/// Hashes a key that is already a hash: takes its low 64 bits.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed; this path is for completeness.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type Shard = Mutex<HashMap<CounterKey, Entry, BuildHasherDefault<IdentityHasher>>>;
+
+/// The counter key of `key` (the key parts as the engine writes them) under rule `rule_id`.
+pub fn counter_key(rule_id: u64, key: &str) -> CounterKey {
+    xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), rule_id)
+}
 
 pub struct LocalStore {
     shards: Box<[Shard]>,
-    hasher: RandomState,
     max_per_shard: usize,
     evictions: AtomicU64,
 }
@@ -41,21 +71,23 @@ impl LocalStore {
     pub fn new(shards: usize, max_keys: usize) -> Self {
         let shards = shards.max(1).next_power_of_two();
         Self {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             max_per_shard: (max_keys / shards).max(1),
             evictions: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &str) -> &Shard {
-        &self.shards[(self.hasher.hash_one(key) as usize) & (self.shards.len() - 1)]
+    fn shard(&self, key: CounterKey) -> &Shard {
+        // The high bits pick the shard; the map uses the low ones.
+        &self.shards[((key >> 64) as usize) & (self.shards.len() - 1)]
     }
 
     /// Decides a request of `cost` against every rate of the counter `key`, all-or-nothing.
     pub fn decide(
         &self,
-        key: &str,
+        key: CounterKey,
         algorithm: Algorithm,
         rates: &[Rate],
         now: u64,
@@ -74,7 +106,7 @@ impl LocalStore {
             .shard(key)
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(entry) = shard.get_mut(key) {
+        if let Some(entry) = shard.get_mut(&key) {
             let result = algorithm::decide_all(
                 algorithm,
                 rates,
@@ -89,14 +121,14 @@ impl LocalStore {
         let result = algorithm::decide_all(algorithm, rates, &mut states[..rates.len()], now, cost);
         if states != [State::default(); MAX_RATES] {
             if shard.len() >= self.max_per_shard {
-                let victim = shard.keys().next().cloned();
+                let victim = shard.keys().next().copied();
                 if let Some(victim) = victim {
                     shard.remove(&victim);
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                 }
             }
             shard.insert(
-                key.into(),
+                key,
                 Entry {
                     states,
                     idle_after: idle_after(&states),
@@ -156,24 +188,20 @@ mod tests {
     fn keys_are_counted_apart() {
         let store = LocalStore::new(4, 1000);
         let rates = per_second(2);
-        for key in ["a", "b"] {
-            for _ in 0..2 {
-                assert!(
-                    store
-                        .decide(key, Algorithm::FixedWindow, &rates, 0, 1)
-                        .0
-                        .allowed
-                );
-            }
-            assert!(
-                !store
-                    .decide(key, Algorithm::FixedWindow, &rates, 0, 1)
-                    .0
-                    .allowed,
-                "{key}"
-            );
+        let allowed = |key| {
+            store
+                .decide(key, Algorithm::FixedWindow, &rates, 0, 1)
+                .0
+                .allowed
+        };
+        for name in ["a", "b"] {
+            let key = counter_key(1, name);
+            assert!(allowed(key) && allowed(key), "{name}");
+            assert!(!allowed(key), "{name}");
         }
-        assert_eq!(store.len(), 2);
+        // The same key under another rule is another counter.
+        assert!(allowed(counter_key(2, "a")));
+        assert_eq!(store.len(), 3);
     }
 
     #[test]
@@ -181,7 +209,13 @@ mod tests {
         let store = LocalStore::new(4, 100);
         let rates = per_second(10);
         for i in 0..10_000 {
-            store.decide(&format!("client-{i}"), Algorithm::TokenBucket, &rates, 0, 1);
+            store.decide(
+                counter_key(1, &format!("client-{i}")),
+                Algorithm::TokenBucket,
+                &rates,
+                0,
+                1,
+            );
         }
         assert!(store.len() <= 100, "{}", store.len());
         assert!(store.evictions() >= 9_900);
@@ -191,8 +225,20 @@ mod tests {
     fn sweep_drops_only_idle_counters() {
         let store = LocalStore::new(2, 100);
         let rates = per_second(10);
-        store.decide("old", Algorithm::SlidingWindow, &rates, 0, 1);
-        store.decide("new", Algorithm::SlidingWindow, &rates, 3 * SECOND, 1);
+        store.decide(
+            counter_key(1, "old"),
+            Algorithm::SlidingWindow,
+            &rates,
+            0,
+            1,
+        );
+        store.decide(
+            counter_key(1, "new"),
+            Algorithm::SlidingWindow,
+            &rates,
+            3 * SECOND,
+            1,
+        );
         assert_eq!(store.sweep(3 * SECOND), 1);
         assert_eq!(store.len(), 1);
         assert_eq!(store.sweep(10 * SECOND), 1);
