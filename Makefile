@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CP_DIR ?= $(CURDIR)/.bulwark/controlplane
 
-.PHONY: help deps controlplane build crds manifests lint test e2e unit demo up down clean
+.PHONY: help deps controlplane build crds manifests lint test e2e unit demo bench up down clean
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ test: deps controlplane lint build ## Everything CI runs: lint, unit, property a
 
 demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work
 	@bash scripts/demo.sh "$(CP_DIR)"
+
+bench: deps ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), then the decision micro-benchmark
+	bash bench/run.sh
+	cargo bench -p bulwark-sidecar --bench decision -- --warm-up-time 2 --measurement-time 5
 
 up: controlplane ## Start the local control plane (kubeconfig: .bulwark/controlplane/kubeconfig)
 	@bash e2e/controlplane/up.sh --dir "$(CP_DIR)"
