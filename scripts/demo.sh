@@ -58,6 +58,32 @@ for bad in e2e/fixtures/invalid/ratelimitpolicy/02-window-too-long.yaml \
   kubectl apply -n demo -f "$bad" 2>&1 | sed 's/^/    /' || true
 done
 
+say "The sidecar enforces a policy: examples/ratelimitpolicy-per-client-ip.yaml (20/s, burst 40)"
+echo "(standalone mode: the same YAML read from a directory, as the operator will stream it)"
+work=$(mktemp -d)
+mkdir -p "$work/www/api" "$work/policies"
+echo '{"items":[]}' >"$work/www/api/items"
+cp examples/ratelimitpolicy-per-client-ip.yaml "$work/policies/"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+app_port=$(free_port); in_port=$(free_port); sc_admin=$(free_port)
+python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$work/www" >"$work/app.log" 2>&1 &
+app=$!
+for _ in $(seq 50); do curl -fs "127.0.0.1:$app_port/api/items" >/dev/null 2>&1 && break; sleep 0.2; done
+./target/debug/bulwark-sidecar --config-dir "$work/policies" --app "127.0.0.1:$app_port" \
+  --inbound-listen "127.0.0.1:$in_port" --admin-listen "127.0.0.1:$sc_admin" --state-dir "$work/state" \
+  >"$work/sidecar.log" 2>&1 &
+sidecar=$!
+trap 'kill $operator $app $sidecar 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 50); do curl -fs "127.0.0.1:$sc_admin/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+echo "\$ 100 requests to /api/items, 10 at a time:"
+seq 100 | xargs -P 10 -I{} curl -s -o /dev/null -w '%{http_code}\n' "127.0.0.1:$in_port/api/items" | sort | uniq -c | sed 's/^/    /'
+echo "\$ curl -i 127.0.0.1:$in_port/api/items   # while limited"
+seq 60 | xargs -P 10 -I{} curl -s -o /dev/null "127.0.0.1:$in_port/api/items"
+curl -si "127.0.0.1:$in_port/api/items" | sed 's/^/    /'
+echo
+run curl -s "127.0.0.1:$sc_admin/metrics" -o "$work/metrics"
+grep '^bulwark_ratelimit_requests_total' "$work/metrics" | sed 's/^/    /'
+
 say "Done. The control plane keeps running:"
 echo "    export KUBECONFIG=$kubeconfig"
 echo "    $bin/kubectl get bulwark -A"
