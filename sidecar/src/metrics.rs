@@ -9,6 +9,9 @@ pub struct Metrics {
     registry: Registry,
     /// Requests proxied by the inbound listener, by response status class (`2xx`, ...).
     pub inbound_requests: IntCounterVec,
+    /// The same counters, resolved once (index: [`status_class_index`]), so the per-request
+    /// path does no label lookup.
+    inbound_by_class: [IntCounter; STATUS_CLASSES.len()],
     /// Rate-limit decisions by policy (`namespace/name`), rule and decision
     /// (`allowed`, `limited`, `shadow_limited`).
     pub ratelimit_requests: IntCounterVec,
@@ -86,6 +89,8 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         Ok(Self {
             registry,
+            inbound_by_class: STATUS_CLASSES
+                .map(|class| inbound_requests.with_label_values(&[class])),
             inbound_requests,
             ratelimit_requests,
             ratelimit_decision_seconds,
@@ -106,15 +111,26 @@ impl Metrics {
     }
 }
 
+/// The `status_class` label values.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Index in [`STATUS_CLASSES`] of a status code's class; `error` when no response was sent.
+fn status_class_index(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s / 100 - 1),
+        _ => STATUS_CLASSES.len() - 1,
+    }
+}
+
 /// `2xx`, `4xx`, ... for a status code; `error` when no response was sent.
 pub fn status_class(status: Option<u16>) -> &'static str {
-    match status {
-        Some(100..=199) => "1xx",
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        _ => "error",
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+impl Metrics {
+    /// Counts one inbound request by the status it was answered with.
+    pub fn count_inbound(&self, status: Option<u16>) {
+        self.inbound_by_class[status_class_index(status)].inc();
     }
 }
 
@@ -125,9 +141,7 @@ mod tests {
     #[test]
     fn renders_counters_with_their_labels() {
         let m = Metrics::new().unwrap();
-        m.inbound_requests
-            .with_label_values(&[status_class(Some(429))])
-            .inc();
+        m.count_inbound(Some(429));
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains("bulwark_inbound_requests_total{status_class=\"4xx\"} 1"),
@@ -138,7 +152,11 @@ mod tests {
 
     #[test]
     fn classes_cover_every_status() {
+        assert_eq!(status_class(Some(101)), "1xx");
         assert_eq!(status_class(Some(204)), "2xx");
+        assert_eq!(status_class(Some(308)), "3xx");
+        assert_eq!(status_class(Some(599)), "5xx");
+        assert_eq!(status_class(Some(600)), "error");
         assert_eq!(status_class(Some(503)), "5xx");
         assert_eq!(status_class(Some(99)), "error");
         assert_eq!(status_class(None), "error");

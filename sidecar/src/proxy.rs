@@ -17,7 +17,7 @@ use pingora::{
 };
 
 use crate::{
-    metrics::{Metrics, status_class},
+    metrics::Metrics,
     policy::ActivePolicy,
     ratelimit::{
         engine::{AppliedLimit, Rejection},
@@ -166,9 +166,6 @@ impl ProxyHttp for InboundProxy {
         _ctx: &mut Self::CTX,
     ) {
         let status = session.response_written().map(|r| r.status.as_u16());
-        self.metrics
-            .inbound_requests
-            .with_label_values(&[status_class(status)])
-            .inc();
+        self.metrics.count_inbound(status);
     }
 }
