@@ -3,7 +3,7 @@
 //!
 //!     cargo bench -p bulwark-sidecar --bench decision
 
-use std::{hint::black_box, net::IpAddr};
+use std::{hint::black_box, net::IpAddr, sync::Arc};
 
 use bulwark_api::{
     crd::rate_limit::RateLimitPolicySpec,
@@ -11,6 +11,7 @@ use bulwark_api::{
 };
 use bulwark_sidecar::{
     metrics::Metrics,
+    policy::PolicyEnv,
     ratelimit::{engine::RateLimits, store::LocalStore},
     request::RequestView,
 };
@@ -38,7 +39,11 @@ rules:
         },
         spec,
     };
-    RateLimits::compile(&[policy], &Metrics::new().unwrap()).unwrap()
+    RateLimits::compile(
+        &[policy],
+        &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+    )
+    .unwrap()
 }
 
 fn request<'a>(headers: &'a HeaderMap, client: IpAddr) -> RequestView<'a> {

@@ -39,6 +39,16 @@ pub struct Args {
     #[arg(long, env = "BULWARK_MAX_COUNTERS", default_value_t = 1_000_000)]
     pub max_counters: usize,
 
+    /// Redis for `scope: Global` rate limits and quotas, e.g. `redis://:password@redis:6379/0`
+    /// (`rediss://` is not supported yet). Without it, policies with `scope: Global` are
+    /// rejected.
+    #[arg(long, env = "BULWARK_REDIS_URL", conflicts_with = "redis_cluster")]
+    pub redis_url: Option<String>,
+
+    /// Redis Cluster instead of --redis-url: comma-separated seed node URLs.
+    #[arg(long, env = "BULWARK_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
     /// Directory for the sidecar's own state: the last good snapshot (so a restarted sidecar
     /// enforces at once), the upgrade socket and the pid file.
     #[arg(long, env = "BULWARK_STATE_DIR", default_value = "/var/run/bulwark")]
@@ -59,6 +69,16 @@ pub struct Args {
 }
 
 impl Args {
+    /// The Redis to use for `Global` scope, if any.
+    pub fn redis_target(&self) -> Option<crate::global::RedisTarget> {
+        use crate::global::RedisTarget;
+        match (&self.redis_url, self.redis_cluster.is_empty()) {
+            (Some(url), _) => Some(RedisTarget::Single(url.clone())),
+            (None, false) => Some(RedisTarget::Cluster(self.redis_cluster.clone())),
+            (None, true) => None,
+        }
+    }
+
     /// Pingora's server configuration, derived from the flags.
     pub fn server_conf(&self) -> anyhow::Result<ServerConf> {
         std::fs::create_dir_all(&self.state_dir)

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod global;
 pub mod keys;
 pub mod matching;
 pub mod metrics;

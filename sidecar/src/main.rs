@@ -11,8 +11,9 @@ use std::{sync::Arc, time::Duration};
 use bulwark_sidecar::{
     admin, cli,
     config::{persist, watch::ConfigWatcher},
+    global::GlobalStore,
     metrics::Metrics,
-    policy::{ActivePolicy, CompiledPolicy},
+    policy::{ActivePolicy, CompiledPolicy, PolicyEnv},
     proxy,
     ratelimit::{store::LocalStore, sweeper::Sweeper},
 };
@@ -45,12 +46,30 @@ fn main() -> anyhow::Result<()> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
+    // Redis I/O runs on its own small runtime: its connection tasks then outlive any one
+    // listener's runtime, and a slow Redis cannot starve request handling.
+    let redis_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bulwark-redis")
+        .enable_all()
+        .build()?;
+    let global = match args.redis_target() {
+        Some(target) => {
+            let _entered = redis_runtime.enter();
+            Some(GlobalStore::connect(target, &metrics)?)
+        }
+        None => None,
+    };
+    let env = Arc::new(PolicyEnv {
+        metrics: metrics.clone(),
+        global,
+    });
     // Without a policy source there is nothing to wait for: pass-through is the intended state.
     let policy = Arc::new(ActivePolicy::new(args.config_dir.is_none()));
 
     // The last good snapshot first, so a restarted sidecar enforces before any source answers.
     match persist::load(&args.state_dir) {
-        Ok(Some(snapshot)) => match CompiledPolicy::compile(snapshot, &metrics) {
+        Ok(Some(snapshot)) => match CompiledPolicy::compile(snapshot, &env) {
             Ok(compiled) => {
                 tracing::info!(
                     version = compiled.snapshot.version,
@@ -72,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             interval: Duration::from_millis(args.config_poll_ms.max(50)),
             policy: policy.clone(),
-            metrics: metrics.clone(),
+            env: env.clone(),
         };
         // Load once before serving; on failure the saved snapshot (if any) keeps serving and
         // /readyz says the sidecar still waits for a valid policy.

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub snapshot_version: IntGauge,
     /// Configuration loads by result (`success`, `failure`).
     pub config_reloads: IntCounterVec,
+    /// Failed calls to a shared store, by store (`redis`) and kind (`timeout`, `error`).
+    pub store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -87,6 +89,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(config_reloads.clone()))?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "bulwark_store_errors_total",
+                "Calls to a shared counter store that failed, by store and kind (timeout, error).",
+            ),
+            &["store", "kind"],
+        )?;
+        registry.register(Box::new(store_errors.clone()))?;
         Ok(Self {
             registry,
             inbound_by_class: STATUS_CLASSES
@@ -98,6 +108,7 @@ impl Metrics {
             ratelimit_evictions,
             snapshot_version,
             config_reloads,
+            store_errors,
         })
     }
 

@@ -11,7 +11,26 @@ use std::sync::{
 use arc_swap::ArcSwap;
 use bulwark_api::snapshot::{PolicySource, Snapshot};
 
-use crate::{compile::CompileError, metrics::Metrics, ratelimit::engine::RateLimits};
+use crate::{
+    compile::CompileError, global::GlobalStore, metrics::Metrics, ratelimit::engine::RateLimits,
+};
+
+/// What compiling a snapshot needs besides the snapshot: the metrics its rules resolve their
+/// counters in, and the shared stores that exist (a `Global` policy without Redis is refused).
+pub struct PolicyEnv {
+    pub metrics: Arc<Metrics>,
+    pub global: Option<GlobalStore>,
+}
+
+impl PolicyEnv {
+    /// No shared store: `Global` policies are refused.
+    pub fn local_only(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            global: None,
+        }
+    }
+}
 
 /// A snapshot and its compiled form.
 pub struct CompiledPolicy {
@@ -40,9 +59,9 @@ impl std::fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl CompiledPolicy {
-    pub fn compile(snapshot: Snapshot, metrics: &Metrics) -> Result<Self, PolicyError> {
+    pub fn compile(snapshot: Snapshot, env: &PolicyEnv) -> Result<Self, PolicyError> {
         let rate_limits =
-            RateLimits::compile(&snapshot.rate_limits, metrics).map_err(|(source, error)| {
+            RateLimits::compile(&snapshot.rate_limits, env).map_err(|(source, error)| {
                 PolicyError {
                     kind: "RateLimitPolicy",
                     source,

@@ -17,17 +17,14 @@ use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
 use super::{files, persist};
-use crate::{
-    metrics::Metrics,
-    policy::{ActivePolicy, CompiledPolicy},
-};
+use crate::policy::{ActivePolicy, CompiledPolicy, PolicyEnv};
 
 pub struct ConfigWatcher {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     pub interval: Duration,
     pub policy: Arc<ActivePolicy>,
-    pub metrics: Arc<Metrics>,
+    pub env: Arc<PolicyEnv>,
 }
 
 /// A fingerprint of the policy files' names and contents.
@@ -48,7 +45,7 @@ impl ConfigWatcher {
             .and_then(|loaded| {
                 let mut snapshot = loaded.snapshot.clone();
                 snapshot.version = self.policy.load().snapshot.version + 1;
-                CompiledPolicy::compile(snapshot, &self.metrics).map_err(|e| {
+                CompiledPolicy::compile(snapshot, &self.env).map_err(|e| {
                     let origin = loaded.origin(e.kind, &e.source);
                     format!("{origin}: {e}")
                 })
@@ -59,8 +56,9 @@ impl ConfigWatcher {
                 if let Err(e) = persist::save(&self.state_dir, &compiled.snapshot) {
                     tracing::warn!(error = %e, "cannot persist the last good snapshot");
                 }
-                self.policy.install(compiled, &self.metrics);
-                self.metrics
+                self.policy.install(compiled, &self.env.metrics);
+                self.env
+                    .metrics
                     .config_reloads
                     .with_label_values(&["success"])
                     .inc();
@@ -68,7 +66,8 @@ impl ConfigWatcher {
                 Ok(version)
             }
             Err(e) => {
-                self.metrics
+                self.env
+                    .metrics
                     .config_reloads
                     .with_label_values(&["failure"])
                     .inc();

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     compile::CompileError, keys::KeyBuilder, matching::CompiledMatch, metrics::Metrics,
-    request::RequestView,
+    policy::PolicyEnv, request::RequestView,
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -125,8 +125,9 @@ impl RateLimits {
     /// Compiles the policies; an error names the policy and the field.
     pub fn compile(
         policies: &[Sourced<RateLimitPolicySpec>],
-        metrics: &Metrics,
+        env: &PolicyEnv,
     ) -> Result<Self, (PolicySource, CompileError)> {
+        let metrics = &env.metrics;
         let mut rules = Vec::new();
         for policy in policies {
             if policy.spec.scope == Scope::Global {
@@ -434,7 +435,11 @@ mod tests {
     }
 
     fn compile(yaml: &str) -> RateLimits {
-        RateLimits::compile(&policies(yaml), &Metrics::new().unwrap()).unwrap()
+        RateLimits::compile(
+            &policies(yaml),
+            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+        )
+        .unwrap()
     }
 
     struct Req {
@@ -616,7 +621,7 @@ rules:
     fn global_scope_is_refused_until_a_redis_store_exists() {
         let err = RateLimits::compile(
             &policies(&TWO_PER_MINUTE.replace("rules:", "scope: Global\nrules:")),
-            &Metrics::new().unwrap(),
+            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
         )
         .err()
         .unwrap();
