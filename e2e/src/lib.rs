@@ -22,6 +22,7 @@ use std::{
 };
 
 pub mod process;
+pub mod redis;
 pub mod sidecar;
 
 /// The repository root.

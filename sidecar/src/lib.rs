@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod global;

@@ -15,7 +15,11 @@ use bulwark_sidecar::{
     metrics::Metrics,
     policy::{ActivePolicy, CompiledPolicy, PolicyEnv},
     proxy,
-    ratelimit::{store::LocalStore, sweeper::Sweeper},
+    ratelimit::{
+        global::FastSync,
+        store::LocalStore,
+        sweeper::{FastSyncer, Sweeper},
+    },
 };
 use clap::Parser;
 use pingora::{
@@ -100,6 +104,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     let store = Arc::new(LocalStore::new(STORE_SHARDS, args.max_counters));
+    let fast = env.global.clone().map(|g| Arc::new(FastSync::new(g)));
+    if let Some(sync) = &fast {
+        server.add_service(background_service(
+            "bulwark fast global sync",
+            FastSyncer {
+                sync: sync.clone(),
+                store: store.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "bulwark counter sweeper",
         Sweeper {
@@ -111,7 +125,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::InboundProxy::new(args.app, policy.clone(), store, metrics.clone()),
+        proxy::InboundProxy::new(args.app, policy.clone(), store, fast, metrics.clone()),
         "bulwark inbound",
     );
     inbound.add_tcp(&args.inbound_listen.to_string());

@@ -1,11 +1,7 @@
 //! The inbound `ProxyHttp`. Kept thin: each phase builds a [`RequestView`] and asks a policy
 //! module for a decision; it holds no policy logic of its own.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,10 +13,12 @@ use pingora::{
 };
 
 use crate::{
+    clock::unix_nanos,
     metrics::Metrics,
     policy::ActivePolicy,
     ratelimit::{
         engine::{AppliedLimit, Rejection},
+        global::FastSync,
         store::LocalStore,
     },
     request::RequestView,
@@ -30,6 +28,7 @@ pub struct InboundProxy {
     app: SocketAddr,
     policy: Arc<ActivePolicy>,
     store: Arc<LocalStore>,
+    fast: Option<Arc<FastSync>>,
     metrics: Arc<Metrics>,
 }
 
@@ -38,12 +37,14 @@ impl InboundProxy {
         app: SocketAddr,
         policy: Arc<ActivePolicy>,
         store: Arc<LocalStore>,
+        fast: Option<Arc<FastSync>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             app,
             policy,
             store,
+            fast,
             metrics,
         }
     }
@@ -54,12 +55,6 @@ impl InboundProxy {
 pub struct RequestCtx {
     /// The limit whose headers go on the app's response.
     rate_limit: Option<AppliedLimit>,
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The policy view of a Pingora request.
@@ -118,9 +113,17 @@ impl ProxyHttp for InboundProxy {
             return Ok(false);
         }
         let started = Instant::now();
-        let decision = policy
-            .rate_limits
-            .decide(&view(session), &self.store, unix_nanos());
+        let pending = policy.rate_limits.begin(
+            &view(session),
+            &self.store,
+            self.fast.as_deref(),
+            unix_nanos(),
+        );
+        let decision = if pending.needs_redis() {
+            pending.finish().await
+        } else {
+            pending.finish_local()
+        };
         self.metrics
             .ratelimit_decision_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -294,6 +294,43 @@ fn more_restrictive(a: &Outcome, b: &Outcome) -> bool {
     }
 }
 
+/// Counts `cost` as spent at `now` whether or not the limit allows it: the state after it.
+/// Fast global mode uses it to re-apply local admissions on top of the state Redis returned,
+/// and Redis's script does the same with the other pods' admissions. Where [`decide`] admits,
+/// its new state equals this one.
+pub fn consume(algorithm: Algorithm, rate: Rate, state: State, now_nanos: u64, cost: u64) -> State {
+    if cost == 0 || rate.limit == 0 {
+        return state;
+    }
+    let window = rate.window_nanos.max(1);
+    match algorithm {
+        Algorithm::TokenBucket => {
+            let limit = u128::from(rate.limit);
+            let next = tat_scaled(state, limit)
+                .max(u128::from(now_nanos) * limit)
+                .saturating_add(u128::from(cost) * u128::from(window));
+            State {
+                at: sat(next / limit),
+                n: [sat(next % limit), 0, 0, 0, 0],
+            }
+        }
+        Algorithm::FixedWindow => {
+            let index = (now_nanos / window).max(state.at);
+            let used = if index == state.at { state.n[0] } else { 0 };
+            State {
+                at: index,
+                n: [used.saturating_add(cost), 0, 0, 0, 0],
+            }
+        }
+        Algorithm::SlidingWindow => {
+            let newest = slot_of(now_nanos, window).max(state.at);
+            let mut n = shift(state.n, newest - state.at);
+            n[SLOTS - 1] = n[SLOTS - 1].saturating_add(cost);
+            State { at: newest, n }
+        }
+    }
+}
+
 /// True when a state has returned to its initial value at `now` (fully replenished / window
 /// empty), so the store may evict it: deciding from it then gives exactly what deciding from
 /// `State::default()` gives. True exactly when `now_nanos >= idle_at(..)`.
@@ -1285,6 +1322,32 @@ mod tests {
             let _ = idle_at(a, r, state);
             let mut states = [state, State::default()];
             let _ = decide_all(a, &[r, r], &mut states, now, cost);
+            let _ = consume(a, r, state, now, cost);
+        }
+
+        /// `consume` is `decide`'s commit wherever `decide` admits, and otherwise never leaves
+        /// more room than before.
+        #[test]
+        fn consume_agrees_with_decide(
+            a in algorithm(),
+            r in any_rate(),
+            history in proptest::collection::vec((0..=2 * SECOND, 0..=4u64), 0..20),
+            cost in 0..=8u64,
+        ) {
+            let mut state = State::default();
+            let mut now = T0;
+            for (gap, c) in history {
+                now += gap;
+                state = consume(a, r, state, now, c);
+            }
+            let (outcome, next) = decide(a, r, state, now, cost);
+            let consumed = consume(a, r, state, now, cost);
+            if outcome.allowed {
+                prop_assert_eq!(next, consumed);
+            } else {
+                let before = decide(a, r, state, now, 1).0.remaining;
+                prop_assert!(decide(a, r, consumed, now, 1).0.remaining <= before);
+            }
         }
     }
 }

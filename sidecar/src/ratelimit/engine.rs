@@ -7,16 +7,12 @@
 //! Envoy's descriptors do: a rule that admitted a request has counted it even if another rule
 //! rejects it. `Shadow` policies count and report, never reject.
 
-use std::{
-    collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use bulwark_api::{
     crd::{
-        common::{Enforcement, Scope},
-        rate_limit::{RateLimitAlgorithm, RateLimitPolicySpec, RateLimitRule},
+        common::{Enforcement, FailureMode, Scope},
+        rate_limit::{GlobalMode, RateLimitAlgorithm, RateLimitPolicySpec, RateLimitRule},
     },
     snapshot::{PolicySource, Sourced},
 };
@@ -24,19 +20,25 @@ use prometheus::IntCounter;
 
 use super::{
     algorithm::{self, Algorithm, Outcome, Rate},
+    global::{self, FastSync, GlobalRule},
     store::{LocalStore, MAX_RATES, counter_key},
 };
 use crate::{
-    compile::CompileError, keys::KeyBuilder, matching::CompiledMatch, metrics::Metrics,
-    policy::PolicyEnv, request::RequestView,
+    compile::CompileError, global::GlobalStore, keys::KeyBuilder, matching::CompiledMatch,
+    metrics::Metrics, policy::PolicyEnv, request::RequestView,
 };
 
 const NANOS: u64 = 1_000_000_000;
+/// `global.syncInterval` and `global.timeout` defaults, as documented in the CRD.
+const DEFAULT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+const DEFAULT_GLOBAL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Every rate-limit rule of a snapshot, ready to decide.
 #[derive(Default)]
 pub struct RateLimits {
     rules: Vec<CompiledRule>,
+    /// Redis, for `Exact` global rules.
+    global: Option<GlobalStore>,
 }
 
 struct CompiledRule {
@@ -54,6 +56,8 @@ struct CompiledRule {
     info: Arc<RuleInfo>,
     response: Response,
     counters: Counters,
+    /// `Some` for `scope: Global`.
+    global: Option<GlobalRule>,
 }
 
 struct Counters {
@@ -130,14 +134,14 @@ impl RateLimits {
         let metrics = &env.metrics;
         let mut rules = Vec::new();
         for policy in policies {
-            if policy.spec.scope == Scope::Global {
-                // Redis-backed counters arrive with the global store; refuse rather than
-                // silently enforcing per pod what the user declared for the workload.
+            if policy.spec.scope == Scope::Global && env.global.is_none() {
+                // Refuse rather than silently enforcing per pod what the user declared for
+                // the whole workload.
                 return Err((
                     policy.source.clone(),
                     CompileError::new(
                         "scope",
-                        "Global scope needs a Redis store, which this sidecar version does not have yet",
+                        "Global scope needs Redis: start the sidecar with --redis-url or --redis-cluster",
                     ),
                 ));
             }
@@ -147,20 +151,44 @@ impl RateLimits {
                 rules.push(compiled);
             }
         }
-        Ok(Self { rules })
+        Ok(Self {
+            rules,
+            global: env.global.clone(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
-    /// Decides `req` at `now` (Unix nanoseconds) against `store`.
+    /// Decides `req` at `now` (Unix nanoseconds) against `store`, for snapshots without
+    /// `Exact` global rules (those are admitted here; see [`RateLimits::begin`]).
     pub fn decide(&self, req: &RequestView<'_>, store: &LocalStore, now: u64) -> Decision {
+        self.begin(req, store, None, now).finish_local()
+    }
+
+    /// True when some rule decides in Redis, so [`Pending::finish`] must be awaited.
+    pub fn has_exact_global(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.global.as_ref().is_some_and(|g| !g.fast))
+    }
+
+    /// Decides every local and fast-global rule now; `Exact` global rules that match are
+    /// returned as calls for [`Pending::finish`], so the caller awaits Redis only when needed.
+    pub fn begin<'a>(
+        &'a self,
+        req: &RequestView<'_>,
+        store: &LocalStore,
+        fast: Option<&FastSync>,
+        now: u64,
+    ) -> Pending<'a> {
+        let mut pending = Pending {
+            tally: Tally::default(),
+            exact: Vec::new(),
+            store: self.global.as_ref(),
+        };
         let mut key = String::with_capacity(64);
-        // The applicable limit with the least room, for the response headers.
-        // Each with the rate that decided, captured now: overrides make it key-dependent.
-        let mut tightest: Option<(&CompiledRule, Outcome, Rate)> = None;
-        let mut rejected: Option<(&CompiledRule, Outcome, Rate)> = None;
         for rule in &self.rules {
             if !rule.matcher.matches(req) {
                 continue;
@@ -173,30 +201,146 @@ impl RateLimits {
                 rule.overrides.get(key.as_str()).unwrap_or(&rule.rates)
             };
             let cost = rule.cost(req);
-            let (outcome, index) =
-                store.decide(counter_key(rule.id, &key), rule.algorithm, rates, now, cost);
-            let rate = rates[index.min(rates.len() - 1)];
-            if outcome.allowed {
-                rule.counters.allowed.inc();
-                if tightest
-                    .as_ref()
-                    .is_none_or(|(_, t, _)| outcome.remaining < t.remaining)
-                {
-                    tightest = Some((rule, outcome, rate));
+            match &rule.global {
+                Some(global) if !global.fast => {
+                    pending.exact.push(ExactCall {
+                        rule,
+                        redis_key: global.redis_key(&key),
+                        rates,
+                        cost,
+                    });
                 }
-            } else if rule.enforce {
-                rule.counters.limited.inc();
-                if rejected
-                    .as_ref()
-                    .is_none_or(|(_, r, _)| outcome.retry_after_nanos > r.retry_after_nanos)
-                {
-                    rejected = Some((rule, outcome, rate));
+                Some(global) if global.fail_closed && fast.is_some_and(|f| !f.is_healthy()) => {
+                    pending
+                        .tally
+                        .record(rule, global::failure_outcome(true), rates[0]);
                 }
-            } else {
-                rule.counters.shadow_limited.inc();
+                global => {
+                    let counter = counter_key(rule.id, &key);
+                    let (outcome, index) = store.decide(counter, rule.algorithm, rates, now, cost);
+                    if let (Some(global), Some(fast)) = (global, fast) {
+                        let spent = if outcome.allowed { cost } else { 0 };
+                        fast.record(counter, global, &key, rule.algorithm, rates, spent, now);
+                    }
+                    pending
+                        .tally
+                        .record(rule, outcome, rates[index.min(rates.len() - 1)]);
+                }
             }
         }
-        match rejected {
+        pending
+    }
+}
+
+/// Decisions made so far, and the `Exact` global ones still to ask Redis for.
+pub struct Pending<'a> {
+    tally: Tally<'a>,
+    exact: Vec<ExactCall<'a>>,
+    store: Option<&'a GlobalStore>,
+}
+
+struct ExactCall<'a> {
+    rule: &'a CompiledRule,
+    redis_key: String,
+    rates: &'a [Rate],
+    cost: u64,
+}
+
+impl<'a> Pending<'a> {
+    /// True when Redis must be asked: await [`Pending::finish`].
+    pub fn needs_redis(&self) -> bool {
+        !self.exact.is_empty()
+    }
+
+    /// Asks Redis for every `Exact` rule at once (each bounded by its timeout; `failureMode`
+    /// applies to a call that fails), then decides.
+    pub async fn finish(mut self) -> Decision {
+        let calls = std::mem::take(&mut self.exact);
+        let replies = futures::future::join_all(calls.iter().map(|call| async {
+            let fail_closed = call.rule.global.as_ref().is_some_and(|g| g.fail_closed);
+            let (Some(global), Some(store)) = (call.rule.global.as_ref(), self.store) else {
+                return Err(fail_closed);
+            };
+            global::call(
+                store,
+                global::Counter {
+                    redis_key: &call.redis_key,
+                    algorithm: call.rule.algorithm,
+                    rates: call.rates,
+                },
+                call.cost,
+                None,
+                false,
+                global.timeout,
+            )
+            .await
+            .map_err(|_| fail_closed)
+        }))
+        .await;
+        for (call, reply) in calls.iter().zip(replies) {
+            let (outcome, index) = match reply {
+                Ok(reply) => (reply.outcome, reply.index),
+                Err(fail_closed) => (global::failure_outcome(fail_closed), 0),
+            };
+            self.tally.record(
+                call.rule,
+                outcome,
+                call.rates[index.min(call.rates.len() - 1)],
+            );
+        }
+        self.tally.decision()
+    }
+
+    /// The decision without asking Redis: pending `Exact` rules fail as configured.
+    pub fn finish_local(mut self) -> Decision {
+        for call in std::mem::take(&mut self.exact) {
+            let fail_closed = call.rule.global.as_ref().is_some_and(|g| g.fail_closed);
+            self.tally.record(
+                call.rule,
+                global::failure_outcome(fail_closed),
+                call.rates[0],
+            );
+        }
+        self.tally.decision()
+    }
+}
+
+/// Accumulates per-rule outcomes into the request's decision.
+#[derive(Default)]
+struct Tally<'a> {
+    /// The applicable limit with the least room, for the response headers. Each with the rate
+    /// that decided, captured now: overrides make it key-dependent.
+    tightest: Option<(&'a CompiledRule, Outcome, Rate)>,
+    rejected: Option<(&'a CompiledRule, Outcome, Rate)>,
+}
+
+impl<'a> Tally<'a> {
+    fn record(&mut self, rule: &'a CompiledRule, outcome: Outcome, rate: Rate) {
+        if outcome.allowed {
+            rule.counters.allowed.inc();
+            if self
+                .tightest
+                .as_ref()
+                .is_none_or(|(_, t, _)| outcome.remaining < t.remaining)
+            {
+                self.tightest = Some((rule, outcome, rate));
+            }
+        } else if rule.enforce {
+            rule.counters.limited.inc();
+            if self
+                .rejected
+                .as_ref()
+                .is_none_or(|(_, r, _)| outcome.retry_after_nanos > r.retry_after_nanos)
+            {
+                self.rejected = Some((rule, outcome, rate));
+            }
+        } else {
+            rule.counters.shadow_limited.inc();
+        }
+    }
+
+    fn decision(self) -> Decision {
+        match self.rejected {
             Some((rule, outcome, rate)) => {
                 let mut headers = limit_headers(&rule.info, rate, &outcome);
                 // A cost above the limit can never pass: no Retry-After promises otherwise.
@@ -219,7 +363,7 @@ impl RateLimits {
             }
             None => Decision {
                 reject: None,
-                applied: tightest.map(|(rule, outcome, rate)| AppliedLimit {
+                applied: self.tightest.map(|(rule, outcome, rate)| AppliedLimit {
                     rule: rule.info.clone(),
                     rate,
                     outcome,
@@ -334,18 +478,34 @@ fn compile_rule(
     let response = compile_response(spec)?;
     // Counter identity: the rule and every rate its keys can be decided with (overrides in
     // order). A state means nothing under another window, so changed rates get fresh counters.
-    let mut id = DefaultHasher::new();
-    (
-        &source.namespace,
-        &source.name,
-        &rule.name,
-        rule.algorithm as u8,
-    )
-        .hash(&mut id);
-    rates.hash(&mut id);
+    // Redis keys carry it, so it must be the same in every pod: xxh3 of a canonical text, not
+    // std's unspecified hasher.
     let mut override_rates: Vec<(&String, &Vec<Rate>)> = overrides.iter().collect();
     override_rates.sort_by(|a, b| a.0.cmp(b.0));
-    override_rates.hash(&mut id);
+    let id = xxhash_rust::xxh3::xxh3_64(
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{rates:?}\u{1f}{override_rates:?}",
+            source.namespace, source.name, rule.name, rule.algorithm
+        )
+        .as_bytes(),
+    );
+    let global = (spec.scope == Scope::Global).then(|| {
+        let settings = spec.global.clone().unwrap_or_default();
+        GlobalRule {
+            fast: settings.mode == GlobalMode::Fast,
+            sync_interval: settings
+                .sync_interval
+                .map_or(DEFAULT_SYNC_INTERVAL, |d| d.as_std()),
+            timeout: settings
+                .timeout
+                .map_or(DEFAULT_GLOBAL_TIMEOUT, |d| d.as_std()),
+            fail_closed: settings.failure_mode == FailureMode::Closed,
+            key_prefix: format!(
+                "bulwark:rl:{}/{}/{}:{id:016x}:",
+                source.namespace, source.name, rule.name
+            ),
+        }
+    });
     let policy = format!("{}/{}", source.namespace, source.name);
     let counter = |decision: &str| {
         metrics.ratelimit_requests.with_label_values(&[
@@ -355,7 +515,8 @@ fn compile_rule(
         ])
     };
     Ok(CompiledRule {
-        id: id.finish(),
+        id,
+        global,
         enforce: spec.enforcement == Enforcement::Enforce,
         matcher,
         key,

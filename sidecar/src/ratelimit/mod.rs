@@ -3,5 +3,6 @@
 
 pub mod algorithm;
 pub mod engine;
+pub mod global;
 pub mod store;
 pub mod sweeper;

@@ -138,6 +138,40 @@ impl LocalStore {
         result
     }
 
+    /// Sets the counter `key` to `states` (fast global mode: the state Redis returned), then
+    /// spends `cost` on it at `now` (what was admitted here while Redis answered).
+    pub fn replace(
+        &self,
+        key: CounterKey,
+        algorithm: Algorithm,
+        rates: &[Rate],
+        states: &[State],
+        now: u64,
+        cost: u64,
+    ) {
+        let rates = &rates[..rates.len().min(MAX_RATES).min(states.len())];
+        let mut entry = Entry {
+            states: [State::default(); MAX_RATES],
+            idle_after: 0,
+        };
+        for (i, rate) in rates.iter().enumerate() {
+            let state = algorithm::consume(algorithm, *rate, states[i], now, cost);
+            entry.states[i] = state;
+            entry.idle_after = entry
+                .idle_after
+                .max(algorithm::idle_at(algorithm, *rate, state));
+        }
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entry.idle_after <= now {
+            shard.remove(&key);
+        } else {
+            shard.insert(key, entry);
+        }
+    }
+
     /// Drops every counter idle at `now`. Run periodically.
     pub fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;

@@ -1,15 +1,13 @@
-//! Periodically drops idle local counters and reports the store's size.
+//! Background work of the rate-limit stores: dropping idle local counters (and reporting the
+//! store's size), and syncing fast global counters with Redis.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
-use super::store::LocalStore;
-use crate::metrics::Metrics;
+use super::{global::FastSync, store::LocalStore};
+use crate::{clock::unix_nanos, metrics::Metrics};
 
 pub struct Sweeper {
     pub store: Arc<LocalStore>,
@@ -26,10 +24,7 @@ impl BackgroundService for Sweeper {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.changed() => return,
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            self.store.sweep(now);
+            self.store.sweep(unix_nanos());
             self.metrics
                 .ratelimit_counters
                 .set(i64::try_from(self.store.len()).unwrap_or(i64::MAX));
@@ -39,5 +34,29 @@ impl BackgroundService for Sweeper {
                 .inc_by(evictions - evictions_seen);
             evictions_seen = evictions;
         }
+    }
+}
+
+/// Pushes fast global counters to Redis as their `syncInterval`s come due.
+pub struct FastSyncer {
+    pub sync: Arc<FastSync>,
+    pub store: Arc<LocalStore>,
+}
+
+/// How often due counters are looked for: the smallest `syncInterval` the CRD allows.
+const FAST_SYNC_TICK: Duration = Duration::from_millis(10);
+
+#[async_trait]
+impl BackgroundService for FastSyncer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FAST_SYNC_TICK) => {}
+                _ = shutdown.changed() => break,
+            }
+            self.sync.sync_due(&self.store, unix_nanos()).await;
+        }
+        // What was admitted since the last sync still counts for the other pods.
+        self.sync.sync_due(&self.store, u64::MAX).await;
     }
 }
