@@ -14,16 +14,35 @@ pub struct Redis {
     pub port: u16,
     process: Option<Running>,
     log: std::path::PathBuf,
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts a server and waits until it accepts connections. Its log goes to `dir`.
     pub fn start(dir: &Path) -> Redis {
         let [port] = free_ports::<1>();
+        Self::start_with(dir, port, Vec::new())
+    }
+
+    /// Starts a node for a Redis Cluster (join it with `redis-cli --cluster create`).
+    pub fn start_cluster_node(dir: &Path) -> Redis {
+        let [port] = free_ports::<1>();
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        let extra = vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            conf.to_string_lossy().into_owned(),
+        ];
+        Self::start_with(dir, port, extra)
+    }
+
+    fn start_with(dir: &Path, port: u16, extra: Vec<String>) -> Redis {
         let mut redis = Redis {
             port,
             process: None,
             log: dir.join(format!("redis-{port}.log")),
+            extra,
         };
         redis.restart();
         redis
@@ -41,7 +60,8 @@ impl Redis {
             "",
             "--appendonly",
             "no",
-        ]);
+        ])
+        .args(&self.extra);
         self.process = Some(Running::spawn("redis-server", cmd, &self.log));
         let addr = self.addr();
         eventually(Duration::from_secs(10), "redis-server to listen", || {

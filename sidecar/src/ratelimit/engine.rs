@@ -21,7 +21,7 @@ use prometheus::IntCounter;
 use super::{
     algorithm::{self, Algorithm, Outcome, Rate},
     global::{self, FastSync, GlobalRule},
-    store::{LocalStore, MAX_RATES, counter_key},
+    store::{CounterKey, LocalStore, MAX_RATES, counter_key},
 };
 use crate::{
     compile::CompileError, global::GlobalStore, keys::KeyBuilder, matching::CompiledMatch,
@@ -179,14 +179,17 @@ impl RateLimits {
     pub fn begin<'a>(
         &'a self,
         req: &RequestView<'_>,
-        store: &LocalStore,
-        fast: Option<&FastSync>,
+        store: &'a LocalStore,
+        fast: Option<&'a FastSync>,
         now: u64,
     ) -> Pending<'a> {
         let mut pending = Pending {
             tally: Tally::default(),
             exact: Vec::new(),
-            store: self.global.as_ref(),
+            global: self.global.as_ref(),
+            local: store,
+            fast,
+            now,
         };
         let mut key = String::with_capacity(64);
         for rule in &self.rules {
@@ -208,6 +211,18 @@ impl RateLimits {
                         redis_key: global.redis_key(&key),
                         rates,
                         cost,
+                        warm_up: None,
+                    });
+                }
+                // A fast counter not synced lately has a stale local view: the first request
+                // is decided in Redis, which also brings the global count here.
+                Some(global) if fast.is_some_and(|f| !f.is_warm(counter_key(rule.id, &key))) => {
+                    pending.exact.push(ExactCall {
+                        rule,
+                        redis_key: global.redis_key(&key),
+                        rates,
+                        cost,
+                        warm_up: Some((counter_key(rule.id, &key), key.clone())),
                     });
                 }
                 Some(global) if global.fail_closed && fast.is_some_and(|f| !f.is_healthy()) => {
@@ -236,7 +251,10 @@ impl RateLimits {
 pub struct Pending<'a> {
     tally: Tally<'a>,
     exact: Vec<ExactCall<'a>>,
-    store: Option<&'a GlobalStore>,
+    global: Option<&'a GlobalStore>,
+    local: &'a LocalStore,
+    fast: Option<&'a FastSync>,
+    now: u64,
 }
 
 struct ExactCall<'a> {
@@ -244,6 +262,8 @@ struct ExactCall<'a> {
     redis_key: String,
     rates: &'a [Rate],
     cost: u64,
+    /// A fast counter decided in Redis to start its local view: its counter key and key value.
+    warm_up: Option<(CounterKey, String)>,
 }
 
 impl<'a> Pending<'a> {
@@ -258,7 +278,7 @@ impl<'a> Pending<'a> {
         let calls = std::mem::take(&mut self.exact);
         let replies = futures::future::join_all(calls.iter().map(|call| async {
             let fail_closed = call.rule.global.as_ref().is_some_and(|g| g.fail_closed);
-            let (Some(global), Some(store)) = (call.rule.global.as_ref(), self.store) else {
+            let (Some(global), Some(store)) = (call.rule.global.as_ref(), self.global) else {
                 return Err(fail_closed);
             };
             global::call(
@@ -269,7 +289,8 @@ impl<'a> Pending<'a> {
                     rates: call.rates,
                 },
                 call.cost,
-                None,
+                // Fast counters count on this pod's clock; exact ones on Redis's.
+                call.warm_up.as_ref().map(|_| self.now),
                 false,
                 global.timeout,
             )
@@ -279,7 +300,19 @@ impl<'a> Pending<'a> {
         .await;
         for (call, reply) in calls.iter().zip(replies) {
             let (outcome, index) = match reply {
-                Ok(reply) => (reply.outcome, reply.index),
+                Ok(reply) => {
+                    if let (Some((counter, key)), Some(fast), Some(global)) =
+                        (&call.warm_up, self.fast, &call.rule.global)
+                    {
+                        let algorithm = call.rule.algorithm;
+                        let now = self.now;
+                        self.local
+                            .replace(*counter, algorithm, call.rates, &reply.states, now, 0);
+                        // Counted in Redis already: nothing pending.
+                        fast.record(*counter, global, key, algorithm, call.rates, 0, now);
+                    }
+                    (reply.outcome, reply.index)
+                }
                 Err(fail_closed) => (global::failure_outcome(fail_closed), 0),
             };
             self.tally.record(

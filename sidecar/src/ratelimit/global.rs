@@ -200,6 +200,15 @@ impl FastSync {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// True when `key` was used since its last sync (or is being synced): its local view is
+    /// at most one `syncInterval` old.
+    pub fn is_warm(&self, key: CounterKey) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key)
+    }
+
     /// Records a local decision on a fast counter (`cost` = 0 when it was not admitted).
     #[allow(clippy::too_many_arguments)]
     pub fn record(
