@@ -1,0 +1,102 @@
+//! The sidecar's `/metrics` passes `promtool check metrics` (Prometheus' own linter: names,
+//! units, `_total` counters, help text), with every metric family populated: local and global
+//! rate-limit decisions, limited requests and store errors.
+
+use std::{fs, io::Write, process::Command, time::Duration};
+
+use bulwark_e2e::{
+    process::{http_get, http_request, wait_for_status},
+    redis::Redis,
+    sidecar::{Sidecar, Upstream},
+};
+
+const POLICIES: &str = "\
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata:
+  name: local
+spec:
+  rules:
+  - name: one
+    match: {path: {type: Exact, value: /local}}
+    rates: [{limit: 1, window: 1h}]
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata:
+  name: global
+spec:
+  scope: Global
+  global: {failureMode: Closed}
+  rules:
+  - name: one
+    match: {path: {type: Exact, value: /global}}
+    rates: [{limit: 1, window: 1h}]
+";
+
+#[test]
+fn sidecar_metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir_all(&www).unwrap();
+    for name in ["local", "global", "probe"] {
+        fs::write(www.join(name), "ok\n").unwrap();
+    }
+    let config = dir.path().join("policies");
+    fs::create_dir(&config).unwrap();
+    fs::write(config.join("policies.yaml"), POLICIES).unwrap();
+    let app = Upstream::start(&www, "probe");
+    let mut redis = Redis::start(dir.path());
+    let sidecar = Sidecar::start(
+        app.addr,
+        &dir.path().join("state"),
+        &[
+            "--config-dir",
+            config.to_str().unwrap(),
+            "--redis-url",
+            &redis.url(),
+        ],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    for path in ["/local", "/local", "/global", "/global"] {
+        http_request(sidecar.inbound, "GET", path, &[]).unwrap();
+    }
+    redis.kill();
+    assert_eq!(
+        http_request(sidecar.inbound, "GET", "/global", &[])
+            .unwrap()
+            .status,
+        429
+    );
+
+    let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
+    for family in [
+        "bulwark_ratelimit_requests_total{",
+        "bulwark_ratelimit_decision_duration_seconds_bucket{",
+        "bulwark_store_errors_total{",
+        "bulwark_snapshot_version ",
+        "bulwark_config_reloads_total{",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by scripts/install-deps.sh");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
