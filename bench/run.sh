@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bulwark proxy benchmark: the same upstream and the same load, through no proxy, nginx,
-# haproxy and bulwark-sidecar, with no policy, a rate limit that never triggers and a rate limit
-# that rejects about half of the requests. Prints a Markdown table and writes it to
+# haproxy and bulwark-sidecar, with no policy, a rate limit that never triggers, a rate limit
+# that rejects about half of the requests, and (bulwark only: the peers have no shared store)
+# a global limit through Redis in exact and in fast mode that never triggers. Prints a Markdown table and writes it to
 # bench/results/latest.md. bench/README.md explains the method.
 #
 # Usage: bash bench/run.sh            (or: make bench)
@@ -10,7 +11,7 @@
 #   BENCH_WARMUP      seconds of warm-up load per row, not measured (default 2)
 #   BENCH_CONNECTIONS wrk connections (default 32; wrk always runs 1 thread)
 #   BENCH_TARGETS     subset of "direct nginx haproxy bulwark" (default: all, in that order)
-#   BENCH_SCENARIOS   subset of "a b c" (default: all)
+#   BENCH_SCENARIOS   subset of "a b c d e" (default: all)
 #   BENCH_SKIP_BUILD  1: do not run cargo build, use the sidecar binary as it is
 #   BENCH_KEEP_TMP    1: keep the temp dir with the generated configs and logs
 #   CARGO_TARGET_DIR  where cargo builds (default: target/); the sidecar is read from its release/
@@ -27,7 +28,7 @@ DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy bulwark}
-SCENARIOS=${BENCH_SCENARIOS:-a b c}
+SCENARIOS=${BENCH_SCENARIOS:-a b c d e}
 OUT="$BENCH_DIR/results/latest.md"
 
 log() { echo "[bench] $*" >&2; }
@@ -44,12 +45,12 @@ for t in $TARGETS; do
   case $t in direct | nginx | haproxy | bulwark) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 for s in $SCENARIOS; do
-  case $s in a | b | c) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
+  case $s in a | b | c | d | e) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
 done
 
 # --- Dependencies and the sidecar binary ----------------------------------------------------
 
-for cmd in nginx haproxy wrk curl python3 pgrep; do
+for cmd in nginx haproxy wrk curl python3 pgrep redis-server; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
     log "$cmd is missing: running scripts/install-bench-deps.sh"
     bash "$ROOT/scripts/install-bench-deps.sh"
@@ -196,6 +197,23 @@ wait_ready "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/" ||
   die "the upstream nginx did not start: $(cat "$TMP/upstream/stderr.log" "$TMP/upstream/error.log" 2>/dev/null | tail -n 5)"
 log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT"
 
+# --- Redis for the global scenarios ---------------------------------------------------------
+
+REDIS_URL=""
+if [[ " $SCENARIOS " == *" d "* || " $SCENARIOS " == *" e "* ]]; then
+  read -r REDIS_PORT <<<"$(free_ports 1)"
+  mkdir -p "$TMP/redis"
+  LOG_FILE="$TMP/redis/stderr.log"
+  start_bg redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+  for _ in $(seq 50); do
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+  done
+  redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG || die "redis-server did not start: $(tail -n 5 "$LOG_FILE")"
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+  log "redis on 127.0.0.1:$REDIS_PORT ($(redis-server --version | cut -d' ' -f3))"
+fi
+
 # --- Targets --------------------------------------------------------------------------------
 
 SIDECAR_HELP=""
@@ -218,6 +236,14 @@ start_target() {
       TARGET_URL="http://127.0.0.1:$UPSTREAM_PORT/"
       return 0
       ;;
+    nginx | haproxy)
+      if [ "$scenario" = d ] || [ "$scenario" = e ]; then
+        NA="n/a (no shared counter store; compare with its local limit in b)"
+        return 1
+      fi
+      ;;
+  esac
+  case $target in
     nginx)
       read -r port <<<"$(free_ports 1)"
       render "$BENCH_DIR/config/nginx-proxy.conf.in" "$dir/nginx.conf" \
@@ -254,8 +280,11 @@ start_target() {
         case $scenario in
           b) cp "$BENCH_DIR/policies/never-triggers.yaml" "$dir/policies/" ;;
           c) cp "$BENCH_DIR/policies/half.yaml" "$dir/policies/" ;;
+          d) cp "$BENCH_DIR/policies/global-exact.yaml" "$dir/policies/" ;;
+          e) cp "$BENCH_DIR/policies/global-fast.yaml" "$dir/policies/" ;;
         esac
         args+=(--config-dir "$dir/policies")
+        [ -z "$REDIS_URL" ] || args+=(--redis-url "$REDIS_URL")
       fi
       start_bg "$SIDECAR" "${args[@]}"
       ;;
@@ -394,6 +423,8 @@ scenario_name() {
     a) echo "a: no policy" ;;
     b) echo "b: limit never triggers" ;;
     c) echo "c: ~50% rejected" ;;
+    d) echo "d: global exact (Redis), never triggers" ;;
+    e) echo "e: global fast (Redis), never triggers" ;;
   esac
 }
 target_name() {
@@ -426,10 +457,13 @@ row() {
     cpu=${R[$k,cpu]}
     cpu_per=$(awk -v c="$cpu" -v r="$req" 'BEGIN {printf "%.1f", r ? c * 1e6 / r : 0}')
   fi
-  if [ "$t" != direct ] && [ -n "${R[$s,nginx,rps]:-}" ]; then
-    rps_ratio=$(awk -v a="$rps" -v b="${R[$s,nginx,rps]}" 'BEGIN {printf "%.2f", a / b}')
-    if [ -n "${R[$s,direct,p99_us]:-}" ]; then
-      lat_ratio=$(awk -v p="${R[$k,p99_us]}" -v n="${R[$s,nginx,p99_us]}" -v d="${R[$s,direct,p99_us]}" \
+  # Global rows compare with nginx's local limit (b): nginx has no shared store.
+  local ref=$s
+  case $s in d | e) ref=b ;; esac
+  if [ "$t" != direct ] && [ -n "${R[$ref,nginx,rps]:-}" ]; then
+    rps_ratio=$(awk -v a="$rps" -v b="${R[$ref,nginx,rps]}" 'BEGIN {printf "%.2f", a / b}')
+    if [ -n "${R[$ref,direct,p99_us]:-}" ]; then
+      lat_ratio=$(awk -v p="${R[$k,p99_us]}" -v n="${R[$ref,nginx,p99_us]}" -v d="${R[$ref,direct,p99_us]}" \
         'BEGIN {if (n - d > 0) printf "%.2f", (p - d) / (n - d); else print "n/a"}')
     fi
   fi
