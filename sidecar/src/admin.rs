@@ -1,6 +1,6 @@
 //! The admin listener (loopback): `/healthz` (the process serves), `/readyz` (it enforces a
-//! policy, or has none to wait for), `/metrics`, and `/config` (the snapshot being enforced,
-//! secrets redacted).
+//! policy, or has none to wait for), `/metrics`, `/config` (the snapshot being enforced,
+//! secrets redacted), and `/quota` (a key's quota usage: see [`crate::quota::admin`]).
 
 use std::sync::Arc;
 
@@ -8,16 +8,32 @@ use async_trait::async_trait;
 use http::{Response, StatusCode, header};
 use pingora::{apps::http_app::ServeHttp, protocols::http::ServerSession};
 
-use crate::{metrics::Metrics, policy::ActivePolicy};
+use crate::{
+    clock::unix_nanos,
+    metrics::Metrics,
+    policy::ActivePolicy,
+    quota::{self, usage::UsageStore},
+};
 
 pub struct Admin {
     metrics: Arc<Metrics>,
     policy: Arc<ActivePolicy>,
+    quota_usage: Arc<UsageStore>,
 }
 
 impl Admin {
     pub fn new(metrics: Arc<Metrics>, policy: Arc<ActivePolicy>) -> Self {
-        Self { metrics, policy }
+        Self {
+            metrics,
+            policy,
+            quota_usage: Arc::new(UsageStore::new()),
+        }
+    }
+
+    /// Reports local quota usage from `usage` (the store the inbound proxy charges).
+    pub fn with_quota_usage(mut self, usage: Arc<UsageStore>) -> Self {
+        self.quota_usage = usage;
+        self
     }
 }
 
@@ -55,10 +71,23 @@ impl ServeHttp for Admin {
                     serde_json::to_vec_pretty(&snapshot).expect("a snapshot always serialises");
                 respond(StatusCode::OK, "application/json", body)
             }
+            "/quota" => {
+                let policy = self.policy.load();
+                let query = session.req_header().uri.query();
+                let (status, body) =
+                    quota::admin::report(&policy.quotas, &self.quota_usage, query, unix_nanos())
+                        .await;
+                let body = serde_json::to_vec_pretty(&body).expect("JSON values serialise");
+                respond(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    "application/json",
+                    body,
+                )
+            }
             _ => respond(
                 StatusCode::NOT_FOUND,
                 plain,
-                b"not found: try /healthz, /readyz, /metrics or /config\n".to_vec(),
+                b"not found: try /healthz, /readyz, /metrics, /config or /quota\n".to_vec(),
             ),
         }
     }

@@ -50,9 +50,14 @@ pub struct Args {
     pub redis_cluster: Vec<String>,
 
     /// Directory for the sidecar's own state: the last good snapshot (so a restarted sidecar
-    /// enforces at once), the upgrade socket and the pid file.
+    /// enforces at once), local quota usage (`quota.redb`), the upgrade socket and the pid file.
     #[arg(long, env = "BULWARK_STATE_DIR", default_value = "/var/run/bulwark")]
     pub state_dir: PathBuf,
+
+    /// How often local quota usage is written to `--state-dir/quota.redb`, in milliseconds. It
+    /// is also written when shutdown starts; a crash (kill -9) loses at most this interval's usage.
+    #[arg(long, env = "BULWARK_QUOTA_FLUSH_MS", default_value_t = 1000)]
+    pub quota_flush_ms: u64,
 
     /// Worker threads of each listener.
     #[arg(long, env = "BULWARK_THREADS", default_value_t = 1)]

@@ -15,6 +15,7 @@ use bulwark_sidecar::{
     metrics::Metrics,
     policy::{ActivePolicy, CompiledPolicy, PolicyEnv},
     proxy,
+    quota::{flush::QuotaFlusher, store::FILE_NAME as QUOTA_FILE, usage::UsageStore},
     ratelimit::{
         global::FastSync,
         store::LocalStore,
@@ -103,6 +104,18 @@ fn main() -> anyhow::Result<()> {
         server.add_service(background_service("bulwark config watcher", watcher));
     }
 
+    // Local quota usage: loaded from disk before serving, flushed in the background.
+    let quota_usage = Arc::new(UsageStore::new());
+    server.add_service(background_service(
+        "bulwark quota flusher",
+        QuotaFlusher::new(
+            quota_usage.clone(),
+            args.state_dir.join(QUOTA_FILE),
+            Duration::from_millis(args.quota_flush_ms.max(10)),
+            metrics.clone(),
+        ),
+    ));
+
     let store = Arc::new(LocalStore::new(STORE_SHARDS, args.max_counters));
     let fast = env.global.clone().map(|g| Arc::new(FastSync::new(g)));
     if let Some(sync) = &fast {
@@ -125,14 +138,15 @@ fn main() -> anyhow::Result<()> {
 
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::InboundProxy::new(args.app, policy.clone(), store, fast, metrics.clone()),
+        proxy::InboundProxy::new(args.app, policy.clone(), store, fast, metrics.clone())
+            .with_quota_usage(quota_usage.clone()),
         "bulwark inbound",
     );
     inbound.add_tcp(&args.inbound_listen.to_string());
 
     let mut admin = Service::new(
         "bulwark admin".to_owned(),
-        admin::Admin::new(metrics, policy),
+        admin::Admin::new(metrics, policy).with_quota_usage(quota_usage),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 

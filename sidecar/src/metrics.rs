@@ -26,6 +26,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Failed calls to a shared store, by store (`redis`) and kind (`timeout`, `error`).
     pub store_errors: IntCounterVec,
+    /// Quota decisions by policy, quota and decision (`allowed`, `limited`, `shadow_limited`).
+    pub quota_requests: IntCounterVec,
+    /// Quota usage crossing a warning threshold, by policy, quota and threshold (percent).
+    pub quota_threshold_crossings: IntCounterVec,
+    /// Local quota usage entries held (one per quota and key used in its current period).
+    pub quota_keys: IntGauge,
 }
 
 impl Metrics {
@@ -97,6 +103,27 @@ impl Metrics {
             &["store", "kind"],
         )?;
         registry.register(Box::new(store_errors.clone()))?;
+        let quota_requests = IntCounterVec::new(
+            Opts::new(
+                "bulwark_quota_requests_total",
+                "Quota decisions by policy, quota and decision.",
+            ),
+            &["policy", "quota", "decision"],
+        )?;
+        registry.register(Box::new(quota_requests.clone()))?;
+        let quota_threshold_crossings = IntCounterVec::new(
+            Opts::new(
+                "bulwark_quota_threshold_crossings_total",
+                "Times a key's quota usage crossed a warning threshold, by policy, quota and threshold (percent).",
+            ),
+            &["policy", "quota", "threshold"],
+        )?;
+        registry.register(Box::new(quota_threshold_crossings.clone()))?;
+        let quota_keys = IntGauge::new(
+            "bulwark_quota_keys",
+            "Local quota usage entries held (one per quota and key used in its current period).",
+        )?;
+        registry.register(Box::new(quota_keys.clone()))?;
         Ok(Self {
             registry,
             inbound_by_class: STATUS_CLASSES
@@ -109,6 +136,9 @@ impl Metrics {
             snapshot_version,
             config_reloads,
             store_errors,
+            quota_requests,
+            quota_threshold_crossings,
+            quota_keys,
         })
     }
 

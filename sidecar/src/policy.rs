@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use bulwark_api::snapshot::{PolicySource, Snapshot};
 
 use crate::{
-    compile::CompileError, global::GlobalStore, metrics::Metrics, ratelimit::engine::RateLimits,
+    compile::CompileError, global::GlobalStore, metrics::Metrics, quota::engine::Quotas,
+    ratelimit::engine::RateLimits,
 };
 
 /// What compiling a snapshot needs besides the snapshot: the metrics its rules resolve their
@@ -36,6 +37,7 @@ impl PolicyEnv {
 pub struct CompiledPolicy {
     pub snapshot: Snapshot,
     pub rate_limits: RateLimits,
+    pub quotas: Quotas,
 }
 
 /// Why a snapshot cannot be enforced: which policy, and which field.
@@ -68,8 +70,13 @@ impl CompiledPolicy {
                     error,
                 }
             })?;
+        let quotas =
+            Quotas::compile(&snapshot.quotas, env).map_err(|(source, error)| PolicyError {
+                kind: "QuotaPolicy",
+                source,
+                error,
+            })?;
         for (kind, count) in [
-            ("QuotaPolicy", snapshot.quotas.len()),
             ("FeatureFlag", snapshot.feature_flags.len()),
             ("FailoverPolicy", snapshot.failover.len()),
             ("WebhookEndpoint", snapshot.webhooks.len()),
@@ -85,6 +92,7 @@ impl CompiledPolicy {
         Ok(Self {
             snapshot,
             rate_limits,
+            quotas,
         })
     }
 
@@ -92,6 +100,7 @@ impl CompiledPolicy {
         Self {
             snapshot: Snapshot::empty(),
             rate_limits: RateLimits::default(),
+            quotas: Quotas::default(),
         }
     }
 }

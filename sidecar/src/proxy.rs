@@ -16,6 +16,7 @@ use crate::{
     clock::unix_nanos,
     metrics::Metrics,
     policy::ActivePolicy,
+    quota::{engine::RequestQuotas, usage::UsageStore},
     ratelimit::{
         engine::{AppliedLimit, Rejection},
         global::FastSync,
@@ -30,6 +31,8 @@ pub struct InboundProxy {
     store: Arc<LocalStore>,
     fast: Option<Arc<FastSync>>,
     metrics: Arc<Metrics>,
+    /// Local quota usage, shared with the flusher and the admin API.
+    quota_usage: Arc<UsageStore>,
 }
 
 impl InboundProxy {
@@ -46,7 +49,14 @@ impl InboundProxy {
             store,
             fast,
             metrics,
+            quota_usage: Arc::new(UsageStore::new()),
         }
+    }
+
+    /// Charges local quotas to `usage` (the store the flusher persists) instead of a private one.
+    pub fn with_quota_usage(mut self, usage: Arc<UsageStore>) -> Self {
+        self.quota_usage = usage;
+        self
     }
 }
 
@@ -55,6 +65,8 @@ impl InboundProxy {
 pub struct RequestCtx {
     /// The limit whose headers go on the app's response.
     rate_limit: Option<AppliedLimit>,
+    /// Quota warnings for the response, and charges made after it.
+    quota: RequestQuotas,
 }
 
 /// The policy view of a Pingora request.
@@ -109,9 +121,80 @@ impl ProxyHttp for InboundProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let policy = self.policy.load();
-        if policy.rate_limits.is_empty() {
+        if !policy.rate_limits.is_empty() && self.rate_limit(session, ctx, &policy).await? {
+            return Ok(true);
+        }
+        if policy.quotas.is_empty() {
             return Ok(false);
         }
+        let decision = policy
+            .quotas
+            .decide(&view(session), &self.quota_usage, unix_nanos())
+            .await;
+        ctx.quota = decision.pending;
+        match decision.reject {
+            Some(rejection) => {
+                reject(session, rejection).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
+        Ok(Box::new(HttpPeer::new(self.app, false, String::new())))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(limit) = ctx.rate_limit.take() {
+            for (name, value) in limit.headers() {
+                response.insert_header(name, value)?;
+            }
+        }
+        for (name, value) in ctx.quota.response_headers() {
+            response.append_header(name.clone(), value.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut Self::CTX,
+    ) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        self.metrics.count_inbound(status);
+        if ctx.quota.has_deferred() {
+            std::mem::take(&mut ctx.quota)
+                .settle(
+                    &self.quota_usage,
+                    session.body_bytes_read() as u64,
+                    session.body_bytes_sent() as u64,
+                )
+                .await;
+        }
+    }
+}
+
+impl InboundProxy {
+    /// Rate limits: true when the request was refused (the response is written).
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: &crate::policy::CompiledPolicy,
+    ) -> Result<bool> {
         let started = Instant::now();
         let pending = policy.rate_limits.begin(
             &view(session),
@@ -137,38 +220,5 @@ impl ProxyHttp for InboundProxy {
                 Ok(false)
             }
         }
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut Self::CTX,
-    ) -> Result<Box<HttpPeer>> {
-        // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
-        Ok(Box::new(HttpPeer::new(self.app, false, String::new())))
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        if let Some(limit) = ctx.rate_limit.take() {
-            for (name, value) in limit.headers() {
-                response.insert_header(name, value)?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn logging(
-        &self,
-        session: &mut Session,
-        _e: Option<&pingora::Error>,
-        _ctx: &mut Self::CTX,
-    ) {
-        let status = session.response_written().map(|r| r.status.as_u16());
-        self.metrics.count_inbound(status);
     }
 }

@@ -24,8 +24,8 @@ use super::{
     store::{CounterKey, LocalStore, MAX_RATES, counter_key},
 };
 use crate::{
-    compile::CompileError, global::GlobalStore, keys::KeyBuilder, matching::CompiledMatch,
-    metrics::Metrics, policy::PolicyEnv, request::RequestView,
+    compile::CompileError, deny::DenyTemplate, global::GlobalStore, keys::KeyBuilder,
+    matching::CompiledMatch, metrics::Metrics, policy::PolicyEnv, request::RequestView,
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -66,14 +66,8 @@ struct Counters {
     shadow_limited: IntCounter,
 }
 
-/// How a rejection is answered.
-#[derive(Clone, Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-    content_type: String,
-}
+/// How a rejection is answered (shared with quotas).
+type Response = DenyTemplate;
 
 /// What the response headers need to know of a rule.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,13 +111,7 @@ impl Decision {
     }
 }
 
-/// A response produced by the sidecar.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
+pub use crate::deny::Rejection;
 
 impl RateLimits {
     /// Compiles the policies; an error names the policy and the field.
@@ -572,37 +560,7 @@ fn compile_rule(
 }
 
 fn compile_response(spec: &RateLimitPolicySpec) -> Result<Response, CompileError> {
-    let configured = spec.response.as_ref();
-    let deny = configured.map(|r| &r.deny);
-    let mut headers = Vec::new();
-    for (i, h) in deny
-        .map(|d| d.headers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        http::HeaderName::try_from(h.name.as_str()).map_err(|_| {
-            CompileError::new(
-                format!("response.headers[{i}].name"),
-                "not a valid header name",
-            )
-        })?;
-        http::HeaderValue::try_from(h.value.as_str()).map_err(|_| {
-            CompileError::new(
-                format!("response.headers[{i}].value"),
-                "not a valid header value",
-            )
-        })?;
-        headers.push((h.name.clone(), h.value.clone()));
-    }
-    Ok(Response {
-        status: deny.and_then(|d| d.status_code).unwrap_or(429),
-        headers,
-        body: deny.and_then(|d| d.body.clone()).unwrap_or_default(),
-        content_type: deny
-            .and_then(|d| d.content_type.clone())
-            .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
-    })
+    DenyTemplate::compile(spec.response.as_ref().map(|r| &r.deny), 429)
 }
 
 #[cfg(test)]

@@ -1,0 +1,570 @@
+//! The compiled `QuotaPolicy` set of one snapshot, and the per-request decisions.
+//!
+//! Semantics (docs/quotas.md): every quota whose `match` selects the request draws from the
+//! budget of the request's key for the current calendar period. The request is refused if an
+//! `Enforce` quota's budget cannot take it; quotas decide independently (one that admitted the
+//! request has charged it even if another refuses), as rate-limit rules do. `Shadow` policies
+//! charge and report, never refuse.
+//!
+//! Costs: `Requests` charge 1 when the request is decided. `RequestBytes` charge the
+//! `Content-Length` then (all or nothing, like a request cost); a body without `Content-Length`
+//! (chunked) is charged the bytes actually read, after the response. `ResponseBytes` are charged
+//! after the response, the bytes actually sent. Costs charged after the fact are unconditional,
+//! so the request that crosses the limit completes and the next one is refused.
+
+use std::{collections::HashMap, sync::Arc};
+
+use bulwark_api::{
+    crd::{
+        common::{Enforcement, FailureMode, Scope},
+        quota::{Quota, QuotaPeriod, QuotaPolicySpec, QuotaUnit},
+    },
+    snapshot::{PolicySource, Sourced},
+};
+use jiff::tz::TimeZone;
+use prometheus::IntCounter;
+
+use super::{
+    global::{self, Mode},
+    period::{self, Period},
+    usage::{Charge, UsageStore},
+};
+use crate::{
+    compile::CompileError,
+    deny::{DenyTemplate, Rejection},
+    global::GlobalStore,
+    keys::KeyBuilder,
+    matching::CompiledMatch,
+    metrics::Metrics,
+    policy::PolicyEnv,
+    request::RequestView,
+};
+
+const NANOS: u64 = 1_000_000_000;
+
+/// Every quota of a snapshot, ready to decide.
+#[derive(Default)]
+pub struct Quotas {
+    quotas: Vec<CompiledQuota>,
+    global: Option<GlobalStore>,
+}
+
+struct CompiledQuota {
+    info: Arc<QuotaInfo>,
+    matcher: CompiledMatch,
+    key: KeyBuilder,
+    /// Override limits by key (as [`KeyBuilder::override_key`] writes it); first one wins.
+    overrides: HashMap<String, u64>,
+    response: Arc<DenyTemplate>,
+}
+
+/// What is known of a quota outside the decision: its identity, budget and metrics. Shared with
+/// charges made after the response and with the admin API.
+pub struct QuotaInfo {
+    /// `namespace/name` of the policy.
+    pub policy: String,
+    pub name: String,
+    pub unit: QuotaUnit,
+    pub period: QuotaPeriod,
+    pub time_zone: TimeZone,
+    pub limit: u64,
+    enforce: bool,
+    /// `Some(failureMode is Closed)` for `scope: Global`.
+    global: Option<bool>,
+    /// Prefix of this quota's usage keys: `namespace/name/quota:<identity hash>:`. The hash
+    /// covers what gives usage its meaning (unit, period, time zone), not the limits, so an
+    /// edited limit keeps the period's usage while a changed period starts afresh.
+    prefix: String,
+    /// Thresholds in increasing order, each with its crossing counter.
+    thresholds: Vec<(u8, IntCounter)>,
+    allowed: IntCounter,
+    limited: IntCounter,
+    shadow_limited: IntCounter,
+}
+
+impl QuotaInfo {
+    /// The usage key of `key` (key parts joined as [`KeyBuilder::write_key`] joins them).
+    pub fn usage_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    pub fn period_at(&self, unix_nanos: u64) -> Period {
+        period::period_at(self.period, &self.time_zone, unix_nanos)
+    }
+
+    pub fn is_global(&self) -> bool {
+        self.global.is_some()
+    }
+
+    /// Counts threshold crossings between `before` and `after` usage of a `limit`.
+    fn count_crossings(&self, before: u64, after: u64, limit: u64) {
+        for (t, counter) in &self.thresholds {
+            if !reached(before, *t, limit) && reached(after, *t, limit) {
+                counter.inc();
+            }
+        }
+    }
+
+    /// The highest threshold `used` has reached, if any.
+    fn reached_threshold(&self, used: u64, limit: u64) -> Option<u8> {
+        self.thresholds
+            .iter()
+            .rev()
+            .map(|(t, _)| *t)
+            .find(|t| reached(used, *t, limit))
+    }
+}
+
+/// `used` is at or above `threshold` percent of `limit`.
+fn reached(used: u64, threshold: u8, limit: u64) -> bool {
+    u128::from(used) * 100 >= u128::from(threshold) * u128::from(limit)
+}
+
+/// The outcome of the request phase.
+#[derive(Default)]
+pub struct Decision {
+    /// `Some` when the sidecar answers instead of the app.
+    pub reject: Option<Rejection>,
+    /// What the rest of the request needs: warning headers and charges after the response.
+    pub pending: RequestQuotas,
+}
+
+/// Per-request quota state carried from the request phase to the response and logging phases.
+#[derive(Default)]
+pub struct RequestQuotas {
+    warnings: Vec<(String, String)>,
+    deferred: Vec<Deferred>,
+    global: Option<GlobalStore>,
+}
+
+/// A charge made after the response.
+struct Deferred {
+    info: Arc<QuotaInfo>,
+    usage_key: String,
+    period: Period,
+    limit: u64,
+    /// What is charged: bytes read from the client, or bytes sent to it.
+    response: bool,
+}
+
+/// One quota's view of a request, before its outcome is known.
+struct Draw<'a> {
+    quota: &'a CompiledQuota,
+    usage_key: String,
+    period: Period,
+    limit: u64,
+    /// Charged now.
+    cost: u64,
+    /// Charged after the response (`Some(true)`: response bytes, `Some(false)`: request bytes).
+    deferred: Option<bool>,
+}
+
+impl Quotas {
+    /// Compiles the policies; an error names the policy and the field.
+    pub fn compile(
+        policies: &[Sourced<QuotaPolicySpec>],
+        env: &PolicyEnv,
+    ) -> Result<Self, (PolicySource, CompileError)> {
+        let mut quotas = Vec::new();
+        for policy in policies {
+            let fail = |e: CompileError| (policy.source.clone(), e);
+            if policy.spec.scope == Scope::Global && env.global.is_none() {
+                // Refuse rather than silently keeping per pod what was declared for the workload.
+                return Err(fail(CompileError::new(
+                    "scope",
+                    "Global scope needs Redis: start the sidecar with --redis-url or --redis-cluster",
+                )));
+            }
+            let tz = period::time_zone(&policy.spec.time_zone)
+                .map_err(|m| fail(CompileError::new("timeZone", m)))?;
+            let response = Arc::new(
+                DenyTemplate::compile(
+                    policy.spec.response.as_ref(),
+                    http::StatusCode::TOO_MANY_REQUESTS.as_u16(),
+                )
+                .map_err(fail)?,
+            );
+            for (i, quota) in policy.spec.quotas.iter().enumerate() {
+                if policy.spec.quotas[..i].iter().any(|q| q.name == quota.name) {
+                    return Err(fail(CompileError::new(
+                        format!("quotas[{i}].name"),
+                        format!("duplicate quota name {:?}", quota.name),
+                    )));
+                }
+                let compiled = compile_quota(
+                    &policy.source,
+                    &policy.spec,
+                    quota,
+                    &tz,
+                    response.clone(),
+                    &env.metrics,
+                )
+                .map_err(|e| fail(e.under(&format!("quotas[{i}]"))))?;
+                quotas.push(compiled);
+            }
+        }
+        Ok(Self {
+            quotas,
+            global: env.global.clone(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.quotas.is_empty()
+    }
+
+    /// A quota by policy (`namespace/name`) and name, for the admin API.
+    pub fn find(&self, policy: &str, quota: &str) -> Option<(&Arc<QuotaInfo>, &KeyBuilder)> {
+        self.quotas
+            .iter()
+            .find(|q| q.info.policy == policy && q.info.name == quota)
+            .map(|q| (&q.info, &q.key))
+    }
+
+    /// The limit of `key` (as [`KeyBuilder::override_key`] writes it) under `info`'s quota.
+    pub fn limit_for(&self, info: &QuotaInfo, key: &str) -> u64 {
+        self.quotas
+            .iter()
+            .find(|q| std::ptr::eq(&*q.info, info))
+            .and_then(|q| q.overrides.get(key).copied())
+            .unwrap_or(info.limit)
+    }
+
+    /// The usage store the request path charges: what `Global` quotas read from is Redis.
+    pub fn global(&self) -> Option<&GlobalStore> {
+        self.global.as_ref()
+    }
+
+    /// Decides `req` at `now` (Unix nanoseconds): local quotas against `usage`, global ones in
+    /// Redis (all asked at once, each bounded by [`global::TIMEOUT`]; `failureMode` applies).
+    pub async fn decide(&self, req: &RequestView<'_>, usage: &UsageStore, now: u64) -> Decision {
+        let draws = self.draws(req, now);
+        let mut charges = Vec::with_capacity(draws.len());
+        let mut remote = Vec::new();
+        for (i, draw) in draws.iter().enumerate() {
+            if draw.quota.info.is_global() {
+                remote.push(i);
+                charges.push(None);
+            } else {
+                // Shadow quotas charge whatever the budget says: their usage is what would be
+                // refused under `Enforce`.
+                let force = !draw.quota.info.enforce;
+                charges.push(Some(Ok(usage.charge(
+                    &draw.usage_key,
+                    draw.period,
+                    draw.cost,
+                    draw.limit,
+                    force,
+                ))));
+            }
+        }
+        if let (false, Some(store)) = (remote.is_empty(), &self.global) {
+            let replies = futures::future::join_all(remote.iter().map(|&i| {
+                let d = &draws[i];
+                let mode = if d.quota.info.enforce {
+                    Mode::Check
+                } else {
+                    Mode::Add
+                };
+                let key = global::redis_key(d.period, &d.usage_key);
+                async move { global::call(store, &key, d.period, mode, d.cost, d.limit).await }
+            }))
+            .await;
+            for (i, reply) in remote.iter().zip(replies) {
+                charges[*i] = Some(reply.map_err(|_| ()));
+            }
+        }
+        self.conclude(draws, charges, now)
+    }
+
+    /// The quotas `req` draws from, with their keys, periods, limits and costs.
+    fn draws<'a>(&'a self, req: &RequestView<'_>, now: u64) -> Vec<Draw<'a>> {
+        let mut draws = Vec::new();
+        let mut key = String::with_capacity(64);
+        for quota in &self.quotas {
+            if !quota.matcher.matches(req) {
+                continue;
+            }
+            key.clear();
+            quota.key.write_key(req, &mut key);
+            let limit = quota
+                .overrides
+                .get(key.as_str())
+                .copied()
+                .unwrap_or(quota.info.limit);
+            let (cost, deferred) = match quota.info.unit {
+                QuotaUnit::Requests => (1, None),
+                QuotaUnit::RequestBytes => match content_length(req) {
+                    Some(length) => (length, None),
+                    None => (0, Some(false)),
+                },
+                QuotaUnit::ResponseBytes => (0, Some(true)),
+            };
+            draws.push(Draw {
+                quota,
+                usage_key: quota.info.usage_key(&key),
+                period: quota.info.period_at(now),
+                limit,
+                cost,
+                deferred,
+            });
+        }
+        draws
+    }
+
+    /// Turns each quota's charge (or Redis failure) into the request's decision.
+    fn conclude(
+        &self,
+        draws: Vec<Draw<'_>>,
+        charges: Vec<Option<Result<Charge, ()>>>,
+        now: u64,
+    ) -> Decision {
+        let now_seconds = i64::try_from(now / NANOS).unwrap_or(i64::MAX);
+        let mut pending = RequestQuotas {
+            global: self.global.clone(),
+            ..RequestQuotas::default()
+        };
+        // The refusing quota whose budget resets last: retrying earlier would be refused anyway.
+        let mut refusal: Option<(&Draw<'_>, Charge, Option<i64>)> = None;
+        for (draw, charge) in draws.iter().zip(charges) {
+            let info = &draw.quota.info;
+            let charge = match charge {
+                Some(Ok(charge)) => charge,
+                // Redis failed or timed out: `failureMode` decides, nothing is charged.
+                _ => {
+                    if info.global == Some(true) && info.enforce {
+                        info.limited.inc();
+                        // Retry soon: the store, not the budget, is the problem.
+                        let retry = Some(now_seconds + 1);
+                        if refusal.is_none() {
+                            refusal = Some((draw, Charge::default(), retry));
+                        }
+                    } else {
+                        info.allowed.inc();
+                    }
+                    continue;
+                }
+            };
+            let over = !super::usage::fits(charge.before, draw.cost, draw.limit);
+            if over && info.enforce {
+                info.limited.inc();
+                if refusal
+                    .as_ref()
+                    .is_none_or(|(d, _, _)| d.period.end < draw.period.end)
+                {
+                    refusal = Some((draw, charge, None));
+                }
+                continue;
+            }
+            if over {
+                info.shadow_limited.inc();
+            } else {
+                info.allowed.inc();
+            }
+            info.count_crossings(charge.before, charge.after, draw.limit);
+            if let Some(t) = info.reached_threshold(charge.after, draw.limit) {
+                pending.warnings.push((
+                    WARNING_HEADER.into(),
+                    warning(
+                        &info.name,
+                        charge.after,
+                        draw.limit,
+                        t,
+                        &draw.period,
+                        now_seconds,
+                    ),
+                ));
+            }
+            if let Some(response) = draw.deferred {
+                pending.deferred.push(Deferred {
+                    info: info.clone(),
+                    usage_key: draw.usage_key.clone(),
+                    period: draw.period,
+                    limit: draw.limit,
+                    response,
+                });
+            }
+        }
+        let reject = refusal.map(|(draw, charge, retry_at)| {
+            let reset = retry_at.unwrap_or(draw.period.end);
+            let mut headers = vec![
+                (
+                    "Retry-After".to_owned(),
+                    (reset - now_seconds).max(1).to_string(),
+                ),
+                ("Bulwark-Quota-Reset".to_owned(), period::rfc3339(reset)),
+            ];
+            if retry_at.is_none() {
+                headers.push((
+                    "Bulwark-Quota-Exhausted".to_owned(),
+                    format!(
+                        "\"{}\";limit={};used={}",
+                        draw.quota.info.name, draw.limit, charge.before
+                    ),
+                ));
+            }
+            draw.quota.response.reject(headers)
+        });
+        Decision { reject, pending }
+    }
+}
+
+/// The header that warns of a threshold reached.
+pub const WARNING_HEADER: &str = "Bulwark-Quota-Warning";
+
+/// `"<quota>";used=<percent>;threshold=<percent>;remaining=<units>;reset=<seconds>`, in the
+/// style of the IETF `RateLimit` header: the quota, how much of it is used (percent, rounded
+/// down), the highest threshold reached, what is left and when the period resets.
+fn warning(name: &str, used: u64, limit: u64, threshold: u8, period: &Period, now: i64) -> String {
+    let percent = u128::from(used) * 100 / u128::from(limit.max(1));
+    format!(
+        "\"{name}\";used={percent};threshold={threshold};remaining={};reset={}",
+        limit.saturating_sub(used),
+        (period.end - now).max(0)
+    )
+}
+
+fn content_length(req: &RequestView<'_>) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl RequestQuotas {
+    /// Headers for the app's response: one warning per quota at or above a threshold.
+    pub fn response_headers(&self) -> &[(String, String)] {
+        &self.warnings
+    }
+
+    /// Whether [`RequestQuotas::settle`] has anything to do.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// Charges what is counted after the response: `request_bytes` read from the client and
+    /// `response_bytes` sent to it. Unconditional: the budget was checked when the request was
+    /// admitted. A Redis failure loses these bytes (counted in `bulwark_store_errors_total`).
+    pub async fn settle(self, usage: &UsageStore, request_bytes: u64, response_bytes: u64) {
+        for d in self.deferred {
+            let bytes = if d.response {
+                response_bytes
+            } else {
+                request_bytes
+            };
+            if bytes == 0 {
+                continue;
+            }
+            let charge = match (&d.info.global, &self.global) {
+                (Some(_), Some(store)) => {
+                    let key = global::redis_key(d.period, &d.usage_key);
+                    match global::call(store, &key, d.period, Mode::Add, bytes, d.limit).await {
+                        Ok(charge) => charge,
+                        Err(_) => continue,
+                    }
+                }
+                _ => usage.charge(&d.usage_key, d.period, bytes, d.limit, true),
+            };
+            d.info.count_crossings(charge.before, charge.after, d.limit);
+        }
+    }
+}
+
+fn compile_quota(
+    source: &PolicySource,
+    spec: &QuotaPolicySpec,
+    quota: &Quota,
+    tz: &TimeZone,
+    response: Arc<DenyTemplate>,
+    metrics: &Metrics,
+) -> Result<CompiledQuota, CompileError> {
+    let matcher = CompiledMatch::compile(&quota.match_).map_err(|e| e.under("match"))?;
+    let key = KeyBuilder::compile(&quota.key, spec.jwt.as_ref())?;
+    if quota.limit == 0 {
+        return Err(CompileError::new("limit", "must be at least 1"));
+    }
+    let mut overrides = HashMap::new();
+    for (i, o) in quota.overrides.iter().enumerate() {
+        if o.values.len() != key.len() {
+            return Err(CompileError::new(
+                format!("overrides[{i}].values"),
+                "each override lists exactly one value per key part",
+            ));
+        }
+        if o.limit == 0 {
+            return Err(CompileError::new(
+                format!("overrides[{i}].limit"),
+                "must be at least 1",
+            ));
+        }
+        overrides
+            .entry(key.override_key(&o.values))
+            .or_insert(o.limit);
+    }
+    let mut thresholds: Vec<u8> = Vec::with_capacity(quota.thresholds.len());
+    for (i, &t) in quota.thresholds.iter().enumerate() {
+        if !(1..=99).contains(&t) || thresholds.contains(&t) {
+            return Err(CompileError::new(
+                format!("thresholds[{i}]"),
+                "thresholds are distinct percentages from 1 to 99",
+            ));
+        }
+        thresholds.push(t);
+    }
+    thresholds.sort_unstable();
+    let policy = format!("{}/{}", source.namespace, source.name);
+    // Stable across restarts and pods (persisted and Redis keys carry it): xxh3 of a canonical
+    // text, not std's unspecified hasher.
+    let id = xxhash_rust::xxh3::xxh3_64(
+        format!(
+            "{policy}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{}",
+            quota.name, quota.unit, quota.period, spec.time_zone
+        )
+        .as_bytes(),
+    );
+    let decision = |d: &str| {
+        metrics
+            .quota_requests
+            .with_label_values(&[policy.as_str(), quota.name.as_str(), d])
+    };
+    let info = QuotaInfo {
+        name: quota.name.clone(),
+        unit: quota.unit,
+        period: quota.period,
+        time_zone: tz.clone(),
+        limit: quota.limit,
+        enforce: spec.enforcement == Enforcement::Enforce,
+        global: (spec.scope == Scope::Global).then_some(spec.failure_mode == FailureMode::Closed),
+        prefix: format!("{policy}/{}:{id:016x}:", quota.name),
+        thresholds: thresholds
+            .iter()
+            .map(|t| {
+                (
+                    *t,
+                    metrics.quota_threshold_crossings.with_label_values(&[
+                        policy.as_str(),
+                        quota.name.as_str(),
+                        &t.to_string(),
+                    ]),
+                )
+            })
+            .collect(),
+        allowed: decision("allowed"),
+        limited: decision("limited"),
+        shadow_limited: decision("shadow_limited"),
+        policy,
+    };
+    Ok(CompiledQuota {
+        info: Arc::new(info),
+        matcher,
+        key,
+        overrides,
+        response,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,380 @@
+use std::net::IpAddr;
+
+use bulwark_api::snapshot::Sourced;
+use http::HeaderMap;
+use proptest::prelude::*;
+
+use super::*;
+
+/// 2025-03-10T12:00:00Z, a Monday.
+const NOW: u64 = 1_741_608_000 * NANOS;
+const HOUR: u64 = 3600 * NANOS;
+
+fn policies(yaml: &str) -> Vec<Sourced<QuotaPolicySpec>> {
+    vec![Sourced {
+        source: PolicySource {
+            namespace: "ns".into(),
+            name: "p".into(),
+            generation: 1,
+        },
+        spec: serde_yaml::from_str(yaml).unwrap(),
+    }]
+}
+
+fn compile_with(yaml: &str, metrics: Arc<Metrics>) -> Quotas {
+    Quotas::compile(&policies(yaml), &PolicyEnv::local_only(metrics)).unwrap()
+}
+
+fn compile(yaml: &str) -> Quotas {
+    compile_with(yaml, Arc::new(Metrics::new().unwrap()))
+}
+
+fn compile_err(yaml: &str) -> CompileError {
+    Quotas::compile(
+        &policies(yaml),
+        &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+    )
+    .err()
+    .unwrap()
+    .1
+}
+
+struct Req {
+    headers: HeaderMap,
+}
+
+impl Req {
+    fn new(headers: &[(&'static str, &str)]) -> Self {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, v.parse().unwrap());
+        }
+        Req { headers: map }
+    }
+
+    fn key(key: &str) -> Self {
+        Self::new(&[("x-key", key)])
+    }
+
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: "POST",
+            path: "/api",
+            query: None,
+            host: Some("api.local"),
+            headers: &self.headers,
+            client_ip: Some(IpAddr::from([10, 0, 0, 1])),
+        }
+    }
+}
+
+fn decide(quotas: &Quotas, usage: &UsageStore, req: &Req, now: u64) -> Decision {
+    // Local quotas never wait: the future is ready at once.
+    futures::executor::block_on(quotas.decide(&req.view(), usage, now))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+const DAILY: &str = "
+timeZone: Europe/Paris
+quotas:
+- name: daily
+  key: [{type: Header, name: x-key}]
+  limit: 3
+  period: Day
+  thresholds: [50, 90]
+  overrides:
+  - values: [vip]
+    limit: 5
+";
+
+#[test]
+fn refuses_once_used_up_until_the_period_resets() {
+    let quotas = compile(DAILY);
+    let usage = UsageStore::new();
+    for _ in 0..3 {
+        assert!(
+            decide(&quotas, &usage, &Req::key("a"), NOW)
+                .reject
+                .is_none()
+        );
+    }
+    let refused = decide(&quotas, &usage, &Req::key("a"), NOW)
+        .reject
+        .expect("used up");
+    assert_eq!(refused.status, 429);
+    // Paris midnight is 23:00Z: 11 hours after noon UTC.
+    assert_eq!(header(&refused.headers, "Retry-After"), Some("39600"));
+    assert_eq!(
+        header(&refused.headers, "Bulwark-Quota-Reset"),
+        Some("2025-03-10T23:00:00Z")
+    );
+    assert_eq!(
+        header(&refused.headers, "Bulwark-Quota-Exhausted"),
+        Some("\"daily\";limit=3;used=3")
+    );
+    // Another key has its own budget; the VIP key has 5.
+    assert!(
+        decide(&quotas, &usage, &Req::key("b"), NOW)
+            .reject
+            .is_none()
+    );
+    let vip = (0..6)
+        .filter(|_| {
+            decide(&quotas, &usage, &Req::key("vip"), NOW)
+                .reject
+                .is_none()
+        })
+        .count();
+    assert_eq!(vip, 5);
+    // Just after Paris midnight, a new day.
+    let tomorrow = NOW + 11 * HOUR;
+    assert!(
+        decide(&quotas, &usage, &Req::key("a"), tomorrow - NANOS)
+            .reject
+            .is_some(),
+        "one second before midnight is still the old day"
+    );
+    assert!(
+        decide(&quotas, &usage, &Req::key("a"), tomorrow)
+            .reject
+            .is_none()
+    );
+}
+
+#[test]
+fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let quotas = compile_with(
+        DAILY.replace("limit: 3", "limit: 10").as_str(),
+        metrics.clone(),
+    );
+    let usage = UsageStore::new();
+    let warnings: Vec<Option<String>> = (0..10)
+        .map(|_| {
+            let d = decide(&quotas, &usage, &Req::key("a"), NOW);
+            header(d.pending.response_headers(), WARNING_HEADER).map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(warnings[3], None, "40%");
+    assert_eq!(
+        warnings[4].as_deref(),
+        Some("\"daily\";used=50;threshold=50;remaining=5;reset=39600")
+    );
+    assert_eq!(
+        warnings[8].as_deref(),
+        Some("\"daily\";used=90;threshold=90;remaining=1;reset=39600")
+    );
+    let text = String::from_utf8(metrics.render()).unwrap();
+    for t in ["50", "90"] {
+        let line = format!(
+            "bulwark_quota_threshold_crossings_total{{policy=\"ns/p\",quota=\"daily\",threshold=\"{t}\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    assert!(text.contains(
+        "bulwark_quota_requests_total{decision=\"allowed\",policy=\"ns/p\",quota=\"daily\"} 10"
+    ));
+}
+
+#[test]
+fn shadow_policies_count_but_never_refuse() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let quotas = compile_with(&format!("enforcement: Shadow\n{DAILY}"), metrics.clone());
+    let usage = UsageStore::new();
+    for _ in 0..5 {
+        assert!(
+            decide(&quotas, &usage, &Req::key("a"), NOW)
+                .reject
+                .is_none()
+        );
+    }
+    let (info, _) = quotas.find("ns/p", "daily").unwrap();
+    assert_eq!(usage.used(&info.usage_key("a"), info.period_at(NOW)), 5);
+    let text = String::from_utf8(metrics.render()).unwrap();
+    assert!(text.contains(
+        "bulwark_quota_requests_total{decision=\"shadow_limited\",policy=\"ns/p\",quota=\"daily\"} 2"
+    ));
+}
+
+#[test]
+fn custom_responses_and_every_matching_quota_applies() {
+    let quotas = compile(
+        "
+response: {statusCode: 403, body: over, headers: [{name: X-Why, value: quota}]}
+quotas:
+- name: hourly
+  limit: 1
+  period: Hour
+- name: monthly
+  match: {path: {value: /other}}
+  limit: 100
+  period: Month
+",
+    );
+    let usage = UsageStore::new();
+    assert!(
+        decide(&quotas, &usage, &Req::new(&[]), NOW)
+            .reject
+            .is_none()
+    );
+    let refused = decide(&quotas, &usage, &Req::new(&[]), NOW).reject.unwrap();
+    assert_eq!((refused.status, refused.body.as_str()), (403, "over"));
+    assert_eq!(header(&refused.headers, "X-Why"), Some("quota"));
+    assert_eq!(header(&refused.headers, "Retry-After"), Some("3600"));
+}
+
+#[test]
+fn request_bytes_use_content_length_or_are_counted_after_the_response() {
+    let quotas = compile(
+        "
+quotas:
+- name: upload
+  unit: RequestBytes
+  limit: 100
+  period: Day
+",
+    );
+    let usage = UsageStore::new();
+    let sized = |n: &str| Req::new(&[("content-length", n)]);
+    assert!(decide(&quotas, &usage, &sized("60"), NOW).reject.is_none());
+    assert!(
+        decide(&quotas, &usage, &sized("50"), NOW).reject.is_some(),
+        "60 + 50 > 100: refused whole"
+    );
+    let chunked = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    assert!(chunked.reject.is_none());
+    assert!(chunked.pending.has_deferred());
+    futures::executor::block_on(chunked.pending.settle(&usage, 45, 999));
+    let (info, _) = quotas.find("ns/p", "upload").unwrap();
+    assert_eq!(
+        usage.used(&info.usage_key(""), info.period_at(NOW)),
+        105,
+        "streamed bytes are charged as read, past the limit"
+    );
+    assert!(decide(&quotas, &usage, &sized("0"), NOW).reject.is_some());
+}
+
+#[test]
+fn response_bytes_let_the_crossing_request_complete_and_refuse_the_next() {
+    let quotas = compile(
+        "
+quotas:
+- name: download
+  unit: ResponseBytes
+  limit: 1000
+  period: Week
+  thresholds: [80]
+",
+    );
+    let usage = UsageStore::new();
+    let first = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    assert!(first.reject.is_none());
+    futures::executor::block_on(first.pending.settle(&usage, 0, 900));
+    let second = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    assert!(second.reject.is_none(), "900 < 1000");
+    assert!(
+        header(second.pending.response_headers(), WARNING_HEADER)
+            .unwrap()
+            .contains("used=90;threshold=80"),
+        "warned on the usage before the response"
+    );
+    futures::executor::block_on(second.pending.settle(&usage, 0, 900));
+    let third = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    let refused = third.reject.expect("1800 ≥ 1000");
+    // Next Monday 00:00 UTC is 6 days 12 hours away.
+    assert_eq!(header(&refused.headers, "Retry-After"), Some("561600"));
+}
+
+#[test]
+fn bad_specs_name_the_field() {
+    assert_eq!(
+        compile_err(&DAILY.replace("Europe/Paris", "Europe/Atlantis")).field,
+        "timeZone"
+    );
+    assert_eq!(
+        compile_err(&DAILY.replace("values: [vip]", "values: [vip, extra]")).field,
+        "quotas[0].overrides[0].values"
+    );
+    assert_eq!(
+        compile_err(&DAILY.replace("[50, 90]", "[50, 50]")).field,
+        "quotas[0].thresholds[1]"
+    );
+    assert_eq!(
+        compile_err(&format!("scope: Global\n{DAILY}")).field,
+        "scope"
+    );
+    let twice = format!("{DAILY}- name: daily\n  limit: 1\n  period: Hour\n");
+    assert_eq!(compile_err(&twice).field, "quotas[1].name");
+}
+
+#[test]
+fn usage_survives_a_recompile_with_a_new_limit_but_not_a_new_period() {
+    let usage = UsageStore::new();
+    let before = compile(DAILY);
+    for _ in 0..3 {
+        decide(&before, &usage, &Req::key("a"), NOW);
+    }
+    let raised = compile(&DAILY.replace("limit: 3", "limit: 4"));
+    assert!(
+        decide(&raised, &usage, &Req::key("a"), NOW)
+            .reject
+            .is_none()
+    );
+    assert!(
+        decide(&raised, &usage, &Req::key("a"), NOW)
+            .reject
+            .is_some(),
+        "3 used + 1 = the new limit of 4"
+    );
+    let weekly = compile(&DAILY.replace("period: Day", "period: Week"));
+    assert!(
+        decide(&weekly, &usage, &Req::key("a"), NOW)
+            .reject
+            .is_none(),
+        "another period kind counts afresh"
+    );
+}
+
+proptest! {
+    /// Whatever the costs, a period never admits more than the key's limit, overrides apply, and
+    /// the next period starts from zero.
+    #[test]
+    fn admitted_cost_within_a_period_never_exceeds_the_limit(
+        costs in proptest::collection::vec((0u64..40, any::<bool>()), 1..60),
+        limit in 1u64..100,
+    ) {
+        let quotas = compile(&format!("
+quotas:
+- name: bytes
+  key: [{{type: Header, name: x-key}}]
+  unit: RequestBytes
+  limit: {limit}
+  period: Hour
+  overrides:
+  - values: [vip]
+    limit: {}
+", limit * 2));
+        let usage = UsageStore::new();
+        let mut admitted = [0u64; 2];
+        for (cost, vip) in &costs {
+            let key = if *vip { "vip" } else { "std" };
+            let req = Req::new(&[("x-key", key), ("content-length", &cost.to_string())]);
+            if decide(&quotas, &usage, &req, NOW).reject.is_none() {
+                admitted[usize::from(*vip)] += cost;
+            }
+        }
+        prop_assert!(admitted[0] <= limit);
+        prop_assert!(admitted[1] <= limit * 2);
+        // The first request of the next hour fits if it fits an empty budget.
+        let (cost, _) = costs[0];
+        let req = Req::new(&[("x-key", "std"), ("content-length", &cost.to_string())]);
+        let next_hour = decide(&quotas, &usage, &req, NOW + HOUR).reject.is_none();
+        prop_assert_eq!(next_hour, cost.max(1) <= limit);
+    }
+}

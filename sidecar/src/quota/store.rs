@@ -1,0 +1,118 @@
+//! The on-disk store of `Local` quota usage: one redb file (`quota.redb` in `--state-dir`).
+//!
+//! redb is an embedded, pure-Rust, ACID key-value store: a committed write survives a crash
+//! (kill -9, power loss), and a torn write is rolled back at open. Keys are the usage keys of
+//! [`super::usage::UsageStore`] (readable, stable across restarts: policy, quota, its identity
+//! hash and the key value), values are `(period start, period end, used)`.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{period::Period, usage::Usage};
+
+const USAGE: TableDefinition<'_, &str, (i64, i64, u64)> = TableDefinition::new("quota_usage_v1");
+
+/// The file name in `--state-dir`.
+pub const FILE_NAME: &str = "quota.redb";
+
+pub struct QuotaDb {
+    db: Database,
+}
+
+impl QuotaDb {
+    /// Opens (or creates) the store. Fails while another process holds it (e.g. the old
+    /// sidecar during an upgrade).
+    pub fn open(path: &Path) -> Result<Self, redb::Error> {
+        let db = Database::create(path)?;
+        // Create the table so readers never meet a missing one.
+        let txn = db.begin_write()?;
+        txn.open_table(USAGE)?;
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Every entry whose period has not ended at `now_seconds`.
+    pub fn load(&self, now_seconds: i64) -> Result<Vec<(String, Usage)>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(USAGE)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, value) = row?;
+            let (start, end, used) = value.value();
+            if end > now_seconds {
+                out.push((
+                    key.value().to_owned(),
+                    Usage {
+                        period: Period { start, end },
+                        used,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `entries` and deletes entries whose period ended before `now_seconds`, in one
+    /// transaction (all or nothing).
+    pub fn write(&self, entries: &[(String, Usage)], now_seconds: i64) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(USAGE)?;
+            for (key, usage) in entries {
+                table.insert(
+                    key.as_str(),
+                    (usage.period.start, usage.period.end, usage.used),
+                )?;
+            }
+            table.retain(|_, (_, end, _)| end > now_seconds)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_survives_reopening_and_ended_periods_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let current = Usage {
+            period: Period {
+                start: 100,
+                end: 200,
+            },
+            used: 7,
+        };
+        let old = Usage {
+            period: Period { start: 0, end: 100 },
+            used: 3,
+        };
+        {
+            let db = QuotaDb::open(&path).unwrap();
+            db.write(&[("a".into(), current), ("b".into(), old)], 50)
+                .unwrap();
+            db.write(&[("a".into(), Usage { used: 9, ..current })], 50)
+                .unwrap();
+        }
+        let db = QuotaDb::open(&path).unwrap();
+        assert_eq!(
+            db.load(150).unwrap(),
+            vec![("a".to_owned(), Usage { used: 9, ..current })],
+            "the last write wins and b's period has ended"
+        );
+        db.write(&[], 150).unwrap();
+        assert_eq!(db.load(0).unwrap().len(), 1, "b was deleted from disk");
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let _first = QuotaDb::open(&path).unwrap();
+        assert!(QuotaDb::open(&path).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! Local quota usage in memory: one entry per (quota, key) used in its current period.
+//!
+//! Each entry remembers the period it counts for, so a request in a later period starts from
+//! zero without any reset job, and entries of ended periods are dropped by [`UsageStore::sweep`].
+//! Entries changed since the last flush are marked dirty; the flusher writes them to the on-disk
+//! store ([`super::store::QuotaDb`]).
+
+use std::{collections::HashMap, sync::Mutex};
+
+use super::period::Period;
+
+/// Usage of one (quota, key) in one period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub period: Period,
+    pub used: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    usage: Usage,
+    /// Changed since it was last handed to the flusher.
+    dirty: bool,
+}
+
+/// The result of charging a key: usage before and after, and whether it was admitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charge {
+    pub admitted: bool,
+    pub before: u64,
+    pub after: u64,
+}
+
+/// Whether a request of `cost` fits a budget of `limit` with `used` spent. A request costs at
+/// least one unit for this check, so a used-up budget refuses even requests charged later
+/// (response bytes) or charged nothing (an empty body).
+pub fn fits(used: u64, cost: u64, limit: u64) -> bool {
+    used.saturating_add(cost.max(1)) <= limit
+}
+
+const SHARDS: usize = 16;
+
+/// Sharded by key hash so concurrent requests rarely contend on one lock.
+pub struct UsageStore {
+    shards: Vec<Mutex<HashMap<String, Entry>>>,
+}
+
+impl Default for UsageStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UsageStore {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        let i = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % SHARDS as u64) as usize;
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Charges `cost` to `key` in `period` if it [`fits`] within `limit`; with `force`,
+    /// charges it unconditionally (usage counted after the fact).
+    pub fn charge(&self, key: &str, period: Period, cost: u64, limit: u64, force: bool) -> Charge {
+        let mut shard = self.shard(key);
+        let used = shard
+            .get(key)
+            .filter(|e| e.usage.period == period)
+            .map_or(0, |e| e.usage.used);
+        let admitted = force || fits(used, cost, limit);
+        let after = if admitted {
+            used.saturating_add(cost)
+        } else {
+            used
+        };
+        if admitted && cost > 0 {
+            shard.insert(
+                key.to_owned(),
+                Entry {
+                    usage: Usage {
+                        period,
+                        used: after,
+                    },
+                    dirty: true,
+                },
+            );
+        }
+        Charge {
+            admitted,
+            before: used,
+            after,
+        }
+    }
+
+    /// The usage of `key` in `period` (0 if none).
+    pub fn used(&self, key: &str, period: Period) -> u64 {
+        self.shard(key)
+            .get(key)
+            .filter(|e| e.usage.period == period)
+            .map_or(0, |e| e.usage.used)
+    }
+
+    /// Adds usage read back from disk (or from a previous process): added, not replaced, so
+    /// counts made before the store was opened are kept.
+    pub fn merge(&self, key: String, usage: Usage) {
+        let mut shard = self.shard(&key);
+        match shard.get_mut(&key) {
+            Some(e) if e.usage.period == usage.period => {
+                e.usage.used = e.usage.used.saturating_add(usage.used);
+                e.dirty = true;
+            }
+            // A newer period in memory wins over an older one on disk.
+            Some(e) if e.usage.period.start > usage.period.start => {}
+            _ => {
+                shard.insert(
+                    key,
+                    Entry {
+                        usage,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Entries changed since the last call, now marked clean.
+    pub fn take_dirty(&self) -> Vec<(String, Usage)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, entry) in shard.iter_mut().filter(|(_, e)| e.dirty) {
+                entry.dirty = false;
+                out.push((key.clone(), entry.usage));
+            }
+        }
+        out
+    }
+
+    /// Marks entries dirty again (their write failed), unless they changed meanwhile.
+    pub fn restore_dirty(&self, entries: &[(String, Usage)]) {
+        for (key, usage) in entries {
+            if let Some(e) = self.shard(key).get_mut(key)
+                && e.usage.period == usage.period
+            {
+                e.dirty = true;
+            }
+        }
+    }
+
+    /// Drops entries whose period ended before `now_seconds`.
+    pub fn sweep(&self, now_seconds: i64) {
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|_, e| e.usage.period.end > now_seconds);
+        }
+    }
+
+    /// Up to `max` keys starting with `prefix`, sorted, with their usage.
+    pub fn list(&self, prefix: &str, max: usize) -> Vec<(String, Usage)> {
+        let mut out: Vec<(String, Usage)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, e)| (k.clone(), e.usage))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.truncate(max);
+        out
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: Period = Period { start: 0, end: 100 };
+    const P2: Period = Period {
+        start: 100,
+        end: 200,
+    };
+
+    #[test]
+    fn charges_within_the_limit_and_resets_with_the_period() {
+        let store = UsageStore::new();
+        assert!(store.charge("k", P1, 3, 5, false).admitted);
+        let c = store.charge("k", P1, 3, 5, false);
+        assert_eq!(
+            c,
+            Charge {
+                admitted: false,
+                before: 3,
+                after: 3
+            }
+        );
+        assert!(store.charge("k", P1, 2, 5, false).admitted);
+        assert!(!store.charge("k", P1, 0, 5, false).admitted, "used up");
+        assert_eq!(store.used("k", P1), 5);
+        assert!(store.charge("k", P2, 5, 5, false).admitted, "a new period");
+        assert_eq!(store.used("k", P1), 0, "the old period is gone");
+    }
+
+    #[test]
+    fn forced_charges_go_over_the_limit() {
+        let store = UsageStore::new();
+        let c = store.charge("k", P1, 10, 5, true);
+        assert_eq!(c.after, 10);
+        assert!(!store.charge("k", P1, 0, 5, false).admitted);
+    }
+
+    #[test]
+    fn dirty_entries_are_handed_out_once_and_merges_add() {
+        let store = UsageStore::new();
+        store.charge("a", P1, 1, 10, false);
+        store.charge("b", P1, 2, 10, false);
+        let mut dirty = store.take_dirty();
+        dirty.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(dirty.len(), 2);
+        assert!(store.take_dirty().is_empty());
+        store.restore_dirty(&dirty);
+        assert_eq!(store.take_dirty().len(), 2);
+
+        store.merge(
+            "a".into(),
+            Usage {
+                period: P1,
+                used: 4,
+            },
+        );
+        assert_eq!(store.used("a", P1), 5);
+        // An older period on disk does not replace the current one in memory.
+        store.charge("c", P2, 1, 10, false);
+        store.merge(
+            "c".into(),
+            Usage {
+                period: P1,
+                used: 7,
+            },
+        );
+        assert_eq!(store.used("c", P2), 1);
+    }
+
+    #[test]
+    fn sweep_drops_ended_periods() {
+        let store = UsageStore::new();
+        store.charge("old", P1, 1, 10, false);
+        store.charge("new", P2, 1, 10, false);
+        store.sweep(100);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.list("", 10)[0].0, "new");
+    }
+}
