@@ -378,3 +378,35 @@ quotas:
         prop_assert_eq!(next_hour, cost.max(1) <= limit);
     }
 }
+
+#[test]
+fn the_example_quota_policies_compile() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("quotapolicy-") {
+            continue;
+        }
+        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut spec: QuotaPolicySpec = serde_yaml::from_value(doc["spec"].clone()).unwrap();
+        // Global examples need Redis to compile; everything else is checked locally.
+        spec.scope = Scope::Local;
+        let compiled = Quotas::compile(
+            &[Sourced {
+                source: PolicySource {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                    generation: 1,
+                },
+                spec,
+            }],
+            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+        );
+        assert!(compiled.is_ok(), "{name}: {:?}", compiled.err());
+        seen += 1;
+    }
+    assert!(seen >= 2, "the quota examples were found");
+}
