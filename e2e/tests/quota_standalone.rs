@@ -333,3 +333,61 @@ fn global_quota_is_shared_by_two_sidecars_and_redis_failure_follows_failure_mode
         },
     );
 }
+
+/// `quota.lua` on a real Redis: check-and-charge never exceeds the limit, forced charges do,
+/// reads charge nothing, and the counter expires an hour after its period.
+#[test]
+fn the_quota_script_checks_adds_and_expires_on_a_real_redis() {
+    use bulwark_sidecar::{
+        global::{GlobalStore, RedisTarget},
+        metrics::Metrics,
+        quota::{
+            global::{Mode, call, redis_key},
+            period::Period,
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let metrics = Metrics::new().unwrap();
+        let store = GlobalStore::connect(RedisTarget::Single(redis.url()), &metrics).unwrap();
+        let period = Period {
+            start: now_unix() - 10,
+            end: now_unix() + 100,
+        };
+        let key = redis_key(period, "ns/p/q:0:k");
+        // The connection is lazy: the first call may race it.
+        let mut first = None;
+        for _ in 0..50 {
+            if let Ok(c) = call(&store, &key, period, Mode::Check, 4, 10).await {
+                first = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first = first.expect("Redis answers");
+        assert_eq!((first.admitted, first.before, first.after), (true, 0, 4));
+        let refused = call(&store, &key, period, Mode::Check, 7, 10)
+            .await
+            .unwrap();
+        assert_eq!((refused.admitted, refused.after), (false, 4), "4 + 7 > 10");
+        let fits = call(&store, &key, period, Mode::Check, 6, 10)
+            .await
+            .unwrap();
+        assert_eq!((fits.admitted, fits.after), (true, 10));
+        let empty = call(&store, &key, period, Mode::Check, 0, 10)
+            .await
+            .unwrap();
+        assert!(!empty.admitted, "a used-up budget refuses even a zero cost");
+        let forced = call(&store, &key, period, Mode::Add, 5, 10).await.unwrap();
+        assert_eq!((forced.admitted, forced.after), (true, 15));
+        let read = call(&store, &key, period, Mode::Read, 0, 10).await.unwrap();
+        assert_eq!(read.after, 15);
+        let expires_ms: i64 = redis.cli(&["PEXPIRETIME", &key]).parse().unwrap();
+        assert_eq!(expires_ms, (period.end + 3600) * 1000);
+    });
+}
