@@ -40,16 +40,14 @@ fn setup(policy: &str) -> Setup {
 }
 
 fn sidecar(s: &Setup, name: &str) -> Sidecar {
-    let sidecar = Sidecar::start(
-        s.app.addr,
-        &s.dir.path().join(name),
-        &[
-            "--config-dir",
-            s.config.to_str().unwrap(),
-            "--redis-url",
-            &s.redis.url(),
-        ],
-    );
+    sidecar_with_redis(s, name, &["--redis-url", &s.redis.url()])
+}
+
+/// A ready sidecar with `redis` flags (`--redis-url ...` or `--redis-cluster ...`).
+fn sidecar_with_redis(s: &Setup, name: &str, redis: &[&str]) -> Sidecar {
+    let mut args = vec!["--config-dir", s.config.to_str().unwrap()];
+    args.extend_from_slice(redis);
+    let sidecar = Sidecar::start(s.app.addr, &s.dir.path().join(name), &args);
     wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
     sidecar
 }
@@ -249,17 +247,7 @@ fn redis_cluster_holds_per_key_limits() {
             .then_some(())
     });
     let seeds = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
-    let a = Sidecar::start(
-        s.app.addr,
-        &s.dir.path().join("a"),
-        &[
-            "--config-dir",
-            s.config.to_str().unwrap(),
-            "--redis-cluster",
-            &seeds,
-        ],
-    );
-    wait_for_status(a.admin, "/readyz", 200, Duration::from_secs(10));
+    let a = sidecar_with_redis(&s, "a", &["--redis-cluster", &seeds]);
     // Until the client has discovered the slots, calls fail open: wait for a counted one.
     eventually(Duration::from_secs(20), "the cluster client", || {
         (get(&a, "/api/a", "probe").status == 429).then_some(())
