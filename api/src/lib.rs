@@ -9,6 +9,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod crd;
+pub mod distribution;
 pub mod duration;
 pub mod snapshot;
 
