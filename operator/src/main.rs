@@ -28,6 +28,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    tracing::info!(
+        identity = %args.identity(),
+        sidecar_operator_url = %args.sidecar_operator_url(),
+        "starting"
+    );
     let client = args
         .kube_client()
         .await
