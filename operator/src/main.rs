@@ -7,14 +7,10 @@
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-mod admin;
-mod api_check;
-mod cli;
-mod metrics;
-
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bulwark_operator::{admin, api_check, cli, metrics};
 use clap::Parser;
 use tokio::sync::watch;
 

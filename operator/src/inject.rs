@@ -1,0 +1,1 @@
+//! The injection webhook (in progress).
