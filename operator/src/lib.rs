@@ -15,6 +15,8 @@
 pub mod admin;
 pub mod api_check;
 pub mod cli;
+pub mod compile;
+pub mod index;
 pub mod inject;
 pub mod metrics;
 pub mod tls;

@@ -1,0 +1,462 @@
+//! From the index to one pod's snapshot, and each policy's verdict.
+//!
+//! Rules (docs/operator.md):
+//! - A policy applies to the injected pods of its namespace that its selector matches.
+//! - Rate limits and quotas never conflict: all that select a pod apply, so the most
+//!   restrictive decides.
+//! - Two FeatureFlags defining the same flag key for one pod, or two FailoverPolicies defining
+//!   the same upstream name, conflict: the older policy (creation time, then name) wins, as in
+//!   Gateway API; the newer one is not Accepted (reason `Conflicted`) and is sent to no pod.
+//! - A reference that does not resolve (a WebhookEndpoint's Secret or key, a FailoverPolicy's
+//!   Service) makes the policy not Accepted (reason `RefNotFound`); it is sent to no pod until
+//!   the reference appears. Sending it half-resolved would sign with no key or route nowhere.
+
+use std::collections::{BTreeMap, btree_map::Entry};
+
+use bulwark_api::snapshot::{
+    ObjectRef, PolicySource, ResolvedFailoverPolicy, ResolvedWebhookEndpoint, SCHEMA, SecretString,
+    SigningKey, Snapshot, Sourced,
+};
+
+use crate::index::{Index, InjectedPod, Kind, Policy, PolicyKey, Spec};
+
+/// Why a policy is, or is not, Accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// `reason` is the condition reason (`RefNotFound`, `Conflicted`, `InvalidSelector`).
+    Rejected { reason: &'static str, message: String },
+}
+
+/// One pod's compiled snapshot (version 0: the distributor numbers it) and the policy
+/// generations it carries, as `Kind/namespace/name@generation`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodSnapshot {
+    pub snapshot: Snapshot,
+    pub sources: Vec<String>,
+}
+
+/// The string a pod's acknowledgement records for one policy generation.
+pub fn source_id(key: &PolicyKey, generation: i64) -> String {
+    format!(
+        "{}/{}/{}@{generation}",
+        key.kind.as_str(),
+        key.namespace,
+        key.name
+    )
+}
+
+/// The verdict of every policy in `namespace`.
+pub fn verdicts_in(index: &Index, namespace: &str) -> BTreeMap<PolicyKey, Verdict> {
+    let mut verdicts: BTreeMap<PolicyKey, Verdict> = index
+        .policies_in(namespace)
+        .map(|(key, policy)| (key.clone(), references(index, key, policy)))
+        .collect();
+    for (key, message) in conflicts_in(index, namespace) {
+        if verdicts.get(&key) == Some(&Verdict::Accepted) {
+            verdicts.insert(
+                key,
+                Verdict::Rejected {
+                    reason: "Conflicted",
+                    message,
+                },
+            );
+        }
+    }
+    verdicts
+}
+
+fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
+    if policy.selector.is_none() {
+        return Verdict::Rejected {
+            reason: "InvalidSelector",
+            message: "spec.selector cannot be parsed as a label selector".into(),
+        };
+    }
+    match &policy.spec {
+        Spec::Webhook(spec) => {
+            let secret = &spec.signing.secret_ref;
+            match signing_secret(index, &key.namespace, &secret.name, &secret.key) {
+                Ok(_) => Verdict::Accepted,
+                Err(message) => Verdict::Rejected {
+                    reason: "RefNotFound",
+                    message,
+                },
+            }
+        }
+        Spec::Failover(spec) => {
+            for upstream in &spec.upstreams {
+                for group in &upstream.groups {
+                    for backend in group.backends.iter().filter_map(|b| b.service.as_ref()) {
+                        let namespace = backend.namespace.as_deref().unwrap_or(&key.namespace);
+                        let service = ObjectRef {
+                            namespace: namespace.to_string(),
+                            name: backend.name.clone(),
+                        };
+                        let Some(ports) = index.services.get(&service) else {
+                            return Verdict::Rejected {
+                                reason: "RefNotFound",
+                                message: format!(
+                                    "upstream {:?}: Service {namespace}/{} not found",
+                                    upstream.name, backend.name
+                                ),
+                            };
+                        };
+                        if !ports.0.iter().any(|(_, p)| *p == backend.port) {
+                            return Verdict::Rejected {
+                                reason: "RefNotFound",
+                                message: format!(
+                                    "upstream {:?}: Service {namespace}/{} has no port {}",
+                                    upstream.name, backend.name, backend.port
+                                ),
+                            };
+                        }
+                    }
+                }
+            }
+            Verdict::Accepted
+        }
+        Spec::RateLimit(_) | Spec::Quota(_) | Spec::FeatureFlag(_) => Verdict::Accepted,
+    }
+}
+
+fn signing_secret(
+    index: &Index,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, String> {
+    let secret = index
+        .secrets
+        .get(&ObjectRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+        .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+    let value = secret
+        .get(key)
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))?;
+    String::from_utf8(value.clone())
+        .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not UTF-8"))
+}
+
+/// Names a policy claims for a pod, where two policies claiming the same name conflict.
+fn claims(policy: &Policy) -> Vec<String> {
+    match &policy.spec {
+        Spec::FeatureFlag(spec) => spec.flags.keys().map(|k| format!("flag {k:?}")).collect(),
+        Spec::Failover(spec) => spec
+            .upstreams
+            .iter()
+            .map(|u| format!("upstream {:?}", u.name))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Policies that lose a conflict on some pod of `namespace`, with a message naming the winner.
+fn conflicts_in(index: &Index, namespace: &str) -> BTreeMap<PolicyKey, String> {
+    let mut contenders: Vec<(&PolicyKey, &Policy)> = index
+        .policies_in(namespace)
+        .filter(|(k, _)| matches!(k.kind, Kind::FeatureFlag | Kind::FailoverPolicy))
+        .collect();
+    // Oldest first: the first to claim a name keeps it.
+    contenders.sort_by(|(ka, a), (kb, b)| (a.created, &ka.name).cmp(&(b.created, &kb.name)));
+    let mut losers = BTreeMap::new();
+    for (_, pod) in index.pods_in(namespace) {
+        let mut owner: BTreeMap<(Kind, String), &PolicyKey> = BTreeMap::new();
+        for (key, policy) in &contenders {
+            if !policy.selects(&pod.labels) || losers.contains_key(*key) {
+                continue;
+            }
+            for claim in claims(policy) {
+                match owner.entry((key.kind, claim.clone())) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(key);
+                    }
+                    Entry::Occupied(winner) => {
+                        losers.insert(
+                            (*key).clone(),
+                            format!(
+                                "{claim} is already defined by {} {}/{}, which is older",
+                                winner.get().kind.as_str(),
+                                namespace,
+                                winner.get().name
+                            ),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    losers
+}
+
+/// The snapshot for one pod: every Accepted policy of its namespace that selects it.
+pub fn pod_snapshot(
+    index: &Index,
+    pod_ref: &ObjectRef,
+    pod: &InjectedPod,
+    verdicts: &BTreeMap<PolicyKey, Verdict>,
+) -> PodSnapshot {
+    let mut snapshot = Snapshot {
+        schema: SCHEMA,
+        pod: Some(pod_ref.clone()),
+        ..Snapshot::default()
+    };
+    let mut sources = Vec::new();
+    for (key, policy) in index.policies_in(&pod_ref.namespace) {
+        if verdicts.get(key) != Some(&Verdict::Accepted) || !policy.selects(&pod.labels) {
+            continue;
+        }
+        let source = PolicySource {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            generation: policy.generation,
+        };
+        sources.push(source_id(key, policy.generation));
+        match &policy.spec {
+            Spec::RateLimit(spec) => snapshot.rate_limits.push(Sourced {
+                source,
+                spec: spec.clone(),
+            }),
+            Spec::Quota(spec) => snapshot.quotas.push(Sourced {
+                source,
+                spec: spec.clone(),
+            }),
+            Spec::FeatureFlag(spec) => snapshot.feature_flags.push(Sourced {
+                source,
+                spec: spec.clone(),
+            }),
+            Spec::Webhook(spec) => {
+                let secret = &spec.signing.secret_ref;
+                let Ok(value) = signing_secret(index, &key.namespace, &secret.name, &secret.key)
+                else {
+                    continue; // not Accepted: excluded above; kept as a guard
+                };
+                snapshot.webhooks.push(Sourced {
+                    source,
+                    spec: ResolvedWebhookEndpoint {
+                        endpoint: spec.clone(),
+                        signing_keys: vec![SigningKey {
+                            secret: SecretString::new(value),
+                            not_after: None,
+                        }],
+                    },
+                });
+            }
+            Spec::Failover(spec) => snapshot.failover.push(Sourced {
+                source,
+                spec: ResolvedFailoverPolicy {
+                    policy: spec.clone(),
+                    service_endpoints: service_endpoints(index, &key.namespace, spec),
+                },
+            }),
+        }
+    }
+    PodSnapshot { snapshot, sources }
+}
+
+/// Ready endpoint addresses of each Service backend, keyed `namespace/name:port`.
+fn service_endpoints(
+    index: &Index,
+    policy_namespace: &str,
+    spec: &bulwark_api::crd::FailoverPolicySpec,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let backends = spec
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.groups)
+        .flat_map(|g| &g.backends)
+        .filter_map(|b| b.service.as_ref());
+    for backend in backends {
+        let namespace = backend.namespace.as_deref().unwrap_or(policy_namespace);
+        let service = ObjectRef {
+            namespace: namespace.to_string(),
+            name: backend.name.clone(),
+        };
+        // The Service port's name is how an EndpointSlice names the matching target port.
+        let Some(port_name) = index.services.get(&service).and_then(|s| {
+            s.0.iter()
+                .find(|(_, p)| *p == backend.port)
+                .map(|(n, _)| n.clone())
+        }) else {
+            continue;
+        };
+        let mut addresses: Vec<String> = index
+            .slices
+            .iter()
+            .filter(|(r, s)| r.namespace == namespace && s.service == backend.name)
+            .flat_map(|(_, s)| {
+                let port = s.ports.iter().find(|(n, _)| *n == port_name).map(|p| p.1);
+                port.into_iter().flat_map(move |port| {
+                    s.ready_addresses.iter().map(move |a| match a.contains(':') {
+                        true => format!("[{a}]:{port}"),
+                        false => format!("{a}:{port}"),
+                    })
+                })
+            })
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        out.insert(
+            format!("{namespace}/{}:{}", backend.name, backend.port),
+            addresses,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Change, IntoObject};
+    use bulwark_api::crd::{FeatureFlag, RateLimitPolicy, WebhookEndpoint};
+    use k8s_openapi::{
+        api::core::v1::{Pod, Secret},
+        apimachinery::pkg::apis::meta::v1::Time,
+    };
+
+    fn object<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn index_with(objects: Vec<crate::index::Object>) -> Index {
+        let mut index = Index::default();
+        for o in objects {
+            index.apply(Change::Upsert(o));
+        }
+        index
+    }
+
+    fn pod(name: &str, app: &str) -> crate::index::Object {
+        object::<Pod>(&format!(
+            "metadata: {{name: {name}, namespace: shop, uid: u-{name}, labels: {{app: {app}}}}}"
+        ))
+        .into_object()
+    }
+
+    fn rate_limit(name: &str, app: &str) -> crate::index::Object {
+        object::<RateLimitPolicy>(&format!(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: {name}, namespace: shop, generation: 2, uid: r-{name}}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  rules:
+  - name: all
+    key: [{{type: Constant}}]
+    rates: [{{limit: 5, window: 1s}}]
+"#
+        ))
+        .into_object()
+    }
+
+    fn flag(name: &str, key: &str, created: &str) -> crate::index::Object {
+        let mut f: FeatureFlag = object(&format!(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FeatureFlag
+metadata: {{name: {name}, namespace: shop, generation: 1}}
+spec:
+  flags:
+    {key}:
+      state: ENABLED
+      variants: {{on: true, off: false}}
+      defaultVariant: off
+"#
+        ));
+        f.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+        f.into_object()
+    }
+
+    fn snapshot_of(index: &Index, name: &str) -> PodSnapshot {
+        let r = ObjectRef {
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        let verdicts = verdicts_in(index, "shop");
+        pod_snapshot(index, &r, &index.pods[&r], &verdicts)
+    }
+
+    #[test]
+    fn a_pod_gets_the_policies_that_select_it() {
+        let index = index_with(vec![
+            pod("api-0", "api"),
+            pod("web-0", "web"),
+            rate_limit("api-limit", "api"),
+        ]);
+        let api = snapshot_of(&index, "api-0");
+        assert_eq!(api.snapshot.rate_limits.len(), 1);
+        assert_eq!(api.snapshot.rate_limits[0].source.generation, 2);
+        assert_eq!(api.sources, ["RateLimitPolicy/shop/api-limit@2"]);
+        assert!(snapshot_of(&index, "web-0").snapshot.rate_limits.is_empty());
+    }
+
+    #[test]
+    fn the_newer_of_two_flags_with_one_key_is_rejected_and_sent_nowhere() {
+        let index = index_with(vec![
+            pod("api-0", "api"),
+            flag("old", "checkout", "2026-01-01T00:00:00Z"),
+            flag("new", "checkout", "2026-02-01T00:00:00Z"),
+            flag("other", "search", "2026-03-01T00:00:00Z"),
+        ]);
+        let verdicts = verdicts_in(&index, "shop");
+        let key = |name: &str| PolicyKey {
+            kind: Kind::FeatureFlag,
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        assert_eq!(verdicts[&key("old")], Verdict::Accepted);
+        assert_eq!(verdicts[&key("other")], Verdict::Accepted);
+        match &verdicts[&key("new")] {
+            Verdict::Rejected { reason, message } => {
+                assert_eq!(*reason, "Conflicted");
+                assert!(message.contains("flag \"checkout\"") && message.contains("shop/old"));
+            }
+            v => panic!("{v:?}"),
+        }
+        let names: Vec<_> = snapshot_of(&index, "api-0")
+            .snapshot
+            .feature_flags
+            .iter()
+            .map(|f| f.source.name.clone())
+            .collect();
+        assert_eq!(names, ["old", "other"]);
+    }
+
+    #[test]
+    fn a_webhook_waits_for_its_secret_then_carries_the_key() {
+        let webhook: WebhookEndpoint = object(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: WebhookEndpoint
+metadata: {name: billing, namespace: shop, generation: 1}
+spec:
+  url: https://hooks.example.com/in
+  signing: {secretRef: {name: hook, key: secret}}
+"#,
+        );
+        let mut index = index_with(vec![pod("api-0", "api"), webhook.into_object()]);
+        let key = PolicyKey {
+            kind: Kind::WebhookEndpoint,
+            namespace: "shop".into(),
+            name: "billing".into(),
+        };
+        assert!(matches!(
+            &verdicts_in(&index, "shop")[&key],
+            Verdict::Rejected { reason: "RefNotFound", message } if message.contains("shop/hook")
+        ));
+        assert!(snapshot_of(&index, "api-0").snapshot.webhooks.is_empty());
+
+        let secret: Secret = object(
+            "metadata: {name: hook, namespace: shop}\ndata: {secret: d2hzZWNfYzJWamNtVjA=}",
+        );
+        index.apply(Change::Upsert(secret.into_object()));
+        assert_eq!(verdicts_in(&index, "shop")[&key], Verdict::Accepted);
+        let webhooks = snapshot_of(&index, "api-0").snapshot.webhooks;
+        assert_eq!(webhooks[0].spec.signing_keys[0].secret.expose(), "whsec_c2VjcmV0");
+    }
+}
