@@ -1,0 +1,208 @@
+//! The watches that feed the index, and the loop that recompiles what they change.
+//!
+//! Every watched type is one `kube::runtime::watcher` stream (which re-lists and backs off by
+//! itself); they are merged, taken in batches of whatever is ready, applied to the index, and
+//! only the pods of the namespaces a batch touched are recompiled. A pod's snapshot is published
+//! only if its content changed.
+
+use std::{
+    collections::BTreeSet,
+    fmt::Debug,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use bulwark_api::crd::{
+    FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint,
+};
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    core::v1::{Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    compile,
+    distribution::{Distributor, acks::AckBook},
+    index::{Affected, Change, Index, IntoObject, Kind, Watched},
+    metrics::Metrics,
+};
+
+/// The label the injection webhook puts on every pod it gives a sidecar.
+pub const INJECTED_LABEL: &str = "bulwark.dev/injected";
+
+fn changes<K>(api: Api<K>, config: watcher::Config, watched: Watched) -> BoxStream<'static, Change>
+where
+    K: Resource + IntoObject + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| async move {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    Some(Change::Upsert(o.into_object()))
+                }
+                Ok(watcher::Event::Delete(o)) => Some(Change::Delete(o.into_object())),
+                Ok(watcher::Event::Init) => Some(Change::Resync(watched)),
+                Ok(watcher::Event::InitDone) => Some(Change::Synced(watched)),
+                Err(e) => {
+                    tracing::warn!(?watched, error = %e, "watch failed; retrying with backoff");
+                    None
+                }
+            }
+        })
+        .boxed()
+}
+
+/// Every watch the index needs, merged.
+pub fn all_changes(client: &Client) -> BoxStream<'static, Change> {
+    let all = watcher::Config::default;
+    let policy = |kind| Watched::Policy(kind);
+    futures::stream::select_all([
+        changes(
+            Api::<RateLimitPolicy>::all(client.clone()),
+            all(),
+            policy(Kind::RateLimitPolicy),
+        ),
+        changes(
+            Api::<QuotaPolicy>::all(client.clone()),
+            all(),
+            policy(Kind::QuotaPolicy),
+        ),
+        changes(
+            Api::<FeatureFlag>::all(client.clone()),
+            all(),
+            policy(Kind::FeatureFlag),
+        ),
+        changes(
+            Api::<WebhookEndpoint>::all(client.clone()),
+            all(),
+            policy(Kind::WebhookEndpoint),
+        ),
+        changes(
+            Api::<FailoverPolicy>::all(client.clone()),
+            all(),
+            policy(Kind::FailoverPolicy),
+        ),
+        // Only injected pods: the index never holds the cluster's other pods.
+        changes(
+            Api::<Pod>::all(client.clone()),
+            all().labels(&format!("{INJECTED_LABEL}=true")),
+            Watched::Pod,
+        ),
+        changes(Api::<Service>::all(client.clone()), all(), Watched::Service),
+        changes(
+            Api::<EndpointSlice>::all(client.clone()),
+            all(),
+            Watched::EndpointSlice,
+        ),
+        changes(Api::<Secret>::all(client.clone()), all(), Watched::Secret),
+    ])
+    .boxed()
+}
+
+/// What the index loop shares with the rest of the operator.
+pub struct Shared {
+    pub index: Arc<RwLock<Index>>,
+    pub distributor: Arc<Distributor>,
+    pub acks: Arc<AckBook>,
+    pub metrics: Arc<Metrics>,
+    /// Woken after every batch that changed something, for the status writer.
+    pub changed: Arc<Notify>,
+}
+
+/// Applies watch events until `changes` ends or shutdown.
+pub async fn run(
+    shared: Arc<Shared>,
+    changes: BoxStream<'static, Change>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut batches = changes.ready_chunks(1024);
+    loop {
+        let batch = tokio::select! {
+            batch = batches.next() => match batch { Some(b) => b, None => return },
+            _ = shutdown.changed() => return,
+        };
+        apply_batch(&shared, batch);
+    }
+}
+
+/// Applies one batch and republishes the pods it affects.
+pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
+    let started = Instant::now();
+    let mut index = shared.index.write().expect("index lock");
+    let was_synced = index.is_synced();
+    let mut affected = Affected::Nothing;
+    for change in batch {
+        affected.merge(index.apply(change));
+    }
+    if !index.is_synced() {
+        return; // nothing is served before the first full listing
+    }
+    if !was_synced {
+        affected = Affected::Everything;
+    }
+    let namespaces: BTreeSet<String> = match affected {
+        Affected::Nothing => {
+            drop(index);
+            shared.changed.notify_one(); // a status-only change may still matter to status
+            return;
+        }
+        Affected::Namespaces(ns) => ns,
+        Affected::Everything => {
+            let mut ns: BTreeSet<String> = index.pods.keys().map(|p| p.namespace.clone()).collect();
+            ns.extend(shared.distributor.pods().into_iter().map(|p| p.namespace));
+            ns
+        }
+    };
+    let mut published = 0;
+    for namespace in &namespaces {
+        let verdicts = compile::verdicts_in(&index, namespace);
+        for (pod_ref, pod) in index.pods_in(namespace) {
+            let compiled = compile::pod_snapshot(&index, pod_ref, pod, &verdicts);
+            if shared.distributor.publish(pod_ref, &pod.uid, compiled) {
+                published += 1;
+            }
+        }
+    }
+    // Pods that left the index: their streams end, their acknowledgements go.
+    for pod in shared.distributor.pods() {
+        if namespaces.contains(&pod.namespace) && !index.pods.contains_key(&pod) {
+            shared.distributor.remove(&pod);
+        }
+    }
+    let live: BTreeSet<String> = index
+        .pods
+        .keys()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    shared.acks.retain(|pod| live.contains(pod));
+    let m = &shared.metrics;
+    m.index_objects
+        .with_label_values(&["policy"])
+        .set(index.policies.len() as i64);
+    m.index_objects
+        .with_label_values(&["pod"])
+        .set(index.pods.len() as i64);
+    m.index_objects
+        .with_label_values(&["service"])
+        .set(index.services.len() as i64);
+    m.index_objects
+        .with_label_values(&["endpointslice"])
+        .set(index.slices.len() as i64);
+    m.index_objects
+        .with_label_values(&["secret"])
+        .set(index.secrets.len() as i64);
+    drop(index);
+    shared.distributor.set_synced();
+    m.pods.set(shared.distributor.len() as i64);
+    m.snapshots_published.inc_by(published);
+    m.compile_seconds.observe(started.elapsed().as_secs_f64());
+    shared.changed.notify_one();
+}
