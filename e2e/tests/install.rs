@@ -13,6 +13,36 @@ fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
     stdout_or_panic("helm", args, cp.helm().args(args).output().unwrap())
 }
 
+/// Everything the chart installs besides the CRDs, present in `namespace` and cluster-wide.
+fn assert_operator_objects(cp: &ControlPlane, namespace: &str) {
+    for object in [
+        "serviceaccount/bulwark-operator",
+        "deployment/bulwark-operator",
+        "service/bulwark-operator",
+        "poddisruptionbudget/bulwark-operator",
+        "role.rbac.authorization.k8s.io/bulwark-operator",
+        "rolebinding.rbac.authorization.k8s.io/bulwark-operator",
+    ] {
+        cp.kubectl_ok(&["get", object, "-n", namespace]);
+    }
+    for object in [
+        "clusterrole/bulwark-operator",
+        "clusterrolebinding/bulwark-operator",
+        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+    ] {
+        cp.kubectl_ok(&["get", object]);
+    }
+    let replicas = cp.kubectl_ok(&[
+        "get",
+        "deployment/bulwark-operator",
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(replicas.trim(), "2", "default replicas");
+}
+
 #[test]
 fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
     // Its own plane: this test needs one where Bulwark's CRDs are not installed yet.
@@ -67,9 +97,11 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
             "--namespace",
             "bulwark-system",
             "--create-namespace",
-            "--wait",
         ],
     );
+    // No `--wait`: this plane has no kubelet, so the operator's pods are stored but never run and
+    // the Deployment never becomes available. The objects themselves must all be there.
+    assert_operator_objects(&cp, "bulwark-system");
     let crds = cp.kubectl_ok(&["get", "crd", "-o", "name"]);
     for (_, crd) in bulwark_api::crd::all() {
         assert!(
@@ -98,8 +130,45 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
         committed == rendered,
         "manifests/bulwark.yaml is out of date with the chart: run `make manifests`"
     );
+
+    // Uninstalling removes the operator but keeps the CRDs and so every policy (Helm never
+    // deletes a chart's crds/).
+    let ns = cp.namespace("shop");
+    ns.kubectl_ok(&[
+        "apply",
+        "-f",
+        repo_root()
+            .join("examples/ratelimitpolicy-per-client-ip.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    helm_ok(
+        &cp,
+        &["uninstall", "bulwark", "--namespace", "bulwark-system"],
+    );
+    let gone = cp.run_kubectl(&["get", "deployment/bulwark-operator", "-n", "bulwark-system"]);
+    assert!(
+        !gone.status.success(),
+        "the Deployment outlived helm uninstall"
+    );
+    let gone = cp.run_kubectl(&[
+        "get",
+        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+    ]);
+    assert!(
+        !gone.status.success(),
+        "the webhook outlived helm uninstall"
+    );
+    let policies = ns.kubectl_ok(&["get", "ratelimitpolicies", "-o", "name"]);
+    assert!(
+        !policies.trim().is_empty(),
+        "policies were lost with the release"
+    );
+
+    // The rendered manifests install the same objects (Namespace included).
     let manifests = repo_root().join("manifests");
     cp.kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()]);
+    assert_operator_objects(&cp, "bulwark-system");
 
     let status = operator.terminate(Duration::from_secs(10));
     assert!(status.success(), "operator exited with {status} on SIGTERM");
