@@ -19,6 +19,8 @@ pub mod compile;
 pub mod distribution;
 pub mod index;
 pub mod inject;
+pub mod leader;
 pub mod metrics;
+pub mod status;
 pub mod tls;
 pub mod watch;

@@ -1,18 +1,27 @@
-//! `bulwark-operator`: watches Bulwark's custom resources, compiles them per workload, and serves
-//! each sidecar its own policy.
+//! `bulwark-operator`: watches Bulwark's custom resources, compiles them per pod, streams each
+//! sidecar its own snapshot, writes status (as leader), and injects the sidecar into pods.
 //!
-//! This version connects to the apiserver, checks that Bulwark's API is installed, and serves
-//! `/healthz`, `/readyz` and `/metrics`; controllers, the snapshot server and injection plug into
-//! `main` as further tasks.
+//! Tasks, all stopped by SIGTERM: the admin listener (/healthz, /readyz, /metrics), the API
+//! check, certificate rotation, the injection webhook and the policy stream (TLS), the index
+//! loop fed by the watches, this replica's distribution report, and, while it leads, the status
+//! writer.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use bulwark_operator::{admin, api_check, cli, metrics};
+use bulwark_operator::{
+    admin, api_check, cli,
+    distribution::{Distributor, acks, auth::Authenticator, server::StreamServer},
+    index::Index,
+    inject::{self, InjectConfig},
+    leader, metrics, status,
+    tls::{self, CertResolver, TlsConfig},
+    watch::{self as index_watch, Shared},
+};
 use clap::Parser;
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinSet};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,12 +32,14 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-
+    let identity = args.identity();
     tracing::info!(
-        identity = %args.identity(),
+        %identity,
+        namespace = %args.namespace,
         sidecar_operator_url = %args.sidecar_operator_url(),
         "starting"
     );
+
     let client = args
         .kube_client()
         .await
@@ -36,27 +47,169 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new()?);
     let (ready_tx, ready_rx) = watch::channel(api_check::Readiness::Starting);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
 
-    let admin = tokio::spawn(admin::serve(
+    tasks.spawn(admin::serve(
         args.admin_listen,
         metrics.clone(),
         ready_rx,
         shutdown_rx.clone(),
     ));
-    let checker = tokio::spawn(api_check::run(
-        client,
-        args.api_check_interval(),
-        metrics,
-        ready_tx,
-        shutdown_rx,
+    tasks.spawn({
+        let task = api_check::run(
+            client.clone(),
+            args.api_check_interval(),
+            metrics.clone(),
+            ready_tx,
+            shutdown_rx.clone(),
+        );
+        async move {
+            task.await;
+            Ok(())
+        }
+    });
+
+    // Certificates first: the webhook and the stream both serve with them.
+    let tls_config = TlsConfig::from_args(&args);
+    let certs = tls::ensure(&client, &tls_config)
+        .await
+        .context("cannot create or read the operator's certificates")?;
+    let resolver = CertResolver::new(certs)?;
+    let server_tls = tls::server_config(resolver.clone());
+    tasks.spawn({
+        let rotation = tls::run_rotation(
+            client.clone(),
+            tls_config,
+            resolver.clone(),
+            shutdown_rx.clone(),
+        );
+        async move {
+            rotation.await;
+            Ok(())
+        }
+    });
+
+    // The injection webhook.
+    let inject_config = Arc::new(InjectConfig::from_args(&args, resolver.ca_pem()));
+    let observe = {
+        let metrics = metrics.clone();
+        Arc::new(move |outcome: &inject::Outcome| {
+            metrics
+                .injections
+                .with_label_values(&[outcome.label()])
+                .inc()
+        })
+    };
+    tasks.spawn(tls::serve_tls(
+        args.webhook_listen,
+        server_tls.clone(),
+        move |_peer| inject::webhook_service(inject_config.clone(), observe.clone()),
+        shutdown_rx.clone(),
     ));
 
-    shutdown_signal().await;
+    // The index and the policy stream.
+    let shared = Arc::new(Shared {
+        index: Arc::new(RwLock::new(Index::default())),
+        distributor: Arc::new(Distributor::new()),
+        acks: Arc::new(acks::AckBook::default()),
+        metrics: metrics.clone(),
+        changed: Arc::default(),
+    });
+    tasks.spawn({
+        let run = index_watch::run(
+            shared.clone(),
+            index_watch::all_changes(&client),
+            shutdown_rx.clone(),
+        );
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
+    let stream_server = Arc::new(StreamServer {
+        distributor: shared.distributor.clone(),
+        auth: Authenticator::new(client.clone()),
+        acks: shared.acks.clone(),
+        metrics: metrics.clone(),
+    });
+    tasks.spawn(tls::serve_tls(
+        args.distribution_listen,
+        server_tls,
+        move |_peer| {
+            let server = stream_server.clone();
+            hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, std::convert::Infallible>(server.handle(req).await) }
+            })
+        },
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn({
+        let reporter = acks::run_reporter(
+            client.clone(),
+            args.namespace.clone(),
+            identity.clone(),
+            shared.acks.clone(),
+            shutdown_rx.clone(),
+        );
+        async move {
+            reporter.await;
+            Ok(())
+        }
+    });
+
+    // Leadership and status.
+    let reports = Arc::new(status::Reports::default());
+    tasks.spawn({
+        let watch = status::watch_reports(
+            client.clone(),
+            args.namespace.clone(),
+            reports.clone(),
+            shared.changed.clone(),
+            shutdown_rx.clone(),
+        );
+        async move {
+            watch.await;
+            Ok(())
+        }
+    });
+    let (leader_tx, leader_rx) = watch::channel(false);
+    tasks.spawn(leader::run(
+        client.clone(),
+        args.namespace.clone(),
+        args.lease_name.clone(),
+        identity.clone(),
+        leader_tx,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn({
+        let writer = status::StatusWriter::new(client.clone(), &identity);
+        let run = status::run(shared, reports, writer, leader_rx, shutdown_rx);
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
+
+    // Until SIGTERM, or until a task fails (then exit non-zero so the kubelet restarts us).
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        Some(result) = tasks.join_next() => Some(result),
+    };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    admin.await??;
-    checker.await?;
-    Ok(())
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "a task ended with an error during shutdown");
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some(Ok(Ok(()))) => anyhow::bail!("a task ended unexpectedly"),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(e.into()),
+    }
 }
 
 /// Resolves on SIGTERM (how the kubelet stops a pod) or Ctrl-C.
