@@ -1,7 +1,7 @@
 //! The sidecar's Prometheus metrics (`bulwark_` prefix, base units, `_total` counters).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -32,6 +32,16 @@ pub struct Metrics {
     pub quota_threshold_crossings: IntCounterVec,
     /// Local quota usage entries held (one per quota and key used in its current period).
     pub quota_keys: IntGauge,
+    /// The operator stream (registered by [`Metrics::enable_operator_stream`], so standalone
+    /// sidecars do not export them): 1 while a stream is open.
+    pub operator_stream_connected: IntGauge,
+    /// Stream connection attempts by result (`success`, `failure`).
+    pub operator_stream_connects: IntCounterVec,
+    /// Unix time of the last line (snapshot or heartbeat) received; staleness is now minus this.
+    pub operator_stream_last_message_timestamp_seconds: Gauge,
+    /// Acknowledgements of snapshots, by `accepted` (`true`, `false`) and `result`
+    /// (`delivered`, `failed`).
+    pub snapshot_acks: IntCounterVec,
 }
 
 impl Metrics {
@@ -124,6 +134,28 @@ impl Metrics {
             "Local quota usage entries held (one per quota and key used in its current period).",
         )?;
         registry.register(Box::new(quota_keys.clone()))?;
+        let operator_stream_connected = IntGauge::new(
+            "bulwark_operator_stream_connected",
+            "Whether the policy stream from the operator is open (1) or not (0).",
+        )?;
+        let operator_stream_connects = IntCounterVec::new(
+            Opts::new(
+                "bulwark_operator_stream_connects_total",
+                "Attempts to open the policy stream from the operator, by result (success, failure).",
+            ),
+            &["result"],
+        )?;
+        let operator_stream_last_message_timestamp_seconds = Gauge::new(
+            "bulwark_operator_stream_last_message_timestamp_seconds",
+            "Unix time of the last message (snapshot or heartbeat) received on the operator stream; 0 before the first.",
+        )?;
+        let snapshot_acks = IntCounterVec::new(
+            Opts::new(
+                "bulwark_snapshot_acks_total",
+                "Acknowledgements of operator snapshots, by accepted (true, false) and result (delivered, failed).",
+            ),
+            &["accepted", "result"],
+        )?;
         Ok(Self {
             registry,
             inbound_by_class: STATUS_CLASSES
@@ -139,7 +171,34 @@ impl Metrics {
             quota_requests,
             quota_threshold_crossings,
             quota_keys,
+            operator_stream_connected,
+            operator_stream_connects,
+            operator_stream_last_message_timestamp_seconds,
+            snapshot_acks,
         })
+    }
+
+    /// Exports the operator stream's metrics (once, when the stream is the policy source), with
+    /// every label value present from the start so rates and alerts see zeros.
+    pub fn enable_operator_stream(&self) -> prometheus::Result<()> {
+        self.registry
+            .register(Box::new(self.operator_stream_connected.clone()))?;
+        self.registry
+            .register(Box::new(self.operator_stream_connects.clone()))?;
+        self.registry.register(Box::new(
+            self.operator_stream_last_message_timestamp_seconds.clone(),
+        ))?;
+        self.registry
+            .register(Box::new(self.snapshot_acks.clone()))?;
+        for result in ["success", "failure"] {
+            self.operator_stream_connects.with_label_values(&[result]);
+        }
+        for accepted in ["true", "false"] {
+            for result in ["delivered", "failed"] {
+                self.snapshot_acks.with_label_values(&[accepted, result]);
+            }
+        }
+        Ok(())
     }
 
     /// The registry in Prometheus text exposition format.
@@ -189,6 +248,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bulwark_sidecar_info{version=\""), "{text}");
+    }
+
+    #[test]
+    fn operator_stream_metrics_appear_only_once_enabled() {
+        let m = Metrics::new().unwrap();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("bulwark_operator_stream"), "{text}");
+        m.enable_operator_stream().unwrap();
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            "bulwark_operator_stream_connected 0",
+            "bulwark_operator_stream_connects_total{result=\"failure\"} 0",
+            "bulwark_operator_stream_last_message_timestamp_seconds 0",
+            "bulwark_snapshot_acks_total{accepted=\"false\",result=\"delivered\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(m.enable_operator_stream().is_err(), "registered twice");
     }
 
     #[test]

@@ -1,0 +1,472 @@
+//! The operator stream: the sidecar's policy source in Kubernetes.
+//!
+//! A background service holds one HTTP/2 connection over TLS to the operator
+//! (`bulwark_api::distribution` is the contract): it opens [`WATCH_PATH`] with the pod's
+//! projected ServiceAccount token (re-read from `--token-file` on every connect: the kubelet
+//! rotates it) and the etag of the snapshot it enforces, reads NDJSON [`StreamMessage`]s,
+//! compiles and installs each snapshot (persisting it, as the file source does) or keeps the
+//! last good one, and acknowledges either way on [`ACK_PATH`]. A stream silent for three
+//! heartbeats, an error or an end of stream means reconnecting after a jittered exponential
+//! backoff; the last good policy keeps serving meanwhile.
+//!
+//! Modules: [`connect`] (TCP, TLS, HTTP/2), [`lines`] (NDJSON framing), [`backoff`] (delays).
+
+pub mod backoff;
+pub mod connect;
+pub mod lines;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use bulwark_api::{
+    distribution::{
+        self, ACK_PATH, Ack, HEARTBEAT_SECONDS, STREAM_CONTENT_TYPE, StreamMessage, WATCH_PATH,
+    },
+    snapshot::{SCHEMA, Snapshot},
+};
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Incoming, client::conn::http2::SendRequest};
+use pingora::{server::ShutdownWatch, services::background::BackgroundService};
+use rustls::ClientConfig;
+use tokio::time::Instant;
+
+use self::{
+    backoff::Backoff,
+    connect::{Target, connect},
+    lines::LineSplitter,
+};
+use super::persist;
+use crate::policy::{ActivePolicy, CompiledPolicy, PolicyEnv};
+
+/// A stream that delivers no complete line for this long is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(3 * HEARTBEAT_SECONDS);
+/// Timeout of the TCP connect and of the TLS handshake, each.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of an acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect delays.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// The longest stream line accepted (one whole snapshot).
+const MAX_LINE_BYTES: usize = 64 << 20;
+/// How much of an error body is read and logged.
+const MAX_ERROR_BODY: usize = 1024;
+
+/// Reads the CA to trust from `--operator-ca` (PEM text) or `--operator-ca-file` and builds the
+/// TLS settings. Errors name the flag.
+pub fn load_ca(ca: Option<&str>, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    match (ca, ca_file) {
+        (Some(pem), None) => connect::tls_config(pem.as_bytes(), "--operator-ca"),
+        (None, Some(path)) => {
+            let flag = format!("--operator-ca-file {}", path.display());
+            let pem = std::fs::read(path).map_err(|e| format!("{flag}: {e}"))?;
+            connect::tls_config(&pem, &flag)
+        }
+        (Some(_), Some(_)) => Err("give --operator-ca or --operator-ca-file, not both".into()),
+        (None, None) => Err(
+            "--operator-url needs the operator's CA: --operator-ca (BULWARK_OPERATOR_CA, PEM text) \
+             or --operator-ca-file (BULWARK_OPERATOR_CA_FILE)"
+                .into(),
+        ),
+    }
+}
+
+/// The bearer token in `path`, read anew on every call (the kubelet rotates projected tokens).
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "--token-file: the token has characters not allowed in a header".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub struct OperatorStream {
+    target: Target,
+    tls: Arc<ClientConfig>,
+    token_file: PathBuf,
+    state_dir: PathBuf,
+    policy: Arc<ActivePolicy>,
+    env: Arc<PolicyEnv>,
+    /// The etag of the snapshot being enforced, sent as `If-None-Match`.
+    etag: Mutex<Option<String>>,
+    backoff: (Duration, Duration),
+    dead_after: Duration,
+}
+
+/// How one connection ended.
+struct Ended {
+    /// Whether it delivered at least one line (then the backoff starts over).
+    delivered: bool,
+    /// Why it ended: `None` when the operator closed the stream cleanly.
+    error: Option<String>,
+}
+
+impl OperatorStream {
+    /// A stream to `target`. The etag sent at the first connect is that of the snapshot `policy`
+    /// enforces now (one loaded from disk, if any), so a restarted sidecar whose snapshot is
+    /// current is sent nothing new.
+    pub fn new(
+        target: Target,
+        tls: Arc<ClientConfig>,
+        token_file: PathBuf,
+        state_dir: PathBuf,
+        policy: Arc<ActivePolicy>,
+        env: Arc<PolicyEnv>,
+    ) -> Self {
+        let etag = policy
+            .is_ready()
+            .then(|| distribution::etag(&policy.load().snapshot));
+        Self {
+            target,
+            tls,
+            token_file,
+            state_dir,
+            policy,
+            env,
+            etag: Mutex::new(etag),
+            backoff: (BACKOFF_BASE, BACKOFF_CAP),
+            dead_after: DEAD_AFTER,
+        }
+    }
+
+    /// Other reconnect delays and dead-stream timeout (tests).
+    pub fn with_timing(mut self, base: Duration, cap: Duration, dead_after: Duration) -> Self {
+        self.backoff = (base, cap);
+        self.dead_after = dead_after;
+        self
+    }
+
+    pub fn current_etag(&self) -> Option<String> {
+        self.etag.lock().expect("etag lock").clone()
+    }
+
+    /// One connection, from connecting to its end.
+    async fn session(&self) -> Ended {
+        let mut delivered = false;
+        let error = self.watch(&mut delivered).await.err();
+        self.env.metrics.operator_stream_connected.set(0);
+        Ended { delivered, error }
+    }
+
+    async fn watch(&self, delivered: &mut bool) -> Result<(), String> {
+        let metrics = &self.env.metrics;
+        let fail = |e: String| {
+            metrics
+                .operator_stream_connects
+                .with_label_values(&["failure"])
+                .inc();
+            e
+        };
+        let token = read_token(&self.token_file).map_err(fail)?;
+        let auth = bearer(&token).map_err(fail)?;
+        let conn = connect(&self.target, &self.tls, CONNECT_TIMEOUT)
+            .await
+            .map_err(fail)?;
+        let mut request = Request::get(self.target.uri(WATCH_PATH))
+            .header(header::ACCEPT, STREAM_CONTENT_TYPE)
+            .header(header::AUTHORIZATION, auth.clone());
+        let etag = self.current_etag();
+        if let Some(etag) = &etag {
+            request = request.header(header::IF_NONE_MATCH, etag.as_str());
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts are valid");
+        let dead_after = self.dead_after;
+        let response = tokio::time::timeout(dead_after, conn.send.clone().send_request(request))
+            .await
+            .map_err(|_| fail(format!("no answer to {WATCH_PATH} within {dead_after:?}")))?
+            .map_err(|e| fail(format!("{WATCH_PATH}: {e}")))?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = error_body(response.into_body()).await;
+            let hint = match status {
+                StatusCode::UNAUTHORIZED => {
+                    " (the token is missing, expired or not for audience \"bulwark\": check --token-file)"
+                }
+                StatusCode::FORBIDDEN => " (the token is not bound to a pod)",
+                StatusCode::NOT_FOUND => {
+                    " (the operator does not know this pod, or it is not injected)"
+                }
+                _ => "",
+            };
+            return Err(fail(format!(
+                "the operator refused the stream: {status}: {body}{hint}"
+            )));
+        }
+        metrics
+            .operator_stream_connects
+            .with_label_values(&["success"])
+            .inc();
+        metrics.operator_stream_connected.set(1);
+        tracing::info!(operator = %self.target.authority, if_none_match = ?etag, "operator stream connected");
+
+        let mut body = response.into_body();
+        let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+        let mut deadline = Instant::now() + dead_after;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    return Err(format!(
+                        "no message for {dead_after:?} (heartbeats are due every {HEARTBEAT_SECONDS}s): the stream is dead"
+                    ));
+                }
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(format!("stream body: {e}")),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            for line in splitter.push(&data).map_err(|e| e.to_string())? {
+                *delivered = true;
+                deadline = Instant::now() + dead_after;
+                metrics
+                    .operator_stream_last_message_timestamp_seconds
+                    .set(unix_seconds());
+                self.handle_line(&line, &conn.send, &auth);
+            }
+        }
+    }
+
+    /// Applies one stream line. Snapshots are acknowledged in the background.
+    fn handle_line(&self, line: &[u8], send: &SendRequest<Full<Bytes>>, auth: &HeaderValue) {
+        let (etag, result) = match serde_json::from_slice::<StreamMessage>(line) {
+            Ok(StreamMessage::Heartbeat) => {
+                tracing::trace!("operator heartbeat");
+                return;
+            }
+            Ok(StreamMessage::Snapshot { etag, snapshot }) => {
+                let result = self.apply(&etag, *snapshot);
+                (etag, result)
+            }
+            Err(e) => {
+                // An unknown message type is skipped (a newer operator); a snapshot that does
+                // not parse is rejected and acknowledged as such.
+                let value: serde_json::Value = match serde_json::from_slice(line) {
+                    Ok(value) => value,
+                    Err(_) => {
+                        tracing::warn!(error = %e, "ignoring a stream line that is not JSON");
+                        return;
+                    }
+                };
+                if value.get("type").and_then(|t| t.as_str()) != Some("snapshot") {
+                    tracing::debug!(message = ?value.get("type"), "ignoring an unknown stream message");
+                    return;
+                }
+                let Some(etag) = value.get("etag").and_then(|t| t.as_str()) else {
+                    tracing::warn!(error = %e, "ignoring a snapshot message without an etag");
+                    return;
+                };
+                let error = format!("the snapshot does not parse: {e}");
+                self.count_failure(&error);
+                (etag.to_owned(), Err(error))
+            }
+        };
+        let ack = Ack {
+            etag,
+            accepted: result.is_ok(),
+            error: result.err(),
+        };
+        tokio::spawn(send_ack(
+            send.clone(),
+            self.target.uri(ACK_PATH),
+            auth.clone(),
+            ack,
+            self.env.metrics.clone(),
+        ));
+    }
+
+    /// Compiles and installs `snapshot`, or keeps the last good policy. The operator's
+    /// `version` is kept (it is informational: the etag is what identifies content).
+    fn apply(&self, etag: &str, snapshot: Snapshot) -> Result<(), String> {
+        let version = snapshot.version;
+        if snapshot.schema != SCHEMA {
+            let error = format!(
+                "snapshot schema {} is not {SCHEMA}, the one this sidecar reads",
+                snapshot.schema
+            );
+            self.count_failure(&error);
+            return Err(error);
+        }
+        match CompiledPolicy::compile(snapshot, &self.env) {
+            Ok(compiled) => {
+                if let Err(e) = persist::save(&self.state_dir, &compiled.snapshot) {
+                    tracing::warn!(error = %e, "cannot persist the last good snapshot");
+                }
+                self.policy.install(compiled, &self.env.metrics);
+                *self.etag.lock().expect("etag lock") = Some(etag.to_owned());
+                self.env
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(version, etag, "policy snapshot from the operator installed");
+                Ok(())
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.count_failure(&error);
+                Err(error)
+            }
+        }
+    }
+
+    fn count_failure(&self, error: &str) {
+        self.env
+            .metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .inc();
+        tracing::error!(
+            error,
+            "policy snapshot from the operator rejected; the last good one keeps serving"
+        );
+    }
+}
+
+/// The first line of an error response, at most [`MAX_ERROR_BODY`] bytes read.
+async fn error_body(mut body: Incoming) -> String {
+    let mut bytes = Vec::new();
+    let read = async {
+        while bytes.len() < MAX_ERROR_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    bytes.truncate(MAX_ERROR_BODY);
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        "(no reason given)".to_owned()
+    } else {
+        line.to_owned()
+    }
+}
+
+async fn send_ack(
+    mut send: SendRequest<Full<Bytes>>,
+    uri: http::Uri,
+    auth: HeaderValue,
+    ack: Ack,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let accepted = if ack.accepted { "true" } else { "false" };
+    let body = serde_json::to_vec(&ack).expect("an ack always serialises");
+    let request = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, auth)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static request parts are valid");
+    let result = tokio::time::timeout(ACK_TIMEOUT, async {
+        let response = send
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{status}: {}",
+                error_body(response.into_body()).await
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {ACK_TIMEOUT:?}")));
+    let outcome = match result {
+        Ok(()) => {
+            tracing::debug!(etag = ack.etag, accepted, "snapshot acknowledged");
+            "delivered"
+        }
+        Err(e) => {
+            tracing::warn!(
+                etag = ack.etag,
+                accepted,
+                error = e,
+                "cannot acknowledge the snapshot"
+            );
+            "failed"
+        }
+    };
+    metrics
+        .snapshot_acks
+        .with_label_values(&[accepted, outcome])
+        .inc();
+}
+
+#[async_trait]
+impl BackgroundService for OperatorStream {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let ended = tokio::select! {
+                ended = self.session() => ended,
+                _ = shutdown.changed() => {
+                    self.env.metrics.operator_stream_connected.set(0);
+                    return;
+                }
+            };
+            if ended.delivered {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            match ended.error {
+                None => tracing::info!(
+                    retry_in = ?delay,
+                    "the operator ended the stream; reconnecting"
+                ),
+                Some(error) => tracing::warn!(
+                    operator = %self.target.authority,
+                    error,
+                    retry_in = ?delay,
+                    "operator stream down; the last good policy keeps serving"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
