@@ -27,12 +27,47 @@ pub struct Args {
     /// Standalone mode: a directory of Bulwark custom resources (the same YAML as for
     /// Kubernetes), watched and hot-reloaded. An invalid change is rejected and the last good
     /// policy keeps serving.
-    #[arg(long, env = "BULWARK_CONFIG_DIR")]
+    #[arg(long, env = "BULWARK_CONFIG_DIR", conflicts_with = "operator_url")]
     pub config_dir: Option<PathBuf>,
 
     /// How often --config-dir is checked for changes, in milliseconds.
     #[arg(long, env = "BULWARK_CONFIG_POLL_MS", default_value_t = 1000)]
     pub config_poll_ms: u64,
+
+    /// Kubernetes mode: the operator's policy stream, e.g.
+    /// `https://bulwark-operator.bulwark-system.svc:9444`. The sidecar is ready once it enforces
+    /// a snapshot (from the operator, or the last good one on disk); when the operator is
+    /// unreachable it keeps enforcing the last good snapshot and reconnects with backoff.
+    #[arg(long, env = "BULWARK_OPERATOR_URL")]
+    pub operator_url: Option<String>,
+
+    /// The CA that signed the operator's certificate, as PEM text (the only CA trusted for the
+    /// stream). Injection sets it in the environment.
+    #[arg(
+        long,
+        env = "BULWARK_OPERATOR_CA",
+        conflicts_with = "operator_ca_file",
+        hide_env_values = true
+    )]
+    pub operator_ca: Option<String>,
+
+    /// The operator's CA as a PEM file, instead of --operator-ca.
+    #[arg(long, env = "BULWARK_OPERATOR_CA_FILE")]
+    pub operator_ca_file: Option<PathBuf>,
+
+    /// The pod's projected ServiceAccount token (audience `bulwark`), sent as a bearer token to
+    /// the operator. Read again on every connect: the kubelet rotates it.
+    #[arg(
+        long,
+        env = "BULWARK_TOKEN_FILE",
+        default_value = "/var/run/secrets/bulwark/token"
+    )]
+    pub token_file: PathBuf,
+
+    /// The name the operator's certificate must carry, if not the host of --operator-url (a DNS
+    /// name or an IP address).
+    #[arg(long, env = "BULWARK_OPERATOR_SERVER_NAME")]
+    pub operator_server_name: Option<String>,
 
     /// The most local rate-limit counters kept in memory (one per key and rule). When full, an
     /// arbitrary counter is dropped to make room (bulwark_ratelimit_evictions_total).
@@ -84,6 +119,30 @@ impl Args {
             (None, false) => Some(RedisTarget::Cluster(self.redis_cluster.clone())),
             (None, true) => None,
         }
+    }
+
+    /// The operator stream's target and TLS settings, if --operator-url is given. Errors name
+    /// the flag at fault.
+    pub fn operator_source(
+        &self,
+    ) -> anyhow::Result<
+        Option<(
+            crate::config::stream::connect::Target,
+            std::sync::Arc<rustls::ClientConfig>,
+        )>,
+    > {
+        use crate::config::stream::{connect::Target, load_ca};
+        let Some(url) = &self.operator_url else {
+            return Ok(None);
+        };
+        let target =
+            Target::parse(url, self.operator_server_name.as_deref()).map_err(anyhow::Error::msg)?;
+        let tls = load_ca(
+            self.operator_ca.as_deref(),
+            self.operator_ca_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Some((target, tls)))
     }
 
     /// Pingora's server configuration, derived from the flags.

@@ -2,7 +2,8 @@
 //!
 //! Listeners: `inbound` (clients → sidecar → app on localhost) and `admin` (loopback: health,
 //! readiness, metrics, config). Policy comes from the last good snapshot on disk, then from the
-//! configured source (standalone: `--config-dir`).
+//! configured source (standalone: `--config-dir`; in Kubernetes: the operator stream,
+//! `--operator-url`).
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -10,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use bulwark_sidecar::{
     admin, cli,
-    config::{persist, watch::ConfigWatcher},
+    config::{persist, stream::OperatorStream, watch::ConfigWatcher},
     global::GlobalStore,
     metrics::Metrics,
     policy::{ActivePolicy, CompiledPolicy, PolicyEnv},
@@ -40,6 +41,8 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    // Flag errors (an unreadable CA, a bad URL) stop the sidecar before it serves anything.
+    let operator = args.operator_source()?;
     let conf = args.server_conf()?;
     let mut server = Server::new_with_opt_and_conf(
         Opt {
@@ -70,7 +73,9 @@ fn main() -> anyhow::Result<()> {
         global,
     });
     // Without a policy source there is nothing to wait for: pass-through is the intended state.
-    let policy = Arc::new(ActivePolicy::new(args.config_dir.is_none()));
+    let policy = Arc::new(ActivePolicy::new(
+        args.config_dir.is_none() && operator.is_none(),
+    ));
 
     // The last good snapshot first, so a restarted sidecar enforces before any source answers.
     match persist::load(&args.state_dir) {
@@ -102,6 +107,21 @@ fn main() -> anyhow::Result<()> {
         // /readyz says the sidecar still waits for a valid policy.
         let _ = watcher.reload();
         server.add_service(background_service("bulwark config watcher", watcher));
+    }
+
+    if let Some((target, tls)) = operator {
+        metrics.enable_operator_stream()?;
+        // Created after the saved snapshot is installed: its etag goes in the first
+        // If-None-Match. Until a snapshot is installed, /readyz says the sidecar waits.
+        let stream = OperatorStream::new(
+            target,
+            tls,
+            args.token_file.clone(),
+            args.state_dir.clone(),
+            policy.clone(),
+            env.clone(),
+        );
+        server.add_service(background_service("bulwark operator stream", stream));
     }
 
     // Local quota usage: loaded from disk before serving, flushed in the background.
@@ -155,6 +175,7 @@ fn main() -> anyhow::Result<()> {
         admin = %args.admin_listen,
         app = %args.app,
         config_dir = ?args.config_dir,
+        operator = ?args.operator_url,
         "bulwark-sidecar starting"
     );
     server.add_service(inbound);
