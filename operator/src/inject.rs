@@ -28,7 +28,7 @@ use crate::cli::Args;
 
 /// Name of the injected container (and the mark of an injected pod).
 pub const SIDECAR_NAME: &str = "bulwark-sidecar";
-/// Pod annotation: `"false"` opts a pod out, `"true"` opts it in explicitly.
+/// Pod annotation (or label): `"false"` opts a pod out, `"true"` opts it in explicitly.
 pub const INJECT_ANNOTATION: &str = "bulwark.dev/inject";
 /// Pod annotation: the port the app listens on (on localhost), when not its first containerPort.
 pub const APP_PORT_ANNOTATION: &str = "bulwark.dev/app-port";
@@ -125,6 +125,16 @@ impl fmt::Display for SkipReason {
 
 /// Whether to inject `pod`: `Ok(None)` to inject, `Ok(Some(reason))` to leave it alone.
 pub fn skip_reason(pod: &Pod) -> Result<Option<SkipReason>, InjectError> {
+    // The label form is what the webhook's objectSelector filters on (so such pods are not even
+    // sent while the operator is down); honoured here too, whatever the configuration says.
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INJECT_ANNOTATION));
+    if label.is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
+        return Ok(Some(SkipReason::OptedOut));
+    }
     if let Some(value) = pod
         .metadata
         .annotations

@@ -278,6 +278,12 @@ fn opted_out_or_already_injected_pods_are_left_alone() {
     assert_eq!(skip_reason(&out).unwrap(), Some(SkipReason::OptedOut));
     assert_eq!(mutation(&out, &cfg()).unwrap(), None);
 
+    let labelled = pod(json!({
+        "metadata": {"labels": {"bulwark.dev/inject": "false"}},
+        "spec": {"containers": [{"name": "app"}]}
+    }));
+    assert_eq!(skip_reason(&labelled).unwrap(), Some(SkipReason::OptedOut));
+
     // Idempotent: injecting the injected pod does nothing.
     let once = injected(&minimal());
     assert_eq!(
