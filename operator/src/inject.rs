@@ -30,7 +30,8 @@ use crate::cli::Args;
 pub const SIDECAR_NAME: &str = "bulwark-sidecar";
 /// Pod annotation (or label): `"false"` opts a pod out, `"true"` opts it in explicitly.
 pub const INJECT_ANNOTATION: &str = "bulwark.dev/inject";
-/// Pod annotation: the port the app listens on (on localhost), when not its first containerPort.
+/// Pod annotation: the port the app listens on (a number, or the name of a containerPort), when
+/// not the first containerPort of the first container.
 pub const APP_PORT_ANNOTATION: &str = "bulwark.dev/app-port";
 /// Label set on injected pods; the operator watches pods with it.
 pub const INJECTED_LABEL: &str = "bulwark.dev/injected";
@@ -88,7 +89,7 @@ impl InjectConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InjectError {
     #[error(
-        "annotation {APP_PORT_ANNOTATION}: {0:?} is not a port number (1-65535): set it to the port the app listens on"
+        "annotation {APP_PORT_ANNOTATION}: {0:?} is neither a port number (1-65535) nor the name of a port of the pod's containers: set it to the port the app listens on"
     )]
     InvalidAppPort(String),
     #[error("annotation {INJECT_ANNOTATION}: {0:?} must be \"true\" or \"false\"")]
@@ -156,8 +157,8 @@ pub fn skip_reason(pod: &Pod) -> Result<Option<SkipReason>, InjectError> {
     Ok(injected.then_some(SkipReason::AlreadyInjected))
 }
 
-/// The app's port: the annotation, else the first containerPort of the first container, else
-/// 8080.
+/// The app's port: the annotation (a number, or the name of an app container's port), else the
+/// first containerPort of the first container, else 8080.
 pub fn app_port(pod: &Pod) -> Result<u16, InjectError> {
     if let Some(value) = pod
         .metadata
@@ -165,10 +166,22 @@ pub fn app_port(pod: &Pod) -> Result<u16, InjectError> {
         .as_ref()
         .and_then(|a| a.get(APP_PORT_ANNOTATION))
     {
-        return match value.trim().parse::<u16>() {
-            Ok(p) if p > 0 => Ok(p),
-            _ => Err(InjectError::InvalidAppPort(value.clone())),
-        };
+        let wanted = value.trim();
+        if let Ok(p) = wanted.parse::<i64>() {
+            return u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| InjectError::InvalidAppPort(value.clone()));
+        }
+        return pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(wanted))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| InjectError::InvalidAppPort(value.clone()));
     }
     let first = pod
         .spec

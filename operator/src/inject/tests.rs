@@ -262,6 +262,18 @@ fn app_port_annotation_wins_and_is_validated() {
         env(sidecar(&injected(&with("8081"))), "BULWARK_APP"),
         "127.0.0.1:8081"
     );
+    // A port name of the pod's containers works too.
+    let named = pod(json!({
+        "metadata": {"annotations": {"bulwark.dev/app-port": "http"}},
+        "spec": {"containers": [
+            {"name": "app", "ports": [{"containerPort": 9000, "name": "metrics"}]},
+            {"name": "web", "ports": [{"containerPort": 3000, "name": "http"}]}
+        ]}
+    }));
+    assert_eq!(
+        env(sidecar(&injected(&named)), "BULWARK_APP"),
+        "127.0.0.1:3000"
+    );
     for bad in ["0", "65536", "http", "-1", ""] {
         let err = mutation(&with(bad), &cfg()).unwrap_err();
         assert_eq!(err, InjectError::InvalidAppPort(bad.into()));
