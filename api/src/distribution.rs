@@ -39,7 +39,10 @@ pub const STREAM_CONTENT_TYPE: &str = "application/x-ndjson";
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum StreamMessage {
     /// The pod's whole snapshot; replaces whatever the sidecar had.
-    Snapshot { etag: String, snapshot: Box<Snapshot> },
+    Snapshot {
+        etag: String,
+        snapshot: Box<Snapshot>,
+    },
     /// Nothing changed; the stream is alive.
     Heartbeat,
 }

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub mod operator;
 pub mod process;
 pub mod redis;
 pub mod sidecar;

@@ -44,7 +44,11 @@ pub struct Args {
     pub webhook_listen: SocketAddr,
 
     /// Address of the policy stream's TLS listener (sidecars connect here).
-    #[arg(long, env = "BULWARK_DISTRIBUTION_LISTEN", default_value = "0.0.0.0:9444")]
+    #[arg(
+        long,
+        env = "BULWARK_DISTRIBUTION_LISTEN",
+        default_value = "0.0.0.0:9444"
+    )]
     pub distribution_listen: SocketAddr,
 
     /// The operator's Service; its DNS names go into the serving certificate.
@@ -58,7 +62,11 @@ pub struct Args {
 
     /// Secret in --namespace holding the operator's CA and serving certificate (created and
     /// rotated by the operator; shared by the replicas).
-    #[arg(long, env = "BULWARK_TLS_SECRET", default_value = "bulwark-operator-tls")]
+    #[arg(
+        long,
+        env = "BULWARK_TLS_SECRET",
+        default_value = "bulwark-operator-tls"
+    )]
     pub tls_secret: String,
 
     /// MutatingWebhookConfiguration whose `caBundle` the operator keeps current.
@@ -78,7 +86,11 @@ pub struct Args {
     pub sidecar_image: String,
 
     /// imagePullPolicy of the injected sidecar container.
-    #[arg(long, env = "BULWARK_SIDECAR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(
+        long,
+        env = "BULWARK_SIDECAR_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
     pub sidecar_image_pull_policy: String,
 
     /// URL injected sidecars use to reach the policy stream. Default:

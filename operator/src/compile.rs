@@ -25,7 +25,10 @@ use crate::index::{Index, InjectedPod, Kind, Policy, PolicyKey, Spec};
 pub enum Verdict {
     Accepted,
     /// `reason` is the condition reason (`RefNotFound`, `Conflicted`, `InvalidSelector`).
-    Rejected { reason: &'static str, message: String },
+    Rejected {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// One pod's compiled snapshot (version 0: the distributor numbers it) and the policy
@@ -120,12 +123,7 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
     }
 }
 
-fn signing_secret(
-    index: &Index,
-    namespace: &str,
-    name: &str,
-    key: &str,
-) -> Result<String, String> {
+fn signing_secret(index: &Index, namespace: &str, name: &str, key: &str) -> Result<String, String> {
     let secret = index
         .secrets
         .get(&ObjectRef {
@@ -291,10 +289,12 @@ fn service_endpoints(
             .flat_map(|(_, s)| {
                 let port = s.ports.iter().find(|(n, _)| *n == port_name).map(|p| p.1);
                 port.into_iter().flat_map(move |port| {
-                    s.ready_addresses.iter().map(move |a| match a.contains(':') {
-                        true => format!("[{a}]:{port}"),
-                        false => format!("{a}:{port}"),
-                    })
+                    s.ready_addresses
+                        .iter()
+                        .map(move |a| match a.contains(':') {
+                            true => format!("[{a}]:{port}"),
+                            false => format!("{a}:{port}"),
+                        })
                 })
             })
             .collect();
@@ -451,12 +451,14 @@ spec:
         ));
         assert!(snapshot_of(&index, "api-0").snapshot.webhooks.is_empty());
 
-        let secret: Secret = object(
-            "metadata: {name: hook, namespace: shop}\ndata: {secret: d2hzZWNfYzJWamNtVjA=}",
-        );
+        let secret: Secret =
+            object("metadata: {name: hook, namespace: shop}\ndata: {secret: d2hzZWNfYzJWamNtVjA=}");
         index.apply(Change::Upsert(secret.into_object()));
         assert_eq!(verdicts_in(&index, "shop")[&key], Verdict::Accepted);
         let webhooks = snapshot_of(&index, "api-0").snapshot.webhooks;
-        assert_eq!(webhooks[0].spec.signing_keys[0].secret.expose(), "whsec_c2VjcmV0");
+        assert_eq!(
+            webhooks[0].spec.signing_keys[0].secret.expose(),
+            "whsec_c2VjcmV0"
+        );
     }
 }

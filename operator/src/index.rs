@@ -294,7 +294,10 @@ impl Index {
         let changed = match object {
             Object::Policy(key, policy) => {
                 // A status-only update changes no snapshot.
-                let before = self.policies.get(&key).map(|p| (p.generation, p.uid.clone()));
+                let before = self
+                    .policies
+                    .get(&key)
+                    .map(|p| (p.generation, p.uid.clone()));
                 let same = before == Some((policy.generation, policy.uid.clone()));
                 self.policies.insert(key, *policy);
                 !same
@@ -593,7 +596,12 @@ mod tests {
     #[test]
     fn pods_in_a_namespace_are_found_by_range() {
         let mut index = Index::default();
-        for (ns, name) in [("a", "x"), ("shop", "p1"), ("shop", "p2"), ("shopping", "q")] {
+        for (ns, name) in [
+            ("a", "x"),
+            ("shop", "p1"),
+            ("shop", "p2"),
+            ("shopping", "q"),
+        ] {
             index.apply(Change::Upsert(pod(ns, name, "api")));
         }
         let names: Vec<_> = index.pods_in("shop").map(|(r, _)| r.name.clone()).collect();
