@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bulwark_e2e::{
-    ControlPlane, free_ports,
+    ControlPlane, eventually, free_ports,
     process::{Running, http_get, wait_for_status},
     repo_root, stdout_or_panic, workspace_binary,
 };
@@ -50,16 +50,25 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
     let chart = repo_root().join("charts/bulwark");
     let chart = chart.to_str().unwrap();
 
-    let [admin_port] = free_ports();
+    // The operator keeps its TLS Secret and Lease in its namespace, so that exists first (as
+    // `helm install --create-namespace` would make it); `helm install` below accepts it.
+    cp.kubectl_ok(&["create", "namespace", "bulwark-system"]);
+    let [admin_port, webhook_port, distribution_port] = free_ports();
     let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
     let mut operator_cmd = std::process::Command::new(workspace_binary("bulwark-operator"));
     operator_cmd
         .args(["--kubeconfig", cp.kubeconfig.to_str().unwrap()])
+        .args(["--namespace", "bulwark-system"])
         .args([
             "--admin-listen",
             &admin.to_string(),
             "--api-check-interval-seconds",
             "1",
+        ])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+        .args([
+            "--distribution-listen",
+            &format!("127.0.0.1:{distribution_port}"),
         ]);
     let mut operator = Running::spawn(
         "bulwark-operator",
@@ -119,6 +128,58 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
         metrics.body
     );
 
+    // The operator writes its CA into the chart's webhook configuration (it retries every 30 s
+    // until the configuration exists), and `helm upgrade` keeps it: the template has no caBundle.
+    let ca_bundle = || {
+        cp.kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+    };
+    let ca = eventually(
+        Duration::from_secs(60),
+        "the operator to set caBundle",
+        || Some(ca_bundle()).filter(|ca| !ca.is_empty()),
+    );
+    let secret_ca = cp.kubectl_ok(&[
+        "get",
+        "secret/bulwark-operator-tls",
+        "-n",
+        "bulwark-system",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(
+        !secret_ca.is_empty(),
+        "no ca.crt in the operator's TLS Secret"
+    );
+    assert_eq!(
+        ca, secret_ca,
+        "caBundle is not the CA of the operator's Secret"
+    );
+    helm_ok(
+        &cp,
+        &[
+            "upgrade",
+            "bulwark",
+            chart,
+            "--namespace",
+            "bulwark-system",
+            "--set",
+            "webhook.timeoutSeconds=7",
+        ],
+    );
+    let timeout = cp.kubectl_ok(&[
+        "get",
+        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+        "-o",
+        "jsonpath={.webhooks[0].timeoutSeconds}",
+    ]);
+    assert_eq!(timeout, "7", "helm upgrade did not apply");
+    assert_eq!(ca_bundle(), ca, "helm upgrade wiped the caBundle");
+
     // manifests/ is the chart rendered with default values, and installs as well.
     let render = std::process::Command::new("bash")
         .arg(repo_root().join("scripts/render-manifests.sh"))
@@ -169,6 +230,25 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
     let manifests = repo_root().join("manifests");
     cp.kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()]);
     assert_operator_objects(&cp, "bulwark-system");
+
+    // Re-applying them keeps the caBundle the operator writes into the webhook configuration
+    // (absent from the manifests, so kubectl's three-way merge leaves it alone). The operator,
+    // healthy, does not look again for an hour; the test writes the value itself.
+    cp.kubectl_ok(&[
+        "patch",
+        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+        "--type=json",
+        "-p",
+        &format!(r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{ca}"}}]"#),
+    ]);
+    cp.kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()]);
+    let live = cp.kubectl_ok(&[
+        "get",
+        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    ]);
+    assert_eq!(live, ca, "kubectl apply -f manifests/ wiped the caBundle");
 
     let status = operator.terminate(Duration::from_secs(10));
     assert!(status.success(), "operator exited with {status} on SIGTERM");
