@@ -113,6 +113,8 @@ pub enum SkipReason {
     OptedOut,
     /// A container or init container is already named `bulwark-sidecar`.
     AlreadyInjected,
+    /// `hostNetwork: true`: the sidecar's ports would be the node's, clashing between pods.
+    HostNetwork,
 }
 
 impl fmt::Display for SkipReason {
@@ -120,6 +122,7 @@ impl fmt::Display for SkipReason {
         f.write_str(match self {
             SkipReason::OptedOut => "opted_out",
             SkipReason::AlreadyInjected => "already_injected",
+            SkipReason::HostNetwork => "host_network",
         })
     }
 }
@@ -154,7 +157,10 @@ pub fn skip_reason(pod: &Pod) -> Result<Option<SkipReason>, InjectError> {
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == SIDECAR_NAME);
-    Ok(injected.then_some(SkipReason::AlreadyInjected))
+    if injected {
+        return Ok(Some(SkipReason::AlreadyInjected));
+    }
+    Ok((spec.host_network == Some(true)).then_some(SkipReason::HostNetwork))
 }
 
 /// The app's port: the annotation (a number, or the name of an app container's port), else the

@@ -309,6 +309,10 @@ fn opted_out_or_already_injected_pods_are_left_alone() {
         pod(json!({"spec": {"containers": [{"name": "app"}, {"name": "bulwark-sidecar"}]}}));
     assert_eq!(mutation(&regular, &cfg()).unwrap(), None);
 
+    let host = pod(json!({"spec": {"hostNetwork": true, "containers": [{"name": "app"}]}}));
+    assert_eq!(skip_reason(&host).unwrap(), Some(SkipReason::HostNetwork));
+    assert_eq!(mutation(&host, &cfg()).unwrap(), None);
+
     let bad = pod(json!({
         "metadata": {"annotations": {"bulwark.dev/inject": "yes"}},
         "spec": {"containers": [{"name": "app"}]}

@@ -111,6 +111,15 @@ fn a_serving_certificate_from_another_ca_is_renewed() {
         ..a.clone()
     };
     assert!(matches!(mixed.renewal(&sans(), NOW), Renewal::Serving(_)));
+    // The right certificate with another key.
+    let wrong_key = Certificates {
+        key_pem: b.key_pem.clone(),
+        ..a.clone()
+    };
+    assert!(matches!(
+        wrong_key.renewal(&sans(), NOW),
+        Renewal::Serving(why) if why.contains("key")
+    ));
     let garbage = Certificates {
         ca_pem: "not pem".into(),
         ..a
