@@ -5,7 +5,8 @@
 //! projected ServiceAccount token (re-read from `--token-file` on every connect: the kubelet
 //! rotates it) and the etag of the snapshot it enforces, reads NDJSON [`StreamMessage`]s,
 //! compiles and installs each snapshot (persisting it, as the file source does) or keeps the
-//! last good one, and acknowledges either way on [`ACK_PATH`]. A stream silent for three
+//! last good one, and acknowledges either way on [`ACK_PATH`] (in order; one that could not be
+//! delivered is posted again after the next connect). A stream silent for three
 //! heartbeats, an error or an end of stream means reconnecting after a jittered exponential
 //! backoff; the last good policy keeps serving meanwhile.
 //!
@@ -113,6 +114,8 @@ pub struct OperatorStream {
     env: Arc<PolicyEnv>,
     /// The etag of the snapshot being enforced, sent as `If-None-Match`.
     etag: Mutex<Option<String>>,
+    /// The last acknowledgement, until the operator has taken it.
+    unacked: Mutex<Option<Ack>>,
     backoff: (Duration, Duration),
     dead_after: Duration,
 }
@@ -148,6 +151,7 @@ impl OperatorStream {
             policy,
             env,
             etag: Mutex::new(etag),
+            unacked: Mutex::new(None),
             backoff: (BACKOFF_BASE, BACKOFF_CAP),
             dead_after: DEAD_AFTER,
         }
@@ -225,6 +229,11 @@ impl OperatorStream {
         metrics.operator_stream_connected.set(1);
         tracing::info!(operator = %self.target.authority, if_none_match = ?etag, "operator stream connected");
 
+        let unacked = self.unacked.lock().expect("unacked lock").clone();
+        if let Some(ack) = unacked {
+            self.acknowledge(&conn.send, &auth, ack).await;
+        }
+
         let mut body = response.into_body();
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut deadline = Instant::now() + dead_after;
@@ -248,17 +257,19 @@ impl OperatorStream {
                 metrics
                     .operator_stream_last_message_timestamp_seconds
                     .set(unix_seconds());
-                self.handle_line(&line, &conn.send, &auth);
+                if let Some(ack) = self.handle_line(&line) {
+                    self.acknowledge(&conn.send, &auth, ack).await;
+                }
             }
         }
     }
 
-    /// Applies one stream line. Snapshots are acknowledged in the background.
-    fn handle_line(&self, line: &[u8], send: &SendRequest<Full<Bytes>>, auth: &HeaderValue) {
+    /// Applies one stream line; returns the acknowledgement due, if it was a snapshot.
+    fn handle_line(&self, line: &[u8]) -> Option<Ack> {
         let (etag, result) = match serde_json::from_slice::<StreamMessage>(line) {
             Ok(StreamMessage::Heartbeat) => {
                 tracing::trace!("operator heartbeat");
-                return;
+                return None;
             }
             Ok(StreamMessage::Snapshot { etag, snapshot }) => {
                 let result = self.apply(&etag, *snapshot);
@@ -271,34 +282,27 @@ impl OperatorStream {
                     Ok(value) => value,
                     Err(_) => {
                         tracing::warn!(error = %e, "ignoring a stream line that is not JSON");
-                        return;
+                        return None;
                     }
                 };
                 if value.get("type").and_then(|t| t.as_str()) != Some("snapshot") {
                     tracing::debug!(message = ?value.get("type"), "ignoring an unknown stream message");
-                    return;
+                    return None;
                 }
                 let Some(etag) = value.get("etag").and_then(|t| t.as_str()) else {
                     tracing::warn!(error = %e, "ignoring a snapshot message without an etag");
-                    return;
+                    return None;
                 };
                 let error = format!("the snapshot does not parse: {e}");
                 self.count_failure(&error);
                 (etag.to_owned(), Err(error))
             }
         };
-        let ack = Ack {
+        Some(Ack {
             etag,
             accepted: result.is_ok(),
             error: result.err(),
-        };
-        tokio::spawn(send_ack(
-            send.clone(),
-            self.target.uri(ACK_PATH),
-            auth.clone(),
-            ack,
-            self.env.metrics.clone(),
-        ));
+        })
     }
 
     /// Compiles and installs `snapshot`, or keeps the last good policy. The operator's
@@ -333,6 +337,25 @@ impl OperatorStream {
                 self.count_failure(&error);
                 Err(error)
             }
+        }
+    }
+
+    /// Posts `ack` and waits for the answer (acknowledgements go in order: the operator keeps
+    /// the newest it hears). An ack that is not delivered is kept and posted again first thing
+    /// after the next connect, since a current etag makes the operator send nothing to answer.
+    async fn acknowledge(&self, send: &SendRequest<Full<Bytes>>, auth: &HeaderValue, ack: Ack) {
+        *self.unacked.lock().expect("unacked lock") = Some(ack.clone());
+        let delivered = send_ack(
+            send.clone(),
+            self.target.uri(ACK_PATH),
+            auth.clone(),
+            &ack,
+            &self.env.metrics,
+        )
+        .await;
+        let mut unacked = self.unacked.lock().expect("unacked lock");
+        if delivered && unacked.as_ref() == Some(&ack) {
+            *unacked = None;
         }
     }
 
@@ -375,15 +398,16 @@ async fn error_body(mut body: Incoming) -> String {
     }
 }
 
+/// Posts one acknowledgement; whether the operator took it.
 async fn send_ack(
     mut send: SendRequest<Full<Bytes>>,
     uri: http::Uri,
     auth: HeaderValue,
-    ack: Ack,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
+    ack: &Ack,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
     let accepted = if ack.accepted { "true" } else { "false" };
-    let body = serde_json::to_vec(&ack).expect("an ack always serialises");
+    let body = serde_json::to_vec(ack).expect("an ack always serialises");
     let request = Request::post(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, auth)
@@ -406,7 +430,7 @@ async fn send_ack(
     })
     .await
     .unwrap_or_else(|_| Err(format!("no answer within {ACK_TIMEOUT:?}")));
-    let outcome = match result {
+    let outcome = match &result {
         Ok(()) => {
             tracing::debug!(etag = ack.etag, accepted, "snapshot acknowledged");
             "delivered"
@@ -416,7 +440,7 @@ async fn send_ack(
                 etag = ack.etag,
                 accepted,
                 error = e,
-                "cannot acknowledge the snapshot"
+                "cannot acknowledge the snapshot; it is posted again after the next connect"
             );
             "failed"
         }
@@ -425,6 +449,7 @@ async fn send_ack(
         .snapshot_acks
         .with_label_values(&[accepted, outcome])
         .inc();
+    result.is_ok()
 }
 
 #[async_trait]

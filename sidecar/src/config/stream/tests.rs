@@ -97,6 +97,8 @@ struct Operator {
     acks: mpsc::UnboundedReceiver<(Option<String>, Ack)>,
     /// The status the next watch requests get.
     status: Arc<Mutex<StatusCode>>,
+    /// The status acknowledgements get.
+    ack_status: Arc<Mutex<StatusCode>>,
     addr: std::net::SocketAddr,
     ca_pem: String,
 }
@@ -107,9 +109,12 @@ async fn operator() -> Operator {
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(StatusCode::OK));
     let answer = status.clone();
+    let ack_status = Arc::new(Mutex::new(StatusCode::NO_CONTENT));
+    let ack_answer = ack_status.clone();
     let handler: Handler = Arc::new(move |req: Request<Incoming>| {
         let (watch_tx, ack_tx, status) =
             (watch_tx.clone(), ack_tx.clone(), *answer.lock().unwrap());
+        let ack_status = *ack_answer.lock().unwrap();
         Box::pin(async move {
             let header = |name| {
                 req.headers()
@@ -122,7 +127,9 @@ async fn operator() -> Operator {
                 ack_tx
                     .send((auth, serde_json::from_slice(&body).unwrap()))
                     .unwrap();
-                return Response::new(full(""));
+                let mut response = Response::new(full(""));
+                *response.status_mut() = ack_status;
+                return response;
             }
             assert_eq!(req.uri().path(), WATCH_PATH);
             let if_none_match = header(header::IF_NONE_MATCH);
@@ -147,6 +154,7 @@ async fn operator() -> Operator {
     });
     let (addr, _task) = serve(&pki, &[b"h2"], handler).await;
     Operator {
+        ack_status,
         watches,
         acks,
         status,
@@ -166,6 +174,16 @@ async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .await
         .expect("in time")
         .expect("open")
+}
+
+async fn eventually(condition: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 2s");
 }
 
 fn reloads(metrics: &Metrics, result: &str) -> u64 {
@@ -194,7 +212,7 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         .with_timing(
             Duration::from_millis(10),
             Duration::from_millis(50),
-            Duration::from_millis(500),
+            Duration::from_millis(1000),
         ),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -319,6 +337,44 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         2
     );
 
+    // An acknowledgement the operator did not take is posted again after the next connect
+    // (the current etag means the operator itself sends nothing to answer).
+    let mut newer = good.clone();
+    newer.pod = Some(bulwark_api::snapshot::ObjectRef {
+        namespace: "shop".into(),
+        name: "api-0".into(),
+    });
+    *op.ack_status.lock().unwrap() = StatusCode::SERVICE_UNAVAILABLE;
+    send(watch.body.as_ref().unwrap(), line(&newer).as_bytes());
+    let (_, ack) = next(&mut op.acks).await;
+    assert_eq!(
+        (ack.etag.as_str(), ack.accepted),
+        (etag(&newer).as_str(), true)
+    );
+    *op.ack_status.lock().unwrap() = StatusCode::NO_CONTENT;
+    drop(watch);
+    let watch = next(&mut op.watches).await;
+    assert_eq!(watch.if_none_match, Some(etag(&newer)));
+    let (_, again) = next(&mut op.acks).await;
+    assert_eq!(again, ack);
+    assert_eq!(
+        metrics
+            .snapshot_acks
+            .with_label_values(&["true", "failed"])
+            .get(),
+        1
+    );
+    // The operator had the ack before the sidecar has the answer.
+    eventually(|| {
+        metrics
+            .snapshot_acks
+            .with_label_values(&["true", "delivered"])
+            .get()
+            == 2
+    })
+    .await;
+    let frames = watch.body.unwrap();
+
     // Shutdown ends the task promptly, connection open or not.
     shutdown_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(2), task)
@@ -331,6 +387,7 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
     // A restarted sidecar starts from the saved snapshot and asks only for something newer.
     let restarted = Arc::new(ActivePolicy::new(false));
     let saved = persist::load(dir.path()).unwrap().unwrap();
+    assert_eq!(saved, newer);
     restarted.install(CompiledPolicy::compile(saved, &env).unwrap(), &metrics);
     let stream = OperatorStream::new(
         Target::parse(&format!("https://{}", op.addr), None).unwrap(),
@@ -340,7 +397,7 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         restarted,
         env,
     );
-    assert_eq!(stream.current_etag(), Some(etag(&good)));
+    assert_eq!(stream.current_etag(), Some(etag(&newer)));
 }
 
 #[tokio::test]
