@@ -5,7 +5,7 @@ use std::{error::Error as StdError, net::SocketAddr, sync::Arc, time::Duration};
 use http::{Request, Response};
 use hyper::{body::Incoming, service::Service};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use rustls::ServerConfig;
@@ -18,6 +18,12 @@ use super::CertResolver;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, connections get this long to finish their requests (HTTP/2 streams included).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1 client must send its request headers within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 PINGs on idle connections, so a vanished peer (a sidecar whose node died) is noticed
+/// and its long-lived stream ends instead of lingering.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// TLS 1.2/1.3 on ring, the certificate from `resolver` (so rotations apply to new handshakes),
 /// ALPN `h2` then `http/1.1`.
@@ -37,7 +43,8 @@ fn is_shutdown(shutdown: &watch::Receiver<bool>) -> bool {
 }
 
 /// Serves `make_service(peer)` on every TLS connection accepted at `listen`, speaking HTTP/1.1
-/// or HTTP/2 (whichever the client does), until `shutdown` turns true (or its sender is gone):
+/// or HTTP/2 (whichever the client does; HTTP/2 connections are kept alive with PINGs every 20 s
+/// and closed when unanswered), until `shutdown` turns true (or its sender is gone):
 /// then it stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1 close after
 /// the current response) and waits up to 10 s for them.
 pub async fn serve_tls<M, S, B>(
@@ -115,7 +122,16 @@ where
                     return;
                 }
             };
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
