@@ -823,3 +823,185 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A kubeconfig for this plane that authenticates with `token` (a ServiceAccount's), as the
+/// operator's pod does in a cluster.
+fn token_kubeconfig(cp: &ControlPlane, token: &str, path: &std::path::Path) {
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cp.kubeconfig).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "plane", "cluster": {
+            "server": cluster["server"].as_str().unwrap(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
+        }}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "plane", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn the_operator_works_with_only_the_charts_permissions() {
+    use bulwark_e2e::{
+        process::{Running, wait_for_status},
+        workspace_binary,
+    };
+
+    // Its own plane (one Bulwark per cluster). The apiserver calls the webhook on loopback.
+    let cp = ControlPlane::start();
+    let release_ns = "bulwark-run";
+    let [admin_port, webhook_port, distribution_port] = free_ports();
+    let url_set = format!("webhook.url=https://127.0.0.1:{webhook_port}/mutate");
+    let helm = |args: &[&str]| {
+        let out = cp.helm().args(args).output().unwrap();
+        stdout_or_panic("helm", args, out)
+    };
+    helm(&[
+        "install",
+        "bulwark",
+        &chart(),
+        "--namespace",
+        release_ns,
+        "--create-namespace",
+        "--set",
+        &url_set,
+    ]);
+
+    // The operator, authenticated as the chart's ServiceAccount and nothing more.
+    let token = cp.kubectl_ok(&["create", "token", SA, "-n", release_ns, "--duration=1h"]);
+    let kubeconfig = cp.dir.join("operator-sa.kubeconfig");
+    token_kubeconfig(&cp, token.trim(), &kubeconfig);
+    let identity = "bulwark-operator-rbac-0";
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let mut cmd = Command::new(workspace_binary("bulwark-operator"));
+    cmd.args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .args(["--namespace", release_ns, "--pod-name", identity])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--api-check-interval-seconds", "1"])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+        .args([
+            "--distribution-listen",
+            &format!("127.0.0.1:{distribution_port}"),
+        ])
+        .args(["--tls-extra-sans", "127.0.0.1"])
+        .env("RUST_LOG", "info");
+    let log = cp.dir.join("logs/operator-sa.log");
+    let mut operator = Running::spawn("bulwark-operator", cmd, &log);
+    wait_for_status(admin, "/readyz", 200, Duration::from_secs(30));
+
+    let get = |args: &[&str]| -> Option<String> {
+        let out = cp.run_kubectl(args);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    };
+    // Its TLS Secret (create), its CA in the webhook configuration (get/patch by name).
+    let secret_ca = eventually(Duration::from_secs(30), "the TLS Secret", || {
+        get(&[
+            "get",
+            "secret/bulwark-operator-tls",
+            "-n",
+            release_ns,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+    });
+    let ca = eventually(Duration::from_secs(30), "the caBundle", || {
+        get(&[
+            "get",
+            "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+    });
+    assert_eq!(ca, secret_ca);
+    // Leader election (the Lease) and its distribution report (server-side apply of a ConfigMap).
+    let holder = eventually(Duration::from_secs(30), "the leader Lease", || {
+        get(&[
+            "get",
+            "lease/bulwark-operator",
+            "-n",
+            release_ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    });
+    assert_eq!(holder, identity);
+    eventually(Duration::from_secs(30), "the distribution report", || {
+        get(&[
+            "get",
+            &format!("configmap/bulwark-distribution-{identity}"),
+            "-n",
+            release_ns,
+            "-o",
+            "name",
+        ])
+    });
+
+    // The apiserver calls the webhook (TLS, with the caBundle the operator set) and the pod of a
+    // labelled namespace gets its sidecar.
+    let shop = cp.namespace("shop");
+    shop.kubectl_ok(&[
+        "label",
+        "namespace",
+        &shop.name,
+        "bulwark.dev/inject=enabled",
+    ]);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n    - name: app\n      image: registry.invalid/app:1\n      ports: [{name: http, containerPort: 8080}]\n";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), pod).unwrap();
+    eventually(Duration::from_secs(30), "the injected pod", || {
+        shop.run_kubectl(&["create", "-f", file.path().to_str().unwrap()])
+            .status
+            .success()
+            .then_some(())
+    });
+    let containers = shop.kubectl_ok(&[
+        "get",
+        "pod/web",
+        "-o",
+        "jsonpath={.spec.initContainers[*].name} {.spec.containers[*].name}",
+    ]);
+    assert!(containers.contains("bulwark-sidecar"), "{containers}");
+
+    // As leader it writes policies' status (the status subresource) in any namespace.
+    shop.kubectl_ok(&[
+        "apply",
+        "-f",
+        repo_root()
+            .join("examples/ratelimitpolicy-per-client-ip.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "status written by the leader",
+        || {
+            let out = shop.run_kubectl(&[
+                "get",
+                "ratelimitpolicies",
+                "-o",
+                "jsonpath={.items[0].status.conditions[?(@.type==\"Accepted\")].status}",
+            ]);
+            let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (!status.is_empty()).then_some(())
+        },
+    );
+
+    let status = operator.terminate(Duration::from_secs(10));
+    assert!(status.success(), "operator exited with {status}");
+    // Nothing it tried was refused.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the operator was refused with the chart's RBAC:\n{}",
+        refused.join("\n")
+    );
+}
