@@ -41,8 +41,9 @@ test: deps controlplane lint build ## Everything CI runs: lint, unit, property a
 demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work
 	@bash scripts/demo.sh "$(CP_DIR)"
 
-bench: deps ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), then the decision micro-benchmark
+bench: deps controlplane ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), policy propagation (bench/propagation.sh), the decision micro-benchmark
 	bash bench/run.sh
+	bash bench/propagation.sh
 	cargo bench -p bulwark-sidecar --bench decision -- --warm-up-time 2 --measurement-time 5
 
 up: controlplane ## Start the local control plane (kubeconfig: .bulwark/controlplane/kubeconfig)
