@@ -284,6 +284,41 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
         || (status_of(&sidecar) == 200).then_some(()),
     );
 
+    // --- A snapshot the sidecar cannot enforce (Global scope, no Redis here): it keeps the ----
+    // last good one, and the policy's status says which pod rejected what.
+    apply(cp, &rate_limit(&ns.name, 1));
+    until_limited(&sidecar, Instant::now(), "limit 1 to be enforced again");
+    apply(
+        cp,
+        &rate_limit(&ns.name, 1)
+            .replace("name: api-limit", "name: global-limit")
+            .replace("  rules:", "  scope: Global\n  rules:"),
+    );
+    let message = eventually(Duration::from_secs(15), "Programmed=False Rejected", || {
+        let s = jsonpath(
+            cp,
+            &ns.name,
+            "ratelimitpolicy/global-limit",
+            "{.status.conditions[?(@.type==\"Programmed\")].reason}: {.status.conditions[?(@.type==\"Programmed\")].message}",
+        );
+        s.starts_with("Rejected:").then_some(s)
+    });
+    assert!(
+        message.contains("api-0") && message.contains("Redis"),
+        "{message}"
+    );
+    assert_eq!(
+        status_of(&sidecar),
+        429,
+        "the last good snapshot keeps serving"
+    );
+    ns.kubectl_ok(&["delete", "ratelimitpolicy/global-limit", rlp]);
+    eventually(
+        Duration::from_secs(15),
+        "the deletions to reach the sidecar",
+        || (status_of(&sidecar) == 200).then_some(()),
+    );
+
     // --- Tokens: forged, unbound, or another pod's get no snapshot. --------------------------
     let (code, body) = stream_with_token(&ports_a, &ca_path, "forged.token.value");
     assert_eq!(code, 401, "{body}");

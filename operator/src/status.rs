@@ -147,10 +147,28 @@ fn desired(
                     format!("{programmed}/{n} selected pods enforce generation {generation}"),
                 )
             } else {
+                // A sidecar that rejected its snapshot keeps its last good one; say which and why.
+                let rejected = selected.iter().find_map(|(pod_ref, pod)| {
+                    let ack = acks.get(&acks::pod_key(pod_ref))?;
+                    (ack.uid == pod.uid && !ack.accepted).then(|| {
+                        format!(
+                            "; pod {} rejected its snapshot: {}",
+                            pod_ref.name,
+                            ack.error.as_deref().unwrap_or("no reason given")
+                        )
+                    })
+                });
                 (
                     false,
-                    "Pending",
-                    format!("{programmed}/{n} selected pods enforce generation {generation}"),
+                    if rejected.is_some() {
+                        "Rejected"
+                    } else {
+                        "Pending"
+                    },
+                    format!(
+                        "{programmed}/{n} selected pods enforce generation {generation}{}",
+                        rejected.unwrap_or_default()
+                    ),
                 )
             };
             (
