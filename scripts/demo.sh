@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# `make demo`: a local control plane, Bulwark installed with Helm, the examples applied, and what
-# the API does with good and bad input, narrated. The plane keeps running for you to explore;
-# `make down` stops it.
+# `make demo`: a local control plane; Bulwark installed with Helm; the operator running with the
+# chart's ServiceAccount; a namespace labelled for injection; a pod created there (the apiserver
+# calls the webhook, the stored pod has the sidecar); that pod's sidecar run here in front of a
+# real app; a rate limit and a quota applied: 429s with headers, quota usage growing, status
+# Accepted and Programmed 1/1; then every example, kubectl explain and bad input rejected. All
+# narrated. The plane keeps running for you to explore (the operator and sidecar stop with the
+# script); `make down` stops it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cp_dir=${1:-$repo/.bulwark/controlplane}
@@ -18,32 +22,137 @@ kubectl() { "$bin/kubectl" "$@"; }
 helm() { "$bin/helm" "$@"; }
 run kubectl version
 
-say "Installing Bulwark with Helm (the chart carries the five CRDs)"
-if helm status bulwark -n bulwark-system >/dev/null 2>&1; then
-  echo "(already installed)"
-else
-  run helm install bulwark charts/bulwark --namespace bulwark-system --create-namespace --wait
-fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+admin_port=$(free_port); webhook_port=$(free_port); stream_port=$(free_port)
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+say "Installing Bulwark with Helm: CRDs, the operator Deployment, least-privilege RBAC, the injection webhook"
+echo "(No kubelet runs here, so the Deployment's pods are stored but never run: the operator runs"
+echo " below as a local process with the chart's ServiceAccount token, and webhook.url points the"
+echo " apiserver's webhook calls at it.)"
+run helm upgrade --install bulwark charts/bulwark --namespace bulwark-system --create-namespace \
+  --set "webhook.url=https://127.0.0.1:$webhook_port/mutate"
 kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
-run kubectl api-resources --api-group=bulwark.dev
+run kubectl get deployment,service,poddisruptionbudget,mutatingwebhookconfiguration -n bulwark-system
 
-say "The operator connects and reports ready once the API is served"
-admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/debug/bulwark-operator --kubeconfig "$kubeconfig" --admin-listen "127.0.0.1:$admin_port" \
-  --api-check-interval-seconds 1 >"$cp_dir/logs/demo-operator.log" 2>&1 &
-operator=$!
-trap 'kill $operator 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -fs "127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+say "The operator, authenticated as the chart's ServiceAccount (so it has exactly the chart's RBAC)"
+token=$(kubectl create token bulwark-operator -n bulwark-system --duration 2h)
+server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+ca_data=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+cat >"$work/operator.kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: demo, cluster: {server: "$server", certificate-authority-data: "$ca_data"}}]
+users: [{name: bulwark-operator, user: {token: "$token"}}]
+contexts: [{name: demo, context: {cluster: demo, user: bulwark-operator}}]
+current-context: demo
+KUBECONFIG
+./target/debug/bulwark-operator --kubeconfig "$work/operator.kubeconfig" --namespace bulwark-system \
+  --pod-name demo-operator --admin-listen "127.0.0.1:$admin_port" \
+  --webhook-listen "127.0.0.1:$webhook_port" --distribution-listen "127.0.0.1:$stream_port" \
+  --tls-extra-sans 127.0.0.1 --api-check-interval-seconds 1 >"$cp_dir/logs/demo-operator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 run curl -s "127.0.0.1:$admin_port/readyz"
-run curl -s "127.0.0.1:$admin_port/metrics"
+for _ in $(seq 50); do
+  [ -n "$(kubectl get mutatingwebhookconfiguration bulwark-sidecar-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ] && break
+  sleep 0.2
+done
+echo "The operator made its own CA (Secret bulwark-operator-tls) and set the webhook's caBundle:"
+kubectl get mutatingwebhookconfiguration bulwark-sidecar-injector \
+  -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | head -c 60; echo "..."
+run kubectl get lease -n bulwark-system bulwark-operator -o jsonpath='{.spec.holderIdentity}{"\n"}'
 
-say "Applying every example into namespace 'demo'"
-kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-run kubectl apply -n demo -f examples/
+say "Labelling namespace 'shop' for injection and creating a pod in it"
+kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+run kubectl label namespace shop bulwark.dev/inject=enabled --overwrite
+for _ in $(seq 50); do kubectl get serviceaccount default -n shop >/dev/null 2>&1 && break; sleep 0.2; done
+kubectl delete pod -n shop storefront-api-0 --ignore-not-found --wait=false >/dev/null
+for _ in $(seq 50); do kubectl get pod -n shop storefront-api-0 >/dev/null 2>&1 || break; sleep 0.2; done
+cat >"$work/pod.yaml" <<'POD'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: storefront-api-0
+  namespace: shop
+  labels: {app: storefront-api}
+spec:
+  containers:
+    - name: app
+      image: registry.example/storefront-api:1.4
+      ports: [{name: http, containerPort: 8080}]
+POD
+run kubectl apply -f "$work/pod.yaml"
+echo "The apiserver called the webhook; the stored pod has the sidecar (a native sidecar container):"
+run kubectl get pod -n shop storefront-api-0 -o jsonpath='{range .spec.initContainers[*]}{.name}  restartPolicy={.restartPolicy}  ports={.ports[*].name}{"\n"}{end}'
+run kubectl get pod -n shop storefront-api-0 --show-labels
+
+say "Running that pod's sidecar here, as the kubelet would: its token is bound to the pod"
+kubectl create token default -n shop --audience bulwark --bound-object-kind Pod \
+  --bound-object-name storefront-api-0 --duration 1h >"$work/token"
+kubectl get pod -n shop storefront-api-0 \
+  -o jsonpath='{.spec.initContainers[?(@.name=="bulwark-sidecar")].env[?(@.name=="BULWARK_OPERATOR_CA")].value}' >"$work/ca.pem"
+mkdir -p "$work/www/api"
+echo '{"items":[]}' >"$work/www/api/items"
+app_port=$(free_port); in_port=$(free_port); sc_admin=$(free_port)
+python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$work/www" >"$work/app.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do curl -fs "127.0.0.1:$app_port/api/items" >/dev/null 2>&1 && break; sleep 0.2; done
+./target/debug/bulwark-sidecar --operator-url "https://127.0.0.1:$stream_port" \
+  --operator-ca-file "$work/ca.pem" --token-file "$work/token" --app "127.0.0.1:$app_port" \
+  --inbound-listen "127.0.0.1:$in_port" --admin-listen "127.0.0.1:$sc_admin" --state-dir "$work/state" \
+  >"$cp_dir/logs/demo-sidecar.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "127.0.0.1:$sc_admin/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+run curl -s "127.0.0.1:$sc_admin/readyz"
+curl -s "127.0.0.1:$sc_admin/metrics" | grep '^bulwark_operator_stream_connected' | sed 's/^/    /'
+
+say "Applying a rate limit (20/s per client IP, burst 40) and a quota (100 requests per client per day)"
+run kubectl apply -n shop -f examples/ratelimitpolicy-per-client-ip.yaml -f examples/quotapolicy-daily-requests-per-client.yaml
+for _ in $(seq 50); do
+  [ "$(kubectl get rlp -n shop api-per-client-ip -o jsonpath='{.status.programmedPods}')" = 1 ] && break
+  sleep 0.2
+done
+run kubectl get ratelimitpolicies,quotapolicies -n shop
+
+say "Traffic through the sidecar: 100 requests to /api/items, 10 at a time"
+seq 100 | xargs -P 10 -I{} curl -s -o /dev/null -w '%{http_code}\n' "127.0.0.1:$in_port/api/items" | sort | uniq -c | sed 's/^/    /'
+echo "\$ curl -i 127.0.0.1:$in_port/api/items   # while limited (after another burst)"
+seq 40 | xargs -P 10 -I{} curl -s -o /dev/null "127.0.0.1:$in_port/api/items"
+curl -si "127.0.0.1:$in_port/api/items" | sed 's/^/    /'
+echo
+
+say "The quota fills up: usage of client 127.0.0.1, then slower requests until it is used up"
+quota_url="127.0.0.1:$sc_admin/quota?policy=shop/api-daily-free-tier&quota=daily-requests&key=127.0.0.1"
+run curl -s "$quota_url"
+echo
+sleep 2   # the token bucket refills; the quota does not
+for i in $(seq 80); do
+  headers=$(curl -s -o /dev/null -D - "127.0.0.1:$in_port/api/items")
+  code=$(head -1 <<<"$headers" | awk '{print $2}')
+  warning=$(grep -i '^bulwark-quota-warning' <<<"$headers" | tr -d '\r' || true)
+  if [ "$code" != 200 ]; then
+    echo "    request $i: $code"
+    curl -si "127.0.0.1:$in_port/api/items" | tr -d '\r' | grep -iE '^(HTTP|retry-after|bulwark-quota|\{)' | sed 's/^/      /'
+    break
+  fi
+  [ -n "$warning" ] && [ $((i % 5)) = 0 ] && echo "    request $i: 200  $warning"
+  sleep 0.06
+done
+run curl -s "$quota_url"
+echo
+
+say "Status and events, as kubectl shows them"
+run kubectl describe ratelimitpolicy -n shop api-per-client-ip
+run kubectl get events.events.k8s.io -n shop
+
+say "Applying every example into namespace 'examples' (no injected pods there)"
+kubectl create namespace examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+run kubectl apply -n examples -f examples/
 say "Everything Bulwark, in one list (the 'bulwark' category)"
-run kubectl get bulwark -n demo
-say "Printer columns say what a policy does at a glance"
-run kubectl get ratelimitpolicies -n demo
+run kubectl get bulwark -n examples
 
 say "Every field is documented where users look: kubectl explain"
 run kubectl explain ratelimitpolicy.spec.rules.rates
@@ -54,37 +163,13 @@ for bad in e2e/fixtures/invalid/ratelimitpolicy/02-window-too-long.yaml \
            e2e/fixtures/invalid/featureflag/06-gate-unknown-flag.yaml; do
   [ -f "$bad" ] || continue
   grep '^# Rejected because:' "$bad" || true
-  printf '$ kubectl apply -n demo -f %s\n' "$bad"
-  kubectl apply -n demo -f "$bad" 2>&1 | sed 's/^/    /' || true
+  printf '$ kubectl apply -n examples -f %s\n' "$bad"
+  kubectl apply -n examples -f "$bad" 2>&1 | sed 's/^/    /' || true
 done
-
-say "The sidecar enforces a policy: examples/ratelimitpolicy-per-client-ip.yaml (20/s, burst 40)"
-echo "(standalone mode: the same YAML read from a directory, as the operator will stream it)"
-work=$(mktemp -d)
-mkdir -p "$work/www/api" "$work/policies"
-echo '{"items":[]}' >"$work/www/api/items"
-cp examples/ratelimitpolicy-per-client-ip.yaml "$work/policies/"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-app_port=$(free_port); in_port=$(free_port); sc_admin=$(free_port)
-python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$work/www" >"$work/app.log" 2>&1 &
-app=$!
-for _ in $(seq 50); do curl -fs "127.0.0.1:$app_port/api/items" >/dev/null 2>&1 && break; sleep 0.2; done
-./target/debug/bulwark-sidecar --config-dir "$work/policies" --app "127.0.0.1:$app_port" \
-  --inbound-listen "127.0.0.1:$in_port" --admin-listen "127.0.0.1:$sc_admin" --state-dir "$work/state" \
-  >"$work/sidecar.log" 2>&1 &
-sidecar=$!
-trap 'kill $operator $app $sidecar 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 50); do curl -fs "127.0.0.1:$sc_admin/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-echo "\$ 100 requests to /api/items, 10 at a time:"
-seq 100 | xargs -P 10 -I{} curl -s -o /dev/null -w '%{http_code}\n' "127.0.0.1:$in_port/api/items" | sort | uniq -c | sed 's/^/    /'
-echo "\$ curl -i 127.0.0.1:$in_port/api/items   # while limited"
-seq 60 | xargs -P 10 -I{} curl -s -o /dev/null "127.0.0.1:$in_port/api/items"
-curl -si "127.0.0.1:$in_port/api/items" | sed 's/^/    /'
-echo
-run curl -s "127.0.0.1:$sc_admin/metrics" -o "$work/metrics"
-grep '^bulwark_ratelimit_requests_total' "$work/metrics" | sed 's/^/    /'
 
 say "Done. The control plane keeps running:"
 echo "    export KUBECONFIG=$kubeconfig"
 echo "    $bin/kubectl get bulwark -A"
 echo "    make down     # stop it and remove its data"
+echo "(The demo's operator has stopped: with webhook.failurePolicy=Fail, new pods in namespace"
+echo " 'shop' are refused until an operator answers again. Pods elsewhere are not affected.)"
