@@ -2,10 +2,11 @@
 //! units, `_total` counters, help text), with every metric family populated: local and global
 //! rate-limit decisions, limited requests and store errors.
 
-use std::{fs, io::Write, process::Command, time::Duration};
+use std::{fs, time::Duration};
 
 use bulwark_e2e::{
     process::{http_get, http_request, wait_for_status},
+    promtool_check,
     redis::Redis,
     sidecar::{Sidecar, Upstream},
 };
@@ -79,24 +80,5 @@ fn sidecar_metrics_pass_promtool() {
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by scripts/install-deps.sh");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool: {}{}\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&metrics);
 }

@@ -13,7 +13,7 @@ use bulwark_e2e::{
     ControlPlane, eventually,
     operator::{Operator, OperatorPorts, service_account_kubeconfig},
     process::{http_get, wait_for_status},
-    repo_root,
+    promtool_check, repo_root,
     sidecar::{Sidecar, Upstream},
     stdout_or_panic,
 };
@@ -243,6 +243,28 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     });
     let events = ns.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"]);
     assert!(events.contains("\"reason\": \"Accepted\""), "{events}");
+
+    // Both sides' metrics pass Prometheus' linter, with the distribution families populated.
+    let operator_metrics = http_get(ports_a.admin, "/metrics").unwrap().body;
+    for family in [
+        "bulwark_operator_leader 1",
+        "bulwark_operator_streams 1",
+        "bulwark_operator_acks_total{accepted=\"true\"}",
+        "bulwark_operator_injections_total{outcome=\"injected\"} 1",
+        "bulwark_operator_compile_seconds_bucket{",
+    ] {
+        assert!(
+            operator_metrics.contains(family),
+            "{family}:\n{operator_metrics}"
+        );
+    }
+    promtool_check(&operator_metrics);
+    let sidecar_metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
+    assert!(
+        sidecar_metrics.contains("bulwark_operator_stream_connected 1"),
+        "{sidecar_metrics}"
+    );
+    promtool_check(&sidecar_metrics);
 
     // --- Edit: a higher limit lets requests through again. -----------------------------------
     apply(cp, &rate_limit(&ns.name, 1000));
