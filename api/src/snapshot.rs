@@ -41,6 +41,20 @@ pub struct Snapshot {
     pub failover: Vec<Sourced<ResolvedFailoverPolicy>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Sourced<ResolvedWebhookEndpoint>>,
+    /// The Redis for `scope: Global` policies, sent only to pods that have one (its URL may hold
+    /// a password, so it travels like a signing key: in the authenticated stream only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConnection>,
+}
+
+/// How to reach Redis: one server, or Redis Cluster seed nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RedisConnection {
+    /// `redis://[:password@]host:port[/db]`.
+    Url(SecretString),
+    /// Seed node URLs of a Redis Cluster.
+    Cluster(Vec<SecretString>),
 }
 
 /// A namespaced object.
@@ -154,6 +168,15 @@ impl Snapshot {
                 key.secret = SecretString::new("<redacted>");
             }
         }
+        copy.redis = copy.redis.map(|redis| match redis {
+            RedisConnection::Url(_) => RedisConnection::Url(SecretString::new("<redacted>")),
+            RedisConnection::Cluster(nodes) => RedisConnection::Cluster(
+                nodes
+                    .iter()
+                    .map(|_| SecretString::new("<redacted>"))
+                    .collect(),
+            ),
+        });
         copy
     }
 }
@@ -207,6 +230,9 @@ mod tests {
                     }],
                 },
             }],
+            redis: Some(RedisConnection::Url(SecretString::new(
+                "redis://:hunter2@redis:6379",
+            ))),
             ..Snapshot::empty()
         }
     }
@@ -226,8 +252,10 @@ mod tests {
     fn secrets_never_appear_in_debug_or_redacted_copies() {
         let snapshot = webhook_snapshot();
         assert!(!format!("{snapshot:?}").contains("whsec_c2VjcmV0"));
+        assert!(!format!("{snapshot:?}").contains("hunter2"));
         let shown = serde_json::to_string(&snapshot.redacted()).unwrap();
         assert!(!shown.contains("whsec_c2VjcmV0"));
+        assert!(!shown.contains("hunter2"));
         assert!(shown.contains("<redacted>"));
     }
 }

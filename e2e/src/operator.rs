@@ -42,14 +42,15 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts a replica named `identity` with `kubeconfig`, operating from `namespace`, and
-    /// waits until /healthz answers.
+    /// Starts a replica named `identity` with `kubeconfig`, operating from `namespace`, with
+    /// extra environment `env` (what the Deployment would set), and waits until /healthz answers.
     pub fn start(
         kubeconfig: &Path,
         namespace: &str,
         identity: &str,
         ports: OperatorPorts,
         log_dir: &Path,
+        env: &[(&str, &str)],
     ) -> Operator {
         let mut cmd = Command::new(workspace_binary("bulwark-operator"));
         cmd.arg("--kubeconfig")
@@ -60,7 +61,8 @@ impl Operator {
             .args(["--distribution-listen", &ports.distribution.to_string()])
             .args(["--tls-extra-sans", "127.0.0.1"])
             .args(["--api-check-interval-seconds", "1"])
-            .env("RUST_LOG", "info,kube=warn");
+            .env("RUST_LOG", "info,kube=warn")
+            .envs(env.iter().copied());
         let log = log_dir.join(format!(
             "operator-{identity}-{}.log",
             crate::unique_name("run")

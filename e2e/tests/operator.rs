@@ -13,7 +13,9 @@ use bulwark_e2e::{
     ControlPlane, eventually,
     operator::{Operator, OperatorPorts, service_account_kubeconfig},
     process::{http_get, wait_for_status},
-    promtool_check, repo_root,
+    promtool_check,
+    redis::Redis,
+    repo_root,
     sidecar::{Sidecar, Upstream},
     stdout_or_panic,
 };
@@ -99,6 +101,8 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     let logs = cp.dir.join("logs");
 
     // --- Install with the chart; the operator runs here as the chart's ServiceAccount. -------
+    // Redis for Global scope: the chart keeps its URL in a Secret and gives it to the operator.
+    let redis = Redis::start(work.path());
     let ports_a = OperatorPorts::free();
     let webhook_url = format!("https://{}/mutate", ports_a.webhook);
     let chart = repo_root().join("charts/bulwark");
@@ -110,11 +114,44 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
             .arg(&chart)
             .args(["--namespace", RELEASE_NS, "--create-namespace"])
             .args(["--set", &format!("webhook.url={webhook_url}")])
+            .args(["--set", &format!("redis.url={}", redis.url())])
             .output()
             .unwrap(),
     );
+    let redis_secret = cp.kubectl_ok(&[
+        "get",
+        "secret",
+        "bulwark-redis",
+        "-n",
+        RELEASE_NS,
+        "-o",
+        "jsonpath={.data.url}",
+    ]);
+    let redis_url = String::from_utf8(
+        std::process::Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                std::io::Write::write_all(c.stdin.as_mut().unwrap(), redis_secret.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(redis_url, redis.url(), "the chart's Redis Secret");
+    let operator_env = [("BULWARK_REDIS_URL", redis_url.as_str())];
     let sa_kubeconfig = service_account_kubeconfig(cp, RELEASE_NS, "bulwark-operator");
-    let mut operator_a = Operator::start(&sa_kubeconfig, RELEASE_NS, "op-a", ports_a, &logs);
+    let mut operator_a = Operator::start(
+        &sa_kubeconfig,
+        RELEASE_NS,
+        "op-a",
+        ports_a,
+        &logs,
+        &operator_env,
+    );
     wait_for_status(ports_a.admin, "/readyz", 200, Duration::from_secs(30));
 
     // The chart grants no more than the operator needs: a verb it does not grant is denied.
@@ -299,34 +336,85 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
         429,
         "without the operator, the last snapshot stays"
     );
-    let mut operator_a = Operator::start(&sa_kubeconfig, RELEASE_NS, "op-a", ports_a, &logs);
+    let mut operator_a = Operator::start(
+        &sa_kubeconfig,
+        RELEASE_NS,
+        "op-a",
+        ports_a,
+        &logs,
+        &operator_env,
+    );
     eventually(
         Duration::from_secs(30),
         "the deletion to reach the sidecar",
         || (status_of(&sidecar) == 200).then_some(()),
     );
 
-    // --- A snapshot the sidecar cannot enforce (Global scope, no Redis here): it keeps the ----
-    // last good one, and the policy's status says which pod rejected what.
+    // --- Global scope: the chart's Redis reaches the sidecar through the stream. ------------
+    apply(
+        cp,
+        &rate_limit(&ns.name, 3)
+            .replace("name: api-limit", "name: global-limit")
+            .replace("  rules:", "  scope: Global\n  rules:"),
+    );
+    let global = "ratelimitpolicy/global-limit";
+    eventually(
+        Duration::from_secs(15),
+        "the Global policy programmed",
+        || (jsonpath(cp, &ns.name, global, "{.status.programmedPods}") == "1").then_some(()),
+    );
+    let answers: Vec<u16> = (0..5).map(|_| status_of(&sidecar)).collect();
+    assert_eq!(
+        answers,
+        [200, 200, 200, 429, 429],
+        "exactly 3 through Redis"
+    );
+    let keys = redis.cli(&["--scan", "--pattern", "bulwark:rl:*"]);
+    assert!(
+        keys.contains(&ns.name),
+        "the counter lives in Redis: {keys:?}"
+    );
+    let config = http_get(sidecar.admin, "/config").unwrap().body;
+    assert!(
+        config.contains("<redacted>") && !config.contains(&redis.url()),
+        "/config hides the Redis connection: {config}"
+    );
+    ns.kubectl_ok(&["delete", global]);
+
+    // --- A snapshot the sidecar cannot enforce (a time zone the schema's pattern lets through
+    // but no time-zone database has): it keeps the last good one, and status names the pod.
     apply(cp, &rate_limit(&ns.name, 1));
     until_limited(&sidecar, Instant::now(), "limit 1 to be enforced again");
     apply(
         cp,
-        &rate_limit(&ns.name, 1)
-            .replace("name: api-limit", "name: global-limit")
-            .replace("  rules:", "  scope: Global\n  rules:"),
+        &format!(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: martian, namespace: {}}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  timeZone: Mars/Olympus
+  quotas:
+  - name: daily
+    key: [{{type: Constant}}]
+    limit: 100
+    period: Day
+"#,
+            ns.name
+        ),
     );
     let message = eventually(Duration::from_secs(15), "Programmed=False Rejected", || {
         let s = jsonpath(
             cp,
             &ns.name,
-            "ratelimitpolicy/global-limit",
+            "quotapolicy/martian",
             "{.status.conditions[?(@.type==\"Programmed\")].reason}: {.status.conditions[?(@.type==\"Programmed\")].message}",
         );
         s.starts_with("Rejected:").then_some(s)
     });
     assert!(
-        message.contains("api-0") && message.contains("Redis"),
+        message.contains("api-0") && message.contains("Mars/Olympus"),
         "{message}"
     );
     assert_eq!(
@@ -334,7 +422,7 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
         429,
         "the last good snapshot keeps serving"
     );
-    ns.kubectl_ok(&["delete", "ratelimitpolicy/global-limit", rlp]);
+    ns.kubectl_ok(&["delete", "quotapolicy/martian", rlp]);
     eventually(
         Duration::from_secs(15),
         "the deletions to reach the sidecar",
@@ -393,7 +481,14 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
 
     // --- Two replicas: kill the leader, the other takes over and writes status. --------------
     let ports_b = OperatorPorts::free();
-    let mut operator_b = Operator::start(&sa_kubeconfig, RELEASE_NS, "op-b", ports_b, &logs);
+    let mut operator_b = Operator::start(
+        &sa_kubeconfig,
+        RELEASE_NS,
+        "op-b",
+        ports_b,
+        &logs,
+        &operator_env,
+    );
     let holder = || {
         jsonpath(
             cp,
@@ -411,7 +506,14 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     eprintln!("leader killed → new leader: {:?}", killed.elapsed());
     // The sidecar's stream was to op-a; op-a comes back as a follower and serves it, while op-b
     // (the leader) counts its acknowledgement through op-a's distribution report.
-    let _operator_a = Operator::start(&sa_kubeconfig, RELEASE_NS, "op-a", ports_a, &logs);
+    let _operator_a = Operator::start(
+        &sa_kubeconfig,
+        RELEASE_NS,
+        "op-a",
+        ports_a,
+        &logs,
+        &operator_env,
+    );
     apply(cp, &rate_limit(&ns.name, 1));
     until_limited(&sidecar, Instant::now(), "the policy after failover");
     eventually(

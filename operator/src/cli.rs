@@ -115,6 +115,16 @@ pub struct Args {
     #[arg(long, env = "BULWARK_SIDECAR_MEMORY_REQUEST", default_value = "32Mi")]
     pub sidecar_memory_request: String,
 
+    /// Redis for `scope: Global` policies, e.g. `redis://:password@redis:6379/0`: sent to the
+    /// sidecars whose snapshot has a Global policy, over the authenticated stream only (the chart
+    /// sets it from a Secret).
+    #[arg(long, env = "BULWARK_REDIS_URL", conflicts_with = "redis_cluster")]
+    pub redis_url: Option<String>,
+
+    /// Redis Cluster instead of --redis-url: comma-separated seed node URLs.
+    #[arg(long, env = "BULWARK_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
     /// Memory limit of the injected sidecar.
     #[arg(long, env = "BULWARK_SIDECAR_MEMORY_LIMIT", default_value = "128Mi")]
     pub sidecar_memory_limit: String,
@@ -143,6 +153,18 @@ impl Args {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| format!("bulwark-operator-{}", std::process::id()))
         })
+    }
+
+    /// The Redis sidecars with Global policies are given, if any.
+    pub fn redis(&self) -> Option<bulwark_api::snapshot::RedisConnection> {
+        use bulwark_api::snapshot::{RedisConnection, SecretString};
+        match (&self.redis_url, self.redis_cluster.is_empty()) {
+            (Some(url), _) if !url.is_empty() => Some(RedisConnection::Url(SecretString::new(url))),
+            (_, false) => Some(RedisConnection::Cluster(
+                self.redis_cluster.iter().map(SecretString::new).collect(),
+            )),
+            _ => None,
+        }
     }
 
     /// The URL injected sidecars connect to.

@@ -13,9 +13,12 @@
 
 use std::collections::{BTreeMap, btree_map::Entry};
 
-use bulwark_api::snapshot::{
-    ObjectRef, PolicySource, ResolvedFailoverPolicy, ResolvedWebhookEndpoint, SCHEMA, SecretString,
-    SigningKey, Snapshot, Sourced,
+use bulwark_api::{
+    crd::common::Scope,
+    snapshot::{
+        ObjectRef, PolicySource, RedisConnection, ResolvedFailoverPolicy, ResolvedWebhookEndpoint,
+        SCHEMA, SecretString, SigningKey, Snapshot, Sourced,
+    },
 };
 
 use crate::index::{Index, InjectedPod, Kind, Policy, PolicyKey, Spec};
@@ -190,12 +193,14 @@ fn conflicts_in(index: &Index, namespace: &str) -> BTreeMap<PolicyKey, String> {
     losers
 }
 
-/// The snapshot for one pod: every Accepted policy of its namespace that selects it.
+/// The snapshot for one pod: every Accepted policy of its namespace that selects it, and the
+/// Redis connection if one of them has `scope: Global` (only then: it may carry a password).
 pub fn pod_snapshot(
     index: &Index,
     pod_ref: &ObjectRef,
     pod: &InjectedPod,
     verdicts: &BTreeMap<PolicyKey, Verdict>,
+    redis: Option<&RedisConnection>,
 ) -> PodSnapshot {
     let mut snapshot = Snapshot {
         schema: SCHEMA,
@@ -251,6 +256,17 @@ pub fn pod_snapshot(
                 },
             }),
         }
+    }
+    let global = snapshot
+        .rate_limits
+        .iter()
+        .any(|p| p.spec.scope == Scope::Global)
+        || snapshot
+            .quotas
+            .iter()
+            .any(|p| p.spec.scope == Scope::Global);
+    if global {
+        snapshot.redis = redis.cloned();
     }
     PodSnapshot { snapshot, sources }
 }
@@ -372,13 +388,17 @@ spec:
         f.into_object()
     }
 
+    fn redis() -> RedisConnection {
+        RedisConnection::Url(SecretString::new("redis://:pw@redis:6379"))
+    }
+
     fn snapshot_of(index: &Index, name: &str) -> PodSnapshot {
         let r = ObjectRef {
             namespace: "shop".into(),
             name: name.into(),
         };
         let verdicts = verdicts_in(index, "shop");
-        pod_snapshot(index, &r, &index.pods[&r], &verdicts)
+        pod_snapshot(index, &r, &index.pods[&r], &verdicts, Some(&redis()))
     }
 
     #[test]
@@ -392,7 +412,36 @@ spec:
         assert_eq!(api.snapshot.rate_limits.len(), 1);
         assert_eq!(api.snapshot.rate_limits[0].source.generation, 2);
         assert_eq!(api.sources, ["RateLimitPolicy/shop/api-limit@2"]);
+        assert_eq!(
+            api.snapshot.redis, None,
+            "no Global policy: no Redis credentials"
+        );
         assert!(snapshot_of(&index, "web-0").snapshot.rate_limits.is_empty());
+    }
+
+    #[test]
+    fn only_pods_with_a_global_policy_get_the_redis_connection() {
+        let global = object::<RateLimitPolicy>(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: shared, namespace: shop, generation: 1}
+spec:
+  selector: {matchLabels: {app: api}}
+  scope: Global
+  rules:
+  - name: all
+    key: [{type: Constant}]
+    rates: [{limit: 5, window: 1s}]
+"#,
+        );
+        let index = index_with(vec![
+            pod("api-0", "api"),
+            pod("web-0", "web"),
+            global.into_object(),
+        ]);
+        assert_eq!(snapshot_of(&index, "api-0").snapshot.redis, Some(redis()));
+        assert_eq!(snapshot_of(&index, "web-0").snapshot.redis, None);
     }
 
     #[test]

@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         acks: Arc::new(acks::AckBook::default()),
         metrics: metrics.clone(),
         changed: Arc::default(),
+        redis: args.redis(),
     });
     tasks.spawn({
         let run = index_watch::run(

@@ -115,6 +115,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Woken after every batch that changed something, for the status writer.
     pub changed: Arc<Notify>,
+    /// The Redis given to pods with a Global policy.
+    pub redis: Option<bulwark_api::snapshot::RedisConnection>,
 }
 
 /// Applies watch events until `changes` ends or shutdown.
@@ -165,7 +167,8 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
     for namespace in &namespaces {
         let verdicts = compile::verdicts_in(&index, namespace);
         for (pod_ref, pod) in index.pods_in(namespace) {
-            let compiled = compile::pod_snapshot(&index, pod_ref, pod, &verdicts);
+            let compiled =
+                compile::pod_snapshot(&index, pod_ref, pod, &verdicts, shared.redis.as_ref());
             if shared.distributor.publish(pod_ref, &pod.uid, compiled) {
                 published += 1;
             }

@@ -14,7 +14,7 @@ use bulwark_sidecar::{
     config::{persist, stream::OperatorStream, watch::ConfigWatcher},
     global::GlobalStore,
     metrics::Metrics,
-    policy::{ActivePolicy, CompiledPolicy, PolicyEnv},
+    policy::{ActivePolicy, CompiledPolicy, PolicyEnv, SnapshotRedis},
     proxy,
     quota::{flush::QuotaFlusher, store::FILE_NAME as QUOTA_FILE, usage::UsageStore},
     ratelimit::{
@@ -68,9 +68,15 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Fast-mode global syncs: with the flags' Redis, or one a snapshot names later.
+    let fast = Arc::new(FastSync::new(global.clone()));
     let env = Arc::new(PolicyEnv {
         metrics: metrics.clone(),
         global,
+        from_snapshot: Some(SnapshotRedis::new(
+            redis_runtime.handle().clone(),
+            fast.clone(),
+        )),
     });
     // Without a policy source there is nothing to wait for: pass-through is the intended state.
     let policy = Arc::new(ActivePolicy::new(
@@ -137,16 +143,13 @@ fn main() -> anyhow::Result<()> {
     ));
 
     let store = Arc::new(LocalStore::new(STORE_SHARDS, args.max_counters));
-    let fast = env.global.clone().map(|g| Arc::new(FastSync::new(g)));
-    if let Some(sync) = &fast {
-        server.add_service(background_service(
-            "bulwark fast global sync",
-            FastSyncer {
-                sync: sync.clone(),
-                store: store.clone(),
-            },
-        ));
-    }
+    server.add_service(background_service(
+        "bulwark fast global sync",
+        FastSyncer {
+            sync: fast.clone(),
+            store: store.clone(),
+        },
+    ));
     server.add_service(background_service(
         "bulwark counter sweeper",
         Sweeper {
@@ -158,7 +161,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::InboundProxy::new(args.app, policy.clone(), store, fast, metrics.clone())
+        proxy::InboundProxy::new(args.app, policy.clone(), store, Some(fast), metrics.clone())
             .with_quota_usage(quota_usage.clone()),
         "bulwark inbound",
     );

@@ -4,23 +4,48 @@
 //! current one stays. Counter stores live outside the compiled policy, so a reload keeps counts.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicBool, Ordering},
 };
 
 use arc_swap::ArcSwap;
-use bulwark_api::snapshot::{PolicySource, Snapshot};
+use bulwark_api::snapshot::{PolicySource, RedisConnection, Snapshot};
 
 use crate::{
-    compile::CompileError, global::GlobalStore, metrics::Metrics, quota::engine::Quotas,
-    ratelimit::engine::RateLimits,
+    compile::CompileError,
+    global::{GlobalStore, RedisTarget},
+    metrics::Metrics,
+    quota::engine::Quotas,
+    ratelimit::{engine::RateLimits, global::FastSync},
 };
 
 /// What compiling a snapshot needs besides the snapshot: the metrics its rules resolve their
 /// counters in, and the shared stores that exist (a `Global` policy without Redis is refused).
 pub struct PolicyEnv {
     pub metrics: Arc<Metrics>,
+    /// Redis from the sidecar's own flags; used for every snapshot when set.
     pub global: Option<GlobalStore>,
+    /// Otherwise, the Redis a snapshot names (operator mode), connected on first use.
+    pub from_snapshot: Option<SnapshotRedis>,
+}
+
+/// Connects the Redis that snapshots name, once per distinct connection.
+pub struct SnapshotRedis {
+    /// The Redis runtime, where connection tasks live.
+    runtime: tokio::runtime::Handle,
+    /// Fast-mode syncs follow the store in use.
+    fast: Arc<FastSync>,
+    connected: Mutex<Option<(RedisConnection, GlobalStore)>>,
+}
+
+impl SnapshotRedis {
+    pub fn new(runtime: tokio::runtime::Handle, fast: Arc<FastSync>) -> Self {
+        Self {
+            runtime,
+            fast,
+            connected: Mutex::new(None),
+        }
+    }
 }
 
 impl PolicyEnv {
@@ -29,7 +54,40 @@ impl PolicyEnv {
         Self {
             metrics,
             global: None,
+            from_snapshot: None,
         }
+    }
+
+    /// The Redis `snapshot` is compiled against: the flags' one, else the one it names.
+    fn store_for(&self, snapshot: &Snapshot) -> Result<Option<GlobalStore>, String> {
+        if self.global.is_some() {
+            return Ok(self.global.clone());
+        }
+        let (Some(source), Some(wanted)) = (&self.from_snapshot, &snapshot.redis) else {
+            return Ok(None);
+        };
+        let mut connected = source.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((current, store)) = connected.as_ref()
+            && current == wanted
+        {
+            return Ok(Some(store.clone()));
+        }
+        let target = match wanted {
+            RedisConnection::Url(url) => RedisTarget::Single(url.expose().to_string()),
+            RedisConnection::Cluster(nodes) => {
+                RedisTarget::Cluster(nodes.iter().map(|n| n.expose().to_string()).collect())
+            }
+        };
+        let _entered = source.runtime.enter();
+        // The connection is lazy: an unreachable Redis is the policies' failureMode at request
+        // time, not a refused snapshot. Only a malformed URL fails here (never echoed: it may
+        // hold a password).
+        let store = GlobalStore::connect(target, &self.metrics)
+            .map_err(|_| "the Redis connection in the snapshot is not a valid Redis URL")?;
+        source.fast.set_store(store.clone());
+        *connected = Some((wanted.clone(), store.clone()));
+        tracing::info!("connected the Redis named by the operator for Global scope");
+        Ok(Some(store))
     }
 }
 
@@ -62,6 +120,16 @@ impl std::error::Error for PolicyError {}
 
 impl CompiledPolicy {
     pub fn compile(snapshot: Snapshot, env: &PolicyEnv) -> Result<Self, PolicyError> {
+        let global = env.store_for(&snapshot).map_err(|e| PolicyError {
+            kind: "Snapshot",
+            source: PolicySource::default(),
+            error: CompileError::new("redis", e),
+        })?;
+        let env = &PolicyEnv {
+            metrics: env.metrics.clone(),
+            global,
+            from_snapshot: None,
+        };
         let rate_limits =
             RateLimits::compile(&snapshot.rate_limits, env).map_err(|(source, error)| {
                 PolicyError {

@@ -172,7 +172,7 @@ impl Quotas {
                 // Refuse rather than silently keeping per pod what was declared for the workload.
                 return Err(fail(CompileError::new(
                     "scope",
-                    "Global scope needs Redis: start the sidecar with --redis-url or --redis-cluster",
+                    "Global scope needs Redis: give the operator one (chart value redis.url) or start the sidecar with --redis-url or --redis-cluster",
                 )));
             }
             let tz = period::time_zone(&policy.spec.time_zone)

@@ -129,7 +129,7 @@ impl RateLimits {
                     policy.source.clone(),
                     CompileError::new(
                         "scope",
-                        "Global scope needs Redis: start the sidecar with --redis-url or --redis-cluster",
+                        "Global scope needs Redis: give the operator one (chart value redis.url) or start the sidecar with --redis-url or --redis-cluster",
                     ),
                 ));
             }

@@ -16,7 +16,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        LazyLock, Mutex,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -169,7 +169,9 @@ pub fn failure_outcome(fail_closed: bool) -> Outcome {
 
 /// Fast-mode counters awaiting a sync. Survives reloads, like the local store.
 pub struct FastSync {
-    store: GlobalStore,
+    /// The Redis synced with: from the flags at start, or from the first snapshot naming one
+    /// (operator mode). `None`: no fast rule can exist yet, so nothing is synced.
+    store: arc_swap::ArcSwapOption<GlobalStore>,
     entries: Mutex<HashMap<CounterKey, FastEntry>>,
     /// False while the last sync failed: `failureMode: Closed` rules reject meanwhile.
     healthy: AtomicBool,
@@ -188,12 +190,17 @@ struct FastEntry {
 }
 
 impl FastSync {
-    pub fn new(store: GlobalStore) -> Self {
+    pub fn new(store: Option<GlobalStore>) -> Self {
         Self {
-            store,
+            store: arc_swap::ArcSwapOption::from(store.map(Arc::new)),
             entries: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
         }
+    }
+
+    /// Points syncs at `store` (a snapshot named a Redis).
+    pub fn set_store(&self, store: GlobalStore) {
+        self.store.store(Some(Arc::new(store)));
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -239,6 +246,9 @@ impl FastSync {
     /// Syncs every counter whose interval has passed, concurrently; forgets counters not used
     /// since their last sync.
     pub async fn sync_due(&self, local: &LocalStore, now: u64) {
+        let Some(store) = self.store.load_full() else {
+            return;
+        };
         let due: Vec<(CounterKey, String, Algorithm, Vec<Rate>, u64, Duration)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|_, e| e.touched || e.pending > 0 || e.next_sync > now);
@@ -271,7 +281,7 @@ impl FastSync {
                     algorithm: *algorithm,
                     rates,
                 };
-                call(&self.store, counter, *sent, Some(now), true, *timeout)
+                call(&store, counter, *sent, Some(now), true, *timeout)
             });
         let replies = futures::future::join_all(calls).await;
         let mut healthy = true;
