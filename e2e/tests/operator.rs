@@ -10,7 +10,7 @@ use std::{
 };
 
 use bulwark_e2e::{
-    ControlPlane, eventually,
+    ControlPlane, Namespace, eventually,
     operator::{Operator, OperatorPorts, service_account_kubeconfig},
     process::{http_get, wait_for_status},
     promtool_check,
@@ -73,6 +73,31 @@ fn jsonpath(cp: &ControlPlane, namespace: &str, object: &str, path: &str) -> Str
         "-o",
         &format!("jsonpath={path}"),
     ])
+}
+
+/// A token for the namespace's default ServiceAccount, audience `bulwark`, bound to `pod` if
+/// given (what the kubelet projects into the injected sidecar).
+fn bulwark_token(ns: &Namespace<'_>, pod: Option<&str>) -> String {
+    let mut args = vec!["create", "token", "default", "--audience", "bulwark"];
+    if let Some(pod) = pod {
+        args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
+    }
+    ns.kubectl_ok(&args).trim().to_string()
+}
+
+/// Waits for the namespace's default ServiceAccount (pods need it; the controller-manager
+/// creates it shortly after the namespace).
+fn wait_for_default_service_account(ns: &Namespace<'_>) {
+    eventually(
+        Duration::from_secs(20),
+        "the default ServiceAccount",
+        || {
+            ns.run_kubectl(&["get", "serviceaccount", "default"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
 }
 
 /// `curl` against the policy stream, as any HTTP/2 client would: (status, body).
@@ -183,16 +208,7 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     // --- Injection: the apiserver calls the webhook for a pod of a labelled namespace. -------
     let ns = cp.namespace("shop");
     cp.kubectl_ok(&["label", "namespace", &ns.name, "bulwark.dev/inject=enabled"]);
-    eventually(
-        Duration::from_secs(20),
-        "the default ServiceAccount",
-        || {
-            ns.run_kubectl(&["get", "serviceaccount", "default"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
+    wait_for_default_service_account(&ns);
     apply(
         cp,
         &format!(
@@ -224,22 +240,7 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     std::fs::write(&ca_path, env("BULWARK_OPERATOR_CA")).unwrap();
 
     // --- The sidecar, as that pod: its token is bound to the pod. ----------------------------
-    let token = ns
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "default",
-            "--audience",
-            "bulwark",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "api-0",
-            "--duration",
-            "1h",
-        ])
-        .trim()
-        .to_string();
+    let token = bulwark_token(&ns, Some("api-0"));
     let token_path = work.path().join("token");
     std::fs::write(&token_path, &token).unwrap();
     let app_dir = work.path().join("app");
@@ -432,24 +433,11 @@ spec:
     // --- Tokens: forged, unbound, or another pod's get no snapshot. --------------------------
     let (code, body) = stream_with_token(&ports_a, &ca_path, "forged.token.value");
     assert_eq!(code, 401, "{body}");
-    let unbound = ns
-        .kubectl_ok(&["create", "token", "default", "--audience", "bulwark"])
-        .trim()
-        .to_string();
+    let unbound = bulwark_token(&ns, None);
     let (code, body) = stream_with_token(&ports_a, &ca_path, &unbound);
     assert_eq!(code, 403, "{body}");
     let plain = cp.namespace("plain");
-    eventually(
-        Duration::from_secs(20),
-        "the default ServiceAccount",
-        || {
-            plain
-                .run_kubectl(&["get", "serviceaccount", "default"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
+    wait_for_default_service_account(&plain);
     apply(
         cp,
         &format!(
@@ -457,20 +445,7 @@ spec:
             plain.name
         ),
     );
-    let other = plain
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "default",
-            "--audience",
-            "bulwark",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "other",
-        ])
-        .trim()
-        .to_string();
+    let other = bulwark_token(&plain, Some("other"));
     let (code, body) = stream_with_token(&ports_a, &ca_path, &other);
     assert_eq!(code, 404, "{body}");
     assert!(!body.contains("snapshot"), "{body}");

@@ -42,7 +42,6 @@ use self::{
     connect::{Target, connect},
     lines::LineSplitter,
 };
-use super::persist;
 use crate::policy::{ActivePolicy, CompiledPolicy, PolicyEnv};
 
 /// A stream that delivers no complete line for this long is dead.
@@ -319,16 +318,8 @@ impl OperatorStream {
         }
         match CompiledPolicy::compile(snapshot, &self.env) {
             Ok(compiled) => {
-                if let Err(e) = persist::save(&self.state_dir, &compiled.snapshot) {
-                    tracing::warn!(error = %e, "cannot persist the last good snapshot");
-                }
-                self.policy.install(compiled, &self.env.metrics);
+                super::install(compiled, &self.state_dir, &self.policy, &self.env);
                 *self.etag.lock().expect("etag lock") = Some(etag.to_owned());
-                self.env
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["success"])
-                    .inc();
                 tracing::info!(version, etag, "policy snapshot from the operator installed");
                 Ok(())
             }
@@ -360,15 +351,7 @@ impl OperatorStream {
     }
 
     fn count_failure(&self, error: &str) {
-        self.env
-            .metrics
-            .config_reloads
-            .with_label_values(&["failure"])
-            .inc();
-        tracing::error!(
-            error,
-            "policy snapshot from the operator rejected; the last good one keeps serving"
-        );
+        super::reject(&self.env, "policy snapshot from the operator", error);
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
 use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
-use super::{files, persist};
+use super::files;
 use crate::policy::{ActivePolicy, CompiledPolicy, PolicyEnv};
 
 pub struct ConfigWatcher {
@@ -53,25 +53,12 @@ impl ConfigWatcher {
         match result {
             Ok(compiled) => {
                 let version = compiled.snapshot.version;
-                if let Err(e) = persist::save(&self.state_dir, &compiled.snapshot) {
-                    tracing::warn!(error = %e, "cannot persist the last good snapshot");
-                }
-                self.policy.install(compiled, &self.env.metrics);
-                self.env
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["success"])
-                    .inc();
+                super::install(compiled, &self.state_dir, &self.policy, &self.env);
                 tracing::info!(version, dir = %self.dir.display(), "policy loaded");
                 Ok(version)
             }
             Err(e) => {
-                self.env
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
-                tracing::error!(error = %e, "invalid policy configuration rejected; the last good one keeps serving");
+                super::reject(&self.env, "invalid policy configuration", &e);
                 Err(e)
             }
         }

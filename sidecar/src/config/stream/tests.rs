@@ -13,7 +13,11 @@ use hyper::body::{Frame, Incoming};
 use tokio::sync::{mpsc, watch};
 
 use super::{testing::*, *};
-use crate::{config::files, metrics::Metrics, policy::PolicyEnv};
+use crate::{
+    config::{files, persist},
+    metrics::Metrics,
+    policy::PolicyEnv,
+};
 
 #[test]
 fn the_token_is_read_anew_each_time_and_trimmed() {
