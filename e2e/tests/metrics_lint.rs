@@ -1,6 +1,6 @@
 //! The sidecar's `/metrics` passes `promtool check metrics` (Prometheus' own linter: names,
 //! units, `_total` counters, help text), with every metric family populated: local and global
-//! rate-limit decisions, limited requests and store errors.
+//! rate-limit decisions, limited requests, store errors, quota decisions and threshold crossings.
 
 use std::{fs, time::Duration};
 
@@ -33,6 +33,19 @@ spec:
   - name: one
     match: {path: {type: Exact, value: /global}}
     rates: [{limit: 1, window: 1h}]
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: QuotaPolicy
+metadata:
+  name: daily
+spec:
+  quotas:
+  - name: requests
+    match: {path: {type: Exact, value: /quota}}
+    key: [{type: Constant}]
+    limit: 2
+    period: Day
+    thresholds: [50]
 ";
 
 #[test]
@@ -40,7 +53,7 @@ fn sidecar_metrics_pass_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
     fs::create_dir_all(&www).unwrap();
-    for name in ["local", "global", "probe"] {
+    for name in ["local", "global", "quota", "probe"] {
         fs::write(www.join(name), "ok\n").unwrap();
     }
     let config = dir.path().join("policies");
@@ -59,7 +72,9 @@ fn sidecar_metrics_pass_promtool() {
         ],
     );
     wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
-    for path in ["/local", "/local", "/global", "/global"] {
+    for path in [
+        "/local", "/local", "/global", "/global", "/quota", "/quota", "/quota",
+    ] {
         http_request(sidecar.inbound, "GET", path, &[]).unwrap();
     }
     redis.kill();
@@ -77,6 +92,9 @@ fn sidecar_metrics_pass_promtool() {
         "bulwark_store_errors_total{",
         "bulwark_snapshot_version ",
         "bulwark_config_reloads_total{",
+        "bulwark_quota_requests_total{",
+        "bulwark_quota_threshold_crossings_total{",
+        "bulwark_quota_keys",
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
