@@ -1,5 +1,6 @@
-//! Readiness: the operator is ready when the apiserver answers and serves every Bulwark kind.
-//! A missing CRD is the most common install mistake, so /readyz names what is missing.
+//! Readiness: the operator is ready when the apiserver answers and serves every Bulwark kind, and
+//! its other gates pass (the index has listed everything: until then it serves no snapshot). A
+//! missing CRD is the most common install mistake, so /readyz names what is missing.
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,15 +53,24 @@ async fn check(client: &Client) -> Readiness {
     }
 }
 
+/// Another condition of readiness, checked after the API: `Some(why)` while not met.
+pub type Gate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 pub async fn run(
     client: Client,
     interval: Duration,
     metrics: Arc<Metrics>,
     ready: watch::Sender<Readiness>,
+    gate: Gate,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let state = check(&client).await;
+        let mut state = check(&client).await;
+        if state == Readiness::Ready
+            && let Some(why) = gate()
+        {
+            state = Readiness::NotReady(why);
+        }
         metrics.api_ready.set(i64::from(state == Readiness::Ready));
         if *ready.borrow() != state {
             match &state {
@@ -69,9 +79,15 @@ pub async fn run(
                 Readiness::Starting => {}
             }
         }
+        // Not ready yet: look again soon, so readiness follows start-up within a second.
+        let wait = if state == Readiness::Ready {
+            interval
+        } else {
+            interval.min(Duration::from_secs(1))
+        };
         ready.send_replace(state);
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
     }

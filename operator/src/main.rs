@@ -55,20 +55,6 @@ async fn main() -> anyhow::Result<()> {
         ready_rx,
         shutdown_rx.clone(),
     ));
-    tasks.spawn({
-        let task = api_check::run(
-            client.clone(),
-            args.api_check_interval(),
-            metrics.clone(),
-            ready_tx,
-            shutdown_rx.clone(),
-        );
-        async move {
-            task.await;
-            Ok(())
-        }
-    });
-
     // Certificates first: the webhook and the stream both serve with them.
     let tls_config = TlsConfig::from_args(&args);
     let certs = tls::ensure(&client, &tls_config)
@@ -115,6 +101,30 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         changed: Arc::default(),
         redis: args.redis(),
+    });
+    // Ready when the API is served and the index has listed everything once.
+    let gate: api_check::Gate = {
+        let distributor = shared.distributor.clone();
+        Arc::new(move || {
+            (!distributor.is_synced()).then(|| {
+                "the index has not listed every watched type yet (is RBAC missing? see the log)"
+                    .to_string()
+            })
+        })
+    };
+    tasks.spawn({
+        let task = api_check::run(
+            client.clone(),
+            args.api_check_interval(),
+            metrics.clone(),
+            ready_tx,
+            gate,
+            shutdown_rx.clone(),
+        );
+        async move {
+            task.await;
+            Ok(())
+        }
     });
     tasks.spawn({
         let run = index_watch::run(

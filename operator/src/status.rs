@@ -79,7 +79,9 @@ pub async fn watch_reports(
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("{REPORT_LABEL}=true"));
-    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher(api, config)
+        .backoff(crate::watch::WatchBackoff::default())
+        .boxed();
     let mut relisted: Option<BTreeMap<String, Report>> = None;
     loop {
         let event = tokio::select! {

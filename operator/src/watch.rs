@@ -9,7 +9,7 @@ use std::{
     collections::BTreeSet,
     fmt::Debug,
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bulwark_api::crd::{
@@ -22,7 +22,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
-    runtime::{WatchStreamExt, watcher},
+    runtime::{WatchStreamExt, utils::Backoff, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
@@ -34,6 +34,39 @@ use crate::{
     metrics::Metrics,
 };
 
+/// Retry delays of a failing watch: 0.5 s doubling to 5 s. kube's default grows to 30 s, which
+/// would leave the operator unready that long after, say, the CRDs are installed late.
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// The label the injection webhook puts on every pod it gives a sidecar.
 pub const INJECTED_LABEL: &str = "bulwark.dev/injected";
 
@@ -42,7 +75,7 @@ where
     K: Resource + IntoObject + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .filter_map(move |event| async move {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -208,4 +241,20 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
     m.snapshots_published.inc_by(published);
     m.compile_seconds.observe(started.elapsed().as_secs_f64());
     shared.changed.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_double_to_five_seconds_and_start_over_after_a_success() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<u64> = (0..6)
+            .map(|_| backoff.next().unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(500)));
+    }
 }
