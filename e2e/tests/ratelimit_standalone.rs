@@ -162,6 +162,61 @@ fn shadow_mode_counts_without_blocking() {
     assert_eq!(shadow, Some(2.0));
 }
 
+#[test]
+fn client_ip_behind_trusted_proxies_comes_from_x_forwarded_for() {
+    let s = setup(&POLICY.replace(
+        "key: [{type: Header, name: x-api-key}]",
+        "key: [{type: ClientIP}]",
+    ));
+    let xff = |sidecar: &Sidecar, value: &str| {
+        http_request(
+            sidecar.inbound,
+            "GET",
+            "/api/items",
+            &[("x-forwarded-for", value)],
+        )
+        .unwrap()
+        .status
+    };
+    // Behind one ingress: the rightmost entry is the client the ingress saw.
+    let behind_ingress = Sidecar::start(
+        s.app.addr,
+        &s.state,
+        &[
+            "--config-dir",
+            s.config.to_str().unwrap(),
+            "--trusted-proxy-hops",
+            "1",
+        ],
+    );
+    wait_for_status(
+        behind_ingress.admin,
+        "/readyz",
+        200,
+        Duration::from_secs(10),
+    );
+    let first: Vec<u16> = (0..4)
+        .map(|_| xff(&behind_ingress, "203.0.113.1"))
+        .collect();
+    assert_eq!(first, [200, 200, 200, 429]);
+    assert_eq!(xff(&behind_ingress, "203.0.113.2"), 200, "another client");
+    // What a client writes to the left of the ingress's entry changes nothing.
+    assert_eq!(xff(&behind_ingress, "198.51.100.9, 203.0.113.1"), 429);
+    drop(behind_ingress);
+
+    // No trusted proxy (the default): the header is ignored; every request is the peer's.
+    let s2 = setup(&POLICY.replace(
+        "key: [{type: Header, name: x-api-key}]",
+        "key: [{type: ClientIP}]",
+    ));
+    let direct = start(&s2);
+    let answers: Vec<u16> = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"]
+        .iter()
+        .map(|ip| xff(&direct, ip))
+        .collect();
+    assert_eq!(answers, [200, 200, 200, 429]);
+}
+
 fn write_policy(config: &Path, text: &str) {
     // Write-then-rename, as editors and ConfigMap updates do, so the watcher never reads half a file.
     let tmp = config.join(".policy.yaml.tmp");

@@ -33,6 +33,9 @@ pub const INJECT_ANNOTATION: &str = "bulwark.dev/inject";
 /// Pod annotation: the port the app listens on (a number, or the name of a containerPort), when
 /// not the first containerPort of the first container.
 pub const APP_PORT_ANNOTATION: &str = "bulwark.dev/app-port";
+/// How many proxies in front of the pod append to X-Forwarded-For (the sidecar's
+/// `--trusted-proxy-hops`): `ClientIP` keys then use the client those proxies saw.
+pub const TRUSTED_PROXY_HOPS_ANNOTATION: &str = "bulwark.dev/trusted-proxy-hops";
 /// Label set on injected pods; the operator watches pods with it.
 pub const INJECTED_LABEL: &str = "bulwark.dev/injected";
 /// Annotation recording the injected image.
@@ -92,6 +95,10 @@ pub enum InjectError {
         "annotation {APP_PORT_ANNOTATION}: {0:?} is neither a port number (1-65535) nor the name of a port of the pod's containers: set it to the port the app listens on"
     )]
     InvalidAppPort(String),
+    #[error(
+        "annotation {TRUSTED_PROXY_HOPS_ANNOTATION}: {0:?} must be a number of proxies from 0 to 10"
+    )]
+    InvalidTrustedProxyHops(String),
     #[error("annotation {INJECT_ANNOTATION}: {0:?} must be \"true\" or \"false\"")]
     InvalidInjectAnnotation(String),
     #[error(
@@ -200,6 +207,25 @@ pub fn app_port(pod: &Pod) -> Result<u16, InjectError> {
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
         .unwrap_or(DEFAULT_APP_PORT))
+}
+
+/// The annotation's number of trusted proxies, if set (0 to 10).
+pub fn trusted_proxy_hops(pod: &Pod) -> Result<Option<u8>, InjectError> {
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TRUSTED_PROXY_HOPS_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    value
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|h| *h <= 10)
+        .map(Some)
+        .ok_or_else(|| InjectError::InvalidTrustedProxyHops(value.clone()))
 }
 
 /// The injected container.
@@ -384,12 +410,20 @@ pub fn mutation(pod: &Pod, cfg: &InjectConfig) -> Result<Option<json_patch::Patc
         }
     }
 
+    let mut container = sidecar_container(cfg, app_port);
+    if let Some(hops) = trusted_proxy_hops(pod)? {
+        container.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: "BULWARK_TRUSTED_PROXY_HOPS".into(),
+            value: Some(hops.to_string()),
+            ..Default::default()
+        });
+    }
     let mut ops = Vec::new();
     append(
         &mut ops,
         "/spec/initContainers",
         spec.init_containers.is_some(),
-        vec![to_value(&sidecar_container(cfg, app_port))],
+        vec![to_value(&container)],
     );
     append(
         &mut ops,

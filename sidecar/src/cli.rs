@@ -94,6 +94,14 @@ pub struct Args {
     #[arg(long, env = "BULWARK_QUOTA_FLUSH_MS", default_value_t = 1000)]
     pub quota_flush_ms: u64,
 
+    /// How many proxies in front of this sidecar append the client's address to
+    /// `X-Forwarded-For` (an ingress controller, a cloud load balancer): `ClientIP` keys then
+    /// use the address that many entries from the right, as Envoy's `xff_num_trusted_hops`.
+    /// 0 (the default): the connection's peer address; the header is ignored, since any client
+    /// can write it.
+    #[arg(long, env = "BULWARK_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+
     /// Worker threads of each listener.
     #[arg(long, env = "BULWARK_THREADS", default_value_t = 1)]
     pub threads: usize,

@@ -162,7 +162,8 @@ fn main() -> anyhow::Result<()> {
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy::InboundProxy::new(args.app, policy.clone(), store, Some(fast), metrics.clone())
-            .with_quota_usage(quota_usage.clone()),
+            .with_quota_usage(quota_usage.clone())
+            .with_trusted_proxy_hops(args.trusted_proxy_hops),
         "bulwark inbound",
     );
     inbound.add_tcp(&args.inbound_listen.to_string());

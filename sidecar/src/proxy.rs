@@ -22,7 +22,7 @@ use crate::{
         global::FastSync,
         store::LocalStore,
     },
-    request::RequestView,
+    request::{self, RequestView},
 };
 
 pub struct InboundProxy {
@@ -33,6 +33,8 @@ pub struct InboundProxy {
     metrics: Arc<Metrics>,
     /// Local quota usage, shared with the flusher and the admin API.
     quota_usage: Arc<UsageStore>,
+    /// Proxies in front that append to X-Forwarded-For (`--trusted-proxy-hops`).
+    trusted_hops: usize,
 }
 
 impl InboundProxy {
@@ -50,7 +52,14 @@ impl InboundProxy {
             fast,
             metrics,
             quota_usage: Arc::new(UsageStore::new()),
+            trusted_hops: 0,
         }
+    }
+
+    /// Takes the client address from X-Forwarded-For behind `hops` trusted proxies.
+    pub fn with_trusted_proxy_hops(mut self, hops: usize) -> Self {
+        self.trusted_hops = hops;
+        self
     }
 
     /// Charges local quotas to `usage` (the store the flusher persists) instead of a private one.
@@ -70,8 +79,12 @@ pub struct RequestCtx {
 }
 
 /// The policy view of a Pingora request.
-fn view(session: &Session) -> RequestView<'_> {
+fn view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
     let header = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     RequestView {
         method: header.method.as_str(),
         path: header.uri.path(),
@@ -83,10 +96,7 @@ fn view(session: &Session) -> RequestView<'_> {
                 .and_then(|h| h.to_str().ok())
         }),
         headers: &header.headers,
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
+        client_ip: request::client_ip(peer, &header.headers, trusted_hops),
     }
 }
 
@@ -129,7 +139,11 @@ impl ProxyHttp for InboundProxy {
         }
         let decision = policy
             .quotas
-            .decide(&view(session), &self.quota_usage, unix_nanos())
+            .decide(
+                &view(session, self.trusted_hops),
+                &self.quota_usage,
+                unix_nanos(),
+            )
             .await;
         ctx.quota = decision.pending;
         match decision.reject {
@@ -197,7 +211,7 @@ impl InboundProxy {
     ) -> Result<bool> {
         let started = Instant::now();
         let pending = policy.rate_limits.begin(
-            &view(session),
+            &view(session, self.trusted_hops),
             &self.store,
             self.fast.as_deref(),
             unix_nanos(),

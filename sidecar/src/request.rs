@@ -20,3 +20,62 @@ pub struct RequestView<'a> {
     /// The peer address of the inbound connection.
     pub client_ip: Option<IpAddr>,
 }
+
+/// The client's address when `trusted_hops` proxies that append to `X-Forwarded-For` stand in
+/// front of the sidecar (an ingress, a load balancer): the `trusted_hops`-th address from the
+/// right of `X-Forwarded-For` (all its header lines, in order), as Envoy's
+/// `xff_num_trusted_hops` with `use_remote_address`. With 0, or when the header has fewer
+/// addresses (or an unparsable one in the trusted part), the connection's peer: entries to the
+/// left of the trusted ones are whatever the client wrote, so they are never used.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted_hops: usize) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(index) = entries.len().checked_sub(trusted_hops) else {
+        return peer;
+    };
+    entries[index].parse().ok().or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for line in lines {
+            map.append("x-forwarded-for", line.parse().unwrap());
+        }
+        map
+    }
+
+    const PEER: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)));
+
+    #[test]
+    fn the_nth_address_from_the_right_is_the_client() {
+        // A client that lies (1.1.1.1), then a CDN that saw 203.0.113.7, then the ingress.
+        let xff = headers(&["1.1.1.1, 203.0.113.7", "198.51.100.2"]);
+        assert_eq!(client_ip(PEER, &xff, 0), PEER, "no trusted proxy: the peer");
+        assert_eq!(client_ip(PEER, &xff, 1), "198.51.100.2".parse().ok());
+        assert_eq!(client_ip(PEER, &xff, 2), "203.0.113.7".parse().ok());
+        assert_eq!(client_ip(PEER, &xff, 3), "1.1.1.1".parse().ok());
+    }
+
+    #[test]
+    fn too_few_or_bad_entries_fall_back_to_the_peer() {
+        assert_eq!(client_ip(PEER, &headers(&["203.0.113.7"]), 2), PEER);
+        assert_eq!(client_ip(PEER, &HeaderMap::new(), 1), PEER);
+        assert_eq!(client_ip(PEER, &headers(&["not-an-ip"]), 1), PEER);
+        assert_eq!(
+            client_ip(PEER, &headers(&["2001:db8::1"]), 1),
+            "2001:db8::1".parse().ok()
+        );
+    }
+}

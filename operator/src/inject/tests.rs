@@ -282,6 +282,34 @@ fn app_port_annotation_wins_and_is_validated() {
 }
 
 #[test]
+fn trusted_proxy_hops_annotation_reaches_the_sidecar_and_is_validated() {
+    let with = |v: &str| {
+        pod(json!({
+            "metadata": {"annotations": {"bulwark.dev/trusted-proxy-hops": v}},
+            "spec": {"containers": [{"name": "app"}]}
+        }))
+    };
+    assert_eq!(
+        env(sidecar(&injected(&with("2"))), "BULWARK_TRUSTED_PROXY_HOPS"),
+        "2"
+    );
+    let plain = injected(&minimal());
+    assert!(
+        sidecar(&plain)
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "BULWARK_TRUSTED_PROXY_HOPS"),
+        "no annotation: the sidecar's default (the peer address)"
+    );
+    for bad in ["11", "-1", "one", ""] {
+        let err = mutation(&with(bad), &cfg()).unwrap_err();
+        assert_eq!(err, InjectError::InvalidTrustedProxyHops(bad.into()));
+        assert!(err.to_string().contains("bulwark.dev/trusted-proxy-hops"));
+    }
+}
+
+#[test]
 fn opted_out_or_already_injected_pods_are_left_alone() {
     let out = pod(json!({
         "metadata": {"annotations": {"bulwark.dev/inject": "false"}},
