@@ -222,9 +222,10 @@ pub struct JwtSource {
     #[serde(default = "default_jwt_header")]
     #[schemars(length(min = 1, max = 256))]
     pub header: String,
-    /// Verify the token's signature before trusting its claims. Without it, claims are decoded
-    /// but not verified: fine for keying counters (a forged claim only changes whose counter is
-    /// charged), not for access decisions.
+    /// Verify the token's signature before trusting its claims. Not available yet: sidecars
+    /// refuse a policy that sets it (status Programmed=False, reason Rejected) rather than
+    /// enforce it unverified. Without it, claims are decoded but not verified: fine for keying
+    /// counters (a forged claim only changes whose counter is charged), not for access decisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<JwtVerification>,
 }

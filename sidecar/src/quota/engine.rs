@@ -175,6 +175,7 @@ impl Quotas {
                     "Global scope needs Redis: give the operator one (chart value redis.url) or start the sidecar with --redis-url or --redis-cluster",
                 )));
             }
+            crate::compile::refuse_jwt_verification(policy.spec.jwt.as_ref()).map_err(fail)?;
             let tz = period::time_zone(&policy.spec.time_zone)
                 .map_err(|m| fail(CompileError::new("timeZone", m)))?;
             let response = Arc::new(

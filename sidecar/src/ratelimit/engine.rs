@@ -133,6 +133,8 @@ impl RateLimits {
                     ),
                 ));
             }
+            crate::compile::refuse_jwt_verification(policy.spec.jwt.as_ref())
+                .map_err(|e| (policy.source.clone(), e))?;
             for (i, rule) in policy.spec.rules.iter().enumerate() {
                 let compiled = compile_rule(&policy.source, &policy.spec, rule, metrics)
                     .map_err(|e| (policy.source.clone(), e.under(&format!("rules[{i}]"))))?;
@@ -778,6 +780,22 @@ rules:
         .err()
         .unwrap();
         assert_eq!(err.1.field, "scope");
+    }
+
+    #[test]
+    fn jwt_verification_is_refused_rather_than_silently_skipped() {
+        let spec = TWO_PER_MINUTE.replace(
+            "rules:",
+            "jwt:\n  verification:\n    keySecretRef: {name: jwks, key: pem}\n    algorithms: [RS256]\nrules:",
+        );
+        let err = RateLimits::compile(
+            &policies(&spec),
+            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.1.field, "jwt.verification");
+        assert!(err.1.message.contains("not supported"), "{}", err.1.message);
     }
 
     #[test]
