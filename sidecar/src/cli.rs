@@ -89,6 +89,13 @@ pub struct Args {
     #[arg(long, env = "BULWARK_STATE_DIR", default_value = "/var/run/bulwark")]
     pub state_dir: PathBuf,
 
+    /// The most (quota, key) usage entries of local quotas kept for the current periods. When
+    /// full, a key not seen yet this period is admitted without being counted
+    /// (bulwark_store_errors_total{store="quota",kind="full"}), so filling the store cannot lock
+    /// new clients out; ended periods make room again.
+    #[arg(long, env = "BULWARK_MAX_QUOTA_KEYS", default_value_t = crate::quota::usage::DEFAULT_MAX_KEYS)]
+    pub max_quota_keys: usize,
+
     /// How often local quota usage is written to `--state-dir/quota.redb`, in milliseconds. It
     /// is also written when shutdown starts; a crash (kill -9) loses at most this interval's usage.
     #[arg(long, env = "BULWARK_QUOTA_FLUSH_MS", default_value_t = 1000)]

@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Local quota usage: loaded from disk before serving, flushed in the background.
-    let quota_usage = Arc::new(UsageStore::new());
+    let quota_usage = Arc::new(UsageStore::with_max_keys(args.max_quota_keys));
     server.add_service(background_service(
         "bulwark quota flusher",
         QuotaFlusher::new(

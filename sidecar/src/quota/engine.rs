@@ -47,6 +47,9 @@ const NANOS: u64 = 1_000_000_000;
 pub struct Quotas {
     quotas: Vec<CompiledQuota>,
     global: Option<GlobalStore>,
+    /// Counts charges the full local store could not take in
+    /// (`bulwark_store_errors_total{store="quota",kind="full"}`).
+    store_full: Option<IntCounter>,
 }
 
 struct CompiledQuota {
@@ -135,6 +138,7 @@ pub struct RequestQuotas {
     warnings: Vec<(String, String)>,
     deferred: Vec<Deferred>,
     global: Option<GlobalStore>,
+    store_full: Option<IntCounter>,
 }
 
 /// A charge made after the response.
@@ -207,6 +211,11 @@ impl Quotas {
         Ok(Self {
             quotas,
             global: env.global.clone(),
+            store_full: Some(
+                env.metrics
+                    .store_errors
+                    .with_label_values(&["quota", "full"]),
+            ),
         })
     }
 
@@ -232,6 +241,12 @@ impl Quotas {
     }
 
     /// The usage store the request path charges: what `Global` quotas read from is Redis.
+    fn count_full(&self) {
+        if let Some(counter) = &self.store_full {
+            counter.inc();
+        }
+    }
+
     pub fn global(&self) -> Option<&GlobalStore> {
         self.global.as_ref()
     }
@@ -250,13 +265,14 @@ impl Quotas {
                 // Shadow quotas charge whatever the budget says: their usage is what would be
                 // refused under `Enforce`.
                 let force = !draw.quota.info.enforce;
-                charges.push(Some(Ok(usage.charge(
-                    &draw.usage_key,
-                    draw.period,
-                    draw.cost,
-                    draw.limit,
-                    force,
-                ))));
+                // A full store takes no new key: like a failed store, the request is admitted
+                // uncounted (filling the store must not lock new clients out).
+                let charge =
+                    usage.charge(&draw.usage_key, draw.period, draw.cost, draw.limit, force);
+                if charge.is_none() {
+                    self.count_full();
+                }
+                charges.push(Some(charge.ok_or(())));
             }
         }
         if let (false, Some(store)) = (remote.is_empty(), &self.global) {
@@ -323,6 +339,7 @@ impl Quotas {
         let now_seconds = i64::try_from(now / NANOS).unwrap_or(i64::MAX);
         let mut pending = RequestQuotas {
             global: self.global.clone(),
+            store_full: self.store_full.clone(),
             ..RequestQuotas::default()
         };
         // The refusing quota whose budget resets last: retrying earlier would be refused anyway.
@@ -467,7 +484,15 @@ impl RequestQuotas {
                         Err(_) => continue,
                     }
                 }
-                _ => usage.charge(&d.usage_key, d.period, bytes, d.limit, true),
+                _ => match usage.charge(&d.usage_key, d.period, bytes, d.limit, true) {
+                    Some(charge) => charge,
+                    None => {
+                        if let Some(counter) = &self.store_full {
+                            counter.inc();
+                        }
+                        continue;
+                    }
+                },
             };
             d.info.count_crossings(charge.before, charge.after, d.limit);
         }

@@ -152,9 +152,9 @@ mod tests {
                 Duration::from_secs(1),
                 metrics.clone(),
             );
-            usage.charge("k", far, 5, 10, false);
+            usage.charge("k", far, 5, 10, false).unwrap();
             flusher.flush();
-            usage.charge("k", far, 1, 10, false);
+            usage.charge("k", far, 1, 10, false).unwrap();
             // Not flushed: lost, as after kill -9.
         }
         let usage = Arc::new(UsageStore::new());

@@ -5,7 +5,13 @@
 //! Entries changed since the last flush are marked dirty; the flusher writes them to the on-disk
 //! store ([`super::store::QuotaDb`]).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use super::period::Period;
 
@@ -40,9 +46,17 @@ pub fn fits(used: u64, cost: u64, limit: u64) -> bool {
 
 const SHARDS: usize = 16;
 
-/// Sharded by key hash so concurrent requests rarely contend on one lock.
+/// The default bound on (quota, key) entries (each roughly 100 to 200 bytes with its key).
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Sharded by key hash so concurrent requests rarely contend on one lock. Bounded: once
+/// `max_keys` entries exist, a key not yet charged this period is not taken in (see
+/// [`UsageStore::charge`]); entries of ended periods make room again when swept.
 pub struct UsageStore {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
+    max_keys: usize,
+    /// Entries held, kept beside the maps so the bound costs no lock walk.
+    len: AtomicUsize,
 }
 
 impl Default for UsageStore {
@@ -53,8 +67,21 @@ impl Default for UsageStore {
 
 impl UsageStore {
     pub fn new() -> Self {
+        Self::with_max_keys(DEFAULT_MAX_KEYS)
+    }
+
+    pub fn with_max_keys(max_keys: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_keys,
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Inserts or replaces `key`'s entry, keeping `len` right.
+    fn put(&self, shard: &mut HashMap<String, Entry>, key: String, entry: Entry) {
+        if shard.insert(key, entry).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -67,11 +94,23 @@ impl UsageStore {
     }
 
     /// Charges `cost` to `key` in `period` if it [`fits`] within `limit`; with `force`,
-    /// charges it unconditionally (usage counted after the fact).
-    pub fn charge(&self, key: &str, period: Period, cost: u64, limit: u64, force: bool) -> Charge {
+    /// charges it unconditionally (usage counted after the fact). `None` when the store is full
+    /// and `key` has no entry: nothing is charged, and the caller decides (the engine admits
+    /// the request uncounted, so filling the store cannot lock new clients out).
+    pub fn charge(
+        &self,
+        key: &str,
+        period: Period,
+        cost: u64,
+        limit: u64,
+        force: bool,
+    ) -> Option<Charge> {
         let mut shard = self.shard(key);
-        let used = shard
-            .get(key)
+        let existing = shard.get(key);
+        if existing.is_none() && cost > 0 && self.len.load(Ordering::Relaxed) >= self.max_keys {
+            return None;
+        }
+        let used = existing
             .filter(|e| e.usage.period == period)
             .map_or(0, |e| e.usage.used);
         let admitted = force || fits(used, cost, limit);
@@ -81,7 +120,8 @@ impl UsageStore {
             used
         };
         if admitted && cost > 0 {
-            shard.insert(
+            self.put(
+                &mut shard,
                 key.to_owned(),
                 Entry {
                     usage: Usage {
@@ -92,11 +132,11 @@ impl UsageStore {
                 },
             );
         }
-        Charge {
+        Some(Charge {
             admitted,
             before: used,
             after,
-        }
+        })
     }
 
     /// The usage of `key` in `period` (0 if none).
@@ -118,15 +158,14 @@ impl UsageStore {
             }
             // A newer period in memory wins over an older one on disk.
             Some(e) if e.usage.period.start > usage.period.start => {}
-            _ => {
-                shard.insert(
-                    key,
-                    Entry {
-                        usage,
-                        dirty: false,
-                    },
-                );
-            }
+            _ => self.put(
+                &mut shard,
+                key,
+                Entry {
+                    usage,
+                    dirty: false,
+                },
+            ),
         }
     }
 
@@ -159,10 +198,12 @@ impl UsageStore {
     /// Drops entries whose period ended before `now_seconds`.
     pub fn sweep(&self, now_seconds: i64) {
         for shard in &self.shards {
-            shard
+            let mut shard = shard
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .retain(|_, e| e.usage.period.end > now_seconds);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|_, e| e.usage.period.end > now_seconds);
+            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
     }
 
@@ -188,14 +229,7 @@ impl UsageStore {
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .len()
-            })
-            .sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -216,8 +250,8 @@ mod tests {
     #[test]
     fn charges_within_the_limit_and_resets_with_the_period() {
         let store = UsageStore::new();
-        assert!(store.charge("k", P1, 3, 5, false).admitted);
-        let c = store.charge("k", P1, 3, 5, false);
+        assert!(store.charge("k", P1, 3, 5, false).unwrap().admitted);
+        let c = store.charge("k", P1, 3, 5, false).unwrap();
         assert_eq!(
             c,
             Charge {
@@ -226,26 +260,32 @@ mod tests {
                 after: 3
             }
         );
-        assert!(store.charge("k", P1, 2, 5, false).admitted);
-        assert!(!store.charge("k", P1, 0, 5, false).admitted, "used up");
+        assert!(store.charge("k", P1, 2, 5, false).unwrap().admitted);
+        assert!(
+            !store.charge("k", P1, 0, 5, false).unwrap().admitted,
+            "used up"
+        );
         assert_eq!(store.used("k", P1), 5);
-        assert!(store.charge("k", P2, 5, 5, false).admitted, "a new period");
+        assert!(
+            store.charge("k", P2, 5, 5, false).unwrap().admitted,
+            "a new period"
+        );
         assert_eq!(store.used("k", P1), 0, "the old period is gone");
     }
 
     #[test]
     fn forced_charges_go_over_the_limit() {
         let store = UsageStore::new();
-        let c = store.charge("k", P1, 10, 5, true);
+        let c = store.charge("k", P1, 10, 5, true).unwrap();
         assert_eq!(c.after, 10);
-        assert!(!store.charge("k", P1, 0, 5, false).admitted);
+        assert!(!store.charge("k", P1, 0, 5, false).unwrap().admitted);
     }
 
     #[test]
     fn dirty_entries_are_handed_out_once_and_merges_add() {
         let store = UsageStore::new();
-        store.charge("a", P1, 1, 10, false);
-        store.charge("b", P1, 2, 10, false);
+        store.charge("a", P1, 1, 10, false).unwrap();
+        store.charge("b", P1, 2, 10, false).unwrap();
         let mut dirty = store.take_dirty();
         dirty.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(dirty.len(), 2);
@@ -262,7 +302,7 @@ mod tests {
         );
         assert_eq!(store.used("a", P1), 5);
         // An older period on disk does not replace the current one in memory.
-        store.charge("c", P2, 1, 10, false);
+        store.charge("c", P2, 1, 10, false).unwrap();
         store.merge(
             "c".into(),
             Usage {
@@ -276,10 +316,26 @@ mod tests {
     #[test]
     fn sweep_drops_ended_periods() {
         let store = UsageStore::new();
-        store.charge("old", P1, 1, 10, false);
-        store.charge("new", P2, 1, 10, false);
+        store.charge("old", P1, 1, 10, false).unwrap();
+        store.charge("new", P2, 1, 10, false).unwrap();
         store.sweep(100);
         assert_eq!(store.len(), 1);
         assert_eq!(store.list("", 10)[0].0, "new");
+    }
+
+    #[test]
+    fn the_bound_refuses_new_keys_until_a_sweep_makes_room() {
+        let store = UsageStore::with_max_keys(2);
+        store.charge("a", P1, 1, 10, false).unwrap();
+        store.charge("b", P1, 1, 10, false).unwrap();
+        assert_eq!(store.charge("c", P1, 1, 10, false), None, "full");
+        assert!(
+            store.charge("a", P1, 1, 10, false).unwrap().admitted,
+            "keys already held are charged as before"
+        );
+        assert_eq!(store.len(), 2);
+        store.sweep(P1.end);
+        assert_eq!(store.len(), 0);
+        assert!(store.charge("c", P2, 1, 10, false).unwrap().admitted);
     }
 }

@@ -148,6 +148,36 @@ fn refuses_once_used_up_until_the_period_resets() {
 }
 
 #[test]
+fn a_full_store_admits_new_keys_uncounted_and_says_so() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let quotas = compile_with(DAILY, metrics.clone());
+    let usage = UsageStore::with_max_keys(1);
+    for _ in 0..3 {
+        decide(&quotas, &usage, &Req::key("a"), NOW);
+    }
+    assert!(
+        decide(&quotas, &usage, &Req::key("a"), NOW)
+            .reject
+            .is_some(),
+        "a key the store holds keeps its budget"
+    );
+    for _ in 0..5 {
+        assert!(
+            decide(&quotas, &usage, &Req::key("b"), NOW)
+                .reject
+                .is_none(),
+            "no room for b: admitted, not counted"
+        );
+    }
+    assert_eq!(usage.len(), 1);
+    let full = metrics
+        .store_errors
+        .with_label_values(&["quota", "full"])
+        .get();
+    assert_eq!(full, 5);
+}
+
+#[test]
 fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
     let metrics = Arc::new(Metrics::new().unwrap());
     let quotas = compile_with(
