@@ -402,6 +402,23 @@ spec:
     }
 
     #[test]
+    fn a_namespace_sees_only_its_own_policies() {
+        let in_ns = |ns: &str| match rate_limit("api-limit", "api") {
+            crate::index::Object::Policy(mut key, policy) => {
+                key.namespace = ns.to_string();
+                crate::index::Object::Policy(key, policy)
+            }
+            _ => unreachable!("rate_limit() builds a policy"),
+        };
+        let index = index_with(vec![in_ns("shop"), in_ns("shopping"), in_ns("a")]);
+        let found: Vec<_> = index
+            .policies_in("shop")
+            .map(|(k, _)| k.namespace.clone())
+            .collect();
+        assert_eq!(found, ["shop"]);
+    }
+
+    #[test]
     fn a_pod_gets_the_policies_that_select_it() {
         let index = index_with(vec![
             pod("api-0", "api"),

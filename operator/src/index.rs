@@ -59,11 +59,12 @@ impl Kind {
     }
 }
 
-/// A policy's identity: kind, namespace, name.
+/// A policy's identity. Ordered by namespace first, so a namespace's policies are one range of
+/// the index.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyKey {
-    pub kind: Kind,
     pub namespace: String,
+    pub kind: Kind,
     pub name: String,
 }
 
@@ -377,9 +378,14 @@ impl Index {
         &'a self,
         namespace: &'a str,
     ) -> impl Iterator<Item = (&'a PolicyKey, &'a Policy)> + 'a {
+        let start = PolicyKey {
+            namespace: namespace.to_string(),
+            kind: Kind::ALL[0],
+            name: String::new(),
+        };
         self.policies
-            .iter()
-            .filter(move |(k, _)| k.namespace == namespace)
+            .range(start..)
+            .take_while(move |(k, _)| k.namespace == namespace)
     }
 }
 

@@ -284,11 +284,9 @@ impl StatusWriter {
                     pending.push((key.clone(), policy.uid.clone(), want, was));
                 }
             }
+            self.written
+                .retain(|key, _| index.policies.contains_key(key));
         }
-        self.written.retain(|key, _| {
-            let index = shared.index.read().expect("index lock");
-            index.policies.contains_key(key)
-        });
         for (key, uid, status, was) in pending {
             let ar = api_resource(key.kind);
             let api: Api<DynamicObject> =

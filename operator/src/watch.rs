@@ -211,14 +211,9 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
     for pod in shared.distributor.pods() {
         if namespaces.contains(&pod.namespace) && !index.pods.contains_key(&pod) {
             shared.distributor.remove(&pod);
+            shared.acks.forget(&pod);
         }
     }
-    let live: BTreeSet<String> = index
-        .pods
-        .keys()
-        .map(|p| format!("{}/{}", p.namespace, p.name))
-        .collect();
-    shared.acks.retain(|pod| live.contains(pod));
     let m = &shared.metrics;
     m.index_objects
         .with_label_values(&["policy"])

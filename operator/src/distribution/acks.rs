@@ -59,12 +59,10 @@ impl AckBook {
         self.changed.notify_one();
     }
 
-    /// Drops the acknowledgements of pods that no longer exist.
-    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        let mut acks = self.acks.lock().expect("ack book");
-        let before = acks.len();
-        acks.retain(|k, _| keep(k));
-        if acks.len() != before {
+    /// Drops the acknowledgement of a pod that no longer exists.
+    pub fn forget(&self, pod: &ObjectRef) {
+        let removed = self.acks.lock().expect("ack book").remove(&pod_key(pod));
+        if removed.is_some() {
             self.changed.notify_one();
         }
     }
