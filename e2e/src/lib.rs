@@ -255,24 +255,31 @@ pub fn squash_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Asserts that `promtool check metrics` (Prometheus' own linter: names, units, `_total`
-/// counters, help text) finds nothing wrong in `metrics`.
-pub fn promtool_check(metrics: &str) {
+/// Runs `cmd` with `input` on its stdin; returns its output, successful or not.
+pub fn output_with_stdin(mut cmd: Command, input: &str) -> Output {
     use std::io::Write as _;
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool is installed by scripts/install-deps.sh");
-    promtool
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    child
         .stdin
         .take()
         .unwrap()
-        .write_all(metrics.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = promtool.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts that `promtool check metrics` (Prometheus' own linter: names, units, `_total`
+/// counters, help text) finds nothing wrong in `metrics`. promtool is installed by
+/// scripts/install-deps.sh.
+pub fn promtool_check(metrics: &str) {
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let out = output_with_stdin(promtool, metrics);
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
         "promtool: {}{}\n{metrics}",

@@ -12,6 +12,7 @@ use std::{
 use bulwark_e2e::{
     ControlPlane, Namespace, eventually,
     operator::{Operator, OperatorPorts, service_account_kubeconfig},
+    output_with_stdin,
     process::{http_get, wait_for_status},
     promtool_check,
     redis::Redis,
@@ -39,17 +40,13 @@ spec:
 }
 
 fn apply(cp: &ControlPlane, yaml: &str) {
-    let mut child = cp
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), yaml.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    stdout_or_panic("kubectl", &["apply", "-f", "-"], out);
+    let mut kubectl = cp.kubectl();
+    kubectl.args(["apply", "-f", "-"]);
+    stdout_or_panic(
+        "kubectl",
+        &["apply", "-f", "-"],
+        output_with_stdin(kubectl, yaml),
+    );
 }
 
 /// Status of the sidecar for `GET /index.html`.
@@ -143,29 +140,15 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
             .output()
             .unwrap(),
     );
-    let redis_secret = cp.kubectl_ok(&[
+    let redis_url = cp.kubectl_ok(&[
         "get",
         "secret",
         "bulwark-redis",
         "-n",
         RELEASE_NS,
         "-o",
-        "jsonpath={.data.url}",
+        "go-template={{.data.url | base64decode}}",
     ]);
-    let redis_url = String::from_utf8(
-        std::process::Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                std::io::Write::write_all(c.stdin.as_mut().unwrap(), redis_secret.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
     assert_eq!(redis_url, redis.url(), "the chart's Redis Secret");
     let operator_env = [("BULWARK_REDIS_URL", redis_url.as_str())];
     let sa_kubeconfig = service_account_kubeconfig(cp, RELEASE_NS, "bulwark-operator");

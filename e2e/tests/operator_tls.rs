@@ -229,22 +229,9 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
     let pods: Api<Pod> = Api::namespaced(client.clone(), &app_ns.name);
     let apply = |name: &str, annotations: serde_json::Value| {
         let manifest = pod_manifest(name, annotations);
-        let mut child = cp
-            .kubectl()
-            .args(["-n", &app_ns.name, "create", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut kubectl = cp.kubectl();
+        kubectl.args(["-n", &app_ns.name, "create", "-f", "-"]);
+        bulwark_e2e::output_with_stdin(kubectl, &manifest)
     };
     let out = tokio::task::block_in_place(|| apply("web", serde_json::json!({})));
     assert!(

@@ -164,10 +164,11 @@ fn shadow_mode_counts_without_blocking() {
 
 #[test]
 fn client_ip_behind_trusted_proxies_comes_from_x_forwarded_for() {
-    let s = setup(&POLICY.replace(
+    let per_client = POLICY.replace(
         "key: [{type: Header, name: x-api-key}]",
         "key: [{type: ClientIP}]",
-    ));
+    );
+    let s = setup(&per_client);
     let xff = |sidecar: &Sidecar, value: &str| {
         http_request(
             sidecar.inbound,
@@ -205,10 +206,7 @@ fn client_ip_behind_trusted_proxies_comes_from_x_forwarded_for() {
     drop(behind_ingress);
 
     // No trusted proxy (the default): the header is ignored; every request is the peer's.
-    let s2 = setup(&POLICY.replace(
-        "key: [{type: Header, name: x-api-key}]",
-        "key: [{type: ClientIP}]",
-    ));
+    let s2 = setup(&per_client);
     let direct = start(&s2);
     let answers: Vec<u16> = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"]
         .iter()
