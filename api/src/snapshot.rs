@@ -57,6 +57,20 @@ pub enum RedisConnection {
     Cluster(Vec<SecretString>),
 }
 
+impl RedisConnection {
+    /// From the `--redis-url` / `--redis-cluster` flags both binaries take: the URL if given,
+    /// else the cluster seeds if any.
+    pub fn from_flags(url: Option<&str>, cluster: &[String]) -> Option<Self> {
+        match (url, cluster.is_empty()) {
+            (Some(url), _) => Some(Self::Url(SecretString::new(url))),
+            (None, false) => Some(Self::Cluster(
+                cluster.iter().map(SecretString::new).collect(),
+            )),
+            (None, true) => None,
+        }
+    }
+}
+
 /// A namespaced object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectRef {
@@ -257,5 +271,19 @@ mod tests {
         assert!(!shown.contains("whsec_c2VjcmV0"));
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn redis_flags_prefer_the_url_then_the_cluster() {
+        let cluster = ["redis://a:7000".to_string(), "redis://b:7000".to_string()];
+        assert!(matches!(
+            RedisConnection::from_flags(Some("redis://r:6379"), &cluster),
+            Some(RedisConnection::Url(url)) if url.expose() == "redis://r:6379"
+        ));
+        assert!(matches!(
+            RedisConnection::from_flags(None, &cluster),
+            Some(RedisConnection::Cluster(nodes)) if nodes.len() == 2
+        ));
+        assert_eq!(RedisConnection::from_flags(None, &[]), None);
     }
 }

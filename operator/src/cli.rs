@@ -157,14 +157,9 @@ impl Args {
 
     /// The Redis sidecars with Global policies are given, if any.
     pub fn redis(&self) -> Option<bulwark_api::snapshot::RedisConnection> {
-        use bulwark_api::snapshot::{RedisConnection, SecretString};
-        match (&self.redis_url, self.redis_cluster.is_empty()) {
-            (Some(url), _) if !url.is_empty() => Some(RedisConnection::Url(SecretString::new(url))),
-            (_, false) => Some(RedisConnection::Cluster(
-                self.redis_cluster.iter().map(SecretString::new).collect(),
-            )),
-            _ => None,
-        }
+        // The chart may leave the variable empty: that is no Redis.
+        let url = self.redis_url.as_deref().filter(|u| !u.is_empty());
+        bulwark_api::snapshot::RedisConnection::from_flags(url, &self.redis_cluster)
     }
 
     /// The URL injected sidecars connect to.

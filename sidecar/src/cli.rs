@@ -128,12 +128,11 @@ pub struct Args {
 impl Args {
     /// The Redis to use for `Global` scope, if any.
     pub fn redis_target(&self) -> Option<crate::global::RedisTarget> {
-        use crate::global::RedisTarget;
-        match (&self.redis_url, self.redis_cluster.is_empty()) {
-            (Some(url), _) => Some(RedisTarget::Single(url.clone())),
-            (None, false) => Some(RedisTarget::Cluster(self.redis_cluster.clone())),
-            (None, true) => None,
-        }
+        bulwark_api::snapshot::RedisConnection::from_flags(
+            self.redis_url.as_deref(),
+            &self.redis_cluster,
+        )
+        .map(|connection| (&connection).into())
     }
 
     /// The operator stream's target and TLS settings, if --operator-url is given. Errors name

@@ -27,6 +27,18 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
+impl From<&bulwark_api::snapshot::RedisConnection> for RedisTarget {
+    fn from(connection: &bulwark_api::snapshot::RedisConnection) -> Self {
+        use bulwark_api::snapshot::RedisConnection;
+        match connection {
+            RedisConnection::Url(url) => Self::Single(url.expose().to_string()),
+            RedisConnection::Cluster(nodes) => {
+                Self::Cluster(nodes.iter().map(|n| n.expose().to_string()).collect())
+            }
+        }
+    }
+}
+
 /// Why a Redis call did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -72,12 +72,7 @@ impl PolicyEnv {
         {
             return Ok(Some(store.clone()));
         }
-        let target = match wanted {
-            RedisConnection::Url(url) => RedisTarget::Single(url.expose().to_string()),
-            RedisConnection::Cluster(nodes) => {
-                RedisTarget::Cluster(nodes.iter().map(|n| n.expose().to_string()).collect())
-            }
-        };
+        let target = RedisTarget::from(wanted);
         let _entered = source.runtime.enter();
         // The connection is lazy: an unreachable Redis is the policies' failureMode at request
         // time, not a refused snapshot. Only a malformed URL fails here (never echoed: it may
