@@ -147,6 +147,11 @@ impl ControlPlane {
         cmd
     }
 
+    /// Runs helm, panicking with its stderr on failure; returns stdout.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        stdout_or_panic("helm", args, self.helm().args(args).output().unwrap())
+    }
+
     /// Runs kubectl and returns its output, successful or not.
     pub fn run_kubectl(&self, args: &[&str]) -> Output {
         self.kubectl()

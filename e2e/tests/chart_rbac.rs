@@ -556,11 +556,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
     let [dead_port] = free_ports();
     let url = format!("https://127.0.0.1:{dead_port}/mutate");
     let url_set = format!("webhook.url={url}");
-    let helm = |args: &[&str]| {
-        let out = cp.helm().args(args).output().unwrap();
-        stdout_or_panic("helm", args, out)
-    };
-    helm(&[
+    cp.helm_ok(&[
         "install",
         "bulwark",
         &chart(),
@@ -777,7 +773,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         "-p",
         &format!(r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{ca}"}}]"#),
     ]);
-    helm(&[
+    cp.helm_ok(&[
         "upgrade",
         "bulwark",
         &chart(),
@@ -856,11 +852,7 @@ fn the_operator_works_with_only_the_charts_permissions() {
     let release_ns = "bulwark-run";
     let [admin_port, webhook_port, distribution_port] = free_ports();
     let url_set = format!("webhook.url=https://127.0.0.1:{webhook_port}/mutate");
-    let helm = |args: &[&str]| {
-        let out = cp.helm().args(args).output().unwrap();
-        stdout_or_panic("helm", args, out)
-    };
-    helm(&[
+    cp.helm_ok(&[
         "install",
         "bulwark",
         &chart(),

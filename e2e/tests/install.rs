@@ -9,10 +9,6 @@ use bulwark_e2e::{
     repo_root, stdout_or_panic, workspace_binary,
 };
 
-fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    stdout_or_panic("helm", args, cp.helm().args(args).output().unwrap())
-}
-
 /// Everything the chart installs besides the CRDs, present in `namespace` and cluster-wide.
 fn assert_operator_objects(cp: &ControlPlane, namespace: &str) {
     for object in [
@@ -86,7 +82,7 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
     );
     assert_eq!(not_ready.status, 503, "{}", not_ready.body);
 
-    helm_ok(&cp, &["lint", chart, "--strict"]);
+    cp.helm_ok(&["lint", chart, "--strict"]);
 
     // values.schema.json turns bad values into a clear error before anything is installed.
     let bad = cp
@@ -98,17 +94,14 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("replicas") && err.contains("minimum"), "{err}");
 
-    helm_ok(
-        &cp,
-        &[
-            "install",
-            "bulwark",
-            chart,
-            "--namespace",
-            "bulwark-system",
-            "--create-namespace",
-        ],
-    );
+    cp.helm_ok(&[
+        "install",
+        "bulwark",
+        chart,
+        "--namespace",
+        "bulwark-system",
+        "--create-namespace",
+    ]);
     // No `--wait`: this plane has no kubelet, so the operator's pods are stored but never run and
     // the Deployment never becomes available. The objects themselves must all be there.
     assert_operator_objects(&cp, "bulwark-system");
@@ -160,18 +153,15 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
         ca, secret_ca,
         "caBundle is not the CA of the operator's Secret"
     );
-    helm_ok(
-        &cp,
-        &[
-            "upgrade",
-            "bulwark",
-            chart,
-            "--namespace",
-            "bulwark-system",
-            "--set",
-            "webhook.timeoutSeconds=7",
-        ],
-    );
+    cp.helm_ok(&[
+        "upgrade",
+        "bulwark",
+        chart,
+        "--namespace",
+        "bulwark-system",
+        "--set",
+        "webhook.timeoutSeconds=7",
+    ]);
     let timeout = cp.kubectl_ok(&[
         "get",
         "mutatingwebhookconfiguration/bulwark-sidecar-injector",
@@ -204,10 +194,7 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
             .to_str()
             .unwrap(),
     ]);
-    helm_ok(
-        &cp,
-        &["uninstall", "bulwark", "--namespace", "bulwark-system"],
-    );
+    cp.helm_ok(&["uninstall", "bulwark", "--namespace", "bulwark-system"]);
     let gone = cp.run_kubectl(&["get", "deployment/bulwark-operator", "-n", "bulwark-system"]);
     assert!(
         !gone.status.success(),

@@ -128,18 +128,18 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     let ports_a = OperatorPorts::free();
     let webhook_url = format!("https://{}/mutate", ports_a.webhook);
     let chart = repo_root().join("charts/bulwark");
-    stdout_or_panic(
-        "helm",
-        &["install"],
-        cp.helm()
-            .args(["install", "bulwark"])
-            .arg(&chart)
-            .args(["--namespace", RELEASE_NS, "--create-namespace"])
-            .args(["--set", &format!("webhook.url={webhook_url}")])
-            .args(["--set", &format!("redis.url={}", redis.url())])
-            .output()
-            .unwrap(),
-    );
+    cp.helm_ok(&[
+        "install",
+        "bulwark",
+        chart.to_str().unwrap(),
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+        "--set",
+        &format!("webhook.url={webhook_url}"),
+        "--set",
+        &format!("redis.url={}", redis.url()),
+    ]);
     let redis_url = cp.kubectl_ok(&[
         "get",
         "secret",
