@@ -29,6 +29,9 @@ use pingora::{
     services::{background::background_service, listening::Service},
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Shards of the local counter store: enough that two cores rarely contend on one lock.
 const STORE_SHARDS: usize = 64;
 
