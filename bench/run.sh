@@ -10,7 +10,8 @@
 #   BENCH_DURATION    seconds of measured load per row (default 10)
 #   BENCH_WARMUP      seconds of warm-up load per row, not measured (default 2)
 #   BENCH_CONNECTIONS wrk connections (default 32; wrk always runs 1 thread)
-#   BENCH_TARGETS     subset of "direct nginx haproxy bulwark" (default: all, in that order)
+#   BENCH_TARGETS     subset of "direct nginx haproxy pingora bulwark" (default: all, in that order;
+#                     pingora is Pingora alone, no Bulwark code: scenario a only)
 #   BENCH_SCENARIOS   subset of "a b c d e" (default: all)
 #   BENCH_SKIP_BUILD  1: do not run cargo build, use the sidecar binary as it is
 #   BENCH_KEEP_TMP    1: keep the temp dir with the generated configs and logs
@@ -27,7 +28,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
-TARGETS=${BENCH_TARGETS:-direct nginx haproxy bulwark}
+TARGETS=${BENCH_TARGETS:-direct nginx haproxy pingora bulwark}
 SCENARIOS=${BENCH_SCENARIOS:-a b c d e}
 OUT="$BENCH_DIR/results/latest.md"
 
@@ -42,7 +43,7 @@ done
 [ "$DURATION" -le 600 ] || die "BENCH_DURATION is capped at 600 seconds per row"
 [ "$WARMUP" -le 60 ] || die "BENCH_WARMUP is capped at 60 seconds per row"
 for t in $TARGETS; do
-  case $t in direct | nginx | haproxy | bulwark) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
+  case $t in direct | nginx | haproxy | pingora | bulwark) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 for s in $SCENARIOS; do
   case $s in a | b | c | d | e) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
@@ -60,12 +61,13 @@ done
 
 SIDECAR="${CARGO_TARGET_DIR:-$ROOT/target}/release/bulwark-sidecar"
 case $SIDECAR in /*) ;; *) SIDECAR="$ROOT/$SIDECAR" ;; esac
+BARE_PINGORA="$(dirname "$SIDECAR")/examples/bare_pingora"
 SIDECAR_NA=""
 case " $TARGETS " in
-  *" bulwark "*)
+  *" bulwark "* | *" pingora "*)
     if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-      log "building the sidecar: cargo build --release -p bulwark-sidecar"
-      if ! (cd "$ROOT" && cargo build --release -p bulwark-sidecar); then
+      log "building the sidecar: cargo build --release -p bulwark-sidecar --bins --example bare_pingora"
+      if ! (cd "$ROOT" && cargo build --release -p bulwark-sidecar --bins --example bare_pingora); then
         log "warning: the sidecar does not build; its rows are skipped"
         SIDECAR_NA="n/a (sidecar build failed)"
       fi
@@ -263,6 +265,14 @@ start_target() {
         die "invalid haproxy config for scenario $scenario: $(cat "$dir/check.log")"
       start_bg haproxy -db -f "$dir/haproxy.cfg"
       ;;
+    pingora)
+      if [ -n "$SIDECAR_NA" ] || ! [ -x "$BARE_PINGORA" ]; then
+        NA="n/a (no binary at $BARE_PINGORA)"
+        return 1
+      fi
+      read -r port <<<"$(free_ports 1)"
+      start_bg "$BARE_PINGORA" "127.0.0.1:$port" "127.0.0.1:$UPSTREAM_PORT"
+      ;;
     bulwark)
       if [ -n "$SIDECAR_NA" ]; then
         NA=$SIDECAR_NA
@@ -327,7 +337,7 @@ start_target() {
 stop_target() {
   [ -n "$TARGET_PID" ] || return 0
   case $1 in
-    bulwark) stop_proc "$TARGET_PID" INT ;; # Pingora: SIGINT is the fast shutdown
+    bulwark | pingora) stop_proc "$TARGET_PID" INT ;; # Pingora: SIGINT is the fast shutdown
     nginx) stop_proc "$TARGET_PID" TERM ;;  # nginx: SIGTERM is the fast shutdown
     *) stop_proc "$TARGET_PID" TERM ;;
   esac
@@ -409,9 +419,12 @@ if [ "$BUSY_START" -gt 10 ]; then
 fi
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
+# Pingora alone has no policy: it has a row in scenario a only.
+has_row() { [ "$1" != pingora ] || [ "$2" = a ]; }
+
 for scenario in $SCENARIOS; do
   for target in $TARGETS; do
-    run_row "$target" "$scenario"
+    if has_row "$target" "$scenario"; then run_row "$target" "$scenario"; fi
   done
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -431,6 +444,7 @@ target_name() {
   case $1 in
     direct) echo "direct (no proxy, no policy)" ;;
     bulwark) echo "bulwark-sidecar" ;;
+    pingora) echo "pingora alone (no Bulwark code)" ;;
     *) echo "$1" ;;
   esac
 }
@@ -506,7 +520,7 @@ report() {
   echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
   local s t
   for s in $SCENARIOS; do
-    for t in $TARGETS; do row "$s" "$t"; done
+    for t in $TARGETS; do if has_row "$t" "$s"; then row "$s" "$t"; fi; done
   done
   echo
   echo "- 429 %: responses that were not 2xx/3xx (wrk's count), i.e. the rate limits' 429s;"
@@ -519,6 +533,9 @@ report() {
   echo "- req/s vs nginx: throughput ÷ nginx's in the same scenario. p99 added vs nginx:"
   echo "  (p99 − direct p99) ÷ (nginx p99 − direct p99), same scenario (1.00 = adds as much as nginx;"
   echo "  below 0 = p99 under direct's, e.g. when fast local 429s dominate or the baseline was noisy)."
+  echo "- pingora alone: a Pingora proxy with no Bulwark code (sidecar/examples/bare_pingora.rs), the"
+  echo "  sidecar's Pingora version, allocator and thread count: bulwark-sidecar minus this row is"
+  echo "  what Bulwark itself costs per request."
   echo "- nginx's \`limit_req\` cannot express 1 request per hour: scenario c uses 1r/m for \`free\`."
   echo
   echo "## Machine"
