@@ -168,6 +168,24 @@ impl State {
         words
     }
 
+    /// True when `algorithm`'s states use `at` and `n[0]` only ([`State::to_pair`] loses
+    /// nothing): `TokenBucket` and `FixedWindow`.
+    pub fn fits_pair(algorithm: Algorithm) -> bool {
+        !matches!(algorithm, Algorithm::SlidingWindow)
+    }
+
+    /// `[at, n0]`: the whole state for the algorithms of [`State::fits_pair`].
+    pub fn to_pair(self) -> [u64; 2] {
+        [self.at, self.n[0]]
+    }
+
+    /// The inverse of [`State::to_pair`].
+    pub fn from_pair([at, n0]: [u64; 2]) -> Self {
+        let mut n = [0; SLOTS];
+        n[0] = n0;
+        Self { at, n }
+    }
+
     /// The inverse of [`State::to_words`]. Any words are accepted (nothing panics on a corrupt
     /// state; it is merely counted as it reads).
     pub fn from_words(words: [u64; STATE_WORDS]) -> Self {
