@@ -57,8 +57,10 @@ fn main() -> anyhow::Result<()> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    // Redis I/O runs on its own small runtime: its connection tasks then outlive any one
-    // listener's runtime, and a slow Redis cannot starve request handling.
+    // Redis connections are set up on their own small runtime, so their background tasks
+    // (the Cluster connection, the connection manager's watcher) outlive any one listener's
+    // runtime. A single node's multiplexed connection is driven by the runtime that first uses
+    // it, in practice the inbound one: no cross-thread hop per call (BENCHMARKS.md).
     let redis_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("bulwark-redis")
