@@ -36,6 +36,23 @@ impl Running {
         self.child.id()
     }
 
+    /// Also SIGKILLs the process when this test process exits, for a handle kept in a `static`,
+    /// which is never dropped: a watchdog shell polls this process once a second.
+    pub fn kill_when_this_process_exits(&self) {
+        let watchdog = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null",
+            me = std::process::id(),
+            pid = self.pid(),
+        );
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the watchdog of {}: {e}", self.name));
+    }
+
     /// SIGKILL, as a crash would end it, and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -69,6 +69,13 @@ impl Redis {
         });
     }
 
+    /// For a server kept in a `static` (never dropped): killed when this test process exits.
+    pub fn kill_when_this_process_exits(&self) {
+        if let Some(process) = &self.process {
+            process.kill_when_this_process_exits();
+        }
+    }
+
     /// SIGKILL, as a crash or a lost node would end it.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {

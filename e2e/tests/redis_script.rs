@@ -34,6 +34,7 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let redis = Redis::start(dir.path());
+        redis.kill_when_this_process_exits();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
