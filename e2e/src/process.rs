@@ -38,6 +38,10 @@ impl Running {
 
     /// Also SIGKILLs the process when this test process exits, for a handle kept in a `static`,
     /// which is never dropped: a watchdog shell polls this process once a second.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the watchdog outlives this process by design; init reaps it"
+    )]
     pub fn kill_when_this_process_exits(&self) {
         let watchdog = format!(
             "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null",
