@@ -65,13 +65,20 @@ impl Running {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal_and_wait("TERM", timeout)
+    }
+
+    /// Sends `signal` (a name for `kill -s`, e.g. `QUIT`) and waits (bounded) for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-s", signal, &self.child.id().to_string()])
             .status();
         let name = self.name.clone();
-        eventually(timeout, &format!("{name} to exit after SIGTERM"), || {
-            self.child.try_wait().unwrap()
-        })
+        eventually(
+            timeout,
+            &format!("{name} to exit after SIG{signal}"),
+            || self.child.try_wait().unwrap(),
+        )
     }
 }
 

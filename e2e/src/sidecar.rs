@@ -60,7 +60,20 @@ impl Sidecar {
     /// `state_dir`, and waits until its admin listener answers `/healthz`.
     pub fn start(app: SocketAddr, state_dir: &Path, extra: &[&str]) -> Sidecar {
         let [inbound, admin] = free_ports();
-        let (inbound, admin) = (loopback(inbound), loopback(admin));
+        let sidecar = Self::spawn(app, state_dir, loopback(inbound), loopback(admin), extra);
+        wait_for_status(sidecar.admin, "/healthz", 200, Duration::from_secs(10));
+        sidecar
+    }
+
+    /// Spawns a sidecar on the given listener addresses without waiting for it (with
+    /// `--upgrade` it serves only once the running one hands its sockets over).
+    pub fn spawn(
+        app: SocketAddr,
+        state_dir: &Path,
+        inbound: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Sidecar {
         std::fs::create_dir_all(state_dir).unwrap();
         let mut cmd = Command::new(workspace_binary("bulwark-sidecar"));
         cmd.args(["--inbound-listen", &inbound.to_string()])
@@ -70,13 +83,11 @@ impl Sidecar {
             .arg(state_dir)
             .args(extra);
         let log = state_dir.join(format!("sidecar-{}.log", crate::unique_name("run")));
-        let process = Running::spawn("bulwark-sidecar", cmd, &log);
-        wait_for_status(admin, "/healthz", 200, Duration::from_secs(10));
         Sidecar {
             inbound,
             admin,
             state_dir: state_dir.to_path_buf(),
-            process,
+            process: Running::spawn("bulwark-sidecar", cmd, &log),
         }
     }
 }

@@ -1,9 +1,17 @@
 //! The sidecar binary in front of a real upstream HTTP server on loopback, driven over TCP.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bulwark_e2e::{
-    process::{http_get, wait_for_status},
+    process::{Running, http_get, wait_for_status},
     sidecar::{Sidecar, Upstream},
 };
 
@@ -39,15 +47,17 @@ fn proxies_to_the_app_and_reports_health_and_metrics() {
     assert!(status.success(), "sidecar exited with {status} on SIGTERM");
 }
 
-/// An app that answers every request after a delay, so requests are in flight when the
-/// sidecar is told to stop.
+/// An app that answers `/work` after a second, so requests are in flight when the sidecar is
+/// told to stop, and anything else at once.
 const SLOW_APP: &str = r#"
 import http.server, sys, time
 class Slow(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        time.sleep(1.0)
-        body = b"slow ok\n"
+        slow = self.path.startswith("/work")
+        if slow:
+            time.sleep(1.0)
+        body = b"slow ok\n" if slow else b"fast ok\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -57,17 +67,23 @@ class Slow(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
 "#;
 
-#[test]
-fn sigterm_lets_in_flight_requests_finish() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts [`SLOW_APP`] on a free port; its log goes to `dir`.
+fn slow_app(dir: &Path) -> (Running, SocketAddr) {
     let [port] = bulwark_e2e::free_ports();
     let mut cmd = std::process::Command::new("python3");
     cmd.args(["-c", SLOW_APP, &port.to_string()]);
-    let _app = bulwark_e2e::process::Running::spawn("slow app", cmd, &dir.path().join("app.log"));
-    let app = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let process = Running::spawn("slow app", cmd, &dir.join("app.log"));
+    let app = SocketAddr::from(([127, 0, 0, 1], port));
     bulwark_e2e::eventually(Duration::from_secs(10), "the slow app to listen", || {
         std::net::TcpStream::connect(app).ok()
     });
+    (process, app)
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, app) = slow_app(dir.path());
     let mut sidecar = Sidecar::start(
         app,
         &dir.path().join("state"),
@@ -100,5 +116,87 @@ fn sigterm_lets_in_flight_requests_finish() {
     assert!(
         late.join().unwrap().is_none(),
         "no new request is served once stopping"
+    );
+}
+
+/// Pingora's zero-downtime upgrade: a new sidecar started with `--upgrade` on the same addresses
+/// and state directory takes the listening sockets over when the running one gets SIGQUIT; the
+/// old one finishes what it was serving and exits. A client connecting back to back through
+/// the handover is never refused, and no request is dropped.
+#[test]
+fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, app) = slow_app(dir.path());
+    let state = dir.path().join("state");
+    let grace = ["--shutdown-grace-seconds", "3"];
+    let mut old = Sidecar::start(app, &state, &grace);
+    let (inbound, admin) = (old.inbound, old.admin);
+
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || http_get(inbound, "/work")))
+        .collect();
+    // A new connection per request, back to back, for as long as the handover takes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut served, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http_get(inbound, "/fast") {
+                    Some(r) if (r.status, r.body.as_str()) == (200, "fast ok\n") => served += 1,
+                    other => failed.push(other.map(|r| r.status)),
+                }
+            }
+            (served, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut new = Sidecar::spawn(
+        app,
+        &state,
+        inbound,
+        admin,
+        &["--upgrade", grace[0], grace[1]],
+    );
+    // The new process waits for the sockets on the upgrade socket in the state directory.
+    bulwark_e2e::eventually(Duration::from_secs(10), "the upgrade socket", || {
+        state.join("upgrade.sock").exists().then_some(())
+    });
+    let status = old.process.signal_and_wait("QUIT", Duration::from_secs(20));
+    assert!(status.success(), "the old sidecar exited with {status}");
+    for (i, request) in in_flight.into_iter().enumerate() {
+        let response = request.join().unwrap();
+        let response = response.unwrap_or_else(|| panic!("in-flight request {i} was dropped"));
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, "slow ok\n")
+        );
+    }
+
+    // Only the new process is left: whatever answers now is the new one.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (served, failed) = steady.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "requests failed during the handover: {failed:?}"
+    );
+    assert!(served > 0);
+    assert_eq!(http_get(inbound, "/fast").map(|r| r.status), Some(200));
+    // The new process counted what it served since it took over.
+    let metrics = http_get(admin, "/metrics")
+        .expect("the new admin listener answers")
+        .body;
+    let served_by_new: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bulwark_inbound_requests_total{status_class=\"2xx\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no 2xx count in {metrics}"));
+    assert!(served_by_new >= 1.0, "{metrics}");
+    let status = new.process.terminate(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "the new sidecar exited with {status} on SIGTERM"
     );
 }
