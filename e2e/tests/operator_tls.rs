@@ -183,7 +183,7 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
     let seen = outcomes.clone();
     let observe = Arc::new(move |o: &inject::Outcome| seen.lock().unwrap().push(o.label().into()));
     let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(tls::serve_tls_on(
+    let server = tokio::spawn(tls::serve_tls(
         listener,
         tls::server_config(resolver.clone()),
         move |_peer| inject::webhook_service(inject_cfg.clone(), observe.clone()),

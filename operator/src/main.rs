@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     tasks.spawn(tls::serve_tls(
-        args.webhook_listen,
+        listen(args.webhook_listen, "--webhook-listen").await?,
         server_tls.clone(),
         move |_peer| inject::webhook_service(inject_config.clone(), observe.clone()),
         shutdown_rx.clone(),
@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
     });
     tasks.spawn(tls::serve_tls(
-        args.distribution_listen,
+        listen(args.distribution_listen, "--distribution-listen").await?,
         server_tls,
         move |_peer| {
             let server = stream_server.clone();
@@ -231,4 +231,12 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Binds a listener before its server task starts, so a taken port stops the operator at once
+/// with the flag named.
+async fn listen(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {flag} {addr}"))
 }

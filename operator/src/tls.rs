@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 use crate::cli::Args;
 
-pub use serve::{serve_tls, serve_tls_on, server_config};
+pub use serve::{serve_tls, server_config};
 
 /// Common name of the operator's CA.
 pub const CA_COMMON_NAME: &str = "bulwark-operator-ca";

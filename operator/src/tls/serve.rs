@@ -42,32 +42,12 @@ fn is_shutdown(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow()
 }
 
-/// Serves `make_service(peer)` on every TLS connection accepted at `listen`, speaking HTTP/1.1
+/// Serves `make_service(peer)` on every TLS connection accepted on `listener`, speaking HTTP/1.1
 /// or HTTP/2 (whichever the client does; HTTP/2 connections are kept alive with PINGs every 20 s
 /// and closed when unanswered), until `shutdown` turns true (or its sender is gone):
 /// then it stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1 close after
 /// the current response) and waits up to 10 s for them.
 pub async fn serve_tls<M, S, B>(
-    listen: SocketAddr,
-    tls: Arc<ServerConfig>,
-    make_service: M,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()>
-where
-    M: Fn(SocketAddr) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    let listener = TcpListener::bind(listen).await?;
-    serve_tls_on(listener, tls, make_service, shutdown).await
-}
-
-/// [`serve_tls`] on a listener already bound (tests bind port 0 and read the address).
-pub async fn serve_tls_on<M, S, B>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     make_service: M,

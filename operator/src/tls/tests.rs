@@ -235,7 +235,7 @@ async fn start_server(
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        serve_tls_on(
+        serve_tls(
             listener,
             server_config(resolver),
             |peer: SocketAddr| {
