@@ -22,6 +22,20 @@ fn chart() -> String {
         .to_owned()
 }
 
+/// `helm install bulwark` into `release_ns`, with the injection webhook called at `webhook_url`.
+fn install_chart(cp: &ControlPlane, release_ns: &str, webhook_url: &str) {
+    cp.helm_ok(&[
+        "install",
+        "bulwark",
+        &chart(),
+        "--namespace",
+        release_ns,
+        "--create-namespace",
+        "--set",
+        &format!("webhook.url={webhook_url}"),
+    ]);
+}
+
 /// The pinned helm (built and cached by `e2e/controlplane/build.sh`) and the Kubernetes version
 /// the project targets, for commands that need no cluster.
 fn offline_helm() -> (Command, tempfile::TempDir) {
@@ -555,17 +569,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
     // Nothing listens there: every webhook call fails at once, on loopback.
     let [dead_port] = free_ports();
     let url = format!("https://127.0.0.1:{dead_port}/mutate");
-    let url_set = format!("webhook.url={url}");
-    cp.helm_ok(&[
-        "install",
-        "bulwark",
-        &chart(),
-        "--namespace",
-        release_ns,
-        "--create-namespace",
-        "--set",
-        &url_set,
-    ]);
+    install_chart(&cp, release_ns, &url);
     let shop = cp.namespace("shop");
     let other = shop.name.as_str();
 
@@ -780,7 +784,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         "--namespace",
         release_ns,
         "--set",
-        &url_set,
+        &format!("webhook.url={url}"),
         "--set",
         "webhook.failurePolicy=Ignore",
         "--set",
@@ -851,17 +855,11 @@ fn the_operator_works_with_only_the_charts_permissions() {
     let cp = ControlPlane::start();
     let release_ns = "bulwark-run";
     let [admin_port, webhook_port, distribution_port] = free_ports();
-    let url_set = format!("webhook.url=https://127.0.0.1:{webhook_port}/mutate");
-    cp.helm_ok(&[
-        "install",
-        "bulwark",
-        &chart(),
-        "--namespace",
+    install_chart(
+        &cp,
         release_ns,
-        "--create-namespace",
-        "--set",
-        &url_set,
-    ]);
+        &format!("https://127.0.0.1:{webhook_port}/mutate"),
+    );
 
     // The operator, authenticated as the chart's ServiceAccount and nothing more.
     let token = cp.kubectl_ok(&["create", "token", SA, "-n", release_ns, "--duration=1h"]);
