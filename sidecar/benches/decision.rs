@@ -88,10 +88,39 @@ fn group(c: &mut Criterion, name: &str, clients: u32) {
     group.finish();
 }
 
+/// The machine's floor for the 100k-key case: one load whose address depends on the previous
+/// one, over a working set the size of 100k counters' map slots (~5 MB), as a decision on a
+/// cold key must wait for its counter. Lines are visited in one random cycle (Sattolo's
+/// shuffle), so the prefetcher cannot guess the next one.
+fn memory_latency(c: &mut Criterion) {
+    const LINES: usize = 5 * 1024 * 1024 / 64;
+    let mut order: Vec<usize> = (0..LINES).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..LINES).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % i as u64) as usize);
+    }
+    // One 64-byte line per element; its first word is the index of the next line.
+    let mut next = vec![[0usize; 8]; LINES];
+    for (i, &line) in order.iter().enumerate() {
+        next[line][0] = order[(i + 1) % LINES];
+    }
+    let mut at = order[0];
+    c.bench_function("memory: one dependent load over 5 MB", |b| {
+        b.iter(|| {
+            at = next[at][0];
+            black_box(at)
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     group(c, "local decision, 100k keys", KEYS);
     // One hot key: the compute part alone, with the counter in cache.
     group(c, "local decision, 1 key", 1);
+    memory_latency(c);
 }
 
 criterion_group!(benches, bench);
