@@ -47,6 +47,34 @@ impl Upstream {
     }
 }
 
+/// What a standalone sidecar runs against, in one temporary directory: an app serving `files`
+/// from `www/`, and `policies/policy.yaml` holding a policy.
+pub struct Standalone {
+    pub dir: tempfile::TempDir,
+    /// The `--config-dir`.
+    pub config: PathBuf,
+    pub app: Upstream,
+}
+
+impl Standalone {
+    /// Writes `files` (path under `www/`, content) and `policy`, then starts the app; it is
+    /// ready once the first file answers.
+    pub fn new(policy: &str, files: &[(&str, &[u8])]) -> Standalone {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        for (path, content) in files {
+            let file = www.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        let config = dir.path().join("policies");
+        std::fs::create_dir(&config).unwrap();
+        std::fs::write(config.join("policy.yaml"), policy).unwrap();
+        let app = Upstream::start(&www, files[0].0);
+        Standalone { dir, config, app }
+    }
+}
+
 /// A running `bulwark-sidecar`.
 pub struct Sidecar {
     pub inbound: SocketAddr,

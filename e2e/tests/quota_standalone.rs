@@ -5,13 +5,13 @@
 //! quotas shared by two sidecars through a real Redis that is killed mid-run (failureMode Open
 //! and Closed).
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use bulwark_e2e::{
     eventually,
     process::{HttpResponse, http_get, http_request, wait_for_status},
     redis::Redis,
-    sidecar::{Sidecar, Upstream},
+    sidecar::{Sidecar, Standalone},
 };
 use serde_json::Value;
 
@@ -38,28 +38,19 @@ spec:
       limit: 20
 ";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    app: Upstream,
+fn setup(policy: &str) -> Standalone {
+    Standalone::new(
+        policy,
+        &[
+            ("api/items", b"items\n"),
+            ("api/open", b"open\n"),
+            ("api/closed", b"closed\n"),
+            ("api/big", &[b'x'; 600]),
+        ],
+    )
 }
 
-fn setup(policy: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    fs::create_dir_all(www.join("api")).unwrap();
-    for name in ["items", "open", "closed"] {
-        fs::write(www.join("api").join(name), format!("{name}\n")).unwrap();
-    }
-    fs::write(www.join("api/big"), vec![b'x'; 600]).unwrap();
-    let config = dir.path().join("policies");
-    fs::create_dir(&config).unwrap();
-    fs::write(config.join("policy.yaml"), policy).unwrap();
-    let app = Upstream::start(&www, "api/items");
-    Setup { config, app, dir }
-}
-
-fn start(s: &Setup, state: &str, extra: &[&str]) -> Sidecar {
+fn start(s: &Standalone, state: &str, extra: &[&str]) -> Sidecar {
     let mut args = vec![
         "--config-dir",
         s.config.to_str().unwrap(),

@@ -3,40 +3,32 @@
 //! inside its bound; Redis killed mid-run fails open or closed as each policy says, never
 //! hangs, is counted, and enforcement recovers when Redis is back.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use bulwark_e2e::{
     eventually,
     process::{HttpResponse, http_get, http_request, wait_for_status},
     redis::Redis,
-    sidecar::{Sidecar, Upstream},
+    sidecar::{Sidecar, Standalone},
 };
 
 struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    app: Upstream,
+    standalone: Standalone,
     redis: Redis,
 }
 
 fn setup(policy: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    fs::create_dir_all(www.join("api")).unwrap();
-    for name in ["a", "b", "open", "closed"] {
-        fs::write(www.join("api").join(name), format!("{name}\n")).unwrap();
-    }
-    let config = dir.path().join("policies");
-    fs::create_dir(&config).unwrap();
-    fs::write(config.join("policy.yaml"), policy).unwrap();
-    let app = Upstream::start(&www, "api/a");
-    let redis = Redis::start(dir.path());
-    Setup {
-        config,
-        app,
-        redis,
-        dir,
-    }
+    let standalone = Standalone::new(
+        policy,
+        &[
+            ("api/a", b"a\n"),
+            ("api/b", b"b\n"),
+            ("api/open", b"open\n"),
+            ("api/closed", b"closed\n"),
+        ],
+    );
+    let redis = Redis::start(standalone.dir.path());
+    Setup { standalone, redis }
 }
 
 fn sidecar(s: &Setup, name: &str) -> Sidecar {
@@ -45,9 +37,10 @@ fn sidecar(s: &Setup, name: &str) -> Sidecar {
 
 /// A ready sidecar with `redis` flags (`--redis-url ...` or `--redis-cluster ...`).
 fn sidecar_with_redis(s: &Setup, name: &str, redis: &[&str]) -> Sidecar {
-    let mut args = vec!["--config-dir", s.config.to_str().unwrap()];
+    let env = &s.standalone;
+    let mut args = vec!["--config-dir", env.config.to_str().unwrap()];
     args.extend_from_slice(redis);
-    let sidecar = Sidecar::start(s.app.addr, &s.dir.path().join(name), &args);
+    let sidecar = Sidecar::start(env.app.addr, &env.dir.path().join(name), &args);
     wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
     sidecar
 }
@@ -230,7 +223,7 @@ spec:
 fn redis_cluster_holds_per_key_limits() {
     let s = setup(CLUSTER);
     let nodes: Vec<Redis> = (0..3)
-        .map(|_| Redis::start_cluster_node(s.dir.path()))
+        .map(|_| Redis::start_cluster_node(s.standalone.dir.path()))
         .collect();
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
     let mut create = std::process::Command::new("redis-cli");

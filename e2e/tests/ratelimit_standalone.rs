@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -16,7 +16,7 @@ use std::{
 use bulwark_e2e::{
     eventually,
     process::{HttpResponse, http_get, http_request, wait_for_status},
-    sidecar::{Sidecar, Upstream},
+    sidecar::{Sidecar, Standalone},
 };
 
 const POLICY: &str = "\
@@ -36,35 +36,19 @@ spec:
       multiplier: 2
 ";
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    state: std::path::PathBuf,
-    app: Upstream,
+fn setup(policy: &str) -> Standalone {
+    Standalone::new(policy, &[("other", b"other\n"), ("api/items", b"items\n")])
 }
 
-fn setup(policy: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    fs::create_dir_all(www.join("api")).unwrap();
-    fs::write(www.join("api/items"), "items\n").unwrap();
-    fs::write(www.join("other"), "other\n").unwrap();
-    let config = dir.path().join("policies");
-    fs::create_dir(&config).unwrap();
-    fs::write(config.join("policy.yaml"), policy).unwrap();
-    let app = Upstream::start(&www, "other");
-    Setup {
-        config,
-        state: dir.path().join("state"),
-        app,
-        _dir: dir,
-    }
+/// The state directory every sidecar of a test shares (so a restart finds the saved snapshot).
+fn state(s: &Standalone) -> PathBuf {
+    s.dir.path().join("state")
 }
 
-fn start(s: &Setup) -> Sidecar {
+fn start(s: &Standalone) -> Sidecar {
     let sidecar = Sidecar::start(
         s.app.addr,
-        &s.state,
+        &state(s),
         &[
             "--config-dir",
             s.config.to_str().unwrap(),
@@ -182,7 +166,7 @@ fn client_ip_behind_trusted_proxies_comes_from_x_forwarded_for() {
     // Behind one ingress: the rightmost entry is the client the ingress saw.
     let behind_ingress = Sidecar::start(
         s.app.addr,
-        &s.state,
+        &state(&s),
         &[
             "--config-dir",
             s.config.to_str().unwrap(),
@@ -288,7 +272,7 @@ fn reloads_live_keeps_the_last_good_policy_and_enforces_it_after_a_restart() {
     write_policy(&s.config, "this: is [not valid");
     let restarted = Sidecar::start(
         s.app.addr,
-        &s.state,
+        &state(&s),
         &["--config-dir", s.config.to_str().unwrap()],
     );
     wait_for_status(restarted.admin, "/readyz", 200, Duration::from_secs(10));
