@@ -2,13 +2,13 @@
 //! units, `_total` counters, help text), with every metric family populated: local and global
 //! rate-limit decisions, limited requests, store errors, quota decisions and threshold crossings.
 
-use std::{fs, time::Duration};
+use std::time::Duration;
 
 use bulwark_e2e::{
     process::{http_get, http_request, wait_for_status},
     promtool_check,
     redis::Redis,
-    sidecar::{Sidecar, Upstream},
+    sidecar::{Sidecar, Standalone},
 };
 
 const POLICIES: &str = "\
@@ -50,16 +50,8 @@ spec:
 
 #[test]
 fn sidecar_metrics_pass_promtool() {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    fs::create_dir_all(&www).unwrap();
-    for name in ["local", "global", "quota", "probe"] {
-        fs::write(www.join(name), "ok\n").unwrap();
-    }
-    let config = dir.path().join("policies");
-    fs::create_dir(&config).unwrap();
-    fs::write(config.join("policies.yaml"), POLICIES).unwrap();
-    let app = Upstream::start(&www, "probe");
+    let files = ["probe", "local", "global", "quota"].map(|name| (name, b"ok\n".as_slice()));
+    let Standalone { dir, config, app } = Standalone::new(POLICIES, &files);
     let mut redis = Redis::start(dir.path());
     let sidecar = Sidecar::start(
         app.addr,
