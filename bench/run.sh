@@ -278,9 +278,11 @@ start_target() {
         NA=$SIDECAR_NA
         return 1
       fi
-      read -r port admin <<<"$(free_ports 2)"
+      local outbound
+      read -r port admin outbound <<<"$(free_ports 3)"
       local args=(--inbound-listen "127.0.0.1:$port" --app "127.0.0.1:$UPSTREAM_PORT"
-        --admin-listen "127.0.0.1:$admin" --state-dir "$dir/state" --threads 1)
+        --admin-listen "127.0.0.1:$admin" --outbound-listen "127.0.0.1:$outbound"
+        --state-dir "$dir/state" --threads 1)
       if [ "$scenario" != a ]; then
         if ! grep -q -- '--config-dir' <<<"$SIDECAR_HELP"; then
           NA="n/a (no policy support yet)"

@@ -96,13 +96,13 @@ kubectl get pod -n shop storefront-api-0 \
   -o jsonpath='{.spec.initContainers[?(@.name=="bulwark-sidecar")].env[?(@.name=="BULWARK_OPERATOR_CA")].value}' >"$work/ca.pem"
 mkdir -p "$work/www/api"
 echo '{"items":[]}' >"$work/www/api/items"
-app_port=$(free_port); in_port=$(free_port); sc_admin=$(free_port)
+app_port=$(free_port); in_port=$(free_port); out_port=$(free_port); sc_admin=$(free_port)
 python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$work/www" >"$work/app.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -fs "127.0.0.1:$app_port/api/items" >/dev/null 2>&1 && break; sleep 0.2; done
 ./target/debug/bulwark-sidecar --operator-url "https://127.0.0.1:$stream_port" \
   --operator-ca-file "$work/ca.pem" --token-file "$work/token" --app "127.0.0.1:$app_port" \
-  --inbound-listen "127.0.0.1:$in_port" --admin-listen "127.0.0.1:$sc_admin" --state-dir "$work/state" \
+  --inbound-listen "127.0.0.1:$in_port" --outbound-listen "127.0.0.1:$out_port" --admin-listen "127.0.0.1:$sc_admin" --state-dir "$work/state" \
   >"$cp_dir/logs/demo-sidecar.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "127.0.0.1:$sc_admin/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

@@ -75,9 +75,30 @@ impl Standalone {
     }
 }
 
+/// The listener addresses of one sidecar.
+#[derive(Clone, Copy, Debug)]
+pub struct Listeners {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Listeners {
+    /// Free loopback ports for all three.
+    pub fn free() -> Listeners {
+        let [inbound, outbound, admin] = free_ports().map(loopback);
+        Listeners {
+            inbound,
+            outbound,
+            admin,
+        }
+    }
+}
+
 /// A running `bulwark-sidecar`.
 pub struct Sidecar {
     pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
     pub admin: SocketAddr,
     pub state_dir: PathBuf,
     pub process: Running,
@@ -87,35 +108,39 @@ impl Sidecar {
     /// Starts a sidecar in front of `app`, with `extra` flags (e.g. `--config-dir`), state in
     /// `state_dir`, and waits until its admin listener answers `/healthz`.
     pub fn start(app: SocketAddr, state_dir: &Path, extra: &[&str]) -> Sidecar {
-        let [inbound, admin] = free_ports();
-        let sidecar = Self::spawn(app, state_dir, loopback(inbound), loopback(admin), extra);
+        let sidecar = Self::spawn(app, state_dir, Listeners::free(), extra);
         wait_for_status(sidecar.admin, "/healthz", 200, Duration::from_secs(10));
         sidecar
     }
 
     /// Spawns a sidecar on the given listener addresses without waiting for it (with
     /// `--upgrade` it serves only once the running one hands its sockets over).
-    pub fn spawn(
-        app: SocketAddr,
-        state_dir: &Path,
-        inbound: SocketAddr,
-        admin: SocketAddr,
-        extra: &[&str],
-    ) -> Sidecar {
+    pub fn spawn(app: SocketAddr, state_dir: &Path, at: Listeners, extra: &[&str]) -> Sidecar {
         std::fs::create_dir_all(state_dir).unwrap();
         let mut cmd = Command::new(workspace_binary("bulwark-sidecar"));
-        cmd.args(["--inbound-listen", &inbound.to_string()])
+        cmd.args(["--inbound-listen", &at.inbound.to_string()])
+            .args(["--outbound-listen", &at.outbound.to_string()])
             .args(["--app", &app.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
+            .args(["--admin-listen", &at.admin.to_string()])
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra);
         let log = state_dir.join(format!("sidecar-{}.log", crate::unique_name("run")));
         Sidecar {
-            inbound,
-            admin,
+            inbound: at.inbound,
+            outbound: at.outbound,
+            admin: at.admin,
             state_dir: state_dir.to_path_buf(),
             process: Running::spawn("bulwark-sidecar", cmd, &log),
+        }
+    }
+
+    /// The addresses it listens on.
+    pub fn listeners(&self) -> Listeners {
+        Listeners {
+            inbound: self.inbound,
+            outbound: self.outbound,
+            admin: self.admin,
         }
     }
 }

@@ -131,6 +131,7 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
     let grace = ["--shutdown-grace-seconds", "3"];
     let mut old = Sidecar::start(app, &state, &grace);
     let (inbound, admin) = (old.inbound, old.admin);
+    let listeners = old.listeners();
 
     let in_flight: Vec<_> = (0..4)
         .map(|_| std::thread::spawn(move || http_get(inbound, "/work")))
@@ -152,13 +153,7 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
     };
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut new = Sidecar::spawn(
-        app,
-        &state,
-        inbound,
-        admin,
-        &["--upgrade", grace[0], grace[1]],
-    );
+    let mut new = Sidecar::spawn(app, &state, listeners, &["--upgrade", grace[0], grace[1]]);
     // The new process waits for the sockets on the upgrade socket in the state directory.
     bulwark_e2e::eventually(Duration::from_secs(10), "the upgrade socket", || {
         state.join("upgrade.sock").exists().then_some(())
@@ -198,5 +193,84 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
     assert!(
         status.success(),
         "the new sidecar exited with {status} on SIGTERM"
+    );
+}
+
+/// One request written as given (no `Host` added), its status and body.
+fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    (
+        status.unwrap_or_else(|| panic!("no status in {response:?}")),
+        body.to_owned(),
+    )
+}
+
+/// The outbound listener: the app's call to another service reaches it whether the app uses
+/// the sidecar as an HTTP proxy (absolute URI) or names the service in `Host`; what cannot be
+/// proxied gets a clear status, and every call is counted.
+#[test]
+fn outbound_listener_forwards_the_apps_calls_to_the_service_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("svc.txt"), "from the other service\n").unwrap();
+    let service = Upstream::start(&www, "svc.txt");
+    let sidecar = Sidecar::start(service.addr, &dir.path().join("state"), &[]);
+    let (outbound, target) = (sidecar.outbound, service.addr);
+
+    let as_proxy = raw_request(
+        outbound,
+        &format!(
+            "GET http://{target}/svc.txt HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(as_proxy, (200, "from the other service\n".to_owned()));
+    let by_host = raw_request(
+        outbound,
+        &format!("GET /svc.txt HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(by_host, (200, "from the other service\n".to_owned()));
+    let missing = raw_request(
+        outbound,
+        &format!("GET /nothing HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(missing.0, 404, "the service's own answer passes through");
+
+    // Not proxied: HTTPS tunnels, and a destination that is this listener (a loop).
+    let connect = raw_request(
+        outbound,
+        &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(
+        connect.0, 405,
+        "Pingora refuses CONNECT before any phase runs"
+    );
+    let looped = raw_request(
+        outbound,
+        &format!("GET /svc.txt HTTP/1.1\r\nHost: {outbound}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(looped.0, 508);
+
+    let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
+    for counted in [
+        "bulwark_outbound_requests_total{status_class=\"2xx\"} 2",
+        // The 404 (Pingora's own CONNECT refusal comes before any phase, uncounted).
+        "bulwark_outbound_requests_total{status_class=\"4xx\"} 1",
+        "bulwark_outbound_requests_total{status_class=\"5xx\"} 1",
+    ] {
+        assert!(metrics.contains(counted), "{counted}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 0"),
+        "outbound calls are not counted as inbound:\n{metrics}"
     );
 }

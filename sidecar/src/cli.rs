@@ -19,6 +19,17 @@ pub struct Args {
     #[arg(long, env = "BULWARK_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
 
+    /// Address of the outbound listener: the app sends its plain-HTTP calls to other services
+    /// here, as to an HTTP proxy (`HTTP_PROXY=http://127.0.0.1:15001`) or with a `Host` header,
+    /// and the sidecar forwards them to the destination named. Keep it on loopback: it proxies
+    /// to any destination.
+    #[arg(
+        long,
+        env = "BULWARK_OUTBOUND_LISTEN",
+        default_value = "127.0.0.1:15001"
+    )]
+    pub outbound_listen: SocketAddr,
+
     /// Address of the admin listener (/healthz, /readyz, /metrics). Keep it on loopback: it is
     /// not authenticated.
     #[arg(long, env = "BULWARK_ADMIN_LISTEN", default_value = "127.0.0.1:15090")]

@@ -15,6 +15,7 @@ pub mod global;
 pub mod keys;
 pub mod matching;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod proxy;
 pub mod quota;

@@ -1,7 +1,7 @@
 //! `bulwark-sidecar`: the Pingora proxy that sits beside an app and enforces Bulwark policy.
 //!
-//! Listeners: `inbound` (clients → sidecar → app on localhost) and `admin` (loopback: health,
-//! readiness, metrics, config). Policy comes from the last good snapshot on disk, then from the
+//! Listeners: `inbound` (clients → sidecar → app on localhost), `outbound` (loopback: the app's
+//! calls to other services) and `admin` (loopback: health, readiness, metrics, config). Policy comes from the last good snapshot on disk, then from the
 //! configured source (standalone: `--config-dir`; in Kubernetes: the operator stream,
 //! `--operator-url`).
 #![deny(warnings, rust_2018_idioms)]
@@ -14,6 +14,7 @@ use bulwark_sidecar::{
     config::{persist, stream::OperatorStream, watch::ConfigWatcher},
     global::GlobalStore,
     metrics::Metrics,
+    outbound,
     policy::{ActivePolicy, CompiledPolicy, PolicyEnv, SnapshotRedis},
     proxy,
     quota::{flush::QuotaFlusher, store::FILE_NAME as QUOTA_FILE, usage::UsageStore},
@@ -173,6 +174,13 @@ fn main() -> anyhow::Result<()> {
     );
     inbound.add_tcp(&args.inbound_listen.to_string());
 
+    let mut outbound = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        outbound::OutboundProxy::new(args.outbound_listen, metrics.clone()),
+        "bulwark outbound",
+    );
+    outbound.add_tcp(&args.outbound_listen.to_string());
+
     let mut admin = Service::new(
         "bulwark admin".to_owned(),
         admin::Admin::new(metrics, policy).with_quota_usage(quota_usage),
@@ -181,6 +189,7 @@ fn main() -> anyhow::Result<()> {
 
     tracing::info!(
         inbound = %args.inbound_listen,
+        outbound = %args.outbound_listen,
         admin = %args.admin_listen,
         app = %args.app,
         config_dir = ?args.config_dir,
@@ -188,6 +197,7 @@ fn main() -> anyhow::Result<()> {
         "bulwark-sidecar starting"
     );
     server.add_service(inbound);
+    server.add_service(outbound);
     server.add_service(admin);
     server.run_forever()
 }

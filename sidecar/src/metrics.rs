@@ -7,11 +7,10 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
-    /// Requests proxied by the inbound listener, by response status class (`2xx`, ...).
-    pub inbound_requests: IntCounterVec,
-    /// The same counters, resolved once (index: [`status_class_index`]), so the per-request
-    /// path does no label lookup.
-    inbound_by_class: [IntCounter; STATUS_CLASSES.len()],
+    /// Requests handled by the inbound listener, by response status class (`2xx`, ...).
+    pub inbound_requests: RequestsByStatus,
+    /// Requests the app sent through the outbound listener, by response status class.
+    pub outbound_requests: RequestsByStatus,
     /// Rate-limit decisions by policy (`namespace/name`), rule and decision
     /// (`allowed`, `limited`, `shadow_limited`).
     pub ratelimit_requests: IntCounterVec,
@@ -56,14 +55,16 @@ impl Metrics {
         )?;
         info.set(1);
         registry.register(Box::new(info))?;
-        let inbound_requests = IntCounterVec::new(
-            Opts::new(
-                "bulwark_inbound_requests_total",
-                "Requests handled by the inbound listener, by response status class.",
-            ),
-            &["status_class"],
+        let inbound_requests = RequestsByStatus::new(
+            &registry,
+            "bulwark_inbound_requests_total",
+            "Requests handled by the inbound listener, by response status class.",
         )?;
-        registry.register(Box::new(inbound_requests.clone()))?;
+        let outbound_requests = RequestsByStatus::new(
+            &registry,
+            "bulwark_outbound_requests_total",
+            "Requests the app sent through the outbound listener, by response status class.",
+        )?;
         let ratelimit_requests = IntCounterVec::new(
             Opts::new(
                 "bulwark_ratelimit_requests_total",
@@ -158,9 +159,8 @@ impl Metrics {
         )?;
         Ok(Self {
             registry,
-            inbound_by_class: STATUS_CLASSES
-                .map(|class| inbound_requests.with_label_values(&[class])),
             inbound_requests,
+            outbound_requests,
             ratelimit_requests,
             ratelimit_decision_seconds,
             ratelimit_counters,
@@ -227,10 +227,24 @@ pub fn status_class(status: Option<u16>) -> &'static str {
     STATUS_CLASSES[status_class_index(status)]
 }
 
-impl Metrics {
-    /// Counts one inbound request by the status it was answered with.
-    pub fn count_inbound(&self, status: Option<u16>) {
-        self.inbound_by_class[status_class_index(status)].inc();
+/// `<listener>_requests_total{status_class}`, with every class's counter resolved once, so the
+/// per-request path does no label lookup.
+pub struct RequestsByStatus {
+    by_class: [IntCounter; STATUS_CLASSES.len()],
+}
+
+impl RequestsByStatus {
+    fn new(registry: &Registry, name: &str, help: &str) -> prometheus::Result<Self> {
+        let counters = IntCounterVec::new(Opts::new(name, help), &["status_class"])?;
+        registry.register(Box::new(counters.clone()))?;
+        Ok(Self {
+            by_class: STATUS_CLASSES.map(|class| counters.with_label_values(&[class])),
+        })
+    }
+
+    /// Counts one request by the status it was answered with (`None`: no response was sent).
+    pub fn count(&self, status: Option<u16>) {
+        self.by_class[status_class_index(status)].inc();
     }
 }
 
@@ -241,7 +255,7 @@ mod tests {
     #[test]
     fn renders_counters_with_their_labels() {
         let m = Metrics::new().unwrap();
-        m.count_inbound(Some(429));
+        m.inbound_requests.count(Some(429));
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains("bulwark_inbound_requests_total{status_class=\"4xx\"} 1"),

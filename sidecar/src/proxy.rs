@@ -188,7 +188,7 @@ impl ProxyHttp for InboundProxy {
         ctx: &mut Self::CTX,
     ) {
         let status = session.response_written().map(|r| r.status.as_u16());
-        self.metrics.count_inbound(status);
+        self.metrics.inbound_requests.count(status);
         if ctx.quota.has_deferred() {
             std::mem::take(&mut ctx.quota)
                 .settle(

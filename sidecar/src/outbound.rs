@@ -1,0 +1,152 @@
+//! The outbound `ProxyHttp`: the app's plain-HTTP calls to other services, sent to the sidecar
+//! as to an HTTP proxy (`HTTP_PROXY=http://127.0.0.1:15001`, absolute-form `GET http://host/…`)
+//! or straight at it with a `Host` header. Today it forwards to the destination the request
+//! names, resolved by DNS; it is where failover (upstream sets, health, retries) plugs in.
+//! `CONNECT` (HTTPS through a proxy) is refused (Pingora answers it 405 itself; [`destination`]
+//! refuses it too): the sidecar does not tunnel TLS yet.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use async_trait::async_trait;
+use http::{Method, Uri, header::HOST};
+use pingora::{
+    Error, ErrorType, Result,
+    http::RequestHeader,
+    prelude::HttpPeer,
+    proxy::{ProxyHttp, Session},
+};
+
+use crate::metrics::Metrics;
+
+pub struct OutboundProxy {
+    metrics: Arc<Metrics>,
+    /// This listener's own address: a request naming it would loop through the sidecar.
+    listen: SocketAddr,
+}
+
+impl OutboundProxy {
+    pub fn new(listen: SocketAddr, metrics: Arc<Metrics>) -> Self {
+        Self { metrics, listen }
+    }
+}
+
+/// The request target as the client wrote it. Pingora keeps only the path in `uri` for an
+/// absolute-form target (`http://host/path`); the whole target is in `raw_path`.
+fn target(request: &RequestHeader) -> Option<Uri> {
+    std::str::from_utf8(request.raw_path()).ok()?.parse().ok()
+}
+
+/// The destination a request names: the authority of an absolute-form target, else its `Host`
+/// header; port 80 when none is given (only `http` is proxied).
+pub fn destination(request: &RequestHeader) -> std::result::Result<(String, u16), String> {
+    if request.method == Method::CONNECT {
+        return Err("CONNECT is not supported: the outbound listener proxies plain HTTP".into());
+    }
+    let target = target(request);
+    if let Some(scheme) = target.as_ref().and_then(|t| t.scheme_str())
+        && scheme != "http"
+    {
+        return Err(format!("only http:// is proxied, not {scheme}://"));
+    }
+    let authority = match target.as_ref().and_then(|t| t.authority()) {
+        Some(authority) => authority.clone(),
+        None => request
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+            .ok_or("the request names no destination (no absolute URI, no Host header)")?,
+    };
+    Ok((
+        authority.host().to_owned(),
+        authority.port_u16().unwrap_or(80),
+    ))
+}
+
+fn refuse(status: u16, why: impl Into<String>) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(status), why.into())
+}
+
+#[async_trait]
+impl ProxyHttp for OutboundProxy {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let (host, port) = destination(session.req_header()).map_err(|why| refuse(400, why))?;
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| refuse(502, format!("cannot resolve {host}:{port}")))?;
+        if addr == self.listen || (addr.port() == self.listen.port() && addr.ip().is_loopback()) {
+            return Err(refuse(508, "the destination is this outbound listener"));
+        }
+        Ok(Box::new(HttpPeer::new(addr, false, host)))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        // Upstreams expect origin-form (`/path?query`) with the destination in `Host`.
+        let target = target(upstream_request);
+        if let Some(authority) = target.as_ref().and_then(|t| t.authority()) {
+            let origin_form = target
+                .as_ref()
+                .and_then(|t| t.path_and_query())
+                .map_or("/", |pq| pq.as_str())
+                .parse::<Uri>()
+                .map_err(|e| refuse(400, format!("bad request target: {e}")))?;
+            upstream_request.set_uri(origin_form);
+            upstream_request.insert_header(HOST, authority.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut ()) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        self.metrics.outbound_requests.count(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str, host: Option<&str>) -> RequestHeader {
+        let mut request = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+        if let Some(host) = host {
+            request.insert_header(HOST, host).unwrap();
+        }
+        request
+    }
+
+    #[test]
+    fn the_destination_is_the_absolute_uri_or_the_host_header() {
+        let d = |method, target, host| destination(&request(method, target, host));
+        assert_eq!(
+            d("GET", "http://api.shop:8080/v1?q=1", Some("ignored")),
+            Ok(("api.shop".into(), 8080))
+        );
+        assert_eq!(
+            d("GET", "http://api.shop/v1", None),
+            Ok(("api.shop".into(), 80))
+        );
+        assert_eq!(
+            d("POST", "/v1", Some("10.0.0.7:9000")),
+            Ok(("10.0.0.7".into(), 9000))
+        );
+        assert_eq!(
+            d("GET", "/v1", Some("api.shop")),
+            Ok(("api.shop".into(), 80))
+        );
+        let err = |method, target, host| d(method, target, host).unwrap_err();
+        assert!(err("GET", "/v1", None).contains("no destination"));
+        assert!(err("GET", "https://api.shop/", None).contains("only http://"));
+        assert!(err("CONNECT", "api.shop:443", Some("api.shop:443")).contains("CONNECT"));
+    }
+}
