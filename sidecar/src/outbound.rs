@@ -30,37 +30,57 @@ impl OutboundProxy {
     }
 }
 
-/// The request target as the client wrote it. Pingora keeps only the path in `uri` for an
-/// absolute-form target (`http://host/path`); the whole target is in `raw_path`.
-fn target(request: &RequestHeader) -> Option<Uri> {
-    std::str::from_utf8(request.raw_path()).ok()?.parse().ok()
+/// Where a call goes.
+#[derive(Debug, PartialEq, Eq)]
+struct Destination {
+    host: String,
+    port: u16,
+    /// For an absolute-form target (`GET http://host/path`): the `Host` value and the
+    /// origin-form target (`/path`) to send upstream instead, as upstreams expect.
+    rewrite: Option<(String, Uri)>,
 }
 
 /// The destination a request names: the authority of an absolute-form target, else its `Host`
 /// header; port 80 when none is given (only `http` is proxied).
-pub fn destination(request: &RequestHeader) -> std::result::Result<(String, u16), String> {
+fn destination(request: &RequestHeader) -> std::result::Result<Destination, String> {
     if request.method == Method::CONNECT {
         return Err("CONNECT is not supported: the outbound listener proxies plain HTTP".into());
     }
-    let target = target(request);
+    // Pingora keeps only the path in `uri` for an absolute-form target; the target as the
+    // client wrote it is `raw_path`.
+    let target = std::str::from_utf8(request.raw_path())
+        .ok()
+        .and_then(|t| t.parse::<Uri>().ok());
     if let Some(scheme) = target.as_ref().and_then(|t| t.scheme_str())
         && scheme != "http"
     {
         return Err(format!("only http:// is proxied, not {scheme}://"));
     }
-    let authority = match target.as_ref().and_then(|t| t.authority()) {
-        Some(authority) => authority.clone(),
-        None => request
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse().ok())
-            .ok_or("the request names no destination (no absolute URI, no Host header)")?,
+    let (authority, rewrite) = match target.as_ref().and_then(|t| Some((t, t.authority()?))) {
+        Some((target, authority)) => {
+            let origin_form = target
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<Uri>()
+                .map_err(|e| format!("bad request target: {e}"))?;
+            let rewrite = Some((authority.as_str().to_owned(), origin_form));
+            (authority.clone(), rewrite)
+        }
+        None => {
+            let authority = request
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .ok_or("the request names no destination (no absolute URI, no Host header)")?;
+            (authority, None)
+        }
     };
-    Ok((
-        authority.host().to_owned(),
-        authority.port_u16().unwrap_or(80),
-    ))
+    Ok(Destination {
+        host: authority.host().to_owned(),
+        port: authority.port_u16().unwrap_or(80),
+        rewrite,
+    })
 }
 
 fn refuse(status: u16, why: impl Into<String>) -> Box<Error> {
@@ -69,45 +89,46 @@ fn refuse(status: u16, why: impl Into<String>) -> Box<Error> {
 
 #[async_trait]
 impl ProxyHttp for OutboundProxy {
-    type CTX = ();
+    /// The origin-form rewrite of an absolute-form call, from `upstream_peer` to
+    /// `upstream_request_filter`.
+    type CTX = Option<(String, Uri)>;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        None
+    }
 
-    async fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let (host, port) = destination(session.req_header()).map_err(|why| refuse(400, why))?;
-        let addr = tokio::net::lookup_host((host.as_str(), port))
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        rewrite: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let to = destination(session.req_header()).map_err(|why| refuse(400, why))?;
+        let addr = tokio::net::lookup_host((to.host.as_str(), to.port))
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| refuse(502, format!("cannot resolve {host}:{port}")))?;
+            .ok_or_else(|| refuse(502, format!("cannot resolve {}:{}", to.host, to.port)))?;
         if addr == self.listen || (addr.port() == self.listen.port() && addr.ip().is_loopback()) {
             return Err(refuse(508, "the destination is this outbound listener"));
         }
-        Ok(Box::new(HttpPeer::new(addr, false, host)))
+        *rewrite = to.rewrite;
+        Ok(Box::new(HttpPeer::new(addr, false, to.host)))
     }
 
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut (),
+        rewrite: &mut Self::CTX,
     ) -> Result<()> {
-        // Upstreams expect origin-form (`/path?query`) with the destination in `Host`.
-        let target = target(upstream_request);
-        if let Some(authority) = target.as_ref().and_then(|t| t.authority()) {
-            let origin_form = target
-                .as_ref()
-                .and_then(|t| t.path_and_query())
-                .map_or("/", |pq| pq.as_str())
-                .parse::<Uri>()
-                .map_err(|e| refuse(400, format!("bad request target: {e}")))?;
+        if let Some((host, origin_form)) = rewrite.take() {
             upstream_request.set_uri(origin_form);
-            upstream_request.insert_header(HOST, authority.as_str())?;
+            upstream_request.insert_header(HOST, host)?;
         }
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut ()) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut Self::CTX) {
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.outbound_requests.count(status);
     }
@@ -128,22 +149,26 @@ mod tests {
     #[test]
     fn the_destination_is_the_absolute_uri_or_the_host_header() {
         let d = |method, target, host| destination(&request(method, target, host));
+        let to = |host: &str, port, rewrite: Option<(&str, &str)>| {
+            Ok(Destination {
+                host: host.into(),
+                port,
+                rewrite: rewrite.map(|(h, t)| (h.to_owned(), t.parse().unwrap())),
+            })
+        };
         assert_eq!(
             d("GET", "http://api.shop:8080/v1?q=1", Some("ignored")),
-            Ok(("api.shop".into(), 8080))
+            to("api.shop", 8080, Some(("api.shop:8080", "/v1?q=1")))
         );
         assert_eq!(
-            d("GET", "http://api.shop/v1", None),
-            Ok(("api.shop".into(), 80))
+            d("GET", "http://api.shop", None),
+            to("api.shop", 80, Some(("api.shop", "/")))
         );
         assert_eq!(
             d("POST", "/v1", Some("10.0.0.7:9000")),
-            Ok(("10.0.0.7".into(), 9000))
+            to("10.0.0.7", 9000, None)
         );
-        assert_eq!(
-            d("GET", "/v1", Some("api.shop")),
-            Ok(("api.shop".into(), 80))
-        );
+        assert_eq!(d("GET", "/v1", Some("api.shop")), to("api.shop", 80, None));
         let err = |method, target, host| d(method, target, host).unwrap_err();
         assert!(err("GET", "/v1", None).contains("no destination"));
         assert!(err("GET", "https://api.shop/", None).contains("only http://"));
