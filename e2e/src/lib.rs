@@ -165,6 +165,19 @@ impl ControlPlane {
         stdout_or_panic("kubectl", args, self.run_kubectl(args))
     }
 
+    /// Sets the injection webhook's `caBundle` (base64 PEM), as the operator would.
+    pub fn set_injector_ca_bundle(&self, ca_base64: &str) {
+        self.kubectl_ok(&[
+            "patch",
+            "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+            "--type=json",
+            "-p",
+            &format!(
+                r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{ca_base64}"}}]"#
+            ),
+        ]);
+    }
+
     /// Applies `crds/` and waits until every Bulwark CRD is Established. Idempotent.
     pub fn install_crds(&self) {
         let crds = repo_root().join("crds");

@@ -770,13 +770,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
     // and failurePolicy Ignore admits pods while the operator is down.
     let ca = std::fs::read(cp.dir.join("pki/ca.crt")).unwrap();
     let ca = base64(&ca);
-    cp.kubectl_ok(&[
-        "patch",
-        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
-        "--type=json",
-        "-p",
-        &format!(r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{ca}"}}]"#),
-    ]);
+    cp.set_injector_ca_bundle(&ca);
     cp.helm_ok(&[
         "upgrade",
         "bulwark",

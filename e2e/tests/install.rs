@@ -222,13 +222,7 @@ fn helm_install_brings_the_api_and_the_operator_becomes_ready() {
     // Re-applying them keeps the caBundle the operator writes into the webhook configuration
     // (absent from the manifests, so kubectl's three-way merge leaves it alone). The operator,
     // healthy, does not look again for an hour; the test writes the value itself.
-    cp.kubectl_ok(&[
-        "patch",
-        "mutatingwebhookconfiguration/bulwark-sidecar-injector",
-        "--type=json",
-        "-p",
-        &format!(r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{ca}"}}]"#),
-    ]);
+    cp.set_injector_ca_bundle(&ca);
     cp.kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()]);
     let live = cp.kubectl_ok(&[
         "get",
