@@ -122,13 +122,19 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    send_raw(addr, &request)
+}
+
+/// Writes `request` exactly as given (a test may need any request line and headers) and reads
+/// the response to the end; `None` when nothing answers.
+pub fn send_raw(addr: SocketAddr, request: &str) -> Option<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;

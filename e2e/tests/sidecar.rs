@@ -11,7 +11,7 @@ use std::{
 };
 
 use bulwark_e2e::{
-    process::{Running, http_get, wait_for_status},
+    process::{Running, http_get, send_raw, wait_for_status},
     sidecar::{Sidecar, Upstream},
 };
 
@@ -196,22 +196,10 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
     );
 }
 
-/// One request written as given (no `Host` added), its status and body.
+/// One request written as given (no `Host` added): its status and body.
 fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-    (
-        status.unwrap_or_else(|| panic!("no status in {response:?}")),
-        body.to_owned(),
-    )
+    let response = send_raw(addr, request).expect("the outbound listener answers");
+    (response.status, response.body)
 }
 
 /// The outbound listener: the app's call to another service reaches it whether the app uses
