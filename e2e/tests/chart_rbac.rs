@@ -398,6 +398,7 @@ fn the_operator_pod_is_hardened_and_wired() {
     for (name, field) in [
         ("BULWARK_NAMESPACE", "metadata.namespace"),
         ("BULWARK_POD_NAME", "metadata.name"),
+        ("BULWARK_POD_UID", "metadata.uid"),
     ] {
         let var = env_var(container, name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(
@@ -860,10 +861,22 @@ fn the_operator_works_with_only_the_charts_permissions() {
     let kubeconfig = cp.dir.join("operator-sa.kubeconfig");
     token_kubeconfig(&cp, token.trim(), &kubeconfig);
     let identity = "bulwark-operator-rbac-0";
+    // The pod this replica would run in (no kubelet runs it): it owns the replica's report.
+    create_pod(&cp, release_ns, identity, "{}").unwrap();
+    let pod_uid = cp.kubectl_ok(&[
+        "get",
+        "pod",
+        identity,
+        "-n",
+        release_ns,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
     let mut cmd = Command::new(workspace_binary("bulwark-operator"));
     cmd.args(["--kubeconfig", kubeconfig.to_str().unwrap()])
         .args(["--namespace", release_ns, "--pod-name", identity])
+        .args(["--pod-uid", pod_uid.trim()])
         .args(["--admin-listen", &admin.to_string()])
         .args(["--api-check-interval-seconds", "1"])
         .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
@@ -914,16 +927,18 @@ fn the_operator_works_with_only_the_charts_permissions() {
         ])
     });
     assert_eq!(holder, identity);
-    eventually(Duration::from_secs(30), "the distribution report", || {
+    let report = format!("configmap/bulwark-distribution-{identity}");
+    let report_owner = eventually(Duration::from_secs(30), "the distribution report", || {
         get(&[
             "get",
-            &format!("configmap/bulwark-distribution-{identity}"),
+            &report,
             "-n",
             release_ns,
             "-o",
-            "name",
+            "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].uid}",
         ])
     });
+    assert_eq!(report_owner, format!("Pod/{identity}/{}", pod_uid.trim()));
 
     // The apiserver calls the webhook (TLS, with the caBundle the operator set) and the pod of a
     // labelled namespace gets its sidecar.
@@ -987,5 +1002,18 @@ fn the_operator_works_with_only_the_charts_permissions() {
         refused.is_empty(),
         "the operator was refused with the chart's RBAC:\n{}",
         refused.join("\n")
+    );
+
+    // Its pod gone, the garbage collector deletes its report (the operator may not).
+    cp.kubectl_ok(&["delete", "pod", identity, "-n", release_ns, "--wait=false"]);
+    eventually(
+        Duration::from_secs(60),
+        "the report to be collected",
+        || {
+            let out = cp.run_kubectl(&["get", &report, "-n", release_ns, "-o", "name"]);
+            String::from_utf8_lossy(&out.stderr)
+                .contains("NotFound")
+                .then_some(())
+        },
     );
 }

@@ -35,6 +35,12 @@ pub struct Args {
     #[arg(long, env = "BULWARK_POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// This replica's pod UID (the Deployment sets it from the downward API). With it the
+    /// replica's distribution report is owned by its pod, so Kubernetes' garbage collector
+    /// deletes the report when the pod is gone.
+    #[arg(long, env = "BULWARK_POD_UID", requires = "pod_name")]
+    pub pod_uid: Option<String>,
+
     /// Name of the leader-election Lease in --namespace.
     #[arg(long, env = "BULWARK_LEASE_NAME", default_value = "bulwark-operator")]
     pub lease_name: String,

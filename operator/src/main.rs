@@ -160,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             args.namespace.clone(),
             identity.clone(),
+            args.pod_uid.clone(),
             shared.acks.clone(),
             shutdown_rx.clone(),
         );

@@ -104,17 +104,24 @@ pub fn merge<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Report {
     merged
 }
 
-/// Keeps this replica's report ConfigMap in step with `book` until shutdown.
+/// Keeps this replica's report ConfigMap in step with `book` until shutdown. With `pod_uid`, the
+/// report is owned by this replica's pod (named `identity`): the garbage collector deletes it
+/// with the pod, which the operator itself could not without `delete` on ConfigMaps.
 pub async fn run_reporter(
     client: Client,
     namespace: String,
     identity: String,
+    pod_uid: Option<String>,
     book: std::sync::Arc<AckBook>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let name = report_name(&identity);
     let params = PatchParams::apply("bulwark-operator").force();
+    let owners: Vec<_> = pod_uid
+        .iter()
+        .map(|uid| serde_json::json!({ "apiVersion": "v1", "kind": "Pod", "name": identity, "uid": uid }))
+        .collect();
     let mut written: Option<Report> = None;
     loop {
         let report = book.snapshot();
@@ -129,6 +136,7 @@ pub async fn run_reporter(
                         "app.kubernetes.io/component": "distribution-report",
                         REPORT_LABEL: "true",
                     },
+                    "ownerReferences": owners,
                 },
                 "data": { REPORT_KEY: serde_json::to_string(&report).expect("serialisable") },
             });
