@@ -45,6 +45,15 @@ pub struct Snapshot {
     /// a password, so it travels like a signing key: in the authenticated stream only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConnection>,
+    /// The keys that `jwt.verification.keySecretRef`s of the policies above name, read from their
+    /// Secrets, by [`secret_key_id`]. Only the keys this pod's policies name are sent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jwt_keys: BTreeMap<String, SecretString>,
+}
+
+/// How a Secret key is named in [`Snapshot::jwt_keys`]: `namespace/secret/key`.
+pub fn secret_key_id(namespace: &str, secret: &crate::crd::common::SecretKeyRef) -> String {
+    format!("{namespace}/{}/{}", secret.name, secret.key)
 }
 
 /// How to reach Redis: one server, or Redis Cluster seed nodes.
@@ -182,6 +191,9 @@ impl Snapshot {
                 key.secret = SecretString::new("<redacted>");
             }
         }
+        for key in copy.jwt_keys.values_mut() {
+            *key = SecretString::new("<redacted>");
+        }
         copy.redis = copy.redis.map(|redis| match redis {
             RedisConnection::Url(_) => RedisConnection::Url(SecretString::new("<redacted>")),
             RedisConnection::Cluster(nodes) => RedisConnection::Cluster(
@@ -247,6 +259,10 @@ mod tests {
             redis: Some(RedisConnection::Url(SecretString::new(
                 "redis://:hunter2@redis:6379",
             ))),
+            jwt_keys: BTreeMap::from([(
+                "shop/jwt/hs256".to_string(),
+                SecretString::new("jwt-hmac-secret"),
+            )]),
             ..Snapshot::empty()
         }
     }
@@ -267,9 +283,11 @@ mod tests {
         let snapshot = webhook_snapshot();
         assert!(!format!("{snapshot:?}").contains("whsec_c2VjcmV0"));
         assert!(!format!("{snapshot:?}").contains("hunter2"));
+        assert!(!format!("{snapshot:?}").contains("jwt-hmac-secret"));
         let shown = serde_json::to_string(&snapshot.redacted()).unwrap();
         assert!(!shown.contains("whsec_c2VjcmV0"));
         assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("jwt-hmac-secret"));
         assert!(shown.contains("<redacted>"));
     }
 

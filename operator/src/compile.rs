@@ -7,9 +7,10 @@
 //! - Two FeatureFlags defining the same flag key for one pod, or two FailoverPolicies defining
 //!   the same upstream name, conflict: the older policy (creation time, then name) wins, as in
 //!   Gateway API; the newer one is not Accepted (reason `Conflicted`) and is sent to no pod.
-//! - A reference that does not resolve (a WebhookEndpoint's Secret or key, a FailoverPolicy's
-//!   Service) makes the policy not Accepted (reason `RefNotFound`); it is sent to no pod until
-//!   the reference appears. Sending it half-resolved would sign with no key or route nowhere.
+//! - A reference that does not resolve (a WebhookEndpoint's Secret or key, a
+//!   `jwt.verification.keySecretRef`, a FailoverPolicy's Service) makes the policy not Accepted
+//!   (reason `RefNotFound`); it is sent to no pod until the reference appears. Sending it
+//!   half-resolved would sign with no key, verify with none, or route nowhere.
 
 use std::collections::{BTreeMap, btree_map::Entry};
 
@@ -17,7 +18,7 @@ use bulwark_api::{
     crd::common::Scope,
     snapshot::{
         ObjectRef, PolicySource, RedisConnection, ResolvedFailoverPolicy, ResolvedWebhookEndpoint,
-        SCHEMA, SecretString, SigningKey, Snapshot, Sourced,
+        SCHEMA, SecretString, SigningKey, Snapshot, Sourced, secret_key_id,
     },
 };
 
@@ -79,10 +80,19 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
             message: "spec.selector cannot be parsed as a label selector".into(),
         };
     }
+    if let Some(verification) = policy.spec.jwt_verification() {
+        let secret = &verification.key_secret_ref;
+        if let Err(message) = secret_value(index, &key.namespace, &secret.name, &secret.key) {
+            return Verdict::Rejected {
+                reason: "RefNotFound",
+                message: format!("jwt.verification.keySecretRef: {message}"),
+            };
+        }
+    }
     match &policy.spec {
         Spec::Webhook(spec) => {
             let secret = &spec.signing.secret_ref;
-            match signing_secret(index, &key.namespace, &secret.name, &secret.key) {
+            match secret_value(index, &key.namespace, &secret.name, &secret.key) {
                 Ok(_) => Verdict::Accepted,
                 Err(message) => Verdict::Rejected {
                     reason: "RefNotFound",
@@ -126,7 +136,8 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
     }
 }
 
-fn signing_secret(index: &Index, namespace: &str, name: &str, key: &str) -> Result<String, String> {
+/// A Secret key's value, as UTF-8 text (signing keys, PEM keys and HMAC secrets all are).
+fn secret_value(index: &Index, namespace: &str, name: &str, key: &str) -> Result<String, String> {
     let secret = index
         .secrets
         .get(&ObjectRef {
@@ -212,6 +223,16 @@ pub fn pod_snapshot(
         if verdicts.get(key) != Some(&Verdict::Accepted) || !policy.selects(&pod.labels) {
             continue;
         }
+        if let Some(verification) = policy.spec.jwt_verification() {
+            let secret = &verification.key_secret_ref;
+            let Ok(value) = secret_value(index, &key.namespace, &secret.name, &secret.key) else {
+                continue; // not Accepted: excluded above; kept as a guard
+            };
+            snapshot.jwt_keys.insert(
+                secret_key_id(&key.namespace, secret),
+                SecretString::new(value),
+            );
+        }
         let source = PolicySource {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
@@ -233,7 +254,7 @@ pub fn pod_snapshot(
             }),
             Spec::Webhook(spec) => {
                 let secret = &spec.signing.secret_ref;
-                let Ok(value) = signing_secret(index, &key.namespace, &secret.name, &secret.key)
+                let Ok(value) = secret_value(index, &key.namespace, &secret.name, &secret.key)
                 else {
                     continue; // not Accepted: excluded above; kept as a guard
                 };
@@ -526,5 +547,52 @@ spec:
             webhooks[0].spec.signing_keys[0].secret.expose(),
             "whsec_c2VjcmV0"
         );
+    }
+
+    #[test]
+    fn jwt_verification_waits_for_its_key_and_only_that_key_is_sent() {
+        let policy: RateLimitPolicy = object(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: per-user, namespace: shop, generation: 1}
+spec:
+  jwt:
+    verification:
+      keySecretRef: {name: idp, key: public.pem}
+      algorithms: [ES256]
+  rules:
+  - name: per-user
+    key: [{type: JWTClaim, name: sub}]
+    rates: [{limit: 5, window: 1s}]
+"#,
+        );
+        let mut index = index_with(vec![pod("api-0", "api"), policy.into_object()]);
+        let key = PolicyKey {
+            kind: Kind::RateLimitPolicy,
+            namespace: "shop".into(),
+            name: "per-user".into(),
+        };
+        assert!(matches!(
+            &verdicts_in(&index, "shop")[&key],
+            Verdict::Rejected { reason: "RefNotFound", message }
+                if message.starts_with("jwt.verification.keySecretRef: ") && message.contains("shop/idp")
+        ));
+        assert!(snapshot_of(&index, "api-0").snapshot.rate_limits.is_empty());
+
+        // "PEM" and "other" base64-encoded: only the named key travels.
+        let secret: Secret = object(
+            "metadata: {name: idp, namespace: shop}\ndata: {public.pem: UEVN, other: b3RoZXI=}",
+        );
+        index.apply(Change::Upsert(secret.into_object()));
+        assert_eq!(verdicts_in(&index, "shop")[&key], Verdict::Accepted);
+        let snapshot = snapshot_of(&index, "api-0").snapshot;
+        assert_eq!(snapshot.rate_limits.len(), 1);
+        let keys: Vec<_> = snapshot
+            .jwt_keys
+            .iter()
+            .map(|(id, value)| (id.as_str(), value.expose()))
+            .collect();
+        assert_eq!(keys, [("shop/idp/public.pem", "PEM")]);
     }
 }

@@ -12,7 +12,8 @@ use bulwark_api::{
     crd::{
         FailoverPolicy, FailoverPolicySpec, FeatureFlag, FeatureFlagSpec, QuotaPolicy,
         QuotaPolicySpec, RateLimitPolicy, RateLimitPolicySpec, WebhookEndpoint,
-        WebhookEndpointSpec, common::PolicyStatus,
+        WebhookEndpointSpec,
+        common::{JwtVerification, PolicyStatus, ReadsBearerTokens},
     },
     snapshot::ObjectRef,
 };
@@ -92,6 +93,16 @@ impl Spec {
             Spec::FeatureFlag(s) => &s.selector,
             Spec::Webhook(s) => &s.selector,
             Spec::Failover(s) => &s.selector,
+        }
+    }
+
+    /// The policy's `jwt.verification`, if it verifies bearer tokens.
+    pub fn jwt_verification(&self) -> Option<&JwtVerification> {
+        match self {
+            Spec::RateLimit(s) => s.jwt_verification(),
+            Spec::Quota(s) => s.jwt_verification(),
+            Spec::FeatureFlag(s) => s.jwt_verification(),
+            Spec::Webhook(_) | Spec::Failover(_) => None,
         }
     }
 }

@@ -10,6 +10,7 @@ use bulwark_api::{
     snapshot::{PolicySource, Sourced},
 };
 use bulwark_sidecar::{
+    jwt::JwtKeys,
     metrics::Metrics,
     policy::PolicyEnv,
     ratelimit::{engine::RateLimits, store::LocalStore},
@@ -41,6 +42,7 @@ rules:
     };
     RateLimits::compile(
         &[policy],
+        &JwtKeys::new(),
         &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
     )
     .unwrap()

@@ -38,18 +38,3 @@ impl fmt::Display for CompileError {
 }
 
 impl std::error::Error for CompileError {}
-
-/// Refuses `jwt.verification`: this sidecar decodes claims for keying but cannot verify
-/// signatures yet, and enforcing a policy that asked for verified claims without verifying them
-/// would be worse than refusing it.
-pub fn refuse_jwt_verification(
-    jwt: Option<&bulwark_api::crd::common::JwtSource>,
-) -> Result<(), CompileError> {
-    match jwt.and_then(|j| j.verification.as_ref()) {
-        Some(_) => Err(CompileError::new(
-            "jwt.verification",
-            "JWT signature verification is not supported by this sidecar version; remove it to key on decoded (unverified) claims",
-        )),
-        None => Ok(()),
-    }
-}

@@ -18,22 +18,14 @@
 //! - `JWTClaim`: a claim of the bearer token (below).
 //! - `Constant`: `""`. An override of a key with a `Constant` part lists `""` for that part.
 //!
-//! **JWT claims.** The token is read from the policy's `jwt.header` (default `Authorization`).
-//! From `Authorization` the `Bearer ` scheme (any case) is stripped, and a value with another
-//! scheme (`Basic ...`) is no token; any other header carries the bare token. The token must be
-//! base64url text and dots only, and its payload (the second of exactly three dot-separated
-//! parts, with or without padding) must be a JSON object. A claim `name` is first looked up as a top-level member of exactly that name (so
-//! `https://example.com/tenant` works); failing that, dots address nested members (`org.id`),
-//! and a segment that is a number indexes an array (`groups.0`). Strings are used as they are,
-//! numbers and booleans as JSON text (`42`, `true`), arrays and objects as compact JSON, and
-//! `null` like a missing claim (`""`). An absent or malformed token gives `""` for every claim
-//! part. The token is decoded at most once per key, however many claim parts there are.
-//!
-//! **Signatures are not verified here.** Claims are used only to choose which counter a request
-//! is charged to: a client that forges a claim only changes whose counter it spends, which it
-//! could do as well by sending no token (then it is counted under `""`). A forged claim grants
-//! no access. `JwtSource.verification`, for policies that need verified claims, is enforced by a
-//! later step, not by this module.
+//! **JWT claims.** The token and whether its claims are verified are the policy's
+//! ([`crate::jwt::TokenClaims`]). A claim `name` is first looked up as a top-level member of
+//! exactly that name (so `https://example.com/tenant` works); failing that, dots address nested
+//! members (`org.id`), and a segment that is a number indexes an array (`groups.0`). Strings
+//! are used as they are, numbers and booleans as JSON text (`42`, `true`), arrays and objects
+//! as compact JSON, and `null` like a missing claim (`""`). A request without usable claims (no
+//! token, a malformed one, or one that fails verification) gives `""` for every claim part.
+//! The token is read at most once per key, however many claim parts there are.
 //!
 //! **Separator escaping.** For keys to be unambiguous, no value may contain the separator: then
 //! distinct tuples of values always give distinct keys (`("a\u{1f}b", "c")` and
@@ -47,14 +39,14 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use bulwark_api::crd::common::{JwtSource, KeySource, KeySourceType};
-use http::{HeaderMap, HeaderName, header::AUTHORIZATION, header::COOKIE};
+use std::sync::Arc;
+
+use bulwark_api::crd::common::{KeySource, KeySourceType};
+use http::{HeaderMap, HeaderName, header::COOKIE};
 use serde_json::{Map, Value};
 
 use crate::compile::CompileError;
+use crate::jwt::TokenClaims;
 use crate::matching::{header_str, percent_decode, query_param};
 use crate::request::RequestView;
 
@@ -64,18 +56,12 @@ pub const SEPARATOR: char = '\u{1f}';
 /// What a [`SEPARATOR`] inside a value is replaced by.
 const REPLACEMENT: char = '\u{fffd}';
 
-/// Base64url as JWTs use it (no padding), also accepting padding.
-const BASE64URL: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
 /// Builds counter keys from requests.
 #[derive(Clone, Debug)]
 pub struct KeyBuilder {
     parts: Vec<Part>,
-    /// Where the bearer token is read, if any part is a claim.
-    jwt: Option<JwtHeader>,
+    /// The policy's token source, if any part is a claim.
+    claims: Option<Arc<TokenClaims>>,
 }
 
 #[derive(Clone, Debug)]
@@ -97,40 +83,20 @@ struct ClaimPath {
     segments: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug)]
-struct JwtHeader {
-    name: HeaderName,
-    /// `Authorization`: strip the `Bearer ` scheme.
-    bearer: bool,
-}
-
 impl KeyBuilder {
-    /// From a rule's `key` list and the policy's optional `jwt` source. Errors name the field
+    /// From a rule's `key` list and the policy's token source. Errors name the field
     /// (`key[1].name`).
-    pub fn compile(parts: &[KeySource], jwt: Option<&JwtSource>) -> Result<Self, CompileError> {
+    pub fn compile(parts: &[KeySource], claims: &Arc<TokenClaims>) -> Result<Self, CompileError> {
         let parts = parts
             .iter()
             .enumerate()
             .map(|(i, p)| compile_part(p).map_err(|e| e.under(&format!("key[{i}]"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let first_claim = parts.iter().position(|p| matches!(p, Part::Claim(_)));
-        let jwt = match first_claim {
-            None => None,
-            Some(i) => {
-                let header = jwt.map_or("Authorization", |j| j.header.as_str());
-                // The error is located at the claim part: callers locate key errors under the
-                // rule, where `jwt.header` (a policy-level field) would be misplaced.
-                let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                    CompileError::new(
-                        format!("key[{i}]"),
-                        format!("the policy's jwt.header {header:?} is not a valid header name"),
-                    )
-                })?;
-                let bearer = name == AUTHORIZATION;
-                Some(JwtHeader { name, bearer })
-            }
-        };
-        Ok(Self { parts, jwt })
+        let claims = parts
+            .iter()
+            .any(|p| matches!(p, Part::Claim(_)))
+            .then(|| claims.clone());
+        Ok(Self { parts, claims })
     }
 
     /// Appends the request's key to `out`: each part's value, joined by the separator '\u{1f}'
@@ -165,7 +131,9 @@ impl KeyBuilder {
                 }
                 Part::Path => push_escaped(out, req.path),
                 Part::Claim(path) => {
-                    let claims = claims.get_or_insert_with(|| self.decode_claims(req.headers));
+                    let claims = claims.get_or_insert_with(|| {
+                        self.claims.as_ref().and_then(|c| c.claims(req.headers))
+                    });
                     if let Some(v) = claims.as_ref().and_then(|c| path.lookup(c)) {
                         push_claim(out, v);
                     }
@@ -205,36 +173,6 @@ impl KeyBuilder {
             )
             .collect();
         join_values(&canonical)
-    }
-
-    /// The payload of the request's bearer token, if there is a well-formed one.
-    fn decode_claims(&self, headers: &HeaderMap) -> Option<Map<String, Value>> {
-        let jwt = self.jwt.as_ref()?;
-        let value = header_str(headers.get(&jwt.name)?)?.trim();
-        let token = if jwt.bearer {
-            strip_bearer(value)?
-        } else {
-            value
-        };
-        // A compact JWS is base64url text and dots: anything else (a scheme, spaces) is no token.
-        let jws_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=');
-        if !token.bytes().all(jws_byte) {
-            return None;
-        }
-        let mut segments = token.split('.');
-        let (Some(_header), Some(payload), Some(_signature), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
-            return None;
-        };
-        let bytes = BASE64URL.decode(payload).ok()?;
-        match serde_json::from_slice(&bytes).ok()? {
-            Value::Object(map) => Some(map),
-            _ => None,
-        }
     }
 }
 
@@ -370,13 +308,6 @@ impl ClaimPath {
 }
 
 /// The token of an `Authorization: Bearer <token>` value (scheme in any case).
-fn strip_bearer(value: &str) -> Option<&str> {
-    let scheme = value.get(..7)?;
-    scheme
-        .eq_ignore_ascii_case("bearer ")
-        .then(|| value[7..].trim_start())
-}
-
 /// The value of the first cookie named exactly `name` in the `Cookie` header(s).
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
@@ -418,8 +349,13 @@ mod tests {
         }
     }
 
+    /// A policy without `jwt`: the bearer token of `Authorization`, decoded.
+    fn bearer() -> Arc<TokenClaims> {
+        Arc::new(crate::jwt::tests::unverified("Authorization"))
+    }
+
     fn builder(parts: &[KeySource]) -> KeyBuilder {
-        KeyBuilder::compile(parts, None).unwrap()
+        KeyBuilder::compile(parts, &bearer()).unwrap()
     }
 
     fn key(b: &KeyBuilder, req: &TestReq) -> String {
@@ -430,16 +366,6 @@ mod tests {
 
     fn one(type_: KeySourceType, name: Option<&str>, req: &TestReq) -> String {
         key(&builder(&[src(type_, name)]), req)
-    }
-
-    fn token(payload: &Value) -> String {
-        let enc =
-            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        format!(
-            "{}.{}.signature",
-            enc(&json!({"alg": "HS256", "typ": "JWT"})),
-            enc(payload)
-        )
     }
 
     fn claims_payload() -> Value {
@@ -570,7 +496,10 @@ mod tests {
     fn jwt_claims_nested_and_rendered() {
         let req = TestReq::new("/").header(
             "authorization",
-            &format!("Bearer {}", token(&claims_payload())),
+            &format!(
+                "Bearer {}",
+                crate::jwt::tests::unsigned_token(&claims_payload())
+            ),
         );
         assert_eq!(claim("sub", &req), "user-1");
         assert_eq!(claim("org.id", &req), "acme");
@@ -594,83 +523,6 @@ mod tests {
     }
 
     #[test]
-    fn bearer_stripping() {
-        let t = token(&json!({"sub": "u"}));
-        for value in [
-            format!("Bearer {t}"),
-            format!("bearer {t}"),
-            format!("BEARER   {t}"),
-            format!(" Bearer {t} "),
-        ] {
-            let req = TestReq::new("/").header("authorization", &value);
-            assert_eq!(claim("sub", &req), "u", "{value:?}");
-        }
-        for value in [
-            t.clone(),
-            format!("Basic {t}"),
-            "Bearer".into(),
-            "Bearer ".into(),
-        ] {
-            let req = TestReq::new("/").header("authorization", &value);
-            assert_eq!(claim("sub", &req), "", "{value:?}");
-        }
-    }
-
-    #[test]
-    fn jwt_from_another_header_is_bare() {
-        let t = token(&json!({"sub": "u"}));
-        let jwt = JwtSource {
-            header: "X-Token".into(),
-            verification: None,
-        };
-        let b =
-            KeyBuilder::compile(&[src(KeySourceType::JWTClaim, Some("sub"))], Some(&jwt)).unwrap();
-        assert_eq!(key(&b, &TestReq::new("/").header("x-token", &t)), "u");
-        assert_eq!(
-            key(
-                &b,
-                &TestReq::new("/").header("x-token", &format!("Bearer {t}"))
-            ),
-            ""
-        );
-        assert_eq!(
-            key(
-                &b,
-                &TestReq::new("/").header("authorization", &format!("Bearer {t}"))
-            ),
-            ""
-        );
-    }
-
-    #[test]
-    fn invalid_tokens_give_empty_claims() {
-        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let padded = format!(
-            "h.{}.s",
-            base64::engine::general_purpose::URL_SAFE.encode(r#"{"sub":"padded"}"#)
-        );
-        assert_eq!(
-            claim(
-                "sub",
-                &TestReq::new("/").header("authorization", &format!("Bearer {padded}"))
-            ),
-            "padded"
-        );
-        for bad in [
-            "not-a-token".to_owned(),
-            format!("h.{}", enc(r#"{"sub":"u"}"#)),
-            format!("h.{}.s.x", enc(r#"{"sub":"u"}"#)),
-            format!("h.{}.s", enc("[1,2]")),
-            format!("h.{}.s", enc("not json")),
-            "h.!!!.s".to_owned(),
-        ] {
-            let req = TestReq::new("/").header("authorization", &format!("Bearer {bad}"));
-            assert_eq!(claim("sub", &req), "", "{bad}");
-        }
-        assert_eq!(claim("sub", &TestReq::new("/")), "");
-    }
-
-    #[test]
     fn several_parts_and_missing_parts() {
         let b = builder(&[
             src(KeySourceType::Header, Some("x-tenant")),
@@ -684,7 +536,10 @@ mod tests {
             .header("x-tenant", "t")
             .header(
                 "authorization",
-                &format!("Bearer {}", token(&claims_payload())),
+                &format!(
+                    "Bearer {}",
+                    crate::jwt::tests::unsigned_token(&claims_payload())
+                ),
             )
             .ip("192.0.2.9");
         assert_eq!(key(&b, &full), "t\u{1f}user-1\u{1f}192.0.2.9\u{1f}acme");
@@ -750,7 +605,7 @@ mod tests {
 
     #[test]
     fn compile_errors_name_the_field() {
-        let err = |parts: &[KeySource]| KeyBuilder::compile(parts, None).unwrap_err();
+        let err = |parts: &[KeySource]| KeyBuilder::compile(parts, &bearer()).unwrap_err();
         let e = err(&[
             src(KeySourceType::Path, None),
             src(KeySourceType::Header, None),
@@ -772,23 +627,6 @@ mod tests {
         let e = err(&[src(KeySourceType::Header, Some("bad header"))]);
         assert_eq!(e.field, "key[0].name");
         assert_eq!(e.under("rules[1]").field, "rules[1].key[0].name");
-
-        let jwt = JwtSource {
-            header: "bad header".into(),
-            verification: None,
-        };
-        let e = KeyBuilder::compile(
-            &[
-                src(KeySourceType::Path, None),
-                src(KeySourceType::JWTClaim, Some("sub")),
-            ],
-            Some(&jwt),
-        )
-        .unwrap_err();
-        assert_eq!(e.field, "key[1]");
-        assert!(e.message.contains("jwt.header"), "{}", e.message);
-        // Without claim parts the JWT source is not used, so not checked.
-        assert!(KeyBuilder::compile(&[src(KeySourceType::Path, None)], Some(&jwt)).is_ok());
     }
 
     /// Percent-encodes every byte, so any string survives as a query parameter value.

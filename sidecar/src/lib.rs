@@ -12,6 +12,7 @@ pub mod compile;
 pub mod config;
 pub mod deny;
 pub mod global;
+pub mod jwt;
 pub mod keys;
 pub mod matching;
 pub mod metrics;

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub quota_threshold_crossings: IntCounterVec,
     /// Local quota usage entries held (one per quota and key used in its current period).
     pub quota_keys: IntGauge,
+    /// Bearer tokens checked for `jwt.verification`, by policy and result (`verified`,
+    /// `rejected`).
+    pub jwt_verifications: IntCounterVec,
     /// The operator stream (registered by [`Metrics::enable_operator_stream`], so standalone
     /// sidecars do not export them): 1 while a stream is open.
     pub operator_stream_connected: IntGauge,
@@ -135,6 +138,14 @@ impl Metrics {
             "Local quota usage entries held (one per quota and key used in its current period).",
         )?;
         registry.register(Box::new(quota_keys.clone()))?;
+        let jwt_verifications = IntCounterVec::new(
+            Opts::new(
+                "bulwark_jwt_verifications_total",
+                "Bearer tokens checked for a policy's jwt.verification, by policy and result (verified, rejected).",
+            ),
+            &["policy", "result"],
+        )?;
+        registry.register(Box::new(jwt_verifications.clone()))?;
         let operator_stream_connected = IntGauge::new(
             "bulwark_operator_stream_connected",
             "Whether the policy stream from the operator is open (1) or not (0).",
@@ -171,6 +182,7 @@ impl Metrics {
             quota_requests,
             quota_threshold_crossings,
             quota_keys,
+            jwt_verifications,
             operator_stream_connected,
             operator_stream_connects,
             operator_stream_last_message_timestamp_seconds,

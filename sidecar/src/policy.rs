@@ -125,20 +125,19 @@ impl CompiledPolicy {
             global,
             from_snapshot: None,
         };
-        let rate_limits =
-            RateLimits::compile(&snapshot.rate_limits, env).map_err(|(source, error)| {
-                PolicyError {
-                    kind: "RateLimitPolicy",
-                    source,
-                    error,
-                }
-            })?;
-        let quotas =
-            Quotas::compile(&snapshot.quotas, env).map_err(|(source, error)| PolicyError {
-                kind: "QuotaPolicy",
+        let rate_limits = RateLimits::compile(&snapshot.rate_limits, &snapshot.jwt_keys, env)
+            .map_err(|(source, error)| PolicyError {
+                kind: "RateLimitPolicy",
                 source,
                 error,
             })?;
+        let quotas = Quotas::compile(&snapshot.quotas, &snapshot.jwt_keys, env).map_err(
+            |(source, error)| PolicyError {
+                kind: "QuotaPolicy",
+                source,
+                error,
+            },
+        )?;
         for (kind, count) in [
             ("FeatureFlag", snapshot.feature_flags.len()),
             ("FailoverPolicy", snapshot.failover.len()),

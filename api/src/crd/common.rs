@@ -222,29 +222,43 @@ pub struct JwtSource {
     #[serde(default = "default_jwt_header")]
     #[schemars(length(min = 1, max = 256))]
     pub header: String,
-    /// Verify the token's signature before trusting its claims. Not available yet: sidecars
-    /// refuse a policy that sets it (status Programmed=False, reason Rejected) rather than
-    /// enforce it unverified. Without it, claims are decoded but not verified: fine for keying
-    /// counters (a forged claim only changes whose counter is charged), not for access decisions.
+    /// Verify the token before trusting its claims: signature, `exp` and `nbf` (60 s leeway),
+    /// and `iss`/`aud` when set. A token that fails contributes no claims (its parts count as
+    /// ""), so a forged token cannot pick another client's counter. Without it, claims are
+    /// decoded but not verified: fine for keying counters, not for access decisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<JwtVerification>,
+}
+
+/// Policies whose keys (or evaluation context) may come from bearer tokens.
+pub trait ReadsBearerTokens {
+    /// Where the policy reads bearer tokens, if it says.
+    fn jwt(&self) -> Option<&JwtSource>;
+
+    /// The policy's `jwt.verification`, if it verifies bearer tokens.
+    fn jwt_verification(&self) -> Option<&JwtVerification> {
+        self.jwt().and_then(|j| j.verification.as_ref())
+    }
 }
 
 fn default_jwt_header() -> String {
     "Authorization".to_owned()
 }
 
-/// How bearer tokens are verified.
+/// How bearer tokens are verified (one key, as Istio's `RequestAuthentication` with inline keys;
+/// no JWKS fetching).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.algorithms.all(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('RS') || a.startsWith('PS')) || self.algorithms.all(a, a.startsWith('ES')) || self.algorithms.all(a, a == 'EdDSA')").message("algorithms must all suit the one key: HS*, RS*/PS*, ES* or EdDSA").field_path(".algorithms"))]
 pub struct JwtVerification {
-    /// A Secret key holding the verification key: a PEM public key (RS*, ES*, EdDSA) or an HMAC
-    /// secret (HS*).
+    /// A key of a Secret in the policy's namespace holding the verification key: a PEM public
+    /// key (`-----BEGIN PUBLIC KEY-----`) for RS*, PS*, ES* and EdDSA, or the HMAC secret's
+    /// bytes for HS*. Public and HMAC algorithms cannot be mixed.
     pub key_secret_ref: SecretKeyRef,
     /// Accepted algorithms, e.g. `[RS256]`.
     #[schemars(
         length(min = 1, max = 8),
-        inner(regex(pattern = r"^(HS|RS|PS|ES)(256|384|512)$|^EdDSA$"))
+        inner(regex(pattern = r"^(HS|RS|PS)(256|384|512)$|^ES(256|384)$|^EdDSA$"))
     )]
     pub algorithms: Vec<String>,
     /// Required `iss` claim.

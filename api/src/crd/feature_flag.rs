@@ -247,3 +247,9 @@ pub struct InjectHeader {
     )]
     pub header: String,
 }
+
+impl super::common::ReadsBearerTokens for FeatureFlagSpec {
+    fn jwt(&self) -> Option<&JwtSource> {
+        self.context.as_ref().and_then(|c| c.jwt.as_ref())
+    }
+}

@@ -186,3 +186,9 @@ pub struct QuotaOverride {
     #[schemars(range(min = 1))]
     pub limit: u64,
 }
+
+impl super::common::ReadsBearerTokens for QuotaPolicySpec {
+    fn jwt(&self) -> Option<&JwtSource> {
+        self.jwt.as_ref()
+    }
+}

@@ -254,3 +254,9 @@ pub struct RateLimitResponse {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub legacy_headers: bool,
 }
+
+impl super::common::ReadsBearerTokens for RateLimitPolicySpec {
+    fn jwt(&self) -> Option<&JwtSource> {
+        self.jwt.as_ref()
+    }
+}

@@ -1,6 +1,9 @@
 //! Standalone mode: Bulwark custom resources read from `*.yaml`, `*.yml` and `*.json` files in one
 //! directory (not recursive; names starting with `.` are skipped, so a Kubernetes ConfigMap
 //! volume's `..data` links are not read twice). Errors say file, line, column and field.
+//!
+//! The directory may also hold `v1` Secrets, for the keys `jwt.verification.keySecretRef`s
+//! name: the same manifests as in a cluster, resolved here as the operator would resolve them.
 
 use std::{
     collections::BTreeMap,
@@ -9,9 +12,13 @@ use std::{
 };
 
 use bulwark_api::{
-    crd::{FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint},
-    snapshot::{PolicySource, Snapshot, Sourced},
+    crd::{
+        FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint,
+        common::ReadsBearerTokens,
+    },
+    snapshot::{ObjectRef, PolicySource, SecretString, Snapshot, Sourced, secret_key_id},
 };
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -46,9 +53,19 @@ impl std::error::Error for ConfigError {}
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub origins: BTreeMap<(String, PolicySource), String>,
+    /// The Secrets read, by namespace and name: key → value.
+    secrets: BTreeMap<ObjectRef, BTreeMap<String, Vec<u8>>>,
 }
 
 impl Loaded {
+    /// Nothing loaded yet: an empty snapshot.
+    pub fn new() -> Self {
+        Self {
+            snapshot: Snapshot::empty(),
+            ..Self::default()
+        }
+    }
+
     /// Where the policy `kind namespace/name` was read (for error messages).
     pub fn origin(&self, kind: &str, source: &PolicySource) -> String {
         let key = (
@@ -86,10 +103,7 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 
 /// Reads every policy file of `dir` into one snapshot.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
-    let mut loaded = Loaded {
-        snapshot: Snapshot::empty(),
-        ..Loaded::default()
-    };
+    let mut loaded = Loaded::new();
     for path in policy_files(dir)? {
         let text = fs::read_to_string(&path).map_err(|e| ConfigError {
             location: path.display().to_string(),
@@ -98,7 +112,67 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
         })?;
         load_text(&path.display().to_string(), &text, &mut loaded)?;
     }
+    loaded.resolve_jwt_keys()?;
     Ok(loaded)
+}
+
+impl Loaded {
+    /// Puts the key every `jwt.verification.keySecretRef` names into the snapshot, from the
+    /// Secrets read; a missing Secret or key is an error at the policy's file.
+    fn resolve_jwt_keys(&mut self) -> Result<(), ConfigError> {
+        let snapshot = &self.snapshot;
+        let verifying = snapshot
+            .rate_limits
+            .iter()
+            .map(|p| ("RateLimitPolicy", &p.source, p.spec.jwt_verification()))
+            .chain(
+                snapshot
+                    .quotas
+                    .iter()
+                    .map(|p| ("QuotaPolicy", &p.source, p.spec.jwt_verification())),
+            )
+            .chain(
+                snapshot
+                    .feature_flags
+                    .iter()
+                    .map(|p| ("FeatureFlag", &p.source, p.spec.jwt_verification())),
+            );
+        let mut keys = BTreeMap::new();
+        for (kind, source, verification) in verifying {
+            let Some(secret) = verification.map(|v| &v.key_secret_ref) else {
+                continue;
+            };
+            let found = self
+                .secrets
+                .get(&ObjectRef {
+                    namespace: source.namespace.clone(),
+                    name: secret.name.clone(),
+                })
+                .and_then(|data| data.get(&secret.key));
+            let value = found
+                .and_then(|bytes| String::from_utf8(bytes.clone()).ok())
+                .ok_or_else(|| ConfigError {
+                    location: self.origin(kind, source),
+                    field: Some("spec.jwt.verification.keySecretRef".into()),
+                    message: match found {
+                        Some(_) => format!(
+                            "key {:?} of Secret {} is not UTF-8 text",
+                            secret.key, secret.name
+                        ),
+                        None => format!(
+                            "no Secret {}/{} with key {:?} in the configuration directory",
+                            source.namespace, secret.name, secret.key
+                        ),
+                    },
+                })?;
+            keys.insert(
+                secret_key_id(&source.namespace, secret),
+                SecretString::new(value),
+            );
+        }
+        self.snapshot.jwt_keys = keys;
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -124,12 +198,16 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             message: format!("not a Kubernetes object: {e}"),
         })?;
         let kind = meta.kind.unwrap_or_default();
-        if meta.api_version.as_deref() != Some(expected_api_version.as_str()) {
+        let (expected_api_version, api) = match kind.as_str() {
+            "Secret" => ("v1", "core"),
+            _ => (expected_api_version.as_str(), "Bulwark's"),
+        };
+        if meta.api_version.as_deref() != Some(expected_api_version) {
             return Err(ConfigError {
                 location: doc_location(),
                 field: Some("apiVersion".into()),
                 message: format!(
-                    "expected {expected_api_version} (Bulwark's API), found {:?}",
+                    "expected {expected_api_version} ({api} API), found {:?}",
                     meta.api_version.unwrap_or_default()
                 ),
             });
@@ -164,12 +242,31 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             "WebhookEndpoint" => {
                 let _: WebhookEndpoint = typed_object(origin, typed())?;
             }
+            "Secret" => {
+                let object: Secret = typed_object(origin, typed())?;
+                // `stringData` wins over `data`, as the apiserver merges them.
+                let mut data: BTreeMap<String, Vec<u8>> = object
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect();
+                for (k, v) in object.string_data.iter().flatten() {
+                    data.insert(k.clone(), v.clone().into_bytes());
+                }
+                let secret = sourced(origin, &kind, &object, data, loaded)?;
+                let name = ObjectRef {
+                    namespace: secret.source.namespace,
+                    name: secret.source.name,
+                };
+                loaded.secrets.insert(name, secret.spec);
+            }
             other => {
                 return Err(ConfigError {
                     location: doc_location(),
                     field: Some("kind".into()),
                     message: format!(
-                        "unknown kind {other:?}: expected RateLimitPolicy, QuotaPolicy, FeatureFlag, WebhookEndpoint or FailoverPolicy"
+                        "unknown kind {other:?}: expected RateLimitPolicy, QuotaPolicy, FeatureFlag, WebhookEndpoint, FailoverPolicy or Secret"
                     ),
                 });
             }
@@ -263,10 +360,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Loaded, ConfigError> {
-        let mut loaded = Loaded {
-            snapshot: Snapshot::empty(),
-            ..Loaded::default()
-        };
+        let mut loaded = Loaded::new();
         load_text("policies/api.yaml", text, &mut loaded).map(|()| loaded)
     }
 
@@ -378,6 +472,68 @@ spec:
             missing
                 .message
                 .contains("cannot read the configuration directory")
+        );
+    }
+
+    #[test]
+    fn secrets_in_the_directory_resolve_jwt_verification_keys() {
+        let policy = "\
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: per-user, namespace: shop}
+spec:
+  jwt:
+    verification:
+      keySecretRef: {name: idp, key: hmac}
+      algorithms: [HS256]
+  rules:
+  - name: per-user
+    key: [{type: JWTClaim, name: sub}]
+    rates: [{limit: 10, window: 1s}]
+";
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+        let missing = load_dir(dir.path()).unwrap_err();
+        assert!(missing.location.ends_with("policy.yaml"), "{missing}");
+        assert_eq!(
+            missing.field.as_deref(),
+            Some("spec.jwt.verification.keySecretRef")
+        );
+        assert!(missing.message.contains("shop/idp"), "{missing}");
+
+        // `data` is base64 ("c2VjcmV0" is "secret"); `stringData` wins for the same key.
+        let secret = "\
+apiVersion: v1
+kind: Secret
+metadata: {name: idp, namespace: shop}
+data: {hmac: c2VjcmV0, other: b3RoZXI=}
+";
+        fs::write(dir.path().join("secret.yaml"), secret).unwrap();
+        let loaded = load_dir(dir.path()).unwrap();
+        let keys: Vec<_> = loaded
+            .snapshot
+            .jwt_keys
+            .iter()
+            .map(|(id, v)| (id.as_str(), v.expose()))
+            .collect();
+        assert_eq!(keys, [("shop/idp/hmac", "secret")]);
+        fs::write(
+            dir.path().join("secret.yaml"),
+            format!("{secret}stringData: {{hmac: plain}}\n"),
+        )
+        .unwrap();
+        let loaded = load_dir(dir.path()).unwrap();
+        assert_eq!(loaded.snapshot.jwt_keys["shop/idp/hmac"].expose(), "plain");
+
+        // A Secret must be a core v1 object.
+        fs::write(
+            dir.path().join("secret.yaml"),
+            secret.replace("apiVersion: v1", "apiVersion: bulwark.dev/v1alpha1"),
+        )
+        .unwrap();
+        assert_eq!(
+            load_dir(dir.path()).unwrap_err().field.as_deref(),
+            Some("apiVersion")
         );
     }
 }

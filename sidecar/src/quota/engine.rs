@@ -33,6 +33,7 @@ use crate::{
     compile::CompileError,
     deny::{DenyTemplate, Rejection},
     global::GlobalStore,
+    jwt::{JwtKeys, TokenClaims},
     keys::KeyBuilder,
     matching::CompiledMatch,
     metrics::Metrics,
@@ -167,6 +168,7 @@ impl Quotas {
     /// Compiles the policies; an error names the policy and the field.
     pub fn compile(
         policies: &[Sourced<QuotaPolicySpec>],
+        jwt_keys: &JwtKeys,
         env: &PolicyEnv,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let mut quotas = Vec::new();
@@ -179,7 +181,14 @@ impl Quotas {
                     "Global scope needs Redis: give the operator one (chart value redis.url) or start the sidecar with --redis-url or --redis-cluster",
                 )));
             }
-            crate::compile::refuse_jwt_verification(policy.spec.jwt.as_ref()).map_err(fail)?;
+            let claims = TokenClaims::compile(
+                policy.spec.jwt.as_ref(),
+                &policy.source,
+                jwt_keys,
+                &env.metrics,
+            )
+            .map(Arc::new)
+            .map_err(fail)?;
             let tz = period::time_zone(&policy.spec.time_zone)
                 .map_err(|m| fail(CompileError::new("timeZone", m)))?;
             let response = Arc::new(
@@ -202,6 +211,7 @@ impl Quotas {
                     quota,
                     &tz,
                     response.clone(),
+                    &claims,
                     &env.metrics,
                 )
                 .map_err(|e| fail(e.under(&format!("quotas[{i}]"))))?;
@@ -505,10 +515,11 @@ fn compile_quota(
     quota: &Quota,
     tz: &TimeZone,
     response: Arc<DenyTemplate>,
+    claims: &Arc<TokenClaims>,
     metrics: &Metrics,
 ) -> Result<CompiledQuota, CompileError> {
     let matcher = CompiledMatch::compile(&quota.match_).map_err(|e| e.under("match"))?;
-    let key = KeyBuilder::compile(&quota.key, spec.jwt.as_ref())?;
+    let key = KeyBuilder::compile(&quota.key, claims)?;
     if quota.limit == 0 {
         return Err(CompileError::new("limit", "must be at least 1"));
     }

@@ -24,8 +24,15 @@ use super::{
     store::{CounterKey, LocalStore, MAX_RATES, counter_key},
 };
 use crate::{
-    compile::CompileError, deny::DenyTemplate, global::GlobalStore, keys::KeyBuilder,
-    matching::CompiledMatch, metrics::Metrics, policy::PolicyEnv, request::RequestView,
+    compile::CompileError,
+    deny::DenyTemplate,
+    global::GlobalStore,
+    jwt::{JwtKeys, TokenClaims},
+    keys::KeyBuilder,
+    matching::CompiledMatch,
+    metrics::Metrics,
+    policy::PolicyEnv,
+    request::RequestView,
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -117,6 +124,7 @@ impl RateLimits {
     /// Compiles the policies; an error names the policy and the field.
     pub fn compile(
         policies: &[Sourced<RateLimitPolicySpec>],
+        jwt_keys: &JwtKeys,
         env: &PolicyEnv,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let metrics = &env.metrics;
@@ -133,11 +141,14 @@ impl RateLimits {
                     ),
                 ));
             }
-            crate::compile::refuse_jwt_verification(policy.spec.jwt.as_ref())
-                .map_err(|e| (policy.source.clone(), e))?;
+            let claims =
+                TokenClaims::compile(policy.spec.jwt.as_ref(), &policy.source, jwt_keys, metrics)
+                    .map(Arc::new)
+                    .map_err(|e| (policy.source.clone(), e))?;
             for (i, rule) in policy.spec.rules.iter().enumerate() {
-                let compiled = compile_rule(&policy.source, &policy.spec, rule, metrics)
-                    .map_err(|e| (policy.source.clone(), e.under(&format!("rules[{i}]"))))?;
+                let compiled =
+                    compile_rule(&policy.source, &policy.spec, rule, &claims, metrics)
+                        .map_err(|e| (policy.source.clone(), e.under(&format!("rules[{i}]"))))?;
                 rules.push(compiled);
             }
         }
@@ -453,10 +464,11 @@ fn compile_rule(
     source: &PolicySource,
     spec: &RateLimitPolicySpec,
     rule: &RateLimitRule,
+    claims: &Arc<TokenClaims>,
     metrics: &Metrics,
 ) -> Result<CompiledRule, CompileError> {
     let matcher = CompiledMatch::compile(&rule.match_).map_err(|e| e.under("match"))?;
-    let key = KeyBuilder::compile(&rule.key, spec.jwt.as_ref())?;
+    let key = KeyBuilder::compile(&rule.key, claims)?;
     let algorithm = match rule.algorithm {
         RateLimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
         RateLimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
@@ -591,6 +603,7 @@ mod tests {
     fn compile(yaml: &str) -> RateLimits {
         RateLimits::compile(
             &policies(yaml),
+            &JwtKeys::new(),
             &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
         )
         .unwrap()
@@ -775,6 +788,7 @@ rules:
     fn global_scope_is_refused_until_a_redis_store_exists() {
         let err = RateLimits::compile(
             &policies(&TWO_PER_MINUTE.replace("rules:", "scope: Global\nrules:")),
+            &JwtKeys::new(),
             &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
         )
         .err()
@@ -783,19 +797,61 @@ rules:
     }
 
     #[test]
-    fn jwt_verification_is_refused_rather_than_silently_skipped() {
-        let spec = TWO_PER_MINUTE.replace(
-            "rules:",
-            "jwt:\n  verification:\n    keySecretRef: {name: jwks, key: pem}\n    algorithms: [RS256]\nrules:",
+    fn verified_claims_key_counters_and_forged_tokens_share_the_empty_key() {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let spec = "
+jwt:
+  verification:
+    keySecretRef: {name: jwt, key: hs256}
+    algorithms: [HS256]
+rules:
+- name: per-user
+  key: [{type: JWTClaim, name: sub}]
+  algorithm: FixedWindow
+  rates: [{limit: 1, window: 1m}]
+";
+        let secret = "the policy's HMAC secret, 32 bytes";
+        let keys = JwtKeys::from([(
+            "ns/jwt/hs256".to_string(),
+            bulwark_api::snapshot::SecretString::new(secret),
+        )]);
+        let limits = RateLimits::compile(
+            &policies(spec),
+            &keys,
+            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+        )
+        .unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let token = |sub: &str, key: &[u8]| {
+            let claims = serde_json::json!({"sub": sub, "exp": exp});
+            encode(&Header::default(), &claims, &EncodingKey::from_secret(key)).unwrap()
+        };
+        let store = LocalStore::new(4, 1000);
+        let limited = |t: &str| {
+            let req = Req::new("/", &[("authorization", &format!("Bearer {t}"))]);
+            limits.decide(&req.view(), &store, SECOND).reject.is_some()
+        };
+        let alice = token("alice", secret.as_bytes());
+        assert!(!limited(&alice));
+        assert!(limited(&alice), "alice's own counter is spent");
+        // A token claiming to be bob, signed with another key, is not bob: it is charged to
+        // the "" counter, which bob's real token does not touch.
+        let forged_bob = token("bob", b"a key the attacker chose, 32 byte");
+        assert!(!limited(&forged_bob));
+        assert!(limited(&forged_bob), "forged tokens share one counter");
+        assert!(
+            !limited(&token("bob", secret.as_bytes())),
+            "bob's counter is untouched"
         );
+
         let err = RateLimits::compile(
-            &policies(&spec),
+            &policies(spec),
+            &JwtKeys::new(),
             &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
         )
         .err()
         .unwrap();
-        assert_eq!(err.1.field, "jwt.verification");
-        assert!(err.1.message.contains("not supported"), "{}", err.1.message);
+        assert_eq!(err.1.field, "jwt.verification.keySecretRef");
     }
 
     #[test]

@@ -68,10 +68,7 @@ const VALID: &str = include_str!("../../../../examples/ratelimitpolicy-per-clien
 const GLOBAL: &str = include_str!("../../../../examples/ratelimitpolicy-per-api-key.yaml");
 
 fn snapshot(yaml: &str, version: u64) -> Snapshot {
-    let mut loaded = files::Loaded {
-        snapshot: Snapshot::empty(),
-        ..Default::default()
-    };
+    let mut loaded = files::Loaded::new();
     files::load_text("test.yaml", yaml, &mut loaded).unwrap();
     Snapshot {
         version,

@@ -22,7 +22,12 @@ fn policies(yaml: &str) -> Vec<Sourced<QuotaPolicySpec>> {
 }
 
 fn compile_with(yaml: &str, metrics: Arc<Metrics>) -> Quotas {
-    Quotas::compile(&policies(yaml), &PolicyEnv::local_only(metrics)).unwrap()
+    Quotas::compile(
+        &policies(yaml),
+        &JwtKeys::new(),
+        &PolicyEnv::local_only(metrics),
+    )
+    .unwrap()
 }
 
 fn compile(yaml: &str) -> Quotas {
@@ -32,6 +37,7 @@ fn compile(yaml: &str) -> Quotas {
 fn compile_err(yaml: &str) -> CompileError {
     Quotas::compile(
         &policies(yaml),
+        &JwtKeys::new(),
         &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
     )
     .err()
@@ -433,6 +439,7 @@ fn the_example_quota_policies_compile() {
                 },
                 spec,
             }],
+            &JwtKeys::new(),
             &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
         );
         assert!(compiled.is_ok(), "{name}: {:?}", compiled.err());

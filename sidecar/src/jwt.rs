@@ -1,0 +1,573 @@
+//! Bearer tokens for `JWTClaim` key parts: where a policy reads the token, and the claims it
+//! trusts from it.
+//!
+//! The token is read from the policy's `jwt.header` (default `Authorization`). From
+//! `Authorization` the `Bearer ` scheme (any case) is stripped, and a value with another scheme
+//! (`Basic ...`) is no token; any other header carries the bare token. The token must be
+//! base64url text and dots only, with exactly three dot-separated parts.
+//!
+//! Without `jwt.verification` the payload is only decoded (it must be a JSON object): a forged
+//! claim only changes whose counter a request is charged to, which a client could do as well by
+//! sending no token. With it, the token's claims are used only if
+//! [`jsonwebtoken`] verifies its signature with the policy's key and algorithms, its `exp`
+//! (required) and `nbf` (60 s leeway), and its `iss` and `aud` when the policy names them. A
+//! token that fails gives no claims, like a missing one, so it is charged to the `""` counter
+//! with every other unauthenticated request and can never spend someone else's.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bulwark_api::crd::common::{JwtSource, JwtVerification};
+use bulwark_api::snapshot::{PolicySource, SecretString, secret_key_id};
+use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use prometheus::IntCounter;
+use serde_json::{Map, Value};
+
+use crate::compile::CompileError;
+use crate::matching::header_str;
+use crate::metrics::Metrics;
+
+/// Base64url as JWTs use it (no padding), also accepting padding.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Verification keys by [`secret_key_id`], as the snapshot carries them.
+pub type JwtKeys = BTreeMap<String, SecretString>;
+
+/// A policy's bearer-token source.
+pub struct TokenClaims {
+    header: HeaderName,
+    /// `Authorization`: strip the `Bearer ` scheme.
+    bearer: bool,
+    verifier: Option<Verifier>,
+}
+
+struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    verified: IntCounter,
+    rejected: IntCounter,
+}
+
+impl std::fmt::Debug for TokenClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClaims")
+            .field("header", &self.header)
+            .field("verified", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+impl TokenClaims {
+    /// From the policy's optional `jwt` source; `keys` holds the verification key it names.
+    /// Errors name the field under `jwt`.
+    pub fn compile(
+        jwt: Option<&JwtSource>,
+        source: &PolicySource,
+        keys: &JwtKeys,
+        metrics: &Metrics,
+    ) -> Result<Self, CompileError> {
+        let header = jwt.map_or("Authorization", |j| j.header.as_str());
+        let header = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            CompileError::new(
+                "jwt.header",
+                format!("{header:?} is not a valid header name"),
+            )
+        })?;
+        let verifier = match jwt.and_then(|j| j.verification.as_ref()) {
+            None => None,
+            Some(v) => Some(
+                Verifier::compile(v, source, keys, metrics)
+                    .map_err(|e| e.under("jwt.verification"))?,
+            ),
+        };
+        Ok(Self {
+            bearer: header == AUTHORIZATION,
+            header,
+            verifier,
+        })
+    }
+
+    /// The claims of the request's token: verified if the policy asks, else decoded. `None`
+    /// for a missing, malformed or (when verifying) unverified token.
+    pub fn claims(&self, headers: &HeaderMap) -> Option<Map<String, Value>> {
+        let token = self.token(headers)?;
+        let Some(verifier) = &self.verifier else {
+            return decode_payload(token);
+        };
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &verifier.key, &verifier.validation)
+        {
+            Ok(data) => {
+                verifier.verified.inc();
+                Some(data.claims)
+            }
+            Err(_) => {
+                verifier.rejected.inc();
+                None
+            }
+        }
+    }
+
+    fn token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let value = header_str(headers.get(&self.header)?)?.trim();
+        let token = if self.bearer {
+            strip_bearer(value)?
+        } else {
+            value
+        };
+        // A compact JWS is base64url text and dots: anything else (a scheme, spaces) is no token.
+        let jws_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=');
+        (token.bytes().all(jws_byte) && token.split('.').count() == 3).then_some(token)
+    }
+}
+
+impl Verifier {
+    fn compile(
+        spec: &JwtVerification,
+        source: &PolicySource,
+        keys: &JwtKeys,
+        metrics: &Metrics,
+    ) -> Result<Self, CompileError> {
+        let algorithms = spec
+            .algorithms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse::<Algorithm>().map_err(|_| {
+                    CompileError::new(
+                        format!("algorithms[{i}]"),
+                        format!("unknown algorithm {a:?}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let family = algorithms
+            .first()
+            .map(|a| a.family())
+            .ok_or_else(|| CompileError::new("algorithms", "at least one algorithm is required"))?;
+        if let Some(i) = algorithms.iter().position(|a| a.family() != family) {
+            return Err(CompileError::new(
+                format!("algorithms[{i}]"),
+                "algorithms must all suit the one key: HS*, RS*/PS*, ES* or EdDSA",
+            ));
+        }
+        let id = secret_key_id(&source.namespace, &spec.key_secret_ref);
+        let material = keys.get(&id).ok_or_else(|| {
+            CompileError::new(
+                "keySecretRef",
+                format!("Secret key {id} is not available to this sidecar"),
+            )
+        })?;
+        let pem = material.expose().as_bytes();
+        let key = match family {
+            AlgorithmFamily::Hmac => Ok(DecodingKey::from_secret(pem)),
+            AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem),
+            AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
+            AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
+        }
+        .map_err(|e| {
+            CompileError::new(
+                "keySecretRef",
+                format!("Secret key {id} is not a PEM public key for {family:?} algorithms: {e}"),
+            )
+        })?;
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.validate_nbf = true;
+        if let Some(issuer) = &spec.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if spec.audiences.is_empty() {
+            // No audience named: any `aud` is fine (jsonwebtoken would refuse every token
+            // that has one).
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&spec.audiences);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        let policy = format!("{}/{}", source.namespace, source.name);
+        let counter = |result| {
+            metrics
+                .jwt_verifications
+                .with_label_values(&[policy.as_str(), result])
+        };
+        Ok(Self {
+            key,
+            validation,
+            verified: counter("verified"),
+            rejected: counter("rejected"),
+        })
+    }
+}
+
+/// The payload of a compact JWS, unverified, if it is a JSON object.
+fn decode_payload(token: &str) -> Option<Map<String, Value>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = BASE64URL.decode(payload).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+fn strip_bearer(value: &str) -> Option<&str> {
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case("bearer ")
+        .then(|| value[7..].trim_start())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bulwark_api::crd::common::SecretKeyRef;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    /// A token source without verification, reading `header`.
+    pub(crate) fn unverified(header: &str) -> TokenClaims {
+        let jwt = JwtSource {
+            header: header.into(),
+            verification: None,
+        };
+        TokenClaims::compile(
+            Some(&jwt),
+            &PolicySource::default(),
+            &JwtKeys::new(),
+            &Metrics::new().unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A token with `payload` and a signature nobody checks.
+    pub(crate) fn unsigned_token(payload: &Value) -> String {
+        let enc = |v: &Value| BASE64URL.encode(v.to_string());
+        format!(
+            "{}.{}.signature",
+            enc(&json!({"alg": "HS256", "typ": "JWT"})),
+            enc(payload)
+        )
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers
+    }
+
+    fn sub(claims: Option<Map<String, Value>>) -> Option<String> {
+        claims.map(|c| c["sub"].as_str().unwrap_or_default().to_owned())
+    }
+
+    #[test]
+    fn bearer_stripping() {
+        let t = unsigned_token(&json!({"sub": "u"}));
+        let source = unverified("Authorization");
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, value.parse().unwrap());
+            sub(source.claims(&headers))
+        };
+        for value in [
+            format!("Bearer {t}"),
+            format!("bearer {t}"),
+            format!("BEARER   {t}"),
+            format!(" Bearer {t} "),
+        ] {
+            assert_eq!(with(&value).as_deref(), Some("u"), "{value:?}");
+        }
+        for value in [
+            t.clone(),
+            format!("Basic {t}"),
+            "Bearer".into(),
+            "Bearer x".into(),
+        ] {
+            assert_eq!(with(&value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn another_header_carries_the_bare_token() {
+        let t = unsigned_token(&json!({"sub": "u"}));
+        let source = unverified("X-Token");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-token", t.parse().unwrap());
+        assert_eq!(sub(source.claims(&headers)).as_deref(), Some("u"));
+        headers.insert("x-token", format!("Bearer {t}").parse().unwrap());
+        assert_eq!(source.claims(&headers), None);
+        assert_eq!(
+            source.claims(&bearer(&t)),
+            None,
+            "Authorization is not read"
+        );
+    }
+
+    #[test]
+    fn malformed_tokens_give_no_claims() {
+        let source = unverified("Authorization");
+        let enc = |s: &str| BASE64URL.encode(s);
+        let padded = format!(
+            "h.{}.s",
+            base64::engine::general_purpose::URL_SAFE.encode(r#"{"sub":"padded"}"#)
+        );
+        assert_eq!(
+            sub(source.claims(&bearer(&padded))).as_deref(),
+            Some("padded")
+        );
+        for bad in [
+            "not-a-token".to_owned(),
+            format!("h.{}", enc(r#"{"sub":"u"}"#)),
+            format!("h.{}.s.x", enc(r#"{"sub":"u"}"#)),
+            format!("h.{}.s", enc("[1,2]")),
+            format!("h.{}.s", enc("not json")),
+            "h.!!!.s".to_owned(),
+        ] {
+            assert_eq!(source.claims(&bearer(&bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_header_name_is_refused_at_jwt_header() {
+        let jwt = JwtSource {
+            header: "bad header".into(),
+            verification: None,
+        };
+        let metrics = Metrics::new().unwrap();
+        let e = TokenClaims::compile(
+            Some(&jwt),
+            &PolicySource::default(),
+            &JwtKeys::new(),
+            &metrics,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "jwt.header");
+    }
+
+    const HMAC: &str = "a shared secret of enough length";
+
+    struct Fixture {
+        source: TokenClaims,
+        metrics: Metrics,
+    }
+
+    /// A verifying source for policy `shop/api` with `key` in Secret `jwt`, key `key`.
+    fn verifying(
+        algorithms: &[&str],
+        key: &str,
+        issuer: Option<&str>,
+        audiences: &[&str],
+    ) -> Result<Fixture, CompileError> {
+        let jwt = JwtSource {
+            header: "Authorization".into(),
+            verification: Some(JwtVerification {
+                key_secret_ref: SecretKeyRef {
+                    name: "jwt".into(),
+                    key: "key".into(),
+                },
+                algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+                issuer: issuer.map(str::to_owned),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            }),
+        };
+        let policy = PolicySource {
+            namespace: "shop".into(),
+            name: "api".into(),
+            generation: 1,
+        };
+        let keys = JwtKeys::from([("shop/jwt/key".to_string(), SecretString::new(key))]);
+        let metrics = Metrics::new().unwrap();
+        let source = TokenClaims::compile(Some(&jwt), &policy, &keys, &metrics)?;
+        Ok(Fixture { source, metrics })
+    }
+
+    fn now() -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+    }
+
+    impl Fixture {
+        fn sub(&self, token: &str) -> Option<String> {
+            sub(self.source.claims(&bearer(token)))
+        }
+
+        fn counted(&self, result: &str) -> u64 {
+            self.metrics
+                .jwt_verifications
+                .with_label_values(&["shop/api", result])
+                .get()
+        }
+    }
+
+    #[test]
+    fn hmac_tokens_are_verified_and_checked_for_expiry_and_not_before() {
+        let f = verifying(&["HS256", "HS384"], HMAC, None, &[]).unwrap();
+        let key = EncodingKey::from_secret(HMAC.as_bytes());
+        let valid = json!({"sub": "alice", "exp": now() + 600});
+        assert_eq!(
+            f.sub(&sign(Algorithm::HS256, &key, &valid)).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            f.sub(&sign(Algorithm::HS384, &key, &valid)).as_deref(),
+            Some("alice")
+        );
+        // Any audience is fine when the policy names none.
+        let with_aud = json!({"sub": "alice", "exp": now() + 600, "aud": "other"});
+        assert_eq!(
+            f.sub(&sign(Algorithm::HS256, &key, &with_aud)).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(f.counted("verified"), 3);
+
+        let wrong_key = EncodingKey::from_secret(b"another secret of enough length!");
+        let rejected = [
+            ("wrong key", sign(Algorithm::HS256, &wrong_key, &valid)),
+            ("algorithm not listed", sign(Algorithm::HS512, &key, &valid)),
+            ("unsigned", unsigned_token(&valid)),
+            (
+                "expired beyond the leeway",
+                sign(
+                    Algorithm::HS256,
+                    &key,
+                    &json!({"sub": "alice", "exp": now() - 120}),
+                ),
+            ),
+            (
+                "not yet valid",
+                sign(
+                    Algorithm::HS256,
+                    &key,
+                    &json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 300}),
+                ),
+            ),
+            (
+                "no exp",
+                sign(Algorithm::HS256, &key, &json!({"sub": "alice"})),
+            ),
+        ];
+        for (why, token) in &rejected {
+            assert_eq!(f.sub(token), None, "{why}");
+        }
+        assert_eq!(f.counted("rejected"), rejected.len() as u64);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_when_named() {
+        let f = verifying(&["HS256"], HMAC, Some("https://idp"), &["api", "web"]).unwrap();
+        let key = EncodingKey::from_secret(HMAC.as_bytes());
+        let token = |claims: Value| sign(Algorithm::HS256, &key, &claims);
+        let exp = now() + 600;
+        let ok = token(json!({"sub": "a", "exp": exp, "iss": "https://idp", "aud": ["x", "web"]}));
+        assert_eq!(f.sub(&ok).as_deref(), Some("a"));
+        for (why, claims) in [
+            (
+                "other issuer",
+                json!({"sub": "a", "exp": exp, "iss": "https://evil", "aud": "api"}),
+            ),
+            ("no issuer", json!({"sub": "a", "exp": exp, "aud": "api"})),
+            (
+                "other audience",
+                json!({"sub": "a", "exp": exp, "iss": "https://idp", "aud": "x"}),
+            ),
+            (
+                "no audience",
+                json!({"sub": "a", "exp": exp, "iss": "https://idp"}),
+            ),
+        ] {
+            assert_eq!(f.sub(&token(claims)), None, "{why}");
+        }
+    }
+
+    #[test]
+    fn public_keys_verify_and_resist_algorithm_confusion() {
+        for (alg, rcgen_alg, name) in [
+            (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256, "ES256"),
+            (Algorithm::EdDSA, &rcgen::PKCS_ED25519, "EdDSA"),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
+            let public = pair.public_key_pem();
+            let private = pair.serialize_pem();
+            let signing = match alg {
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+                _ => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+            };
+            let f = verifying(&[name], &public, None, &[]).unwrap();
+            let claims = json!({"sub": "bob", "exp": now() + 600});
+            assert_eq!(
+                f.sub(&sign(alg, &signing, &claims)).as_deref(),
+                Some("bob"),
+                "{name}"
+            );
+            // The classic attack: an HS256 token whose HMAC key is the public key's PEM.
+            let forged = sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(public.as_bytes()),
+                &claims,
+            );
+            assert_eq!(
+                f.sub(&forged),
+                None,
+                "{name}: HS256 with the public key as secret"
+            );
+            let other = rcgen::KeyPair::generate_for(rcgen_alg)
+                .unwrap()
+                .serialize_pem();
+            let other = match alg {
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(other.as_bytes()).unwrap(),
+                _ => EncodingKey::from_ec_pem(other.as_bytes()).unwrap(),
+            };
+            assert_eq!(
+                f.sub(&sign(alg, &other, &claims)),
+                None,
+                "{name}: another key"
+            );
+        }
+    }
+
+    #[test]
+    fn compile_errors_name_the_field() {
+        let field = |r: Result<Fixture, CompileError>| r.map(|_| ()).unwrap_err().field;
+        assert_eq!(
+            field(verifying(&["ES256"], "not a pem", None, &[])),
+            "jwt.verification.keySecretRef"
+        );
+        assert_eq!(
+            field(verifying(&["HS256", "RS256"], HMAC, None, &[])),
+            "jwt.verification.algorithms[1]"
+        );
+        assert_eq!(
+            field(verifying(&["HS999"], HMAC, None, &[])),
+            "jwt.verification.algorithms[0]"
+        );
+        // The key is missing from the snapshot (the operator could not read the Secret).
+        let jwt = JwtSource {
+            header: "Authorization".into(),
+            verification: Some(JwtVerification {
+                key_secret_ref: SecretKeyRef {
+                    name: "gone".into(),
+                    key: "key".into(),
+                },
+                algorithms: vec!["HS256".into()],
+                issuer: None,
+                audiences: vec![],
+            }),
+        };
+        let e = TokenClaims::compile(
+            Some(&jwt),
+            &PolicySource::default(),
+            &JwtKeys::new(),
+            &Metrics::new().unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "jwt.verification.keySecretRef");
+    }
+}
