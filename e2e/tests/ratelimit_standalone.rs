@@ -1,7 +1,7 @@
 //! Rate limits enforced by the real sidecar binary in standalone mode (`--config-dir`), in front of
 //! a real upstream, driven over TCP: per-key counters, IETF headers, overrides, shadow mode, hot
-//! reload (also under load), invalid configuration kept out, and the last good snapshot enforced
-//! after a restart.
+//! reload (also under load), invalid configuration kept out, the last good snapshot enforced
+//! after a restart, and keys from verified bearer tokens.
 
 use std::{
     fs,
@@ -197,6 +197,83 @@ fn client_ip_behind_trusted_proxies_comes_from_x_forwarded_for() {
         .map(|ip| xff(&direct, ip))
         .collect();
     assert_eq!(answers, [200, 200, 200, 429]);
+}
+
+#[test]
+fn verified_jwt_claims_key_counters_and_forged_tokens_share_one() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let idp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let public = idp.public_key_pem();
+    let policy = "\
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata:
+  name: per-user
+spec:
+  jwt:
+    verification:
+      keySecretRef: {name: idp, key: public.pem}
+      algorithms: [ES256]
+      issuer: https://idp.example
+  rules:
+  - name: per-user
+    key: [{type: JWTClaim, name: sub}]
+    rates: [{limit: 2, window: 1h}]
+";
+    let s = setup(policy);
+    let indented: String = public.lines().map(|l| format!("    {l}\n")).collect();
+    fs::write(
+        s.config.join("idp-secret.yaml"),
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: idp}}\nstringData:\n  public.pem: |\n{indented}"),
+    )
+    .unwrap();
+    let sidecar = start(&s);
+
+    let sign = |key: &rcgen::KeyPair, sub: &str| {
+        let claims = serde_json::json!({
+            "sub": sub,
+            "iss": "https://idp.example",
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        });
+        let key = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap()
+    };
+    let status = |token: &str| {
+        http_request(
+            sidecar.inbound,
+            "GET",
+            "/api/items",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .expect("the sidecar answers")
+        .status
+    };
+    let alice = sign(&idp, "alice");
+    assert_eq!(
+        [status(&alice), status(&alice), status(&alice)],
+        [200, 200, 429]
+    );
+    // Tokens claiming to be bob but signed by another key are not bob's: they share the ""
+    // counter, and bob's own stays whole.
+    let attacker = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let forged = sign(&attacker, "bob");
+    assert_eq!(
+        [status(&forged), status(&forged), status(&forged)],
+        [200, 200, 429]
+    );
+    let bob = sign(&idp, "bob");
+    assert_eq!(status(&bob), 200);
+
+    let verified =
+        "bulwark_jwt_verifications_total{policy=\"default/per-user\",result=\"verified\"}";
+    let rejected =
+        "bulwark_jwt_verifications_total{policy=\"default/per-user\",result=\"rejected\"}";
+    assert_eq!(metric(&sidecar, verified), Some(4.0));
+    assert_eq!(metric(&sidecar, rejected), Some(3.0));
+    // The key reached the policy, not the admin dump.
+    let config = http_get(sidecar.admin, "/config").unwrap().body;
+    assert!(config.contains("default/idp/public.pem"), "{config}");
+    assert!(!config.contains("BEGIN PUBLIC KEY"), "{config}");
 }
 
 fn write_policy(config: &Path, text: &str) {

@@ -118,7 +118,126 @@ fn memory_latency(c: &mut Criterion) {
     });
 }
 
+/// The claims of one bearer token, as a `JWTClaim` key part reads them: decoded only, or
+/// verified with each kind of key. "verify" is what a token costs the first time (the
+/// sidecar's call to `jsonwebtoken::decode`); "remembered" is every later request with it.
+fn jwt(c: &mut Criterion) {
+    use bulwark_api::{
+        crd::common::{JwtSource, JwtVerification, SecretKeyRef},
+        snapshot::SecretString,
+    };
+    use bulwark_sidecar::jwt::TokenClaims;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+    let es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let hmac = "a benchmark HMAC secret, 32 bytes";
+    let rsa_private = include_str!("fixtures/rsa-2048.key.pem");
+    let rsa_public = include_str!("fixtures/rsa-2048.pub.pem");
+    let cases: [(&str, Option<Algorithm>, String, EncodingKey); 5] = [
+        (
+            "decoded, not verified",
+            None,
+            String::new(),
+            EncodingKey::from_secret(b"x"),
+        ),
+        (
+            "HS256",
+            Some(Algorithm::HS256),
+            hmac.into(),
+            EncodingKey::from_secret(hmac.as_bytes()),
+        ),
+        (
+            "RS256 (2048-bit)",
+            Some(Algorithm::RS256),
+            rsa_public.into(),
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+        ),
+        (
+            "ES256",
+            Some(Algorithm::ES256),
+            es.public_key_pem(),
+            EncodingKey::from_ec_pem(es.serialize_pem().as_bytes()).unwrap(),
+        ),
+        (
+            "EdDSA",
+            Some(Algorithm::EdDSA),
+            ed.public_key_pem(),
+            EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+        ),
+    ];
+    let claims = serde_json::json!({
+        "sub": "user-1", "iss": "https://idp.example", "exp": 4_102_444_800u64, "scope": "read write"
+    });
+    let source = PolicySource {
+        namespace: "bench".into(),
+        name: "p".into(),
+        generation: 1,
+    };
+    let metrics = Metrics::new().unwrap();
+    let mut group = c.benchmark_group("jwt: claims of one token");
+    for (name, algorithm, key, signing) in cases {
+        let token = encode(
+            &Header::new(algorithm.unwrap_or(Algorithm::HS256)),
+            &claims,
+            &signing,
+        )
+        .unwrap();
+        let jwt = JwtSource {
+            header: "Authorization".into(),
+            verification: algorithm.map(|a| JwtVerification {
+                key_secret_ref: SecretKeyRef {
+                    name: "idp".into(),
+                    key: "key".into(),
+                },
+                algorithms: vec![format!("{a:?}")],
+                issuer: Some("https://idp.example".into()),
+                audiences: vec![],
+            }),
+        };
+        if let Some(algorithm) = algorithm {
+            let decoding = match algorithm {
+                Algorithm::HS256 => jsonwebtoken::DecodingKey::from_secret(key.as_bytes()),
+                Algorithm::RS256 => {
+                    jsonwebtoken::DecodingKey::from_rsa_pem(key.as_bytes()).unwrap()
+                }
+                Algorithm::ES256 => jsonwebtoken::DecodingKey::from_ec_pem(key.as_bytes()).unwrap(),
+                _ => jsonwebtoken::DecodingKey::from_ed_pem(key.as_bytes()).unwrap(),
+            };
+            let validation = jsonwebtoken::Validation::new(algorithm);
+            group.bench_function(format!("{name}: verify"), |b| {
+                b.iter(|| {
+                    jsonwebtoken::decode::<serde_json::Value>(
+                        black_box(&token),
+                        &decoding,
+                        &validation,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+        let keys = JwtKeys::from([("bench/idp/key".to_string(), SecretString::new(key))]);
+        let source = TokenClaims::compile(Some(&jwt), &source, &keys, &metrics).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        assert!(
+            source.claims(&headers).is_some(),
+            "{name}: the token must pass"
+        );
+        let label = if algorithm.is_some() {
+            format!("{name}: remembered")
+        } else {
+            name.to_owned()
+        };
+        group.bench_function(label, |b| {
+            b.iter(|| black_box(source.claims(black_box(&headers))))
+        });
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
+    jwt(c);
     group(c, "local decision, 100k keys", KEYS);
     // One hot key: the compute part alone, with the counter in cache.
     group(c, "local decision, 1 key", 1);

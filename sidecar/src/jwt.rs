@@ -13,8 +13,15 @@
 //! (required) and `nbf` (60 s leeway), and its `iss` and `aud` when the policy names them. A
 //! token that fails gives no claims, like a missing one, so it is charged to the `""` counter
 //! with every other unauthenticated request and can never spend someone else's.
+//!
+//! Verified tokens are remembered (by their exact text, up to [`CACHE_CAPACITY`] per policy)
+//! until they expire: a client sends the same token for many requests, and a public-key
+//! signature check costs far more than the rest of the request (BENCHMARKS.md).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -39,6 +46,17 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 /// Verification keys by [`secret_key_id`], as the snapshot carries them.
 pub type JwtKeys = BTreeMap<String, SecretString>;
 
+/// A token's claims.
+pub type Claims = Arc<Map<String, Value>>;
+
+/// Verified tokens remembered per policy. At about 1 KB per token (text and claims), a full
+/// cache holds about 4 MB.
+pub const CACHE_CAPACITY: usize = 4096;
+
+/// Seconds of clock skew allowed on `exp` and `nbf` (jsonwebtoken's default, kept explicit
+/// because the cache checks them too).
+const LEEWAY: u64 = 60;
+
 /// A policy's bearer-token source.
 pub struct TokenClaims {
     header: HeaderName,
@@ -50,8 +68,16 @@ pub struct TokenClaims {
 struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    verified_tokens: Mutex<HashMap<Box<str>, Verified>>,
     verified: IntCounter,
     rejected: IntCounter,
+}
+
+/// A token that passed verification, valid until `exp` (plus leeway).
+struct Verified {
+    claims: Claims,
+    exp: u64,
+    nbf: u64,
 }
 
 impl std::fmt::Debug for TokenClaims {
@@ -95,21 +121,11 @@ impl TokenClaims {
 
     /// The claims of the request's token: verified if the policy asks, else decoded. `None`
     /// for a missing, malformed or (when verifying) unverified token.
-    pub fn claims(&self, headers: &HeaderMap) -> Option<Map<String, Value>> {
+    pub fn claims(&self, headers: &HeaderMap) -> Option<Claims> {
         let token = self.token(headers)?;
-        let Some(verifier) = &self.verifier else {
-            return decode_payload(token);
-        };
-        match jsonwebtoken::decode::<Map<String, Value>>(token, &verifier.key, &verifier.validation)
-        {
-            Ok(data) => {
-                verifier.verified.inc();
-                Some(data.claims)
-            }
-            Err(_) => {
-                verifier.rejected.inc();
-                None
-            }
+        match &self.verifier {
+            None => decode_payload(token).map(Arc::new),
+            Some(verifier) => verifier.claims(token, jsonwebtoken::get_current_timestamp()),
         }
     }
 
@@ -127,6 +143,56 @@ impl TokenClaims {
 }
 
 impl Verifier {
+    /// The claims of `token` if it verifies at `now` (Unix seconds).
+    fn claims(&self, token: &str, now: u64) -> Option<Claims> {
+        let outcome = self
+            .remembered(token, now)
+            .unwrap_or_else(|| self.verify(token, now));
+        match outcome {
+            Some(_) => self.verified.inc(),
+            None => self.rejected.inc(),
+        }
+        outcome
+    }
+
+    /// `Some(outcome)` if `token` was verified before: its claims while it is valid, `None`
+    /// (and forgotten) once it has expired.
+    fn remembered(&self, token: &str, now: u64) -> Option<Option<Claims>> {
+        let mut tokens = self.verified_tokens.lock().expect("verified tokens");
+        let seen = tokens.get(token)?;
+        if now <= seen.exp.saturating_add(LEEWAY) && seen.nbf <= now.saturating_add(LEEWAY) {
+            return Some(Some(seen.claims.clone()));
+        }
+        tokens.remove(token);
+        Some(None)
+    }
+
+    fn verify(&self, token: &str, now: u64) -> Option<Claims> {
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation).ok()?;
+        let seconds = |name: &str| {
+            data.claims
+                .get(name)
+                .and_then(Value::as_f64)
+                .map(|s| s as u64)
+        };
+        let verified = Verified {
+            exp: seconds("exp")?, // required by the validation
+            nbf: seconds("nbf").unwrap_or(0),
+            claims: Arc::new(data.claims),
+        };
+        let claims = verified.claims.clone();
+        let mut tokens = self.verified_tokens.lock().expect("verified tokens");
+        if tokens.len() >= CACHE_CAPACITY {
+            tokens.retain(|_, t| now <= t.exp.saturating_add(LEEWAY));
+            if tokens.len() >= CACHE_CAPACITY {
+                tokens.clear();
+            }
+        }
+        tokens.insert(token.into(), verified);
+        Some(claims)
+    }
+
     fn compile(
         spec: &JwtVerification,
         source: &PolicySource,
@@ -179,6 +245,7 @@ impl Verifier {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.validate_nbf = true;
+        validation.leeway = LEEWAY;
         if let Some(issuer) = &spec.issuer {
             validation.set_issuer(&[issuer]);
             validation.required_spec_claims.insert("iss".into());
@@ -200,6 +267,7 @@ impl Verifier {
         Ok(Self {
             key,
             validation,
+            verified_tokens: Mutex::new(HashMap::new()),
             verified: counter("verified"),
             rejected: counter("rejected"),
         })
@@ -261,7 +329,7 @@ pub(crate) mod tests {
         headers
     }
 
-    fn sub(claims: Option<Map<String, Value>>) -> Option<String> {
+    fn sub(claims: Option<Claims>) -> Option<String> {
         claims.map(|c| c["sub"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -569,5 +637,68 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "jwt.verification.keySecretRef");
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let f = verifying(&["HS256"], HMAC, None, &[]).unwrap();
+        let verifier = f.source.verifier.as_ref().unwrap();
+        let key = EncodingKey::from_secret(HMAC.as_bytes());
+        let now = now() as u64;
+        let token = sign(
+            Algorithm::HS256,
+            &key,
+            &json!({"sub": "a", "exp": now + 600}),
+        );
+        assert!(verifier.claims(&token, now).is_some());
+        assert!(
+            verifier.claims(&token, now + 600 + LEEWAY).is_some(),
+            "within the leeway"
+        );
+        assert_eq!(verifier.verified_tokens.lock().unwrap().len(), 1);
+        assert!(
+            verifier.claims(&token, now + 601 + LEEWAY).is_none(),
+            "expired while remembered"
+        );
+        assert!(
+            verifier.verified_tokens.lock().unwrap().is_empty(),
+            "and forgotten"
+        );
+        assert_eq!((f.counted("verified"), f.counted("rejected")), (2, 1));
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let f = verifying(&["HS256"], HMAC, None, &[]).unwrap();
+        let verifier = f.source.verifier.as_ref().unwrap();
+        let key = EncodingKey::from_secret(HMAC.as_bytes());
+        let now = now() as u64;
+        for i in 0..CACHE_CAPACITY + 10 {
+            let token = sign(Algorithm::HS256, &key, &json!({"sub": i, "exp": now + 600}));
+            assert!(verifier.claims(&token, now).is_some());
+            assert!(verifier.verified_tokens.lock().unwrap().len() <= CACHE_CAPACITY);
+        }
+    }
+
+    #[test]
+    fn rsa_keys_verify_pkcs1_and_pss_signatures() {
+        // The benchmark's 2048-bit test key (rcgen cannot generate RSA keys).
+        let private = include_str!("../benches/fixtures/rsa-2048.key.pem");
+        let public = include_str!("../benches/fixtures/rsa-2048.pub.pem");
+        let signing = EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+        let f = verifying(&["RS256", "PS256"], public, None, &[]).unwrap();
+        let claims = json!({"sub": "carol", "exp": now() + 600});
+        for alg in [Algorithm::RS256, Algorithm::PS256] {
+            assert_eq!(
+                f.sub(&sign(alg, &signing, &claims)).as_deref(),
+                Some("carol"),
+                "{alg:?}"
+            );
+        }
+        assert_eq!(
+            f.sub(&sign(Algorithm::RS512, &signing, &claims)),
+            None,
+            "not listed"
+        );
     }
 }

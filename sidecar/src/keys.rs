@@ -46,7 +46,7 @@ use http::{HeaderMap, HeaderName, header::COOKIE};
 use serde_json::{Map, Value};
 
 use crate::compile::CompileError;
-use crate::jwt::TokenClaims;
+use crate::jwt::{Claims, TokenClaims};
 use crate::matching::{header_str, percent_decode, query_param};
 use crate::request::RequestView;
 
@@ -103,7 +103,7 @@ impl KeyBuilder {
     /// (unit separator, which cannot appear in header values); a missing part contributes "".
     pub fn write_key(&self, req: &RequestView<'_>, out: &mut String) {
         // Decoded on first use, at most once.
-        let mut claims: Option<Option<Map<String, Value>>> = None;
+        let mut claims: Option<Option<Claims>> = None;
         for (i, part) in self.parts.iter().enumerate() {
             if i > 0 {
                 out.push(SEPARATOR);
