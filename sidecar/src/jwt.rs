@@ -37,6 +37,10 @@ use crate::compile::CompileError;
 use crate::matching::header_str;
 use crate::metrics::Metrics;
 
+mod ring_verifier;
+
+pub use ring_verifier::install as use_ring_for_verification;
+
 /// Base64url as JWTs use it (no padding), also accepting padding.
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     &alphabet::URL_SAFE,
@@ -107,10 +111,13 @@ impl TokenClaims {
         })?;
         let verifier = match jwt.and_then(|j| j.verification.as_ref()) {
             None => None,
-            Some(v) => Some(
-                Verifier::compile(v, source, keys, metrics)
-                    .map_err(|e| e.under("jwt.verification"))?,
-            ),
+            Some(v) => {
+                use_ring_for_verification();
+                Some(
+                    Verifier::compile(v, source, keys, metrics)
+                        .map_err(|e| e.under("jwt.verification"))?,
+                )
+            }
         };
         Ok(Self {
             bearer: header == AUTHORIZATION,
