@@ -13,7 +13,7 @@ use bulwark_e2e::{
     ControlPlane, Namespace, eventually,
     operator::{Operator, OperatorPorts, service_account_kubeconfig},
     output_with_stdin,
-    process::{http_get, wait_for_status},
+    process::{http_get, http_request, wait_for_status},
     promtool_check,
     redis::Redis,
     repo_root,
@@ -364,6 +364,89 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
         "/config hides the Redis connection: {config}"
     );
     ns.kubectl_ok(&["delete", global]);
+
+    // --- Verified bearer tokens: the key comes from a Secret, through the stream. -----------
+    apply(
+        cp,
+        &format!(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: per-user, namespace: {}}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  jwt:
+    verification:
+      keySecretRef: {{name: idp, key: hmac}}
+      algorithms: [HS256]
+  rules:
+  - name: per-user
+    key: [{{type: JWTClaim, name: sub}}]
+    rates: [{{limit: 1, window: 1h}}]
+"#,
+            ns.name
+        ),
+    );
+    let per_user = "ratelimitpolicy/per-user";
+    let accepted = "{.status.conditions[?(@.type==\"Accepted\")].reason}: {.status.conditions[?(@.type==\"Accepted\")].message}";
+    let refused = eventually(
+        Duration::from_secs(15),
+        "RefNotFound for the Secret",
+        || {
+            let s = jsonpath(cp, &ns.name, per_user, accepted);
+            s.starts_with("RefNotFound:").then_some(s)
+        },
+    );
+    assert!(
+        refused.contains("jwt.verification.keySecretRef"),
+        "{refused}"
+    );
+    let hmac = "the identity provider's HMAC secret";
+    ns.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "idp",
+        &format!("--from-literal=hmac={hmac}"),
+    ]);
+    eventually(
+        Duration::from_secs(15),
+        "the policy Accepted and programmed",
+        || (jsonpath(cp, &ns.name, per_user, "{.status.programmedPods}") == "1").then_some(()),
+    );
+    let signed = |sub: &str, key: &str| {
+        let claims =
+            serde_json::json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let key = jsonwebtoken::EncodingKey::from_secret(key.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let with_token = |token: &str| {
+        http_request(
+            sidecar.inbound,
+            "GET",
+            "/index.html",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .map_or(0, |r| r.status)
+    };
+    let (alice, forged_bob, bob) = (
+        signed("alice", hmac),
+        signed("bob", "a key the attacker chose"),
+        signed("bob", hmac),
+    );
+    assert_eq!([with_token(&alice), with_token(&alice)], [200, 429]);
+    assert_eq!(
+        [
+            with_token(&forged_bob),
+            with_token(&forged_bob),
+            with_token(&bob)
+        ],
+        [200, 429, 200],
+        "forged tokens share the empty key; bob's own counter is untouched"
+    );
+    let config = http_get(sidecar.admin, "/config").unwrap().body;
+    assert!(!config.contains(hmac), "/config hides the key: {config}");
+    ns.kubectl_ok(&["delete", per_user, "secret/idp"]);
 
     // --- A snapshot the sidecar cannot enforce (a time zone the schema's pattern lets through
     // but no time-zone database has): it keeps the last good one, and status names the pod.
