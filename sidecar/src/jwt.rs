@@ -9,7 +9,8 @@
 //! Without `jwt.verification` the payload is only decoded (it must be a JSON object): a forged
 //! claim only changes whose counter a request is charged to, which a client could do as well by
 //! sending no token. With it, the token's claims are used only if
-//! [`jsonwebtoken`] verifies its signature with the policy's key and algorithms, its `exp`
+//! [`jsonwebtoken`] verifies its signature with the policy's key (one PEM key or HMAC secret, or
+//! from a JWKS document the key its `kid` names) and algorithms, its `exp`
 //! (required) and `nbf` (60 s leeway), and its `iss` and `aud` when the policy names them. A
 //! token that fails gives no claims, like a missing one, so it is charged to the `""` counter
 //! with every other unauthenticated request and can never spend someone else's.
@@ -29,7 +30,10 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bulwark_api::crd::common::{JwtSource, JwtVerification};
 use bulwark_api::snapshot::{PolicySource, SecretString, secret_key_id};
 use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{
+    Algorithm, AlgorithmFamily, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
+};
 use prometheus::IntCounter;
 use serde_json::{Map, Value};
 
@@ -70,11 +74,17 @@ pub struct TokenClaims {
 }
 
 struct Verifier {
-    key: DecodingKey,
+    /// One key (PEM or HMAC secret), or a JWKS document's keys, chosen by the token's `kid`.
+    keys: Vec<VerificationKey>,
     validation: Validation,
     verified_tokens: Mutex<HashMap<Box<str>, Verified>>,
     verified: IntCounter,
     rejected: IntCounter,
+}
+
+struct VerificationKey {
+    kid: Option<String>,
+    key: DecodingKey,
 }
 
 /// A token that passed verification, valid until `exp` (plus leeway).
@@ -174,9 +184,29 @@ impl Verifier {
         Some(None)
     }
 
+    /// The key that may have signed `token`: the one key; or, from a JWKS, the key of the
+    /// token's `kid` (without a `kid`, only a set of one key will do).
+    fn key_for(&self, token: &str) -> Option<&DecodingKey> {
+        let only = match self.keys.as_slice() {
+            [only] => Some(&only.key),
+            _ => None,
+        };
+        if let Some(key) = only.filter(|_| self.keys[0].kid.is_none()) {
+            return Some(key);
+        }
+        match jsonwebtoken::decode_header(token).ok()?.kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .map(|k| &k.key),
+            None => only,
+        }
+    }
+
     fn verify(&self, token: &str, now: u64) -> Option<Claims> {
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation).ok()?;
+        let key = self.key_for(token)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).ok()?;
         let seconds = |name: &str| {
             data.claims
                 .get(name)
@@ -236,19 +266,8 @@ impl Verifier {
                 format!("Secret key {id} is not available to this sidecar"),
             )
         })?;
-        let pem = material.expose().as_bytes();
-        let key = match family {
-            AlgorithmFamily::Hmac => Ok(DecodingKey::from_secret(pem)),
-            AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem),
-            AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
-            AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
-        }
-        .map_err(|e| {
-            CompileError::new(
-                "keySecretRef",
-                format!("Secret key {id} is not a PEM public key for {family:?} algorithms: {e}"),
-            )
-        })?;
+        let keys = verification_keys(material.expose(), family, &algorithms)
+            .map_err(|e| CompileError::new("keySecretRef", format!("Secret key {id}: {e}")))?;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.validate_nbf = true;
@@ -272,12 +291,72 @@ impl Verifier {
                 .with_label_values(&[policy.as_str(), result])
         };
         Ok(Self {
-            key,
+            keys,
             validation,
             verified_tokens: Mutex::new(HashMap::new()),
             verified: counter("verified"),
             rejected: counter("rejected"),
         })
+    }
+}
+
+/// The keys in a Secret key's text: a JWKS document (`{"keys": [...]}`; keys for encryption, of
+/// another family or of an algorithm not listed are skipped), else one PEM public key, or for
+/// HMAC the secret's bytes.
+fn verification_keys(
+    text: &str,
+    family: AlgorithmFamily,
+    algorithms: &[Algorithm],
+) -> Result<Vec<VerificationKey>, String> {
+    let looks_like_json = text.trim_start().starts_with('{');
+    let jwks = serde_json::from_str::<JwkSet>(text);
+    if let Ok(set) = jwks {
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let usable = jwk.common.public_key_use != Some(PublicKeyUse::Encryption)
+                && jwk_family(jwk) == Some(family)
+                && jwk.common.key_algorithm.is_none_or(|alg| {
+                    algorithms
+                        .iter()
+                        .any(|&listed| KeyAlgorithm::from(listed) == alg)
+                });
+            if usable {
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("keys[{i}]: {e}"))?;
+                keys.push(VerificationKey {
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                });
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!(
+                "the JWKS has no signing key for {family:?} algorithms {algorithms:?}"
+            ));
+        }
+        return Ok(keys);
+    }
+    let bytes = text.as_bytes();
+    let key = match family {
+        AlgorithmFamily::Hmac => Ok(DecodingKey::from_secret(bytes)),
+        _ if looks_like_json => {
+            let e = jwks.err().map(|e| e.to_string()).unwrap_or_default();
+            return Err(format!("not a JWKS document: {e}"));
+        }
+        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(bytes),
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(bytes),
+        AlgorithmFamily::Ed => DecodingKey::from_ed_pem(bytes),
+    }
+    .map_err(|e| format!("not a PEM public key for {family:?} algorithms: {e}"))?;
+    Ok(vec![VerificationKey { kid: None, key }])
+}
+
+fn jwk_family(jwk: &Jwk) -> Option<AlgorithmFamily> {
+    match jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(AlgorithmFamily::Rsa),
+        AlgorithmParameters::EllipticCurve(_) => Some(AlgorithmFamily::Ec),
+        AlgorithmParameters::OctetKeyPair(_) => Some(AlgorithmFamily::Ed),
+        AlgorithmParameters::OctetKey(_) => Some(AlgorithmFamily::Hmac),
+        _ => None,
     }
 }
 
@@ -707,5 +786,78 @@ pub(crate) mod tests {
             None,
             "not listed"
         );
+    }
+
+    /// A JWK for the P-256 key `pair`.
+    fn ec_jwk(pair: &rcgen::KeyPair, kid: &str, use_: &str) -> Value {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let point = pair.public_key_raw(); // 0x04 || x || y
+        json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": use_, "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    fn es256(pair: &rcgen::KeyPair, kid: Option<&str>, sub: &str) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let claims = json!({"sub": sub, "exp": now() + 600});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn a_jwks_picks_the_key_by_kid_so_keys_can_rotate() {
+        let generate = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (old, new, encryption) = (generate(), generate(), generate());
+        let rsa: Value =
+            serde_json::from_str(include_str!("../benches/fixtures/rsa-2048.jwks.json")).unwrap();
+        let jwks = json!({"keys": [
+            ec_jwk(&old, "old", "sig"),
+            ec_jwk(&new, "new", "sig"),
+            ec_jwk(&encryption, "enc", "enc"),
+            rsa["keys"][0], // another family: skipped
+        ]});
+        let f = verifying(&["ES256"], &jwks.to_string(), None, &[]).unwrap();
+        assert_eq!(f.sub(&es256(&new, Some("new"), "a")).as_deref(), Some("a"));
+        assert_eq!(f.sub(&es256(&old, Some("old"), "b")).as_deref(), Some("b"));
+        for (why, token) in [
+            ("another key's kid", es256(&old, Some("new"), "c")),
+            ("an unknown kid", es256(&new, Some("newer"), "d")),
+            ("no kid with two keys", es256(&new, None, "e")),
+            ("an encryption key", es256(&encryption, Some("enc"), "f")),
+        ] {
+            assert_eq!(f.sub(&token), None, "{why}");
+        }
+        // A set of one key also verifies tokens without a kid.
+        let one = json!({"keys": [ec_jwk(&new, "new", "sig")]});
+        let f = verifying(&["ES256"], &one.to_string(), None, &[]).unwrap();
+        assert_eq!(f.sub(&es256(&new, None, "g")).as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn rsa_keys_from_a_jwks_verify() {
+        let jwks = include_str!("../benches/fixtures/rsa-2048.jwks.json");
+        let private = include_str!("../benches/fixtures/rsa-2048.key.pem");
+        let f = verifying(&["RS256"], jwks, None, &[]).unwrap();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let key = EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&header, &json!({"sub": "r", "exp": now() + 600}), &key);
+        assert_eq!(f.sub(&token.unwrap()).as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn a_jwks_without_a_usable_key_is_refused() {
+        let jwks = include_str!("../benches/fixtures/rsa-2048.jwks.json");
+        let error = |r: Result<Fixture, CompileError>| r.map(|_| ()).unwrap_err();
+        let e = error(verifying(&["ES256"], jwks, None, &[]));
+        assert_eq!(e.field, "jwt.verification.keySecretRef");
+        assert!(e.message.contains("no signing key"), "{}", e.message);
+        // The JWK says RS256; the policy lists only RS512.
+        let e = error(verifying(&["RS512"], jwks, None, &[]));
+        assert!(e.message.contains("no signing key"), "{}", e.message);
+        let e = error(verifying(&["ES256"], "{\"keys\": [", None, &[]));
+        assert!(e.message.contains("not a JWKS document"), "{}", e.message);
     }
 }

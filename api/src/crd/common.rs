@@ -245,15 +245,16 @@ fn default_jwt_header() -> String {
     "Authorization".to_owned()
 }
 
-/// How bearer tokens are verified (one key, as Istio's `RequestAuthentication` with inline keys;
-/// no JWKS fetching).
+/// How bearer tokens are verified, with keys from a Secret (as Istio's `RequestAuthentication`
+/// with inline `jwks`; nothing is fetched from a URL).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.algorithms.all(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('RS') || a.startsWith('PS')) || self.algorithms.all(a, a.startsWith('ES')) || self.algorithms.all(a, a == 'EdDSA')").message("algorithms must all suit the one key: HS*, RS*/PS*, ES* or EdDSA").field_path(".algorithms"))]
 pub struct JwtVerification {
     /// A key of a Secret in the policy's namespace holding the verification key: a PEM public
     /// key (`-----BEGIN PUBLIC KEY-----`) for RS*, PS*, ES* and EdDSA, or the HMAC secret's
-    /// bytes for HS*. Public and HMAC algorithms cannot be mixed.
+    /// bytes for HS*; or a JWKS document (`{"keys": [...]}`, as identity providers publish),
+    /// whose key is chosen by the token's `kid`, so keys can rotate.
     pub key_secret_ref: SecretKeyRef,
     /// Accepted algorithms, e.g. `[RS256]`.
     #[schemars(
