@@ -536,4 +536,20 @@ data: {hmac: c2VjcmV0, other: b3RoZXI=}
             Some("apiVersion")
         );
     }
+
+    #[test]
+    fn the_verified_jwt_example_loads_and_compiles() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/ratelimitpolicy-per-user-verified-jwt.yaml"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(example, dir.path().join("example.yaml")).unwrap();
+        let loaded = load_dir(dir.path()).unwrap();
+        assert_eq!(loaded.snapshot.jwt_keys.len(), 1);
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new().unwrap());
+        let env = crate::policy::PolicyEnv::local_only(metrics);
+        let compiled = crate::policy::CompiledPolicy::compile(loaded.snapshot, &env);
+        assert!(compiled.is_ok(), "{:?}", compiled.err());
+    }
 }
