@@ -227,6 +227,20 @@ fn outbound_listener_forwards_the_apps_calls_to_the_service_named() {
         &format!("GET /svc.txt HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(by_host, (200, "from the other service\n".to_owned()));
+    // By name, through the resolver (and its cache); a name with no address is a 502.
+    let by_name = raw_request(
+        outbound,
+        &format!(
+            "GET /svc.txt HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+            target.port()
+        ),
+    );
+    assert_eq!(by_name, (200, "from the other service\n".to_owned()));
+    let unresolvable = raw_request(
+        outbound,
+        "GET /svc.txt HTTP/1.1\r\nHost: no-such-service.invalid\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(unresolvable.0, 502);
     let missing = raw_request(
         outbound,
         &format!("GET /nothing HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
@@ -250,10 +264,11 @@ fn outbound_listener_forwards_the_apps_calls_to_the_service_named() {
 
     let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
     for counted in [
-        "bulwark_outbound_requests_total{status_class=\"2xx\"} 2",
+        "bulwark_outbound_requests_total{status_class=\"2xx\"} 3",
         // The 404 (Pingora's own CONNECT refusal comes before any phase, uncounted).
         "bulwark_outbound_requests_total{status_class=\"4xx\"} 1",
-        "bulwark_outbound_requests_total{status_class=\"5xx\"} 1",
+        // The unresolvable name and the loop.
+        "bulwark_outbound_requests_total{status_class=\"5xx\"} 2",
     ] {
         assert!(metrics.contains(counted), "{counted}:\n{metrics}");
     }

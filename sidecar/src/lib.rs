@@ -11,6 +11,7 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod deny;
+pub mod dns;
 pub mod global;
 pub mod jwt;
 pub mod keys;

@@ -1,7 +1,8 @@
 //! The outbound `ProxyHttp`: the app's plain-HTTP calls to other services, sent to the sidecar
 //! as to an HTTP proxy (`HTTP_PROXY=http://127.0.0.1:15001`, absolute-form `GET http://host/…`)
 //! or straight at it with a `Host` header. Today it forwards to the destination the request
-//! names, resolved by DNS; it is where failover (upstream sets, health, retries) plugs in.
+//! names, resolved by DNS ([`crate::dns`], cached); it is where failover (upstream sets, health,
+//! retries) plugs in.
 //! `CONNECT` (HTTPS through a proxy) is refused (Pingora answers it 405 itself; [`destination`]
 //! refuses it too): the sidecar does not tunnel TLS yet.
 
@@ -16,17 +17,22 @@ use pingora::{
     proxy::{ProxyHttp, Session},
 };
 
-use crate::metrics::Metrics;
+use crate::{dns::DnsCache, metrics::Metrics};
 
 pub struct OutboundProxy {
     metrics: Arc<Metrics>,
     /// This listener's own address: a request naming it would loop through the sidecar.
     listen: SocketAddr,
+    dns: DnsCache,
 }
 
 impl OutboundProxy {
     pub fn new(listen: SocketAddr, metrics: Arc<Metrics>) -> Self {
-        Self { metrics, listen }
+        Self {
+            metrics,
+            listen,
+            dns: DnsCache::default(),
+        }
     }
 }
 
@@ -103,11 +109,11 @@ impl ProxyHttp for OutboundProxy {
         rewrite: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let to = destination(session.req_header()).map_err(|why| refuse(400, why))?;
-        let addr = tokio::net::lookup_host((to.host.as_str(), to.port))
+        let addr = self
+            .dns
+            .resolve(&to.host, to.port)
             .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| refuse(502, format!("cannot resolve {}:{}", to.host, to.port)))?;
+            .map_err(|e| refuse(502, format!("cannot resolve {}:{}: {e}", to.host, to.port)))?;
         if addr == self.listen || (addr.port() == self.listen.port() && addr.ip().is_loopback()) {
             return Err(refuse(508, "the destination is this outbound listener"));
         }
