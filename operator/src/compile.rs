@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, btree_map::Entry};
 
 use bulwark_api::{
-    crd::common::Scope,
+    crd::common::{Scope, SecretKeyRef},
     snapshot::{
         ObjectRef, PolicySource, RedisConnection, ResolvedFailoverPolicy, ResolvedWebhookEndpoint,
         SCHEMA, SecretString, SigningKey, Snapshot, Sourced, secret_key_id,
@@ -82,7 +82,7 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
     }
     if let Some(verification) = policy.spec.jwt_verification() {
         let secret = &verification.key_secret_ref;
-        if let Err(message) = secret_value(index, &key.namespace, &secret.name, &secret.key) {
+        if let Err(message) = secret_value(index, &key.namespace, secret) {
             return Verdict::Rejected {
                 reason: "RefNotFound",
                 message: format!("jwt.verification.keySecretRef: {message}"),
@@ -92,7 +92,7 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
     match &policy.spec {
         Spec::Webhook(spec) => {
             let secret = &spec.signing.secret_ref;
-            match secret_value(index, &key.namespace, &secret.name, &secret.key) {
+            match secret_value(index, &key.namespace, secret) {
                 Ok(_) => Verdict::Accepted,
                 Err(message) => Verdict::Rejected {
                     reason: "RefNotFound",
@@ -136,8 +136,9 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
     }
 }
 
-/// A Secret key's value, as UTF-8 text (signing keys, PEM keys and HMAC secrets all are).
-fn secret_value(index: &Index, namespace: &str, name: &str, key: &str) -> Result<String, String> {
+/// A Secret key's value, as UTF-8 text (signing keys, PEM keys, JWKS and HMAC secrets all are).
+fn secret_value(index: &Index, namespace: &str, secret: &SecretKeyRef) -> Result<String, String> {
+    let SecretKeyRef { name, key } = secret;
     let secret = index
         .secrets
         .get(&ObjectRef {
@@ -225,7 +226,7 @@ pub fn pod_snapshot(
         }
         if let Some(verification) = policy.spec.jwt_verification() {
             let secret = &verification.key_secret_ref;
-            let Ok(value) = secret_value(index, &key.namespace, &secret.name, &secret.key) else {
+            let Ok(value) = secret_value(index, &key.namespace, secret) else {
                 continue; // not Accepted: excluded above; kept as a guard
             };
             snapshot.jwt_keys.insert(
@@ -254,8 +255,7 @@ pub fn pod_snapshot(
             }),
             Spec::Webhook(spec) => {
                 let secret = &spec.signing.secret_ref;
-                let Ok(value) = secret_value(index, &key.namespace, &secret.name, &secret.key)
-                else {
+                let Ok(value) = secret_value(index, &key.namespace, secret) else {
                     continue; // not Accepted: excluded above; kept as a guard
                 };
                 snapshot.webhooks.push(Sourced {
