@@ -2,7 +2,9 @@
 # Bulwark proxy benchmark: the same upstream and the same load, through no proxy, nginx,
 # haproxy and bulwark-sidecar, with no policy, a rate limit that never triggers, a rate limit
 # that rejects about half of the requests, and (bulwark only: the peers have no shared store)
-# a global limit through Redis in exact and in fast mode that never triggers. Prints a Markdown table and writes it to
+# a global limit through Redis in exact and in fast mode that never triggers, and (bulwark only:
+# the peers have no pooled forward-proxy mode) the app's outbound call through the sidecar's
+# outbound listener. Prints a Markdown table and writes it to
 # bench/results/latest.md. bench/README.md explains the method.
 #
 # Usage: bash bench/run.sh            (or: make bench)
@@ -12,7 +14,7 @@
 #   BENCH_CONNECTIONS wrk connections (default 32; wrk always runs 1 thread)
 #   BENCH_TARGETS     subset of "direct nginx haproxy pingora bulwark" (default: all, in that order;
 #                     pingora is Pingora alone, no Bulwark code: scenario a only)
-#   BENCH_SCENARIOS   subset of "a b c d e" (default: all)
+#   BENCH_SCENARIOS   subset of "a b c d e f" (default: all)
 #   BENCH_SKIP_BUILD  1: do not run cargo build, use the sidecar binary as it is
 #   BENCH_KEEP_TMP    1: keep the temp dir with the generated configs and logs
 #   CARGO_TARGET_DIR  where cargo builds (default: target/); the sidecar is read from its release/
@@ -29,7 +31,7 @@ DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy pingora bulwark}
-SCENARIOS=${BENCH_SCENARIOS:-a b c d e}
+SCENARIOS=${BENCH_SCENARIOS:-a b c d e f}
 OUT="$BENCH_DIR/results/latest.md"
 
 log() { echo "[bench] $*" >&2; }
@@ -46,7 +48,7 @@ for t in $TARGETS; do
   case $t in direct | nginx | haproxy | pingora | bulwark) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 for s in $SCENARIOS; do
-  case $s in a | b | c | d | e) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
+  case $s in a | b | c | d | e | f) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
 done
 
 # --- Dependencies and the sidecar binary ----------------------------------------------------
@@ -141,8 +143,12 @@ EOF
 }
 
 # HTTP status of one GET (000 when nothing answers).
+# The Host header of every request of the current row, when it is not the target's own address
+# (scenario f: the outbound listener forwards to the service the Host names).
+HOST_HEADER=""
+
 http_status() {
-  curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true
+  curl -s -o /dev/null -w '%{http_code}' --max-time 2 ${HOST_HEADER:+-H "Host: $HOST_HEADER"} "$@" || true
 }
 
 # Waits until URL answers 200 and PID still runs (10 s at most).
@@ -231,7 +237,8 @@ metric() {
 start_target() {
   local target=$1 scenario=$2 dir="$TMP/$1-$2" port admin
   mkdir -p "$dir"
-  NA="" TARGET_PID="" TARGET_URL=""
+  NA="" TARGET_PID="" TARGET_URL="" HOST_HEADER=""
+  [ "$scenario" != f ] || HOST_HEADER="127.0.0.1:$UPSTREAM_PORT"
   LOG_FILE="$dir/stderr.log"
   case $target in
     direct)
@@ -241,6 +248,10 @@ start_target() {
     nginx | haproxy)
       if [ "$scenario" = d ] || [ "$scenario" = e ]; then
         NA="n/a (no shared counter store; compare with its local limit in b)"
+        return 1
+      fi
+      if [ "$scenario" = f ]; then
+        NA="n/a (no forward-proxy mode with pooled upstream connections; compare with its row in a)"
         return 1
       fi
       ;;
@@ -283,7 +294,7 @@ start_target() {
       local args=(--inbound-listen "127.0.0.1:$port" --app "127.0.0.1:$UPSTREAM_PORT"
         --admin-listen "127.0.0.1:$admin" --outbound-listen "127.0.0.1:$outbound"
         --state-dir "$dir/state" --threads 1)
-      if [ "$scenario" != a ]; then
+      if has_policy "$scenario"; then
         if ! grep -q -- '--config-dir' <<<"$SIDECAR_HELP"; then
           NA="n/a (no policy support yet)"
           return 1
@@ -299,12 +310,13 @@ start_target() {
         [ -z "$REDIS_URL" ] || args+=(--redis-url "$REDIS_URL")
       fi
       start_bg "$SIDECAR" "${args[@]}"
+      [ "$scenario" != f ] || port=$outbound
       ;;
   esac
   TARGET_PID=$STARTED_PID
   TARGET_URL="http://127.0.0.1:$port/"
   if ! wait_ready "$TARGET_PID" "$TARGET_URL"; then
-    if [ "$target" = bulwark ] && [ "$scenario" != a ]; then
+    if [ "$target" = bulwark ] && has_policy "$scenario"; then
       NA="n/a (no policy support yet: sidecar did not serve with --config-dir: $(tail -1 "$dir/stderr.log" | cut -c1-120))"
       stop_proc "$TARGET_PID" INT
       return 1
@@ -312,7 +324,7 @@ start_target() {
     die "$target did not start for scenario $scenario: $(cat "$dir/stderr.log" "$dir/error.log" 2>/dev/null | tail -n 5)"
   fi
   # The sidecar must show that it loaded the policy, else the row would measure plain proxying.
-  if [ "$target" = bulwark ] && [ "$scenario" != a ]; then
+  if [ "$target" = bulwark ] && has_policy "$scenario"; then
     local loaded="" metrics="http://127.0.0.1:$admin/metrics"
     for _ in $(seq 50); do
       if [ "$scenario" = c ]; then
@@ -350,7 +362,7 @@ stop_target() {
 # Runs wrk for $1 seconds against $2, writes its output to $3; returns the BENCH line.
 run_wrk() {
   local secs=$1 url=$2 out=$3
-  wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s -s "$BENCH_DIR/wrk/bench.lua" "$url" >"$out" 2>&1 ||
+  BENCH_HOST=$HOST_HEADER wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s -s "$BENCH_DIR/wrk/bench.lua" "$url" >"$out" 2>&1 ||
     die "wrk failed against $url: $(tail -n 3 "$out")"
   grep '^BENCH ' "$out" || die "wrk printed no BENCH line: $(tail -n 3 "$out")"
 }
@@ -423,6 +435,8 @@ STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # Pingora alone has no policy: it has a row in scenario a only.
 has_row() { [ "$1" != pingora ] || [ "$2" = a ]; }
+# Scenarios whose sidecar rows load a policy.
+has_policy() { [ "$1" != a ] && [ "$1" != f ]; }
 
 for scenario in $SCENARIOS; do
   for target in $TARGETS; do
@@ -440,6 +454,7 @@ scenario_name() {
     c) echo "c: ~50% rejected" ;;
     d) echo "d: global exact (Redis), never triggers" ;;
     e) echo "e: global fast (Redis), never triggers" ;;
+    f) echo "f: outbound (the app's call through the sidecar), no policy" ;;
   esac
 }
 target_name() {
@@ -475,7 +490,7 @@ row() {
   fi
   # Global rows compare with nginx's local limit (b): nginx has no shared store.
   local ref=$s
-  case $s in d | e) ref=b ;; esac
+  case $s in d | e) ref=b ;; f) ref=a ;; esac
   if [ "$t" != direct ] && [ -n "${R[$ref,nginx,rps]:-}" ]; then
     rps_ratio=$(awk -v a="$rps" -v b="${R[$ref,nginx,rps]}" 'BEGIN {printf "%.2f", a / b}')
     if [ -n "${R[$ref,direct,p99_us]:-}" ]; then
@@ -539,6 +554,10 @@ report() {
   echo "  sidecar's Pingora version, allocator and thread count: bulwark-sidecar minus this row is"
   echo "  what Bulwark itself costs per request."
   echo "- nginx's \`limit_req\` cannot express 1 request per hour: scenario c uses 1r/m for \`free\`."
+  echo "- f: wrk sends \`Host: <upstream>\` to the sidecar's outbound listener, which forwards to the"
+  echo "  service the Host names (as an app's client would call it); its ratios compare with nginx's"
+  echo "  reverse-proxy row in a (nginx and haproxy pool upstream connections only for configured"
+  echo "  upstreams, not as forward proxies)."
   echo
   echo "## Machine"
   echo

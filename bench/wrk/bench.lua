@@ -8,14 +8,17 @@
 --   BENCH requests=… duration_us=… rps=… p50_us=… p99_us=… p999_us=… non2xx=…
 --         connect_errors=… read_errors=… write_errors=… timeouts=…
 -- non2xx counts every response whose status is not 2xx/3xx (here: the 429s of the limits).
+-- With BENCH_HOST set (scenario f), every request carries that Host instead of the target's.
 -- Latency is wrk's per-request latency (send to full response), in microseconds.
 
 local reqs = {}
 local n = 0
 
 function init(args)
-   reqs[0] = wrk.format("GET", "/", { ["x-api-key"] = "free" })
-   reqs[1] = wrk.format("GET", "/", { ["x-api-key"] = "paid" })
+   local host = os.getenv("BENCH_HOST")
+   if host == "" then host = nil end
+   reqs[0] = wrk.format("GET", "/", { ["x-api-key"] = "free", ["Host"] = host })
+   reqs[1] = wrk.format("GET", "/", { ["x-api-key"] = "paid", ["Host"] = host })
 end
 
 function request()
