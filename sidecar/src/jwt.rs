@@ -188,12 +188,10 @@ impl Verifier {
     /// token's `kid` (without a `kid`, only a set of one key will do).
     fn key_for(&self, token: &str) -> Option<&DecodingKey> {
         let only = match self.keys.as_slice() {
+            [only] if only.kid.is_none() => return Some(&only.key),
             [only] => Some(&only.key),
             _ => None,
         };
-        if let Some(key) = only.filter(|_| self.keys[0].kid.is_none()) {
-            return Some(key);
-        }
         match jsonwebtoken::decode_header(token).ok()?.kid {
             Some(kid) => self
                 .keys
