@@ -56,7 +56,16 @@ fn status_of(sidecar: &Sidecar) -> u16 {
 
 /// Sends requests until one is answered 429, returning how long that took.
 fn until_limited(sidecar: &Sidecar, since: Instant, what: &str) -> Duration {
-    eventually(Duration::from_secs(15), what, || {
+    until_limited_within(Duration::from_secs(15), sidecar, since, what)
+}
+
+fn until_limited_within(
+    within: Duration,
+    sidecar: &Sidecar,
+    since: Instant,
+    what: &str,
+) -> Duration {
+    eventually(within, what, || {
         (status_of(sidecar) == 429).then(|| since.elapsed())
     })
 }
@@ -556,7 +565,14 @@ spec:
         &operator_env,
     );
     apply(cp, &rate_limit(&ns.name, 1));
-    until_limited(&sidecar, Instant::now(), "the policy after failover");
+    // The sidecar lost op-a for the whole takeover (~9 s) and retries with exponential backoff
+    // capped at 30 s, so its next attempt may be up to 30 s away: wait past the cap.
+    until_limited_within(
+        Duration::from_secs(45),
+        &sidecar,
+        Instant::now(),
+        "the policy after failover",
+    );
     eventually(
         Duration::from_secs(20),
         "op-b to report Programmed 1/1",
