@@ -44,7 +44,7 @@ demo: deps controlplane build ## Start a local control plane, install Bulwark, s
 bench: deps controlplane ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), policy propagation (bench/propagation.sh), the decision micro-benchmark
 	bash bench/run.sh
 	bash bench/propagation.sh
-	cargo bench -p bulwark-sidecar --bench decision -- --warm-up-time 2 --measurement-time 5
+	cargo bench -p bulwark-policy --bench decision -- --warm-up-time 2 --measurement-time 5
 
 up: controlplane ## Start the local control plane (kubeconfig: .bulwark/controlplane/kubeconfig)
 	@bash e2e/controlplane/up.sh --dir "$(CP_DIR)"

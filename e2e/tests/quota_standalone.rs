@@ -329,13 +329,13 @@ fn global_quota_is_shared_by_two_sidecars_and_redis_failure_follows_failure_mode
 /// reads charge nothing, and the counter expires an hour after its period.
 #[test]
 fn the_quota_script_checks_adds_and_expires_on_a_real_redis() {
-    use bulwark_sidecar::{
-        global::{GlobalStore, RedisTarget},
-        metrics::Metrics,
+    use bulwark_policy::{
+        metrics::PolicyMetrics,
         quota::{
-            global::{Mode, call, redis_key},
             period::Period,
+            redis_counters::{Mode, call, redis_key},
         },
+        redis_client::{RedisClient, RedisTarget},
     };
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(dir.path());
@@ -344,8 +344,9 @@ fn the_quota_script_checks_adds_and_expires_on_a_real_redis() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let metrics = Metrics::new().unwrap();
-        let store = GlobalStore::connect(RedisTarget::Single(redis.url()), &metrics).unwrap();
+        let metrics = PolicyMetrics::unregistered();
+        let store =
+            RedisClient::connect(RedisTarget::Single(redis.url()), &metrics.stores).unwrap();
         let period = Period {
             start: now_unix() - 10,
             end: now_unix() + 100,

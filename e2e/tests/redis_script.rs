@@ -1,4 +1,4 @@
-//! The global rate-limit script (`sidecar/src/ratelimit/global.lua`) on a real Redis against
+//! The global rate-limit script (`sidecar/policy/src/ratelimit/redis_counters.lua`) on a real Redis against
 //! the Rust algorithms it ports: for random rates, arrivals and costs on the microsecond grid,
 //! every decision (admission, remaining, reset, Retry-After, deciding rate) and every state is
 //! the same. TokenBucket rates have whole-microsecond emission intervals, where the script's
@@ -7,13 +7,13 @@
 use std::{sync::Arc, time::Duration};
 
 use bulwark_e2e::redis::Redis;
-use bulwark_sidecar::{
-    global::{GlobalStore, RedisTarget},
-    metrics::Metrics,
+use bulwark_policy::{
+    metrics::PolicyMetrics,
     ratelimit::{
         algorithm::{self, Algorithm, Rate, State},
-        global::{Counter, call},
+        redis_counters::{Counter, call},
     },
+    redis_client::{RedisClient, RedisTarget},
 };
 use proptest::prelude::*;
 
@@ -25,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 struct Fixture {
     _redis: Redis,
     runtime: tokio::runtime::Runtime,
-    store: GlobalStore,
+    store: RedisClient,
     _dir: tempfile::TempDir,
 }
 
@@ -39,10 +39,10 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let metrics = Arc::new(Metrics::new().unwrap());
+        let metrics = Arc::new(PolicyMetrics::unregistered());
         let store = {
             let _entered = runtime.enter();
-            GlobalStore::connect(RedisTarget::Single(redis.url()), &metrics).unwrap()
+            RedisClient::connect(RedisTarget::Single(redis.url()), &metrics.stores).unwrap()
         };
         Fixture {
             _redis: redis,

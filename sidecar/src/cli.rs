@@ -104,7 +104,7 @@ pub struct Args {
     /// full, a key not seen yet this period is admitted without being counted
     /// (bulwark_store_errors_total{store="quota",kind="full"}), so filling the store cannot lock
     /// new clients out; ended periods make room again.
-    #[arg(long, env = "BULWARK_MAX_QUOTA_KEYS", default_value_t = crate::quota::usage::DEFAULT_MAX_KEYS)]
+    #[arg(long, env = "BULWARK_MAX_QUOTA_KEYS", default_value_t = bulwark_policy::quota::usage::DEFAULT_MAX_KEYS)]
     pub max_quota_keys: usize,
 
     /// How often local quota usage is written to `--state-dir/quota.redb`, in milliseconds. It
@@ -138,7 +138,7 @@ pub struct Args {
 
 impl Args {
     /// The Redis to use for `Global` scope, if any.
-    pub fn redis_target(&self) -> Option<crate::global::RedisTarget> {
+    pub fn redis_target(&self) -> Option<bulwark_policy::redis_client::RedisTarget> {
         bulwark_api::snapshot::RedisConnection::from_flags(
             self.redis_url.as_deref(),
             &self.redis_cluster,

@@ -8,6 +8,7 @@
 //! resolver that does not answer within [`RESOLVE_TIMEOUT`] counts as failing.
 //! IP literals never reach the resolver.
 
+use bulwark_policy::lock::lock;
 use std::{
     collections::HashMap,
     io,
@@ -62,7 +63,7 @@ impl DnsCache {
 
     /// The cached answer, if it is younger than [`TTL`] at `now`.
     fn fresh(&self, host: &str, port: u16, now: Instant) -> Option<SocketAddr> {
-        let answers = self.answers.lock().expect("dns cache");
+        let answers = lock(&self.answers);
         let answer = answers.get(&(host.to_owned(), port))?;
         (now.duration_since(answer.resolved_at) < TTL).then_some(answer.addr)
     }
@@ -76,7 +77,7 @@ impl DnsCache {
         resolved: io::Result<SocketAddr>,
         now: Instant,
     ) -> io::Result<SocketAddr> {
-        let mut answers = self.answers.lock().expect("dns cache");
+        let mut answers = lock(&self.answers);
         let key = (host.to_owned(), port);
         match resolved {
             Ok(addr) => {

@@ -1,25 +1,17 @@
-//! The Bulwark sidecar as a library: the binary (`main.rs`) wires these modules into a Pingora
-//! server. Policy modules (`matching`, `keys`, `ratelimit`, ...) know nothing of Pingora: they
-//! take a [`request::RequestView`] and return decisions, so they are unit-tested and benchmarked
-//! without a proxy.
+//! The Bulwark sidecar as a library: the binary (`main.rs`) wires these into a Pingora server.
+//!
+//! This crate holds what touches the proxy and the outside: the listeners (`listener`: Pingora
+//! phases, one reply writer), the admin router, the policy sources (`config`: files, the
+//! operator stream, the last good snapshot on disk), DNS, metrics registration, flags, and
+//! the adapter that runs the features' background tasks as services. The policy logic itself
+//! is the `bulwark-policy` crate, which has no Pingora dependency.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
-pub mod clock;
-pub mod compile;
 pub mod config;
-pub mod deny;
 pub mod dns;
-pub mod global;
-pub mod jwt;
-pub mod keys;
-pub mod matching;
+pub mod listener;
 pub mod metrics;
-pub mod outbound;
-pub mod policy;
-pub mod proxy;
-pub mod quota;
-pub mod ratelimit;
-pub mod request;
+pub mod services;

@@ -1,7 +1,8 @@
 //! `bulwark-sidecar`: the Pingora proxy that sits beside an app and enforces Bulwark policy.
 //!
 //! Listeners: `inbound` (clients → sidecar → app on localhost), `outbound` (loopback: the app's
-//! calls to other services) and `admin` (loopback: health, readiness, metrics, config). Policy comes from the last good snapshot on disk, then from the
+//! calls to other services) and `admin` (loopback: health, readiness, metrics, config, the
+//! features' routes). Policy comes from the last good snapshot on disk, then from the
 //! configured source (standalone: `--config-dir`; in Kubernetes: the operator stream,
 //! `--operator-url`).
 #![deny(warnings, rust_2018_idioms)]
@@ -9,20 +10,19 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bulwark_policy::{
+    quota::{flush::QuotaFlusher, store::FILE_NAME as QUOTA_FILE},
+    ratelimit::sweeper::{FastSyncer, Sweeper},
+    redis_client::RedisClient,
+    runtime::{Limits, RedisSource, Runtime},
+};
 use bulwark_sidecar::{
-    admin, cli,
-    config::{persist, stream::OperatorStream, watch::ConfigWatcher},
-    global::GlobalStore,
+    admin::Admin,
+    cli,
+    config::{Installer, persist, stream::OperatorStream, watch::ConfigWatcher},
+    listener::{inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
-    outbound,
-    policy::{ActivePolicy, CompiledPolicy, PolicyEnv, SnapshotRedis},
-    proxy,
-    quota::{flush::QuotaFlusher, store::FILE_NAME as QUOTA_FILE, usage::UsageStore},
-    ratelimit::{
-        global::FastSync,
-        store::LocalStore,
-        sweeper::{FastSyncer, Sweeper},
-    },
+    services::background,
 };
 use clap::Parser;
 use pingora::{
@@ -32,9 +32,6 @@ use pingora::{
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Shards of the local counter store: enough that two cores rarely contend on one lock.
-const STORE_SHARDS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
@@ -67,37 +64,44 @@ fn main() -> anyhow::Result<()> {
         .thread_name("bulwark-redis")
         .enable_all()
         .build()?;
-    let global = match args.redis_target() {
+    let redis = match args.redis_target() {
         Some(target) => {
             let _entered = redis_runtime.enter();
-            Some(GlobalStore::connect(target, &metrics)?)
+            RedisSource::Flags(
+                RedisClient::connect(target, &metrics.policy.stores)
+                    .map_err(|e| anyhow::anyhow!("--redis-url/--redis-cluster: {e}"))?,
+            )
         }
-        None => None,
+        // The Redis a snapshot names (operator mode), started when one is installed.
+        None => RedisSource::FromSnapshot(redis_runtime.handle().clone()),
     };
-    // Fast-mode global syncs: with the flags' Redis, or one a snapshot names later.
-    let fast = Arc::new(FastSync::new(global.clone()));
-    let env = Arc::new(PolicyEnv {
-        metrics: metrics.clone(),
-        global,
-        from_snapshot: Some(SnapshotRedis::new(
-            redis_runtime.handle().clone(),
-            fast.clone(),
-        )),
-    });
-    // Without a policy source there is nothing to wait for: pass-through is the intended state.
-    let policy = Arc::new(ActivePolicy::new(
-        args.config_dir.is_none() && operator.is_none(),
+    let runtime = Arc::new(Runtime::new(
+        metrics.policy.clone(),
+        redis,
+        Limits {
+            max_counters: args.max_counters,
+            max_quota_keys: args.max_quota_keys,
+        },
     ));
+    // Without a policy source there is nothing to wait for: pass-through is the intended state.
+    if args.config_dir.is_none() && operator.is_none() {
+        runtime.mark_ready();
+    }
+    let installer = Arc::new(Installer {
+        runtime: runtime.clone(),
+        state_dir: args.state_dir.clone(),
+        metrics: metrics.clone(),
+    });
 
     // The last good snapshot first, so a restarted sidecar enforces before any source answers.
     match persist::load(&args.state_dir) {
-        Ok(Some(snapshot)) => match CompiledPolicy::compile(snapshot, &env) {
+        Ok(Some(snapshot)) => match runtime.compile(snapshot) {
             Ok(compiled) => {
                 tracing::info!(
                     version = compiled.snapshot.version,
                     "enforcing the last good snapshot from disk"
                 );
-                policy.install(compiled, &metrics);
+                runtime.install(compiled);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the saved snapshot cannot be compiled; ignoring it")
@@ -110,10 +114,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.config_dir {
         let watcher = ConfigWatcher {
             dir: dir.clone(),
-            state_dir: args.state_dir.clone(),
             interval: Duration::from_millis(args.config_poll_ms.max(50)),
-            policy: policy.clone(),
-            env: env.clone(),
+            installer: installer.clone(),
         };
         // Load once before serving; on failure the saved snapshot (if any) keeps serving and
         // /readyz says the sidecar still waits for a valid policy.
@@ -125,50 +127,40 @@ fn main() -> anyhow::Result<()> {
         metrics.enable_operator_stream()?;
         // Created after the saved snapshot is installed: its etag goes in the first
         // If-None-Match. Until a snapshot is installed, /readyz says the sidecar waits.
-        let stream = OperatorStream::new(
-            target,
-            tls,
-            args.token_file.clone(),
-            args.state_dir.clone(),
-            policy.clone(),
-            env.clone(),
-        );
+        let stream = OperatorStream::new(target, tls, args.token_file.clone(), installer);
         server.add_service(background_service("bulwark operator stream", stream));
     }
 
-    // Local quota usage: loaded from disk before serving, flushed in the background.
-    let quota_usage = Arc::new(UsageStore::with_max_keys(args.max_quota_keys));
-    server.add_service(background_service(
+    // The features' long-lived work, started once: quota usage (loaded from disk before
+    // serving, flushed in the background), fast global syncs, idle-counter sweeps.
+    server.add_service(background(
         "bulwark quota flusher",
         QuotaFlusher::new(
-            quota_usage.clone(),
+            runtime.quota_usage.clone(),
             args.state_dir.join(QUOTA_FILE),
             Duration::from_millis(args.quota_flush_ms.max(10)),
-            metrics.clone(),
+            metrics.policy.clone(),
         ),
     ));
-
-    let store = Arc::new(LocalStore::new(STORE_SHARDS, args.max_counters));
-    server.add_service(background_service(
+    server.add_service(background(
         "bulwark fast global sync",
         FastSyncer {
-            sync: fast.clone(),
-            store: store.clone(),
+            sync: runtime.fast.clone(),
+            store: runtime.counters.clone(),
         },
     ));
-    server.add_service(background_service(
+    server.add_service(background(
         "bulwark counter sweeper",
         Sweeper {
-            store: store.clone(),
-            metrics: metrics.clone(),
+            store: runtime.counters.clone(),
+            metrics: metrics.policy.clone(),
             interval: Duration::from_secs(5),
         },
     ));
 
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::InboundProxy::new(args.app, policy.clone(), store, Some(fast), metrics.clone())
-            .with_quota_usage(quota_usage.clone())
+        InboundProxy::new(args.app, runtime.clone(), metrics.clone())
             .with_trusted_proxy_hops(args.trusted_proxy_hops),
         "bulwark inbound",
     );
@@ -176,14 +168,14 @@ fn main() -> anyhow::Result<()> {
 
     let mut outbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        outbound::OutboundProxy::new(args.outbound_listen, metrics.clone()),
+        OutboundProxy::new(args.outbound_listen, runtime.clone(), metrics.clone()),
         "bulwark outbound",
     );
     outbound.add_tcp(&args.outbound_listen.to_string());
 
     let mut admin = Service::new(
         "bulwark admin".to_owned(),
-        admin::Admin::new(metrics, policy).with_quota_usage(quota_usage),
+        Admin::new(metrics, runtime.clone()).with_quota(runtime),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 

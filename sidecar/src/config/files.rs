@@ -547,9 +547,11 @@ data: {hmac: c2VjcmV0, other: b3RoZXI=}
         fs::copy(example, dir.path().join("example.yaml")).unwrap();
         let loaded = load_dir(dir.path()).unwrap();
         assert_eq!(loaded.snapshot.jwt_keys.len(), 1);
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new().unwrap());
-        let env = crate::policy::PolicyEnv::local_only(metrics);
-        let compiled = crate::policy::CompiledPolicy::compile(loaded.snapshot, &env);
+        let metrics = bulwark_policy::metrics::PolicyMetrics::unregistered();
+        let compiled = bulwark_policy::compiled::CompiledPolicy::compile(
+            loaded.snapshot,
+            bulwark_policy::compile::CompileEnv::local(&metrics),
+        );
         assert!(compiled.is_ok(), "{:?}", compiled.err());
     }
 }

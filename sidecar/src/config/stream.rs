@@ -15,7 +15,9 @@
 pub mod backoff;
 pub mod connect;
 pub mod lines;
+pub mod metrics;
 
+use bulwark_policy::lock::lock;
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -42,7 +44,7 @@ use self::{
     connect::{Target, connect},
     lines::LineSplitter,
 };
-use crate::policy::{ActivePolicy, CompiledPolicy, PolicyEnv};
+use super::Installer;
 
 /// A stream that delivers no complete line for this long is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(3 * HEARTBEAT_SECONDS);
@@ -108,9 +110,7 @@ pub struct OperatorStream {
     target: Target,
     tls: Arc<ClientConfig>,
     token_file: PathBuf,
-    state_dir: PathBuf,
-    policy: Arc<ActivePolicy>,
-    env: Arc<PolicyEnv>,
+    installer: Arc<Installer>,
     /// The etag of the snapshot being enforced, sent as `If-None-Match`.
     etag: Mutex<Option<String>>,
     /// The last acknowledgement, until the operator has taken it.
@@ -135,20 +135,17 @@ impl OperatorStream {
         target: Target,
         tls: Arc<ClientConfig>,
         token_file: PathBuf,
-        state_dir: PathBuf,
-        policy: Arc<ActivePolicy>,
-        env: Arc<PolicyEnv>,
+        installer: Arc<Installer>,
     ) -> Self {
-        let etag = policy
+        let runtime = &installer.runtime;
+        let etag = runtime
             .is_ready()
-            .then(|| distribution::etag(&policy.load().snapshot));
+            .then(|| distribution::etag(&runtime.policy().snapshot));
         Self {
             target,
             tls,
             token_file,
-            state_dir,
-            policy,
-            env,
+            installer,
             etag: Mutex::new(etag),
             unacked: Mutex::new(None),
             backoff: (BACKOFF_BASE, BACKOFF_CAP),
@@ -164,24 +161,21 @@ impl OperatorStream {
     }
 
     pub fn current_etag(&self) -> Option<String> {
-        self.etag.lock().expect("etag lock").clone()
+        lock(&self.etag).clone()
     }
 
     /// One connection, from connecting to its end.
     async fn session(&self) -> Ended {
         let mut delivered = false;
         let error = self.watch(&mut delivered).await.err();
-        self.env.metrics.operator_stream_connected.set(0);
+        self.installer.metrics.stream.connected.set(0);
         Ended { delivered, error }
     }
 
     async fn watch(&self, delivered: &mut bool) -> Result<(), String> {
-        let metrics = &self.env.metrics;
+        let metrics = &self.installer.metrics.stream;
         let fail = |e: String| {
-            metrics
-                .operator_stream_connects
-                .with_label_values(&["failure"])
-                .inc();
+            metrics.connects.with_label_values(&["failure"]).inc();
             e
         };
         let token = read_token(&self.token_file).map_err(fail)?;
@@ -221,14 +215,11 @@ impl OperatorStream {
                 "the operator refused the stream: {status}: {body}{hint}"
             )));
         }
-        metrics
-            .operator_stream_connects
-            .with_label_values(&["success"])
-            .inc();
-        metrics.operator_stream_connected.set(1);
+        metrics.connects.with_label_values(&["success"]).inc();
+        metrics.connected.set(1);
         tracing::info!(operator = %self.target.authority, if_none_match = ?etag, "operator stream connected");
 
-        let unacked = self.unacked.lock().expect("unacked lock").clone();
+        let unacked = lock(&self.unacked).clone();
         if let Some(ack) = unacked {
             self.acknowledge(&conn.send, &auth, ack).await;
         }
@@ -253,9 +244,7 @@ impl OperatorStream {
             for line in splitter.push(&data).map_err(|e| e.to_string())? {
                 *delivered = true;
                 deadline = Instant::now() + dead_after;
-                metrics
-                    .operator_stream_last_message_timestamp_seconds
-                    .set(unix_seconds());
+                metrics.last_message_timestamp_seconds.set(unix_seconds());
                 if let Some(ack) = self.handle_line(&line) {
                     self.acknowledge(&conn.send, &auth, ack).await;
                 }
@@ -316,10 +305,10 @@ impl OperatorStream {
             self.count_failure(&error);
             return Err(error);
         }
-        match CompiledPolicy::compile(snapshot, &self.env) {
+        match self.installer.compile(snapshot) {
             Ok(compiled) => {
-                super::install(compiled, &self.state_dir, &self.policy, &self.env);
-                *self.etag.lock().expect("etag lock") = Some(etag.to_owned());
+                self.installer.install(compiled);
+                *lock(&self.etag) = Some(etag.to_owned());
                 tracing::info!(version, etag, "policy snapshot from the operator installed");
                 Ok(())
             }
@@ -335,23 +324,24 @@ impl OperatorStream {
     /// the newest it hears). An ack that is not delivered is kept and posted again first thing
     /// after the next connect, since a current etag makes the operator send nothing to answer.
     async fn acknowledge(&self, send: &SendRequest<Full<Bytes>>, auth: &HeaderValue, ack: Ack) {
-        *self.unacked.lock().expect("unacked lock") = Some(ack.clone());
+        *lock(&self.unacked) = Some(ack.clone());
         let delivered = send_ack(
             send.clone(),
             self.target.uri(ACK_PATH),
             auth.clone(),
             &ack,
-            &self.env.metrics,
+            &self.installer.metrics.stream,
         )
         .await;
-        let mut unacked = self.unacked.lock().expect("unacked lock");
+        let mut unacked = lock(&self.unacked);
         if delivered && unacked.as_ref() == Some(&ack) {
             *unacked = None;
         }
     }
 
     fn count_failure(&self, error: &str) {
-        super::reject(&self.env, "policy snapshot from the operator", error);
+        self.installer
+            .reject("policy snapshot from the operator", error);
     }
 }
 
@@ -387,7 +377,7 @@ async fn send_ack(
     uri: http::Uri,
     auth: HeaderValue,
     ack: &Ack,
-    metrics: &crate::metrics::Metrics,
+    metrics: &metrics::StreamMetrics,
 ) -> bool {
     let accepted = if ack.accepted { "true" } else { "false" };
     let body = serde_json::to_vec(ack).expect("an ack always serialises");
@@ -428,10 +418,7 @@ async fn send_ack(
             "failed"
         }
     };
-    metrics
-        .snapshot_acks
-        .with_label_values(&[accepted, outcome])
-        .inc();
+    metrics.acks.with_label_values(&[accepted, outcome]).inc();
     result.is_ok()
 }
 
@@ -446,7 +433,7 @@ impl BackgroundService for OperatorStream {
             let ended = tokio::select! {
                 ended = self.session() => ended,
                 _ = shutdown.changed() => {
-                    self.env.metrics.operator_stream_connected.set(0);
+                    self.installer.metrics.stream.connected.set(0);
                     return;
                 }
             };

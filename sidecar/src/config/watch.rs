@@ -16,15 +16,12 @@ use std::{
 use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
-use super::files;
-use crate::policy::{ActivePolicy, CompiledPolicy, PolicyEnv};
+use super::{Installer, files};
 
 pub struct ConfigWatcher {
     pub dir: PathBuf,
-    pub state_dir: PathBuf,
     pub interval: Duration,
-    pub policy: Arc<ActivePolicy>,
-    pub env: Arc<PolicyEnv>,
+    pub installer: Arc<Installer>,
 }
 
 /// A fingerprint of the policy files' names and contents.
@@ -44,8 +41,8 @@ impl ConfigWatcher {
             .map_err(|e| e.to_string())
             .and_then(|loaded| {
                 let mut snapshot = loaded.snapshot.clone();
-                snapshot.version = self.policy.load().snapshot.version + 1;
-                CompiledPolicy::compile(snapshot, &self.env).map_err(|e| {
+                snapshot.version = self.installer.runtime.policy().snapshot.version + 1;
+                self.installer.compile(snapshot).map_err(|e| {
                     let origin = loaded.origin(e.kind, &e.source);
                     format!("{origin}: {e}")
                 })
@@ -53,12 +50,12 @@ impl ConfigWatcher {
         match result {
             Ok(compiled) => {
                 let version = compiled.snapshot.version;
-                super::install(compiled, &self.state_dir, &self.policy, &self.env);
+                self.installer.install(compiled);
                 tracing::info!(version, dir = %self.dir.display(), "policy loaded");
                 Ok(version)
             }
             Err(e) => {
-                super::reject(&self.env, "invalid policy configuration", &e);
+                self.installer.reject("invalid policy configuration", &e);
                 Err(e)
             }
         }

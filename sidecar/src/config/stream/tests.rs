@@ -14,10 +14,19 @@ use tokio::sync::{mpsc, watch};
 
 use super::{testing::*, *};
 use crate::{
-    config::{files, persist},
+    config::{Installer, files, persist},
     metrics::Metrics,
-    policy::PolicyEnv,
 };
+use bulwark_policy::runtime::Runtime;
+
+/// A local runtime (no Redis) and its installer, keeping the last good snapshot in `state_dir`.
+fn installer(metrics: &Arc<Metrics>, state_dir: &std::path::Path) -> Arc<Installer> {
+    Arc::new(Installer {
+        runtime: Arc::new(Runtime::local(metrics.policy.clone())),
+        state_dir: state_dir.to_owned(),
+        metrics: metrics.clone(),
+    })
+}
 
 #[test]
 fn the_token_is_read_anew_each_time_and_trimmed() {
@@ -199,16 +208,14 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
     std::fs::write(&token, "expired-token\n").unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
     metrics.enable_operator_stream().unwrap();
-    let env = Arc::new(PolicyEnv::local_only(metrics.clone()));
-    let policy = Arc::new(ActivePolicy::new(false));
+    let sink = installer(&metrics, dir.path());
+    let policy = sink.runtime.clone();
     let stream = Arc::new(
         OperatorStream::new(
             Target::parse(&format!("https://{}", op.addr), None).unwrap(),
             load_ca(Some(&op.ca_pem), None).unwrap(),
             token.clone(),
-            dir.path().to_owned(),
-            policy.clone(),
-            env.clone(),
+            sink.clone(),
         )
         .with_timing(
             Duration::from_millis(10),
@@ -240,7 +247,8 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
     assert_eq!(watch.auth.as_deref(), Some("Bearer fresh-token"));
     assert!(
         metrics
-            .operator_stream_connects
+            .stream
+            .connects
             .with_label_values(&["failure"])
             .get()
             >= 2
@@ -267,18 +275,19 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         }
     );
     assert!(policy.is_ready());
-    assert_eq!(policy.load().snapshot, good);
+    assert_eq!(policy.policy().snapshot, good);
     assert_eq!(persist::load(dir.path()).unwrap(), Some(good.clone()));
-    assert_eq!(metrics.snapshot_version.get(), 7);
-    assert_eq!(metrics.operator_stream_connected.get(), 1);
+    assert_eq!(metrics.policy.snapshot_version.get(), 7);
+    assert_eq!(metrics.stream.connected.get(), 1);
     assert_eq!(
         metrics
-            .operator_stream_connects
+            .stream
+            .connects
             .with_label_values(&["success"])
             .get(),
         1
     );
-    assert!(metrics.operator_stream_last_message_timestamp_seconds.get() > 1e9);
+    assert!(metrics.stream.last_message_timestamp_seconds.get() > 1e9);
     assert_eq!(reloads(&metrics, "success"), 1);
 
     // Lines that are not JSON, or of a message type this sidecar does not know, are skipped.
@@ -293,7 +302,7 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         ack.error.as_deref().unwrap().contains("RateLimitPolicy"),
         "{ack:?}"
     );
-    assert_eq!(policy.load().snapshot, good);
+    assert_eq!(policy.policy().snapshot, good);
     assert_eq!(reloads(&metrics, "failure"), 1);
     // A snapshot that does not parse is rejected too, by its etag.
     send(
@@ -319,20 +328,22 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
     let watch = next(&mut op.watches).await;
     assert_eq!(watch.if_none_match, Some(etag(&good)));
     assert_eq!(
-        policy.load().snapshot,
+        policy.policy().snapshot,
         good,
         "the last good policy keeps serving"
     );
     assert_eq!(
         metrics
-            .snapshot_acks
+            .stream
+            .acks
             .with_label_values(&["true", "delivered"])
             .get(),
         1
     );
     assert_eq!(
         metrics
-            .snapshot_acks
+            .stream
+            .acks
             .with_label_values(&["false", "delivered"])
             .get(),
         2
@@ -360,7 +371,8 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
     assert_eq!(again, ack);
     assert_eq!(
         metrics
-            .snapshot_acks
+            .stream
+            .acks
             .with_label_values(&["true", "failed"])
             .get(),
         1
@@ -368,7 +380,8 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
     // The operator had the ack before the sidecar has the answer.
     eventually(|| {
         metrics
-            .snapshot_acks
+            .stream
+            .acks
             .with_label_values(&["true", "delivered"])
             .get()
             == 2
@@ -382,21 +395,20 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(metrics.operator_stream_connected.get(), 0);
+    assert_eq!(metrics.stream.connected.get(), 0);
     drop(frames);
 
     // A restarted sidecar starts from the saved snapshot and asks only for something newer.
-    let restarted = Arc::new(ActivePolicy::new(false));
+    let restarted = installer(&Arc::new(Metrics::new().unwrap()), dir.path());
     let saved = persist::load(dir.path()).unwrap().unwrap();
     assert_eq!(saved, newer);
-    restarted.install(CompiledPolicy::compile(saved, &env).unwrap(), &metrics);
+    let runtime = &restarted.runtime;
+    runtime.install(runtime.compile(saved).unwrap());
     let stream = OperatorStream::new(
         Target::parse(&format!("https://{}", op.addr), None).unwrap(),
         load_ca(Some(&op.ca_pem), None).unwrap(),
         token,
-        dir.path().to_owned(),
         restarted,
-        env,
     );
     assert_eq!(stream.current_etag(), Some(etag(&newer)));
 }
@@ -412,15 +424,12 @@ async fn an_unreachable_operator_is_retried_and_shutdown_is_prompt() {
         .local_addr()
         .unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
-    let env = Arc::new(PolicyEnv::local_only(metrics.clone()));
     let stream = Arc::new(
         OperatorStream::new(
             Target::parse(&format!("https://{addr}"), None).unwrap(),
             load_ca(Some(&pki(&["127.0.0.1"]).ca_pem), None).unwrap(),
             token,
-            dir.path().to_owned(),
-            Arc::new(ActivePolicy::new(false)),
-            env,
+            installer(&metrics, dir.path()),
         )
         .with_timing(
             Duration::from_millis(20),
@@ -435,7 +444,8 @@ async fn an_unreachable_operator_is_retried_and_shutdown_is_prompt() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let failures = metrics
-        .operator_stream_connects
+        .stream
+        .connects
         .with_label_values(&["failure"])
         .get();
     // Backoff of 20 to 40 ms: several attempts, but no tight loop.

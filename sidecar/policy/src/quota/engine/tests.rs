@@ -21,24 +21,24 @@ fn policies(yaml: &str) -> Vec<Sourced<QuotaPolicySpec>> {
     }]
 }
 
-fn compile_with(yaml: &str, metrics: Arc<Metrics>) -> Quotas {
+fn compile_with(yaml: &str, metrics: Arc<PolicyMetrics>) -> Quotas {
     Quotas::compile(
         &policies(yaml),
         &JwtKeys::new(),
-        &PolicyEnv::local_only(metrics),
+        &CompileEnv::local(&metrics),
     )
     .unwrap()
 }
 
 fn compile(yaml: &str) -> Quotas {
-    compile_with(yaml, Arc::new(Metrics::new().unwrap()))
+    compile_with(yaml, Arc::new(PolicyMetrics::unregistered()))
 }
 
 fn compile_err(yaml: &str) -> CompileError {
     Quotas::compile(
         &policies(yaml),
         &JwtKeys::new(),
-        &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+        &CompileEnv::local(&PolicyMetrics::unregistered()),
     )
     .err()
     .unwrap()
@@ -155,7 +155,7 @@ fn refuses_once_used_up_until_the_period_resets() {
 
 #[test]
 fn a_full_store_admits_new_keys_uncounted_and_says_so() {
-    let metrics = Arc::new(Metrics::new().unwrap());
+    let metrics = Arc::new(PolicyMetrics::unregistered());
     let quotas = compile_with(DAILY, metrics.clone());
     let usage = UsageStore::with_max_keys(1);
     for _ in 0..3 {
@@ -177,7 +177,8 @@ fn a_full_store_admits_new_keys_uncounted_and_says_so() {
     }
     assert_eq!(usage.len(), 1);
     let full = metrics
-        .store_errors
+        .stores
+        .errors
         .with_label_values(&["quota", "full"])
         .get();
     assert_eq!(full, 5);
@@ -185,7 +186,8 @@ fn a_full_store_admits_new_keys_uncounted_and_says_so() {
 
 #[test]
 fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
-    let metrics = Arc::new(Metrics::new().unwrap());
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(PolicyMetrics::register(&registry).unwrap());
     let quotas = compile_with(
         DAILY.replace("limit: 3", "limit: 10").as_str(),
         metrics.clone(),
@@ -206,7 +208,7 @@ fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
         warnings[8].as_deref(),
         Some("\"daily\";used=90;threshold=90;remaining=1;reset=39600")
     );
-    let text = String::from_utf8(metrics.render()).unwrap();
+    let text = String::from_utf8(crate::metrics::render(&registry)).unwrap();
     for t in ["50", "90"] {
         let line = format!(
             "bulwark_quota_threshold_crossings_total{{policy=\"ns/p\",quota=\"daily\",threshold=\"{t}\"}} 1"
@@ -220,7 +222,8 @@ fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
 
 #[test]
 fn shadow_policies_count_but_never_refuse() {
-    let metrics = Arc::new(Metrics::new().unwrap());
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(PolicyMetrics::register(&registry).unwrap());
     let quotas = compile_with(&format!("enforcement: Shadow\n{DAILY}"), metrics.clone());
     let usage = UsageStore::new();
     for _ in 0..5 {
@@ -232,7 +235,7 @@ fn shadow_policies_count_but_never_refuse() {
     }
     let (info, _) = quotas.find("ns/p", "daily").unwrap();
     assert_eq!(usage.used(&info.usage_key("a"), info.period_at(NOW)), 5);
-    let text = String::from_utf8(metrics.render()).unwrap();
+    let text = String::from_utf8(crate::metrics::render(&registry)).unwrap();
     assert!(text.contains(
         "bulwark_quota_requests_total{decision=\"shadow_limited\",policy=\"ns/p\",quota=\"daily\"} 2"
     ));
@@ -417,7 +420,7 @@ quotas:
 
 #[test]
 fn the_example_quota_policies_compile() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -440,7 +443,7 @@ fn the_example_quota_policies_compile() {
                 spec,
             }],
             &JwtKeys::new(),
-            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         );
         assert!(compiled.is_ok(), "{name}: {:?}", compiled.err());
         seen += 1;

@@ -1,25 +1,33 @@
-//! The outbound `ProxyHttp`: the app's plain-HTTP calls to other services, sent to the sidecar
-//! as to an HTTP proxy (`HTTP_PROXY=http://127.0.0.1:15001`, absolute-form `GET http://host/…`)
-//! or straight at it with a `Host` header. Today it forwards to the destination the request
-//! names, resolved by DNS ([`crate::dns`], cached); it is where failover (upstream sets, health,
-//! retries) plugs in.
+//! The outbound listener's `ProxyHttp`: the app's plain-HTTP calls to other services, sent to
+//! the sidecar as to an HTTP proxy (`HTTP_PROXY=http://127.0.0.1:15001`, absolute-form
+//! `GET http://host/…`) or straight at it with a `Host` header. Today it forwards to the
+//! destination the request names, resolved by DNS ([`crate::dns`], cached); it is where failover
+//! (upstream sets, health, retries) plugs in.
 //! `CONNECT` (HTTPS through a proxy) is refused (Pingora answers it 405 itself; [`destination`]
 //! refuses it too): the sidecar does not tunnel TLS yet.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
+use bulwark_policy::{
+    admission::Direction,
+    clock::unix_nanos,
+    respond::{Reason, Reply},
+    runtime::Runtime,
+};
 use http::{Method, Uri, header::HOST};
 use pingora::{
-    Error, ErrorType, Result,
+    Result,
     http::RequestHeader,
     prelude::HttpPeer,
-    proxy::{ProxyHttp, Session},
+    proxy::{FailToProxy, ProxyHttp, Session},
 };
 
+use super::{Timing, fail_to_proxy, metrics::UpstreamError, request_view};
 use crate::{dns::DnsCache, metrics::Metrics};
 
 pub struct OutboundProxy {
+    runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     /// This listener's own address: a request naming it would loop through the sidecar.
     listen: SocketAddr,
@@ -27,13 +35,48 @@ pub struct OutboundProxy {
 }
 
 impl OutboundProxy {
-    pub fn new(listen: SocketAddr, metrics: Arc<Metrics>) -> Self {
+    pub fn new(listen: SocketAddr, runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
         Self {
+            runtime,
             metrics,
             listen,
             dns: DnsCache::default(),
         }
     }
+
+    /// Where the call goes, or the sidecar's answer when it cannot go anywhere.
+    async fn route(&self, request: &RequestHeader) -> std::result::Result<Route, Reply> {
+        let to = destination(request).map_err(|why| Reply::new(Reason::BadRequest, Some(&why)))?;
+        let addr = self.dns.resolve(&to.host, to.port).await.map_err(|e| {
+            self.metrics.outbound.upstream_error(UpstreamError::Connect);
+            let why = format!("cannot resolve {}:{}: {e}", to.host, to.port);
+            Reply::new(Reason::UpstreamUnreachable, Some(&why))
+        })?;
+        if addr == self.listen || (addr.port() == self.listen.port() && addr.ip().is_loopback()) {
+            return Err(Reply::new(
+                Reason::LoopDetected,
+                Some("the destination is this outbound listener"),
+            ));
+        }
+        Ok(Route {
+            addr,
+            host: to.host,
+            rewrite: to.rewrite,
+        })
+    }
+}
+
+/// A call's resolved destination, from `request_filter` to the later phases.
+struct Route {
+    addr: SocketAddr,
+    host: String,
+    /// The origin-form rewrite of an absolute-form call.
+    rewrite: Option<(String, Uri)>,
+}
+
+pub struct RequestCtx {
+    timing: Timing,
+    route: Option<Route>,
 }
 
 /// Where a call goes.
@@ -89,54 +132,86 @@ fn destination(request: &RequestHeader) -> std::result::Result<Destination, Stri
     })
 }
 
-fn refuse(status: u16, why: impl Into<String>) -> Box<Error> {
-    Error::explain(ErrorType::HTTPStatus(status), why.into())
-}
-
 #[async_trait]
 impl ProxyHttp for OutboundProxy {
-    /// The origin-form rewrite of an absolute-form call, from `upstream_peer` to
-    /// `upstream_request_filter`.
-    type CTX = Option<(String, Uri)>;
+    type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        None
+        RequestCtx {
+            timing: Timing::start(&self.metrics.outbound),
+            route: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let admission = {
+            let view = request_view(session, 0);
+            self.runtime
+                .admit(Direction::Outbound, &view, unix_nanos())
+                .await
+        };
+        let routed = match admission.reply {
+            Some(reply) => Err(reply),
+            None => self.route(session.req_header()).await,
+        };
+        match routed {
+            Ok(route) => {
+                ctx.route = Some(route);
+                Ok(false)
+            }
+            Err(reply) => {
+                ctx.timing.answer(session, &reply).await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
-        rewrite: &mut Self::CTX,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let to = destination(session.req_header()).map_err(|why| refuse(400, why))?;
-        let addr = self
-            .dns
-            .resolve(&to.host, to.port)
-            .await
-            .map_err(|e| refuse(502, format!("cannot resolve {}:{}: {e}", to.host, to.port)))?;
-        if addr == self.listen || (addr.port() == self.listen.port() && addr.ip().is_loopback()) {
-            return Err(refuse(508, "the destination is this outbound listener"));
-        }
-        *rewrite = to.rewrite;
-        Ok(Box::new(HttpPeer::new(addr, false, to.host)))
+        let route = ctx
+            .route
+            .as_ref()
+            .expect("request_filter routes every request it lets through");
+        Ok(Box::new(HttpPeer::new(
+            route.addr,
+            false,
+            route.host.clone(),
+        )))
     }
 
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        rewrite: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let Some((host, origin_form)) = rewrite.take() {
-            upstream_request.set_uri(origin_form);
-            upstream_request.insert_header(HOST, host)?;
+        // Cloned, not taken: a retried connection builds the upstream request again.
+        if let Some((host, origin_form)) = ctx.route.as_ref().and_then(|r| r.rewrite.as_ref()) {
+            upstream_request.set_uri(origin_form.clone());
+            upstream_request.insert_header(HOST, host.as_str())?;
         }
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut Self::CTX) {
-        let status = session.response_written().map(|r| r.status.as_u16());
-        self.metrics.outbound_requests.count(status);
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.outbound).await
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut Self::CTX,
+    ) {
+        ctx.timing.finish(session, &self.metrics.outbound);
     }
 }
 

@@ -19,6 +19,7 @@
 //! until they expire: a client sends the same token for many requests, and a public-key
 //! signature check costs far more than the rest of the request (BENCHMARKS.md).
 
+use crate::lock::lock;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -34,12 +35,12 @@ use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey, Validation,
     jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};
 
-use crate::compile::CompileError;
+use crate::compile::{CompileEnv, CompileError};
 use crate::matching::header_str;
-use crate::metrics::Metrics;
+use crate::metrics::registered;
 
 mod ring_verifier;
 
@@ -65,6 +66,30 @@ pub const CACHE_CAPACITY: usize = 4096;
 /// because the cache checks them too).
 const LEEWAY: u64 = 60;
 
+/// `bulwark_jwt_verifications_total`.
+pub struct JwtMetrics {
+    /// Bearer tokens checked for `jwt.verification`, by policy and result (`verified`,
+    /// `rejected`).
+    pub verifications: IntCounterVec,
+}
+
+impl JwtMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            verifications: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bulwark_jwt_verifications_total",
+                        "Bearer tokens checked for a policy's jwt.verification, by policy and result (verified, rejected).",
+                    ),
+                    &["policy", "result"],
+                )?,
+            )?,
+        })
+    }
+}
+
 /// A policy's bearer-token source.
 pub struct TokenClaims {
     header: HeaderName,
@@ -77,7 +102,7 @@ struct Verifier {
     /// One key (PEM or HMAC secret), or a JWKS document's keys, chosen by the token's `kid`.
     keys: Vec<VerificationKey>,
     validation: Validation,
-    verified_tokens: Mutex<HashMap<Box<str>, Verified>>,
+    verified_tokens: Arc<VerifiedTokens>,
     verified: IntCounter,
     rejected: IntCounter,
 }
@@ -86,6 +111,10 @@ struct VerificationKey {
     kid: Option<String>,
     key: DecodingKey,
 }
+
+/// Tokens that passed verification, by their exact text (long-lived state: see [`crate::state`]).
+#[derive(Default)]
+struct VerifiedTokens(Mutex<HashMap<Box<str>, Verified>>);
 
 /// A token that passed verification, valid until `exp` (plus leeway).
 struct Verified {
@@ -110,7 +139,7 @@ impl TokenClaims {
         jwt: Option<&JwtSource>,
         source: &PolicySource,
         keys: &JwtKeys,
-        metrics: &Metrics,
+        env: &CompileEnv<'_>,
     ) -> Result<Self, CompileError> {
         let header = jwt.map_or("Authorization", |j| j.header.as_str());
         let header = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
@@ -124,7 +153,7 @@ impl TokenClaims {
             Some(v) => {
                 use_ring_for_verification();
                 Some(
-                    Verifier::compile(v, source, keys, metrics)
+                    Verifier::compile(v, source, keys, env)
                         .map_err(|e| e.under("jwt.verification"))?,
                 )
             }
@@ -175,7 +204,7 @@ impl Verifier {
     /// `Some(outcome)` if `token` was verified before: its claims while it is valid, `None`
     /// (and forgotten) once it has expired.
     fn remembered(&self, token: &str, now: u64) -> Option<Option<Claims>> {
-        let mut tokens = self.verified_tokens.lock().expect("verified tokens");
+        let mut tokens = lock(&self.verified_tokens.0);
         let seen = tokens.get(token)?;
         if now <= seen.exp.saturating_add(LEEWAY) && seen.nbf <= now.saturating_add(LEEWAY) {
             return Some(Some(seen.claims.clone()));
@@ -217,7 +246,7 @@ impl Verifier {
             claims: Arc::new(data.claims),
         };
         let claims = verified.claims.clone();
-        let mut tokens = self.verified_tokens.lock().expect("verified tokens");
+        let mut tokens = lock(&self.verified_tokens.0);
         if tokens.len() >= CACHE_CAPACITY {
             tokens.retain(|_, t| now <= t.exp.saturating_add(LEEWAY));
             if tokens.len() >= CACHE_CAPACITY {
@@ -232,7 +261,7 @@ impl Verifier {
         spec: &JwtVerification,
         source: &PolicySource,
         keys: &JwtKeys,
-        metrics: &Metrics,
+        env: &CompileEnv<'_>,
     ) -> Result<Self, CompileError> {
         let algorithms = spec
             .algorithms
@@ -283,15 +312,27 @@ impl Verifier {
             validation.required_spec_claims.insert("aud".into());
         }
         let policy = format!("{}/{}", source.namespace, source.name);
+        // Verified tokens stay valid while the policy's key and checks are the same: kept across
+        // snapshots (any other policy change no longer re-verifies every client's token).
+        let identity = format!(
+            "{policy}\n{}\n{}",
+            serde_json::to_string(spec).expect("a spec serialises"),
+            material.expose()
+        );
+        let verified_tokens = env.state.claim(
+            xxhash_rust::xxh3::xxh3_64(identity.as_bytes()),
+            VerifiedTokens::default,
+        );
         let counter = |result| {
-            metrics
-                .jwt_verifications
+            env.metrics
+                .jwt
+                .verifications
                 .with_label_values(&[policy.as_str(), result])
         };
         Ok(Self {
             keys,
             validation,
-            verified_tokens: Mutex::new(HashMap::new()),
+            verified_tokens,
             verified: counter("verified"),
             rejected: counter("rejected"),
         })
@@ -378,6 +419,7 @@ fn strip_bearer(value: &str) -> Option<&str> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::metrics::PolicyMetrics;
     use bulwark_api::crd::common::SecretKeyRef;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
@@ -392,7 +434,7 @@ pub(crate) mod tests {
             Some(&jwt),
             &PolicySource::default(),
             &JwtKeys::new(),
-            &Metrics::new().unwrap(),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         )
         .unwrap()
     }
@@ -490,12 +532,12 @@ pub(crate) mod tests {
             header: "bad header".into(),
             verification: None,
         };
-        let metrics = Metrics::new().unwrap();
+        let metrics = PolicyMetrics::unregistered();
         let e = TokenClaims::compile(
             Some(&jwt),
             &PolicySource::default(),
             &JwtKeys::new(),
-            &metrics,
+            &CompileEnv::local(&metrics),
         )
         .unwrap_err();
         assert_eq!(e.field, "jwt.header");
@@ -505,7 +547,7 @@ pub(crate) mod tests {
 
     struct Fixture {
         source: TokenClaims,
-        metrics: Metrics,
+        metrics: PolicyMetrics,
     }
 
     /// A verifying source for policy `shop/api` with `key` in Secret `jwt`, key `key`.
@@ -533,8 +575,9 @@ pub(crate) mod tests {
             generation: 1,
         };
         let keys = JwtKeys::from([("shop/jwt/key".to_string(), SecretString::new(key))]);
-        let metrics = Metrics::new().unwrap();
-        let source = TokenClaims::compile(Some(&jwt), &policy, &keys, &metrics)?;
+        let metrics = PolicyMetrics::unregistered();
+        let source =
+            TokenClaims::compile(Some(&jwt), &policy, &keys, &CompileEnv::local(&metrics))?;
         Ok(Fixture { source, metrics })
     }
 
@@ -553,7 +596,8 @@ pub(crate) mod tests {
 
         fn counted(&self, result: &str) -> u64 {
             self.metrics
-                .jwt_verifications
+                .jwt
+                .verifications
                 .with_label_values(&["shop/api", result])
                 .get()
         }
@@ -717,7 +761,7 @@ pub(crate) mod tests {
             Some(&jwt),
             &PolicySource::default(),
             &JwtKeys::new(),
-            &Metrics::new().unwrap(),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         )
         .unwrap_err();
         assert_eq!(e.field, "jwt.verification.keySecretRef");
@@ -739,13 +783,13 @@ pub(crate) mod tests {
             verifier.claims(&token, now + 600 + LEEWAY).is_some(),
             "within the leeway"
         );
-        assert_eq!(verifier.verified_tokens.lock().unwrap().len(), 1);
+        assert_eq!(verifier.verified_tokens.0.lock().unwrap().len(), 1);
         assert!(
             verifier.claims(&token, now + 601 + LEEWAY).is_none(),
             "expired while remembered"
         );
         assert!(
-            verifier.verified_tokens.lock().unwrap().is_empty(),
+            verifier.verified_tokens.0.lock().unwrap().is_empty(),
             "and forgotten"
         );
         assert_eq!((f.counted("verified"), f.counted("rejected")), (2, 1));
@@ -760,7 +804,7 @@ pub(crate) mod tests {
         for i in 0..CACHE_CAPACITY + 10 {
             let token = sign(Algorithm::HS256, &key, &json!({"sub": i, "exp": now + 600}));
             assert!(verifier.claims(&token, now).is_some());
-            assert!(verifier.verified_tokens.lock().unwrap().len() <= CACHE_CAPACITY);
+            assert!(verifier.verified_tokens.0.lock().unwrap().len() <= CACHE_CAPACITY);
         }
     }
 

@@ -20,19 +20,18 @@ use prometheus::IntCounter;
 
 use super::{
     algorithm::{self, Algorithm, Outcome, Rate},
-    global::{self, FastSync, GlobalRule},
+    redis_counters::{self, FastSync, GlobalRule},
     store::{CounterKey, LocalStore, MAX_RATES, counter_key},
 };
 use crate::{
-    compile::CompileError,
-    deny::DenyTemplate,
-    global::GlobalStore,
+    compile::{CompileEnv, CompileError},
     jwt::{JwtKeys, TokenClaims},
     keys::KeyBuilder,
     matching::CompiledMatch,
-    metrics::Metrics,
-    policy::PolicyEnv,
+    metrics::PolicyMetrics,
+    redis_client::RedisClient,
     request::RequestView,
+    respond::{DenyTemplate, Reason, Reply},
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -45,7 +44,7 @@ const DEFAULT_GLOBAL_TIMEOUT: std::time::Duration = std::time::Duration::from_mi
 pub struct RateLimits {
     rules: Vec<CompiledRule>,
     /// Redis, for `Exact` global rules.
-    global: Option<GlobalStore>,
+    global: Option<RedisClient>,
 }
 
 struct CompiledRule {
@@ -61,7 +60,7 @@ struct CompiledRule {
     cost_header: Option<http::HeaderName>,
     overrides: HashMap<String, Vec<Rate>>,
     info: Arc<RuleInfo>,
-    response: Response,
+    response: DenyTemplate,
     counters: Counters,
     /// `Some` for `scope: Global`.
     global: Option<GlobalRule>,
@@ -72,9 +71,6 @@ struct Counters {
     limited: IntCounter,
     shadow_limited: IntCounter,
 }
-
-/// How a rejection is answered (shared with quotas).
-type Response = DenyTemplate;
 
 /// What the response headers need to know of a rule.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,7 +83,7 @@ struct RuleInfo {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Decision {
     /// `Some` when the request must be answered by the sidecar instead of the app.
-    pub reject: Option<Rejection>,
+    pub reject: Option<Reply>,
     /// The most restrictive limit that admitted the request, for the app's response headers.
     pub applied: Option<AppliedLimit>,
 }
@@ -118,31 +114,20 @@ impl Decision {
     }
 }
 
-pub use crate::deny::Rejection;
-
 impl RateLimits {
     /// Compiles the policies; an error names the policy and the field.
     pub fn compile(
         policies: &[Sourced<RateLimitPolicySpec>],
         jwt_keys: &JwtKeys,
-        env: &PolicyEnv,
+        env: &CompileEnv<'_>,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let metrics = &env.metrics;
         let mut rules = Vec::new();
         for policy in policies {
-            if policy.spec.scope == Scope::Global && env.global.is_none() {
-                // Refuse rather than silently enforcing per pod what the user declared for
-                // the whole workload.
-                return Err((
-                    policy.source.clone(),
-                    CompileError::new(
-                        "scope",
-                        "Global scope needs Redis: give the operator one (chart value redis.url) or start the sidecar with --redis-url or --redis-cluster",
-                    ),
-                ));
-            }
+            env.require_redis(policy.spec.scope)
+                .map_err(|e| (policy.source.clone(), e))?;
             let claims =
-                TokenClaims::compile(policy.spec.jwt.as_ref(), &policy.source, jwt_keys, metrics)
+                TokenClaims::compile(policy.spec.jwt.as_ref(), &policy.source, jwt_keys, env)
                     .map(Arc::new)
                     .map_err(|e| (policy.source.clone(), e))?;
             for (i, rule) in policy.spec.rules.iter().enumerate() {
@@ -154,7 +139,7 @@ impl RateLimits {
         }
         Ok(Self {
             rules,
-            global: env.global.clone(),
+            global: env.redis.cloned(),
         })
     }
 
@@ -229,7 +214,7 @@ impl RateLimits {
                 Some(global) if global.fail_closed && fast.is_some_and(|f| !f.is_healthy()) => {
                     pending
                         .tally
-                        .record(rule, global::failure_outcome(true), rates[0]);
+                        .record(rule, redis_counters::failure_outcome(true), rates[0]);
                 }
                 global => {
                     let counter = counter_key(rule.id, &key);
@@ -252,7 +237,7 @@ impl RateLimits {
 pub struct Pending<'a> {
     tally: Tally<'a>,
     exact: Vec<ExactCall<'a>>,
-    global: Option<&'a GlobalStore>,
+    global: Option<&'a RedisClient>,
     local: &'a LocalStore,
     fast: Option<&'a FastSync>,
     now: u64,
@@ -282,9 +267,9 @@ impl<'a> Pending<'a> {
             let (Some(global), Some(store)) = (call.rule.global.as_ref(), self.global) else {
                 return Err(fail_closed);
             };
-            global::call(
+            redis_counters::call(
                 store,
-                global::Counter {
+                redis_counters::Counter {
                     redis_key: &call.redis_key,
                     algorithm: call.rule.algorithm,
                     rates: call.rates,
@@ -314,7 +299,7 @@ impl<'a> Pending<'a> {
                     }
                     (reply.outcome, reply.index)
                 }
-                Err(fail_closed) => (global::failure_outcome(fail_closed), 0),
+                Err(fail_closed) => (redis_counters::failure_outcome(fail_closed), 0),
             };
             self.tally.record(
                 call.rule,
@@ -331,7 +316,7 @@ impl<'a> Pending<'a> {
             let fail_closed = call.rule.global.as_ref().is_some_and(|g| g.fail_closed);
             self.tally.record(
                 call.rule,
-                global::failure_outcome(fail_closed),
+                redis_counters::failure_outcome(fail_closed),
                 call.rates[0],
             );
         }
@@ -384,14 +369,8 @@ impl<'a> Tally<'a> {
                         ceil_seconds(outcome.retry_after_nanos).max(1).to_string(),
                     ));
                 }
-                headers.push(("Content-Type".into(), rule.response.content_type.clone()));
-                headers.extend(rule.response.headers.iter().cloned());
                 Decision {
-                    reject: Some(Rejection {
-                        status: rule.response.status,
-                        headers,
-                        body: rule.response.body.clone(),
-                    }),
+                    reject: Some(rule.response.reply(Reason::RateLimited, headers)),
                     applied: None,
                 }
             }
@@ -465,7 +444,7 @@ fn compile_rule(
     spec: &RateLimitPolicySpec,
     rule: &RateLimitRule,
     claims: &Arc<TokenClaims>,
-    metrics: &Metrics,
+    metrics: &PolicyMetrics,
 ) -> Result<CompiledRule, CompileError> {
     let matcher = CompiledMatch::compile(&rule.match_).map_err(|e| e.under("match"))?;
     let key = KeyBuilder::compile(&rule.key, claims)?;
@@ -543,7 +522,7 @@ fn compile_rule(
     });
     let policy = format!("{}/{}", source.namespace, source.name);
     let counter = |decision: &str| {
-        metrics.ratelimit_requests.with_label_values(&[
+        metrics.ratelimit.requests.with_label_values(&[
             policy.as_str(),
             rule.name.as_str(),
             decision,
@@ -573,7 +552,7 @@ fn compile_rule(
     })
 }
 
-fn compile_response(spec: &RateLimitPolicySpec) -> Result<Response, CompileError> {
+fn compile_response(spec: &RateLimitPolicySpec) -> Result<DenyTemplate, CompileError> {
     DenyTemplate::compile(spec.response.as_ref().map(|r| &r.deny), 429)
 }
 
@@ -604,7 +583,7 @@ mod tests {
         RateLimits::compile(
             &policies(yaml),
             &JwtKeys::new(),
-            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         )
         .unwrap()
     }
@@ -789,7 +768,7 @@ rules:
         let err = RateLimits::compile(
             &policies(&TWO_PER_MINUTE.replace("rules:", "scope: Global\nrules:")),
             &JwtKeys::new(),
-            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         )
         .err()
         .unwrap();
@@ -818,7 +797,7 @@ rules:
         let limits = RateLimits::compile(
             &policies(spec),
             &keys,
-            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         )
         .unwrap();
         let exp = jsonwebtoken::get_current_timestamp() + 600;
@@ -847,7 +826,7 @@ rules:
         let err = RateLimits::compile(
             &policies(spec),
             &JwtKeys::new(),
-            &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+            &CompileEnv::local(&PolicyMetrics::unregistered()),
         )
         .err()
         .unwrap();

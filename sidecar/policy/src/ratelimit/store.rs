@@ -9,6 +9,7 @@
 //! Forgetting a counter only forgets a client's history, which is more permissive, never
 //! stricter; bounded memory under a flood of distinct keys matters more.
 
+use crate::lock::lock;
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
@@ -133,9 +134,7 @@ impl LocalStore {
 
     fn shard(&self, key: CounterKey) -> std::sync::MutexGuard<'_, Counters> {
         // The high bits pick the shard; the map uses the low ones.
-        self.shards[((key >> 64) as usize) & (self.shards.len() - 1)]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[((key >> 64) as usize) & (self.shards.len() - 1)])
     }
 
     /// Decides a request of `cost` against every rate of the counter `key`, all-or-nothing.
@@ -238,9 +237,7 @@ impl LocalStore {
     pub fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = lock(shard);
             let before = shard.len();
             shard.pairs.retain(|_, pair| pair.idle_after > now);
             shard.entries.retain(|_, entry| entry.idle_after > now);

@@ -7,7 +7,8 @@
 pub mod admin;
 pub mod engine;
 pub mod flush;
-pub mod global;
+pub mod metrics;
 pub mod period;
+pub mod redis_counters;
 pub mod store;
 pub mod usage;

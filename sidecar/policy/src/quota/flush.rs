@@ -2,17 +2,18 @@
 //! when shutdown starts. A write is one redb transaction, so after a crash (even kill -9) the
 //! file holds the last flush whole: at most one flush interval of usage is lost.
 
+use crate::lock::lock;
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::task::{BackgroundTask, Shutdown};
 use async_trait::async_trait;
-use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
 use super::{store::QuotaDb, usage::UsageStore};
-use crate::{clock::unix_nanos, metrics::Metrics};
+use crate::{clock::unix_nanos, metrics::PolicyMetrics};
 
 pub struct QuotaFlusher {
     usage: Arc<UsageStore>,
@@ -20,7 +21,7 @@ pub struct QuotaFlusher {
     /// `None` until the file could be opened (another process may hold it during an upgrade).
     db: Mutex<Option<QuotaDb>>,
     interval: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PolicyMetrics>,
 }
 
 fn now_seconds() -> i64 {
@@ -34,7 +35,7 @@ impl QuotaFlusher {
         usage: Arc<UsageStore>,
         path: PathBuf,
         interval: Duration,
-        metrics: Arc<Metrics>,
+        metrics: Arc<PolicyMetrics>,
     ) -> Self {
         let flusher = Self {
             usage,
@@ -47,16 +48,14 @@ impl QuotaFlusher {
         flusher
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<QuotaDb>> {
-        self.db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn db(&self) -> std::sync::MutexGuard<'_, Option<QuotaDb>> {
+        lock(&self.db)
     }
 
     /// Opens the file if not yet open, adding its usage to what is counted in memory (counts
     /// made before it could be opened are kept).
     fn ensure_open(&self) -> bool {
-        let mut db = self.lock();
+        let mut db = self.db();
         if db.is_some() {
             return true;
         }
@@ -83,7 +82,8 @@ impl QuotaFlusher {
 
     fn failed(&self) {
         self.metrics
-            .store_errors
+            .stores
+            .errors
             .with_label_values(&["disk", "error"])
             .inc();
     }
@@ -93,13 +93,14 @@ impl QuotaFlusher {
         let now = now_seconds();
         self.usage.sweep(now);
         self.metrics
-            .quota_keys
+            .quota
+            .keys
             .set(i64::try_from(self.usage.len()).unwrap_or(i64::MAX));
         if !self.ensure_open() {
             return;
         }
         let dirty = self.usage.take_dirty();
-        let db = self.lock();
+        let db = self.db();
         let Some(db) = db.as_ref() else { return };
         if let Err(e) = db.write(&dirty, now) {
             self.failed();
@@ -110,8 +111,8 @@ impl QuotaFlusher {
 }
 
 #[async_trait]
-impl BackgroundService for QuotaFlusher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl BackgroundTask for QuotaFlusher {
+    async fn run(&self, mut shutdown: Shutdown) {
         // redb calls block for a few milliseconds at most: this service has its own runtime
         // thread, so they are made inline.
         loop {
@@ -139,7 +140,7 @@ mod tests {
     fn usage_flushed_by_one_flusher_is_loaded_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quota.redb");
-        let metrics = Arc::new(Metrics::new().unwrap());
+        let metrics = Arc::new(PolicyMetrics::unregistered());
         let far = Period {
             start: 0,
             end: i64::MAX,

@@ -12,9 +12,9 @@ use std::{sync::LazyLock, time::Duration};
 use redis::Script;
 
 use super::{period::Period, usage::Charge};
-use crate::global::{GlobalStore, StoreError};
+use crate::redis_client::{CallError, RedisClient};
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("quota.lua")));
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis_counters.lua")));
 
 /// How long a quota call may wait for Redis. The CRD has no `timeout` field for quotas: this is
 /// the rate limits' default, documented in docs/quotas.md.
@@ -41,13 +41,13 @@ pub fn redis_key(period: Period, usage_key: &str) -> String {
 
 /// Runs the script on one counter.
 pub async fn call(
-    store: &GlobalStore,
+    store: &RedisClient,
     redis_key: &str,
     period: Period,
     mode: Mode,
     cost: u64,
     limit: u64,
-) -> Result<Charge, StoreError> {
+) -> Result<Charge, CallError> {
     let mut inv = SCRIPT.prepare_invoke();
     inv.key(redis_key)
         .arg(match mode {
@@ -70,7 +70,7 @@ pub async fn call(
             before: u64::try_from(*before).unwrap_or(0),
             after: u64::try_from(*after).unwrap_or(0),
         }),
-        _ => Err(StoreError::Redis(
+        _ => Err(CallError::Redis(
             (redis::ErrorKind::Parse, "unexpected quota script reply").into(),
         )),
     }

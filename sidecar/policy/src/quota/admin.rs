@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::{
     engine::{QuotaInfo, Quotas},
-    global::{self, Mode},
     period,
+    redis_counters::{self, Mode},
     usage::UsageStore,
 };
 use crate::{
@@ -121,8 +121,8 @@ pub async fn report(
     let usage_key = info.usage_key(&joined);
     let used = match (info.is_global(), quotas.global()) {
         (true, Some(store)) => {
-            let key = global::redis_key(period, &usage_key);
-            match global::call(store, &key, period, Mode::Read, 0, limit).await {
+            let key = redis_counters::redis_key(period, &usage_key);
+            match redis_counters::call(store, &key, period, Mode::Read, 0, limit).await {
                 Ok(charge) => charge.after,
                 Err(e) => return error(503, format!("Redis did not answer: {e}")),
             }

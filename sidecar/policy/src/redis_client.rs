@@ -5,7 +5,10 @@
 //! down. Every call is bounded by the caller's timeout: Redis being slow or gone never holds a
 //! request longer than the policy allows, and the caller applies its `failureMode`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use arc_swap::ArcSwapOption;
 use prometheus::IntCounter;
@@ -16,7 +19,7 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-use crate::metrics::Metrics;
+use crate::{lock::lock, metrics::StoreMetrics};
 
 /// Where Redis is.
 #[derive(Clone, Debug)]
@@ -41,7 +44,7 @@ impl From<&bulwark_api::snapshot::RedisConnection> for RedisTarget {
 
 /// Why a Redis call did not answer.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum CallError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
     #[error("Redis is not connected yet")]
@@ -52,14 +55,21 @@ pub enum StoreError {
 
 /// A cheap-to-clone handle on the connection.
 #[derive(Clone)]
-pub struct GlobalStore {
+pub struct RedisClient {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// The client, until [`RedisClient::start`] connects it.
+    unstarted: Mutex<Option<Client>>,
     connection: ArcSwapOption<Connection>,
     timeouts: IntCounter,
     errors: IntCounter,
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 #[derive(Clone)]
@@ -68,42 +78,72 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
+/// A Redis URL the client library refuses. Never shows the URL: it may hold a password.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid Redis URL")]
+pub struct InvalidUrl;
+
 /// A connection attempt gives up after this long; the background task then retries.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Backoff between cluster connection attempts, and the reconnect ceiling of a single server.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
-impl GlobalStore {
-    /// Starts connecting in the background and returns at once. Must run inside a Tokio runtime.
-    pub fn connect(target: RedisTarget, metrics: &Metrics) -> anyhow::Result<Self> {
-        let store = Self {
-            inner: Arc::new(Inner {
-                connection: ArcSwapOption::empty(),
-                timeouts: metrics
-                    .store_errors
-                    .with_label_values(&["redis", "timeout"]),
-                errors: metrics.store_errors.with_label_values(&["redis", "error"]),
-            }),
-        };
-        match target {
+impl RedisClient {
+    /// A client for `target`, not connected: no task starts and nothing is dialled until
+    /// [`RedisClient::start`], so a client made for a snapshot that is then refused leaves no
+    /// trace. Only a malformed URL fails here.
+    pub fn new(target: RedisTarget, metrics: &StoreMetrics) -> Result<Self, InvalidUrl> {
+        let client = match target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                Client::Single(redis::Client::open(url.as_str()).map_err(|_| InvalidUrl)?)
+            }
+            RedisTarget::Cluster(nodes) => Client::Cluster(Box::new(
+                ClusterClientBuilder::new(nodes)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .build()
+                    .map_err(|_| InvalidUrl)?,
+            )),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                unstarted: Mutex::new(Some(client)),
+                connection: ArcSwapOption::empty(),
+                timeouts: metrics.errors.with_label_values(&["redis", "timeout"]),
+                errors: metrics.errors.with_label_values(&["redis", "error"]),
+            }),
+        })
+    }
+
+    /// A client for `target`, started: [`RedisClient::new`] then [`RedisClient::start`].
+    pub fn connect(target: RedisTarget, metrics: &StoreMetrics) -> Result<Self, InvalidUrl> {
+        let client = Self::new(target, metrics)?;
+        client.start();
+        Ok(client)
+    }
+
+    /// Starts connecting in the background and returns at once (idempotent). Must run inside a
+    /// Tokio runtime, which then drives the connection's tasks.
+    pub fn start(&self) {
+        let Some(client) = lock(&self.inner.unstarted).take() else {
+            return;
+        };
+        match client {
+            Client::Single(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_max_delay(RECONNECT_MAX_DELAY)
                     // Retries happen in the background; a request never waits for them.
                     .set_number_of_retries(usize::MAX);
-                let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-                store
-                    .inner
-                    .connection
-                    .store(Some(Arc::new(Connection::Single(manager))));
+                match ConnectionManager::new_lazy_with_config(client, config) {
+                    Ok(manager) => self
+                        .inner
+                        .connection
+                        .store(Some(Arc::new(Connection::Single(manager)))),
+                    Err(e) => tracing::error!(error = %e, "cannot set up the Redis connection"),
+                }
             }
-            RedisTarget::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .build()?;
-                let inner = store.inner.clone();
+            Client::Cluster(client) => {
+                let inner = self.inner.clone();
                 tokio::spawn(async move {
                     let mut delay = Duration::from_millis(50);
                     loop {
@@ -125,7 +165,16 @@ impl GlobalStore {
                 });
             }
         }
-        Ok(store)
+    }
+
+    /// True once [`RedisClient::start`] ran.
+    pub fn is_started(&self) -> bool {
+        lock(&self.inner.unstarted).is_none()
+    }
+
+    /// True when `self` and `other` are the same client (clones of one handle).
+    pub fn same_as(&self, other: &RedisClient) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Runs a Lua script (`EVALSHA`, loading it on `NOSCRIPT`), waiting at most `timeout`.
@@ -134,9 +183,9 @@ impl GlobalStore {
         &self,
         invocation: &ScriptInvocation<'_>,
         timeout: Duration,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, CallError> {
         let result = match self.inner.connection.load_full() {
-            None => Err(StoreError::NotConnected),
+            None => Err(CallError::NotConnected),
             Some(connection) => {
                 let call = async {
                     match &*connection {
@@ -145,13 +194,13 @@ impl GlobalStore {
                     }
                 };
                 match tokio::time::timeout(timeout, call).await {
-                    Ok(reply) => reply.map_err(StoreError::from),
-                    Err(_) => Err(StoreError::Timeout(timeout)),
+                    Ok(reply) => reply.map_err(CallError::from),
+                    Err(_) => Err(CallError::Timeout(timeout)),
                 }
             }
         };
         match &result {
-            Err(StoreError::Timeout(_)) => self.inner.timeouts.inc(),
+            Err(CallError::Timeout(_)) => self.inner.timeouts.inc(),
             Err(_) => self.inner.errors.inc(),
             Ok(_) => {}
         }

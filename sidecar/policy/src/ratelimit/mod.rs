@@ -3,6 +3,7 @@
 
 pub mod algorithm;
 pub mod engine;
-pub mod global;
+pub mod metrics;
+pub mod redis_counters;
 pub mod store;
 pub mod sweeper;

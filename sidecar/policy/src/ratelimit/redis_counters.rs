@@ -13,6 +13,7 @@
 //! rejects); fast mode keeps deciding locally when `Open`, and rejects while the last sync
 //! failed when `Closed`.
 
+use crate::lock::lock;
 use std::{
     collections::HashMap,
     sync::{
@@ -28,9 +29,9 @@ use super::{
     algorithm::{Algorithm, NEVER, Outcome, Rate, STATE_WORDS, State},
     store::{CounterKey, LocalStore},
 };
-use crate::global::{GlobalStore, StoreError};
+use crate::redis_client::{CallError, RedisClient};
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("global.lua")));
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis_counters.lua")));
 
 const MICROS: u64 = 1_000;
 
@@ -103,13 +104,13 @@ pub struct Counter<'a> {
 /// Runs the script on `counter`: decides a request of `cost`, or with `consume` spends it
 /// unconditionally. `now_nanos` = `None` uses the Redis server's clock.
 pub async fn call(
-    store: &GlobalStore,
+    store: &RedisClient,
     counter: Counter<'_>,
     cost: u64,
     now_nanos: Option<u64>,
     consume: bool,
     timeout: Duration,
-) -> Result<Reply, StoreError> {
+) -> Result<Reply, CallError> {
     let now_micros = now_nanos.map_or(0, |n| n / MICROS);
     let inv = invocation(
         counter.redis_key,
@@ -121,7 +122,7 @@ pub async fn call(
     );
     let words: Vec<i64> = store.invoke(&inv, timeout).await?;
     parse_reply(counter.algorithm, &words).ok_or_else(|| {
-        StoreError::Redis((redis::ErrorKind::Parse, "unexpected script reply").into())
+        CallError::Redis((redis::ErrorKind::Parse, "unexpected script reply").into())
     })
 }
 
@@ -171,7 +172,7 @@ pub fn failure_outcome(fail_closed: bool) -> Outcome {
 pub struct FastSync {
     /// The Redis synced with: from the flags at start, or from the first snapshot naming one
     /// (operator mode). `None`: no fast rule can exist yet, so nothing is synced.
-    store: arc_swap::ArcSwapOption<GlobalStore>,
+    store: arc_swap::ArcSwapOption<RedisClient>,
     entries: Mutex<HashMap<CounterKey, FastEntry>>,
     /// False while the last sync failed: `failureMode: Closed` rules reject meanwhile.
     healthy: AtomicBool,
@@ -190,7 +191,7 @@ struct FastEntry {
 }
 
 impl FastSync {
-    pub fn new(store: Option<GlobalStore>) -> Self {
+    pub fn new(store: Option<RedisClient>) -> Self {
         Self {
             store: arc_swap::ArcSwapOption::from(store.map(Arc::new)),
             entries: Mutex::new(HashMap::new()),
@@ -199,7 +200,7 @@ impl FastSync {
     }
 
     /// Points syncs at `store` (a snapshot named a Redis).
-    pub fn set_store(&self, store: GlobalStore) {
+    pub fn set_store(&self, store: RedisClient) {
         self.store.store(Some(Arc::new(store)));
     }
 
@@ -210,10 +211,7 @@ impl FastSync {
     /// True when `key` was used since its last sync (or is being synced): its local view is
     /// at most one `syncInterval` old.
     pub fn is_warm(&self, key: CounterKey) -> bool {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&key)
+        lock(&self.entries).contains_key(&key)
     }
 
     /// Records a local decision on a fast counter (`cost` = 0 when it was not admitted).
@@ -228,7 +226,7 @@ impl FastSync {
         cost: u64,
         now: u64,
     ) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = lock(&self.entries);
         let entry = entries.entry(key).or_insert_with(|| FastEntry {
             redis_key: rule.redis_key(key_value),
             algorithm,
@@ -250,7 +248,7 @@ impl FastSync {
             return;
         };
         let due: Vec<(CounterKey, String, Algorithm, Vec<Rate>, u64, Duration)> = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut entries = lock(&self.entries);
             entries.retain(|_, e| e.touched || e.pending > 0 || e.next_sync > now);
             entries
                 .iter_mut()
@@ -285,7 +283,7 @@ impl FastSync {
             });
         let replies = futures::future::join_all(calls).await;
         let mut healthy = true;
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = lock(&self.entries);
         for ((key, _, algorithm, rates, sent, _), reply) in due.into_iter().zip(replies) {
             let Some(entry) = entries.get_mut(&key) else {
                 continue;

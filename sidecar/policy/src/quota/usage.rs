@@ -5,6 +5,7 @@
 //! Entries changed since the last flush are marked dirty; the flusher writes them to the on-disk
 //! store ([`super::store::QuotaDb`]).
 
+use crate::lock::lock;
 use std::{
     collections::HashMap,
     sync::{
@@ -88,9 +89,7 @@ impl UsageStore {
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         let i = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % SHARDS as u64) as usize;
         // A panic while holding the lock leaves plain counters behind: still usable.
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.shards[i])
     }
 
     /// Charges `cost` to `key` in `period` if it [`fits`] within `limit`; with `force`,
@@ -173,9 +172,7 @@ impl UsageStore {
     pub fn take_dirty(&self) -> Vec<(String, Usage)> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut shard = lock(shard);
             for (key, entry) in shard.iter_mut().filter(|(_, e)| e.dirty) {
                 entry.dirty = false;
                 out.push((key.clone(), entry.usage));
@@ -198,9 +195,7 @@ impl UsageStore {
     /// Drops entries whose period ended before `now_seconds`.
     pub fn sweep(&self, now_seconds: i64) {
         for shard in &self.shards {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut shard = lock(shard);
             let before = shard.len();
             shard.retain(|_, e| e.usage.period.end > now_seconds);
             self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
@@ -213,9 +208,7 @@ impl UsageStore {
             .shards
             .iter()
             .flat_map(|shard| {
-                shard
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                lock(shard)
                     .iter()
                     .filter(|(k, _)| k.starts_with(prefix))
                     .map(|(k, e)| (k.clone(), e.usage))

@@ -25,20 +25,19 @@ use jiff::tz::TimeZone;
 use prometheus::IntCounter;
 
 use super::{
-    global::{self, Mode},
     period::{self, Period},
+    redis_counters::{self, Mode},
     usage::{Charge, UsageStore},
 };
 use crate::{
-    compile::CompileError,
-    deny::{DenyTemplate, Rejection},
-    global::GlobalStore,
+    compile::{CompileEnv, CompileError},
     jwt::{JwtKeys, TokenClaims},
     keys::KeyBuilder,
     matching::CompiledMatch,
-    metrics::Metrics,
-    policy::PolicyEnv,
+    metrics::PolicyMetrics,
+    redis_client::RedisClient,
     request::RequestView,
+    respond::{DenyTemplate, Reason, Reply},
 };
 
 const NANOS: u64 = 1_000_000_000;
@@ -47,7 +46,7 @@ const NANOS: u64 = 1_000_000_000;
 #[derive(Default)]
 pub struct Quotas {
     quotas: Vec<CompiledQuota>,
-    global: Option<GlobalStore>,
+    global: Option<RedisClient>,
     /// Counts charges the full local store could not take in
     /// (`bulwark_store_errors_total{store="quota",kind="full"}`).
     store_full: Option<IntCounter>,
@@ -128,7 +127,7 @@ fn reached(used: u64, threshold: u8, limit: u64) -> bool {
 #[derive(Default)]
 pub struct Decision {
     /// `Some` when the sidecar answers instead of the app.
-    pub reject: Option<Rejection>,
+    pub reject: Option<Reply>,
     /// What the rest of the request needs: warning headers and charges after the response.
     pub pending: RequestQuotas,
 }
@@ -138,7 +137,7 @@ pub struct Decision {
 pub struct RequestQuotas {
     warnings: Vec<(String, String)>,
     deferred: Vec<Deferred>,
-    global: Option<GlobalStore>,
+    global: Option<RedisClient>,
     store_full: Option<IntCounter>,
 }
 
@@ -169,26 +168,16 @@ impl Quotas {
     pub fn compile(
         policies: &[Sourced<QuotaPolicySpec>],
         jwt_keys: &JwtKeys,
-        env: &PolicyEnv,
+        env: &CompileEnv<'_>,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let mut quotas = Vec::new();
         for policy in policies {
             let fail = |e: CompileError| (policy.source.clone(), e);
-            if policy.spec.scope == Scope::Global && env.global.is_none() {
-                // Refuse rather than silently keeping per pod what was declared for the workload.
-                return Err(fail(CompileError::new(
-                    "scope",
-                    "Global scope needs Redis: give the operator one (chart value redis.url) or start the sidecar with --redis-url or --redis-cluster",
-                )));
-            }
-            let claims = TokenClaims::compile(
-                policy.spec.jwt.as_ref(),
-                &policy.source,
-                jwt_keys,
-                &env.metrics,
-            )
-            .map(Arc::new)
-            .map_err(fail)?;
+            env.require_redis(policy.spec.scope).map_err(fail)?;
+            let claims =
+                TokenClaims::compile(policy.spec.jwt.as_ref(), &policy.source, jwt_keys, env)
+                    .map(Arc::new)
+                    .map_err(fail)?;
             let tz = period::time_zone(&policy.spec.time_zone)
                 .map_err(|m| fail(CompileError::new("timeZone", m)))?;
             let response = Arc::new(
@@ -212,7 +201,7 @@ impl Quotas {
                     &tz,
                     response.clone(),
                     &claims,
-                    &env.metrics,
+                    env.metrics,
                 )
                 .map_err(|e| fail(e.under(&format!("quotas[{i}]"))))?;
                 quotas.push(compiled);
@@ -220,10 +209,11 @@ impl Quotas {
         }
         Ok(Self {
             quotas,
-            global: env.global.clone(),
+            global: env.redis.cloned(),
             store_full: Some(
                 env.metrics
-                    .store_errors
+                    .stores
+                    .errors
                     .with_label_values(&["quota", "full"]),
             ),
         })
@@ -257,12 +247,12 @@ impl Quotas {
         }
     }
 
-    pub fn global(&self) -> Option<&GlobalStore> {
+    pub fn global(&self) -> Option<&RedisClient> {
         self.global.as_ref()
     }
 
     /// Decides `req` at `now` (Unix nanoseconds): local quotas against `usage`, global ones in
-    /// Redis (all asked at once, each bounded by [`global::TIMEOUT`]; `failureMode` applies).
+    /// Redis (all asked at once, each bounded by [`redis_counters::TIMEOUT`]; `failureMode` applies).
     pub async fn decide(&self, req: &RequestView<'_>, usage: &UsageStore, now: u64) -> Decision {
         let draws = self.draws(req, now);
         let mut charges = Vec::with_capacity(draws.len());
@@ -286,17 +276,20 @@ impl Quotas {
             }
         }
         if let (false, Some(store)) = (remote.is_empty(), &self.global) {
-            let replies = futures::future::join_all(remote.iter().map(|&i| {
-                let d = &draws[i];
-                let mode = if d.quota.info.enforce {
-                    Mode::Check
-                } else {
-                    Mode::Add
-                };
-                let key = global::redis_key(d.period, &d.usage_key);
-                async move { global::call(store, &key, d.period, mode, d.cost, d.limit).await }
-            }))
-            .await;
+            let replies =
+                futures::future::join_all(remote.iter().map(|&i| {
+                    let d = &draws[i];
+                    let mode = if d.quota.info.enforce {
+                        Mode::Check
+                    } else {
+                        Mode::Add
+                    };
+                    let key = redis_counters::redis_key(d.period, &d.usage_key);
+                    async move {
+                        redis_counters::call(store, &key, d.period, mode, d.cost, d.limit).await
+                    }
+                }))
+                .await;
             for (i, reply) in remote.iter().zip(replies) {
                 charges[*i] = Some(reply.map_err(|_| ()));
             }
@@ -431,7 +424,7 @@ impl Quotas {
                     ),
                 ));
             }
-            draw.quota.response.reject(headers)
+            draw.quota.response.reply(Reason::QuotaExhausted, headers)
         });
         Decision { reject, pending }
     }
@@ -488,8 +481,10 @@ impl RequestQuotas {
             }
             let charge = match (&d.info.global, &self.global) {
                 (Some(_), Some(store)) => {
-                    let key = global::redis_key(d.period, &d.usage_key);
-                    match global::call(store, &key, d.period, Mode::Add, bytes, d.limit).await {
+                    let key = redis_counters::redis_key(d.period, &d.usage_key);
+                    match redis_counters::call(store, &key, d.period, Mode::Add, bytes, d.limit)
+                        .await
+                    {
                         Ok(charge) => charge,
                         Err(_) => continue,
                     }
@@ -516,7 +511,7 @@ fn compile_quota(
     tz: &TimeZone,
     response: Arc<DenyTemplate>,
     claims: &Arc<TokenClaims>,
-    metrics: &Metrics,
+    metrics: &PolicyMetrics,
 ) -> Result<CompiledQuota, CompileError> {
     let matcher = CompiledMatch::compile(&quota.match_).map_err(|e| e.under("match"))?;
     let key = KeyBuilder::compile(&quota.key, claims)?;
@@ -564,7 +559,8 @@ fn compile_quota(
     );
     let decision = |d: &str| {
         metrics
-            .quota_requests
+            .quota
+            .requests
             .with_label_values(&[policy.as_str(), quota.name.as_str(), d])
     };
     let info = QuotaInfo {
@@ -581,7 +577,7 @@ fn compile_quota(
             .map(|t| {
                 (
                     *t,
-                    metrics.quota_threshold_crossings.with_label_values(&[
+                    metrics.quota.threshold_crossings.with_label_values(&[
                         policy.as_str(),
                         quota.name.as_str(),
                         &t.to_string(),

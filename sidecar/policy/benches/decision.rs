@@ -1,18 +1,18 @@
 //! The cost of one local rate-limit decision, without the proxy: match, key, counter lookup and
 //! algorithm, with 100,000 distinct keys live in the store (the target: <= 100 ns).
 //!
-//!     cargo bench -p bulwark-sidecar --bench decision
+//!     cargo bench -p bulwark-policy --bench decision
 
-use std::{hint::black_box, net::IpAddr, sync::Arc};
+use std::{hint::black_box, net::IpAddr};
 
 use bulwark_api::{
     crd::rate_limit::RateLimitPolicySpec,
     snapshot::{PolicySource, Sourced},
 };
-use bulwark_sidecar::{
+use bulwark_policy::{
+    compile::CompileEnv,
     jwt::JwtKeys,
-    metrics::Metrics,
-    policy::PolicyEnv,
+    metrics::PolicyMetrics,
     ratelimit::{engine::RateLimits, store::LocalStore},
     request::RequestView,
 };
@@ -43,7 +43,7 @@ rules:
     RateLimits::compile(
         &[policy],
         &JwtKeys::new(),
-        &PolicyEnv::local_only(Arc::new(Metrics::new().unwrap())),
+        &CompileEnv::local(&PolicyMetrics::unregistered()),
     )
     .unwrap()
 }
@@ -127,7 +127,7 @@ fn jwt(c: &mut Criterion) {
         crd::common::{JwtSource, JwtVerification, SecretKeyRef},
         snapshot::SecretString,
     };
-    use bulwark_sidecar::jwt::{TokenClaims, use_ring_for_verification};
+    use bulwark_policy::jwt::{TokenClaims, use_ring_for_verification};
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
     // As in the sidecar, where nothing signs before a policy is compiled.
@@ -178,7 +178,7 @@ fn jwt(c: &mut Criterion) {
         name: "p".into(),
         generation: 1,
     };
-    let metrics = Metrics::new().unwrap();
+    let metrics = PolicyMetrics::unregistered();
     let mut group = c.benchmark_group("jwt: claims of one token");
     for (name, algorithm, key, signing) in cases {
         let token = encode(
@@ -221,7 +221,8 @@ fn jwt(c: &mut Criterion) {
             });
         }
         let keys = JwtKeys::from([("bench/idp/key".to_string(), SecretString::new(key))]);
-        let source = TokenClaims::compile(Some(&jwt), &source, &keys, &metrics).unwrap();
+        let source =
+            TokenClaims::compile(Some(&jwt), &source, &keys, &CompileEnv::local(&metrics)).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
         assert!(

@@ -3,21 +3,21 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::task::{BackgroundTask, Shutdown};
 use async_trait::async_trait;
-use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
-use super::{global::FastSync, store::LocalStore};
-use crate::{clock::unix_nanos, metrics::Metrics};
+use super::{redis_counters::FastSync, store::LocalStore};
+use crate::{clock::unix_nanos, metrics::PolicyMetrics};
 
 pub struct Sweeper {
     pub store: Arc<LocalStore>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<PolicyMetrics>,
     pub interval: Duration,
 }
 
 #[async_trait]
-impl BackgroundService for Sweeper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl BackgroundTask for Sweeper {
+    async fn run(&self, mut shutdown: Shutdown) {
         let mut evictions_seen = 0;
         loop {
             tokio::select! {
@@ -26,11 +26,13 @@ impl BackgroundService for Sweeper {
             }
             self.store.sweep(unix_nanos());
             self.metrics
-                .ratelimit_counters
+                .ratelimit
+                .counters
                 .set(i64::try_from(self.store.len()).unwrap_or(i64::MAX));
             let evictions = self.store.evictions();
             self.metrics
-                .ratelimit_evictions
+                .ratelimit
+                .evictions
                 .inc_by(evictions - evictions_seen);
             evictions_seen = evictions;
         }
@@ -47,8 +49,8 @@ pub struct FastSyncer {
 const FAST_SYNC_TICK: Duration = Duration::from_millis(10);
 
 #[async_trait]
-impl BackgroundService for FastSyncer {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl BackgroundTask for FastSyncer {
+    async fn run(&self, mut shutdown: Shutdown) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(FAST_SYNC_TICK) => {}

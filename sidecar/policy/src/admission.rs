@@ -1,0 +1,131 @@
+//! The one place that decides what happens to a request, in a fixed order:
+//!
+//! 1. gates (feature flags: next),
+//! 2. rate limits,
+//! 3. quotas,
+//! 4. what to add to the upstream request (flag header injection: next),
+//! 5. where it goes (routes and failover: next),
+//! 6. what to add to the response, and what to charge once it is sent.
+//!
+//! Each listener builds one [`RequestView`] per request and calls [`Runtime::admit`]; the proxy
+//! phases only carry out the [`Admission`]. Rate limits and quotas select pods and govern the
+//! traffic that comes in to the app, so they apply to the inbound listener; the app's own calls
+//! (outbound) pass through the same pipeline, where failover will decide their route.
+
+use std::time::Instant;
+
+use crate::{
+    quota::{engine::RequestQuotas, usage::UsageStore},
+    ratelimit::engine::AppliedLimit,
+    request::RequestView,
+    respond::Reply,
+    runtime::Runtime,
+};
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Clients calling the app.
+    Inbound,
+    /// The app calling other services.
+    Outbound,
+}
+
+/// What the pipeline decided for one request.
+#[derive(Default)]
+pub struct Admission {
+    /// `Some`: the sidecar answers with this instead of forwarding the request.
+    pub reply: Option<Reply>,
+    /// What the response carries, and what is charged after it.
+    pub response: ResponseEffects,
+}
+
+/// A header to set on the app's response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    /// Replaces any header of that name the app sent (the limit the sidecar enforces wins).
+    Set(&'a str, &'a str),
+    /// Added beside the app's own.
+    Append(&'a str, &'a str),
+}
+
+/// The decisions that act after the request was forwarded.
+#[derive(Default)]
+pub struct ResponseEffects {
+    /// The limit whose headers go on the app's response.
+    rate_limit: Option<AppliedLimit>,
+    /// Quota warnings for the response, and charges made after it.
+    quota: RequestQuotas,
+}
+
+impl ResponseEffects {
+    /// Applies the response's headers through `edit`, in order (rendered now, not while
+    /// deciding).
+    pub fn edit_headers<E>(
+        &self,
+        mut edit: impl FnMut(HeaderEdit<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if let Some(limit) = &self.rate_limit {
+            for (name, value) in &limit.headers() {
+                edit(HeaderEdit::Set(name, value))?;
+            }
+        }
+        for (name, value) in self.quota.response_headers() {
+            edit(HeaderEdit::Append(name, value))?;
+        }
+        Ok(())
+    }
+
+    /// True when something is charged after the response (bytes, deferred quotas).
+    pub fn has_deferred(&self) -> bool {
+        self.quota.has_deferred()
+    }
+
+    /// Charges what depends on the exchange's size.
+    pub async fn settle(self, usage: &UsageStore, request_bytes: u64, response_bytes: u64) {
+        if self.quota.has_deferred() {
+            self.quota
+                .settle(usage, request_bytes, response_bytes)
+                .await;
+        }
+    }
+}
+
+impl Runtime {
+    /// Decides `req` at `now` (Unix nanoseconds) against the installed policy.
+    pub async fn admit(&self, direction: Direction, req: &RequestView<'_>, now: u64) -> Admission {
+        let mut admission = Admission::default();
+        if direction == Direction::Outbound {
+            return admission;
+        }
+        let policy = self.policy();
+        if !policy.rate_limits.is_empty() {
+            let started = Instant::now();
+            let pending = policy
+                .rate_limits
+                .begin(req, &self.counters, Some(&self.fast), now);
+            let decision = if pending.needs_redis() {
+                pending.finish().await
+            } else {
+                pending.finish_local()
+            };
+            self.metrics
+                .ratelimit
+                .decision_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if decision.reject.is_some() {
+                admission.reply = decision.reject;
+                return admission;
+            }
+            admission.response.rate_limit = decision.applied;
+        }
+        if !policy.quotas.is_empty() {
+            let decision = policy.quotas.decide(req, &self.quota_usage, now).await;
+            admission.response.quota = decision.pending;
+            if decision.reject.is_some() {
+                admission.reply = decision.reject;
+            }
+        }
+        admission
+    }
+}

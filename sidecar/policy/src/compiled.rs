@@ -1,0 +1,93 @@
+//! A snapshot compiled into the structures that decide requests.
+//!
+//! Compiled whole before it replaces the current one; if any part fails, nothing changes
+//! (see [`crate::compile`]). What outlives a snapshot (counters, usage, the states in
+//! [`crate::state`]) lives outside it.
+
+use bulwark_api::snapshot::{PolicySource, Snapshot};
+
+use crate::{
+    compile::{CompileEnv, CompileError},
+    quota::engine::Quotas,
+    ratelimit::engine::RateLimits,
+    redis_client::RedisClient,
+    state::StateSet,
+};
+
+/// A snapshot and its compiled form.
+pub struct CompiledPolicy {
+    pub snapshot: Snapshot,
+    pub rate_limits: RateLimits,
+    pub quotas: Quotas,
+    /// The long-lived states this policy uses (the registry holds exactly these once installed).
+    pub state: StateSet,
+    /// The Redis client this policy's `Global` rules use, if any.
+    pub redis: Option<RedisClient>,
+}
+
+/// Why a snapshot cannot be enforced: which policy, and which field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub kind: &'static str,
+    pub source: PolicySource,
+    pub error: CompileError,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PolicySource {
+            namespace, name, ..
+        } = &self.source;
+        write!(f, "{} {namespace}/{name}: {}", self.kind, self.error)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl CompiledPolicy {
+    pub fn compile(snapshot: Snapshot, env: CompileEnv<'_>) -> Result<Self, PolicyError> {
+        let rate_limits = RateLimits::compile(&snapshot.rate_limits, &snapshot.jwt_keys, &env)
+            .map_err(|(source, error)| PolicyError {
+                kind: "RateLimitPolicy",
+                source,
+                error,
+            })?;
+        let quotas = Quotas::compile(&snapshot.quotas, &snapshot.jwt_keys, &env).map_err(
+            |(source, error)| PolicyError {
+                kind: "QuotaPolicy",
+                source,
+                error,
+            },
+        )?;
+        for (kind, count) in [
+            ("FeatureFlag", snapshot.feature_flags.len()),
+            ("FailoverPolicy", snapshot.failover.len()),
+            ("WebhookEndpoint", snapshot.webhooks.len()),
+        ] {
+            if count > 0 {
+                tracing::warn!(
+                    kind,
+                    count,
+                    "policies of this kind are accepted but not enforced by this sidecar version"
+                );
+            }
+        }
+        Ok(Self {
+            snapshot,
+            rate_limits,
+            quotas,
+            state: env.state.into_used(),
+            redis: env.redis.cloned(),
+        })
+    }
+
+    pub fn empty() -> Self {
+        Self {
+            snapshot: Snapshot::empty(),
+            rate_limits: RateLimits::default(),
+            quotas: Quotas::default(),
+            state: StateSet::default(),
+            redis: None,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The inbound listener's `ProxyHttp`: clients → the app on localhost, where policy applies.
+//! Thin: one [`RequestView`](bulwark_policy::request::RequestView) per request, one call to
+//! the admission pipeline, and the phases carry out its answer.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use async_trait::async_trait;
+use bulwark_policy::{
+    admission::{Direction, HeaderEdit, ResponseEffects},
+    clock::unix_nanos,
+    runtime::Runtime,
+};
+use pingora::{
+    Result,
+    http::ResponseHeader,
+    prelude::HttpPeer,
+    proxy::{FailToProxy, ProxyHttp, Session},
+};
+
+use super::{Timing, fail_to_proxy, request_view};
+use crate::metrics::Metrics;
+
+pub struct InboundProxy {
+    app: SocketAddr,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    /// Proxies in front that append to X-Forwarded-For (`--trusted-proxy-hops`).
+    trusted_hops: usize,
+}
+
+impl InboundProxy {
+    pub fn new(app: SocketAddr, runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            app,
+            runtime,
+            metrics,
+            trusted_hops: 0,
+        }
+    }
+
+    /// Takes the client address from X-Forwarded-For behind `hops` trusted proxies.
+    pub fn with_trusted_proxy_hops(mut self, hops: usize) -> Self {
+        self.trusted_hops = hops;
+        self
+    }
+}
+
+/// Per-request state: what admission decided, for the later phases.
+pub struct RequestCtx {
+    timing: Timing,
+    response: ResponseEffects,
+}
+
+#[async_trait]
+impl ProxyHttp for InboundProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            timing: Timing::start(&self.metrics.inbound),
+            response: ResponseEffects::default(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let admission = {
+            let view = request_view(session, self.trusted_hops);
+            self.runtime
+                .admit(Direction::Inbound, &view, unix_nanos())
+                .await
+        };
+        ctx.response = admission.response;
+        match admission.reply {
+            Some(reply) => {
+                ctx.timing.answer(session, &reply).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
+        Ok(Box::new(HttpPeer::new(self.app, false, String::new())))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.response.edit_headers(|edit| match edit {
+            HeaderEdit::Set(name, value) => response.insert_header(name.to_owned(), value),
+            HeaderEdit::Append(name, value) => {
+                response.append_header(name.to_owned(), value).map(drop)
+            }
+        })
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.inbound).await
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut Self::CTX,
+    ) {
+        ctx.timing.finish(session, &self.metrics.inbound);
+        if ctx.response.has_deferred() {
+            std::mem::take(&mut ctx.response)
+                .settle(
+                    &self.runtime.quota_usage,
+                    session.body_bytes_read() as u64,
+                    session.body_bytes_sent() as u64,
+                )
+                .await;
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The proxy listeners, as Pingora phases: `inbound` (clients → the app) and `outbound` (the
+//! app → other services). Each phase is thin: it builds one [`RequestView`] per request, asks
+//! the runtime's admission pipeline ([`bulwark_policy::admission`]) and carries out the
+//! answer. Everything the sidecar answers itself, whether a policy refused the request or the
+//! upstream failed, is written by [`write_reply`] from a [`Reply`]
+//! ([`bulwark_policy::respond`]).
+
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+
+use std::time::Instant;
+
+use bulwark_policy::{
+    request::{self, RequestView},
+    respond::{Reason, Reply},
+};
+use bytes::Bytes;
+use pingora::{
+    ErrorSource, ErrorType,
+    http::ResponseHeader,
+    proxy::{FailToProxy, Session},
+};
+
+use metrics::{InFlight, ListenerMetrics, Outcome, UpstreamError};
+
+/// The policy view of a Pingora request: `trusted_hops` proxies in front may name the client
+/// in `X-Forwarded-For`.
+pub fn request_view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
+    let header = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    RequestView {
+        method: header.method.as_str(),
+        path: header.uri.path(),
+        query: header.uri.query(),
+        host: header.uri.host().or_else(|| {
+            header
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        }),
+        headers: &header.headers,
+        client_ip: request::client_ip(peer, &header.headers, trusted_hops),
+    }
+}
+
+/// Writes a response the sidecar makes itself.
+pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+    for (name, value) in &reply.headers {
+        header.append_header(name.clone(), value.as_str())?;
+    }
+    header.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
+    let empty = reply.body.is_empty();
+    session
+        .write_response_header(Box::new(header), empty)
+        .await?;
+    if !empty {
+        session
+            .write_response_body(Some(Bytes::from(reply.body.clone())), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What both listeners keep per request for their metrics.
+pub struct Timing {
+    started: Instant,
+    _in_flight: InFlight,
+    /// Set when the sidecar answered itself, and why.
+    answered: Option<Reason>,
+}
+
+impl Timing {
+    pub fn start(metrics: &ListenerMetrics) -> Self {
+        Self {
+            started: Instant::now(),
+            _in_flight: InFlight::start(&metrics.in_flight),
+            answered: None,
+        }
+    }
+
+    /// Writes `reply` and remembers why the sidecar answered.
+    pub async fn answer(&mut self, session: &mut Session, reply: &Reply) -> pingora::Result<()> {
+        self.answered = Some(reply.reason);
+        write_reply(session, reply).await
+    }
+
+    /// Records the finished request.
+    pub fn finish(&self, session: &Session, metrics: &ListenerMetrics) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let outcome = match (self.answered, status) {
+            (Some(reason), _) => Outcome::Sidecar(reason),
+            (None, Some(_)) => Outcome::Upstream,
+            (None, None) => Outcome::NoResponse,
+        };
+        metrics.finished(status, outcome, self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The answer to a request that could not be proxied, by what failed: `None` when the client
+/// is gone (nothing can be written).
+fn failure_reply(e: &pingora::Error) -> Option<Reply> {
+    use ErrorType::*;
+    let reason = match (e.esource(), e.etype()) {
+        (_, HTTPStatus(status)) => {
+            let reason = if *status < 500 {
+                Reason::BadRequest
+            } else {
+                Reason::UpstreamError
+            };
+            let mut reply = Reply::new(reason, None);
+            reply.status = *status;
+            return Some(reply);
+        }
+        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => return None,
+        (ErrorSource::Downstream, _) => Reason::BadRequest,
+        (ErrorSource::Upstream, kind) => match upstream_error_kind(kind) {
+            UpstreamError::Timeout => Reason::UpstreamTimeout,
+            UpstreamError::Connect => Reason::UpstreamUnreachable,
+            UpstreamError::Other => Reason::UpstreamError,
+        },
+        (ErrorSource::Internal | ErrorSource::Unset, _) => Reason::Internal,
+    };
+    Some(Reply::new(reason, None))
+}
+
+fn upstream_error_kind(kind: &ErrorType) -> UpstreamError {
+    use ErrorType::*;
+    match kind {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            UpstreamError::Timeout
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError | TLSHandshakeFailure | TLSWantX509Lookup | InvalidCert | HandshakeError => {
+            UpstreamError::Connect
+        }
+        _ => UpstreamError::Other,
+    }
+}
+
+/// Both listeners' `fail_to_proxy`: counts an upstream failure and answers through
+/// [`write_reply`] instead of Pingora's default error page.
+pub async fn fail_to_proxy(
+    session: &mut Session,
+    e: &pingora::Error,
+    timing: &mut Timing,
+    metrics: &ListenerMetrics,
+) -> FailToProxy {
+    if e.esource() == &ErrorSource::Upstream {
+        metrics.upstream_error(upstream_error_kind(e.etype()));
+    }
+    let reply = failure_reply(e).filter(|_| session.response_written().is_none());
+    let error_code = match reply {
+        Some(reply) => {
+            if let Err(write) = timing.answer(session, &reply).await {
+                tracing::debug!(error = %write, "cannot send the error response");
+            }
+            reply.status
+        }
+        None => 0,
+    };
+    FailToProxy {
+        error_code,
+        // As Pingora's default: a connection that failed mid-request is not reused.
+        can_reuse_downstream: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::Error;
+
+    fn reply(source: ErrorSource, kind: ErrorType) -> Option<(u16, String)> {
+        let e = match source {
+            ErrorSource::Upstream => Error::new_up(kind),
+            ErrorSource::Downstream => Error::new_down(kind),
+            ErrorSource::Internal => Error::new_in(kind),
+            ErrorSource::Unset => Error::new(kind),
+        };
+        failure_reply(&e).map(|r| (r.status, r.header("bulwark-reason").unwrap().to_owned()))
+    }
+
+    #[test]
+    fn failures_are_answered_by_what_failed() {
+        use ErrorSource::*;
+        use ErrorType::*;
+        let r = |status, reason: &str| Some((status, reason.to_owned()));
+        assert_eq!(
+            reply(Upstream, ConnectRefused),
+            r(502, "upstream_unreachable")
+        );
+        assert_eq!(reply(Upstream, ConnectTimedout), r(504, "upstream_timeout"));
+        assert_eq!(reply(Upstream, ReadTimedout), r(504, "upstream_timeout"));
+        assert_eq!(reply(Upstream, ConnectionClosed), r(502, "upstream_error"));
+        assert_eq!(reply(Downstream, InvalidHTTPHeader), r(400, "bad_request"));
+        assert_eq!(reply(Downstream, ReadError), None, "the client is gone");
+        assert_eq!(reply(Internal, InternalError), r(500, "internal_error"));
+        assert_eq!(reply(Unset, HTTPStatus(405)), r(405, "bad_request"));
+    }
+}
