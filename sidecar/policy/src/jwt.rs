@@ -114,7 +114,18 @@ struct VerificationKey {
 
 /// Tokens that passed verification, by their exact text (long-lived state: see [`crate::state`]).
 #[derive(Default)]
-struct VerifiedTokens(Mutex<HashMap<Box<str>, Verified>>);
+pub struct VerifiedTokens(Mutex<HashMap<Box<str>, Verified>>);
+
+impl VerifiedTokens {
+    /// Tokens remembered now.
+    pub fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A token that passed verification, valid until `exp` (plus leeway).
 struct Verified {

@@ -338,7 +338,7 @@ fn trim(mut b: &[u8], ws: impl Fn(&u8) -> bool) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matching::tests::TestReq;
+    use crate::request::testing::TestRequest;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -358,13 +358,13 @@ mod tests {
         KeyBuilder::compile(parts, &bearer()).unwrap()
     }
 
-    fn key(b: &KeyBuilder, req: &TestReq) -> String {
+    fn key(b: &KeyBuilder, req: &TestRequest) -> String {
         let mut out = String::new();
         b.write_key(&req.view(), &mut out);
         out
     }
 
-    fn one(type_: KeySourceType, name: Option<&str>, req: &TestReq) -> String {
+    fn one(type_: KeySourceType, name: Option<&str>, req: &TestRequest) -> String {
         key(&builder(&[src(type_, name)]), req)
     }
 
@@ -380,38 +380,41 @@ mod tests {
         })
     }
 
-    fn claim(name: &str, req: &TestReq) -> String {
+    fn claim(name: &str, req: &TestRequest) -> String {
         one(KeySourceType::JWTClaim, Some(name), req)
     }
 
     #[test]
     fn client_ip() {
-        let ip = |s: &str| one(KeySourceType::ClientIP, None, &TestReq::new("/").ip(s));
+        let ip = |s: &str| one(KeySourceType::ClientIP, None, &TestRequest::new("/").ip(s));
         assert_eq!(ip("10.0.0.1"), "10.0.0.1");
         assert_eq!(ip("::ffff:10.0.0.1"), "10.0.0.1");
         assert_eq!(ip("2001:DB8:0:0:0:0:0:1"), "2001:db8::1");
-        assert_eq!(one(KeySourceType::ClientIP, None, &TestReq::new("/")), "");
+        assert_eq!(
+            one(KeySourceType::ClientIP, None, &TestRequest::new("/")),
+            ""
+        );
     }
 
     #[test]
     fn header_first_value() {
-        let h = |req: &TestReq| one(KeySourceType::Header, Some("X-Api-Key"), req);
-        assert_eq!(h(&TestReq::new("/").header("x-api-key", "k1")), "k1");
+        let h = |req: &TestRequest| one(KeySourceType::Header, Some("X-Api-Key"), req);
+        assert_eq!(h(&TestRequest::new("/").header("x-api-key", "k1")), "k1");
         assert_eq!(
-            h(&TestReq::new("/")
+            h(&TestRequest::new("/")
                 .header("x-api-key", "k1")
                 .header("x-api-key", "k2")),
             "k1"
         );
         assert_eq!(
-            h(&TestReq::new("/").header_bytes("x-api-key", "zoë".as_bytes())),
+            h(&TestRequest::new("/").header_bytes("x-api-key", "zoë".as_bytes())),
             "zoë"
         );
         assert_eq!(
-            h(&TestReq::new("/").header_bytes("x-api-key", b"zo\xeb")),
+            h(&TestRequest::new("/").header_bytes("x-api-key", b"zo\xeb")),
             ""
         );
-        assert_eq!(h(&TestReq::new("/")), "");
+        assert_eq!(h(&TestRequest::new("/")), "");
     }
 
     #[test]
@@ -420,7 +423,7 @@ mod tests {
             one(
                 KeySourceType::QueryParam,
                 Some("user"),
-                &TestReq::new("/").query(query),
+                &TestRequest::new("/").query(query),
             )
         };
         assert_eq!(q("user=a%20b+c&user=z"), "a b c");
@@ -428,29 +431,36 @@ mod tests {
         assert_eq!(q("x=1"), "");
         assert_eq!(q("user=%E2%9C%93"), "✓");
         assert_eq!(
-            one(KeySourceType::QueryParam, Some("user"), &TestReq::new("/")),
+            one(
+                KeySourceType::QueryParam,
+                Some("user"),
+                &TestRequest::new("/")
+            ),
             ""
         );
     }
 
     #[test]
     fn cookies() {
-        let c = |name: &str, req: &TestReq| one(KeySourceType::Cookie, Some(name), req);
-        let req = TestReq::new("/").header("cookie", "a=1; session = s1 ;b=x=y;  c=\"q\"");
+        let c = |name: &str, req: &TestRequest| one(KeySourceType::Cookie, Some(name), req);
+        let req = TestRequest::new("/").header("cookie", "a=1; session = s1 ;b=x=y;  c=\"q\"");
         assert_eq!(c("a", &req), "1");
         assert_eq!(c("session", &req), "s1");
         assert_eq!(c("b", &req), "x=y");
         assert_eq!(c("c", &req), "\"q\"", "quotes are kept");
         assert_eq!(c("A", &req), "", "names are case-sensitive");
         assert_eq!(c("missing", &req), "");
-        let split = TestReq::new("/")
+        let split = TestRequest::new("/")
             .header("cookie", "x=1")
             .header("cookie", "a=2; x=3")
             .header("cookie", "a=4");
         assert_eq!(c("a", &split), "2", "first cookie across headers");
         assert_eq!(c("x", &split), "1");
-        assert_eq!(c("a", &TestReq::new("/").header("cookie", "flag; a=")), "");
-        assert_eq!(c("a", &TestReq::new("/").header("x-cookie", "a=1")), "");
+        assert_eq!(
+            c("a", &TestRequest::new("/").header("cookie", "flag; a=")),
+            ""
+        );
+        assert_eq!(c("a", &TestRequest::new("/").header("x-cookie", "a=1")), "");
     }
 
     #[test]
@@ -459,7 +469,7 @@ mod tests {
             one(
                 KeySourceType::Path,
                 None,
-                &TestReq::new("/api/x").query("q=1")
+                &TestRequest::new("/api/x").query("q=1")
             ),
             "/api/x"
         );
@@ -467,7 +477,7 @@ mod tests {
             one(
                 KeySourceType::Constant,
                 None,
-                &TestReq::new("/x").ip("1.2.3.4")
+                &TestRequest::new("/x").ip("1.2.3.4")
             ),
             ""
         );
@@ -477,12 +487,12 @@ mod tests {
         ]);
         assert!(b.is_constant());
         assert_eq!(b.len(), 2);
-        assert_eq!(key(&b, &TestReq::new("/")), "\u{1f}");
+        assert_eq!(key(&b, &TestRequest::new("/")), "\u{1f}");
         let empty = builder(&[]);
         assert!(empty.is_constant());
         assert!(empty.is_empty());
         assert_eq!(empty.len(), 0);
-        assert_eq!(key(&empty, &TestReq::new("/").ip("1.2.3.4")), "");
+        assert_eq!(key(&empty, &TestRequest::new("/").ip("1.2.3.4")), "");
         assert!(
             !builder(&[
                 src(KeySourceType::Constant, None),
@@ -494,7 +504,7 @@ mod tests {
 
     #[test]
     fn jwt_claims_nested_and_rendered() {
-        let req = TestReq::new("/").header(
+        let req = TestRequest::new("/").header(
             "authorization",
             &format!(
                 "Bearer {}",
@@ -532,7 +542,7 @@ mod tests {
         ]);
         assert_eq!(b.len(), 4);
         assert!(!b.is_constant());
-        let full = TestReq::new("/")
+        let full = TestRequest::new("/")
             .header("x-tenant", "t")
             .header(
                 "authorization",
@@ -543,9 +553,9 @@ mod tests {
             )
             .ip("192.0.2.9");
         assert_eq!(key(&b, &full), "t\u{1f}user-1\u{1f}192.0.2.9\u{1f}acme");
-        assert_eq!(key(&b, &TestReq::new("/")), "\u{1f}\u{1f}\u{1f}");
+        assert_eq!(key(&b, &TestRequest::new("/")), "\u{1f}\u{1f}\u{1f}");
         assert_eq!(
-            key(&b, &TestReq::new("/").ip("192.0.2.9")),
+            key(&b, &TestRequest::new("/").ip("192.0.2.9")),
             "\u{1f}\u{1f}192.0.2.9\u{1f}"
         );
         // write_key appends.
@@ -569,8 +579,8 @@ mod tests {
             src(KeySourceType::QueryParam, Some("a")),
             src(KeySourceType::QueryParam, Some("b")),
         ]);
-        let k1 = key(&b, &TestReq::new("/").query("a=x%1Fy&b=z"));
-        let k2 = key(&b, &TestReq::new("/").query("a=x&b=y%1Fz"));
+        let k1 = key(&b, &TestRequest::new("/").query("a=x%1Fy&b=z"));
+        let k2 = key(&b, &TestRequest::new("/").query("a=x&b=y%1Fz"));
         assert_eq!(k1, "x\u{fffd}y\u{1f}z");
         assert_eq!(k2, "x\u{1f}y\u{fffd}z");
         assert_ne!(k1, k2);
@@ -578,7 +588,7 @@ mod tests {
         let c = one(
             KeySourceType::Cookie,
             Some("c"),
-            &TestReq::new("/").header("cookie", "c=%1F"),
+            &TestRequest::new("/").header("cookie", "c=%1F"),
         );
         assert_eq!(c, "%1F", "cookies are not decoded");
     }
@@ -594,7 +604,7 @@ mod tests {
             src(KeySourceType::Cookie, Some("plan")),
             src(KeySourceType::Path, None),
         ]);
-        let req = TestReq::new("/v1")
+        let req = TestRequest::new("/v1")
             .header("x-api-key", "premium")
             .header("cookie", "plan=gold");
         assert_eq!(
@@ -644,7 +654,10 @@ mod tests {
             .enumerate()
             .map(|(i, v)| format!("p{i}={}", encode_all(v)))
             .collect();
-        key(&builder(&parts), &TestReq::new("/").query(&query.join("&")))
+        key(
+            &builder(&parts),
+            &TestRequest::new("/").query(&query.join("&")),
+        )
     }
 
     fn value() -> impl Strategy<Value = String> {

@@ -44,6 +44,85 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted_hops: usize)
     entries[index].parse().ok().or(peer)
 }
 
+/// One request builder for every policy test: owns its parts; `view()` borrows it as policy
+/// code sees it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::IpAddr;
+
+    use http::{HeaderMap, HeaderValue};
+
+    use super::RequestView;
+
+    pub(crate) struct TestRequest {
+        method: String,
+        path: String,
+        query: Option<String>,
+        host: Option<String>,
+        headers: HeaderMap,
+        client_ip: Option<IpAddr>,
+    }
+
+    impl TestRequest {
+        /// `GET path`, no host, headers or client address.
+        pub(crate) fn new(path: &str) -> Self {
+            Self {
+                method: "GET".into(),
+                path: path.into(),
+                query: None,
+                host: None,
+                headers: HeaderMap::new(),
+                client_ip: None,
+            }
+        }
+        pub(crate) fn method(mut self, m: &str) -> Self {
+            self.method = m.into();
+            self
+        }
+        pub(crate) fn query(mut self, q: &str) -> Self {
+            self.query = Some(q.into());
+            self
+        }
+        pub(crate) fn host(mut self, h: &str) -> Self {
+            self.host = Some(h.into());
+            self
+        }
+        pub(crate) fn header(mut self, name: &'static str, value: &str) -> Self {
+            self.headers
+                .append(name, HeaderValue::from_str(value).unwrap());
+            self
+        }
+        /// Each `(name, value)`, appended in order.
+        pub(crate) fn headers(self, headers: &[(&'static str, &str)]) -> Self {
+            headers
+                .iter()
+                .fold(self, |req, (name, value)| req.header(name, value))
+        }
+        pub(crate) fn header_bytes(mut self, name: &'static str, value: &[u8]) -> Self {
+            self.headers
+                .append(name, HeaderValue::from_bytes(value).unwrap());
+            self
+        }
+        pub(crate) fn clear_headers(&mut self) {
+            self.headers.clear();
+        }
+        pub(crate) fn ip(mut self, ip: &str) -> Self {
+            self.client_ip = Some(ip.parse().unwrap());
+            self
+        }
+        pub(crate) fn view(&self) -> RequestView<'_> {
+            RequestView {
+                method: &self.method,
+                path: &self.path,
+                query: self.query.as_deref(),
+                host: self.host.as_deref(),
+                headers: &self.headers,
+                client_ip: self.client_ip,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,3 +184,164 @@ impl Runtime {
         self.ready.store(true, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bulwark_api::snapshot::{SecretString, Sourced};
+
+    use super::*;
+    use crate::{admission::Direction, jwt::VerifiedTokens, request::testing::TestRequest};
+
+    fn source(name: &str) -> PolicySource {
+        PolicySource {
+            namespace: "shop".into(),
+            name: name.into(),
+            generation: 1,
+        }
+    }
+
+    fn snapshot(version: u64, redis: Option<&str>, rate_limits: &[&str]) -> Snapshot {
+        Snapshot {
+            version,
+            redis: redis.map(|url| RedisConnection::Url(SecretString::new(url))),
+            rate_limits: rate_limits
+                .iter()
+                .enumerate()
+                .map(|(i, yaml)| Sourced {
+                    source: source(&format!("p{i}")),
+                    spec: serde_yaml::from_str(yaml).unwrap(),
+                })
+                .collect(),
+            ..Snapshot::empty()
+        }
+    }
+
+    const GLOBAL: &str = "
+scope: Global
+global: {mode: Fast}
+rules: [{name: r, key: [{type: ClientIP}], rates: [{limit: 5, window: 1s}]}]
+";
+    const BAD_REGEX: &str = "
+rules: [{name: r, match: {path: {type: RegularExpression, value: '('}}, key: [{type: ClientIP}], rates: [{limit: 5, window: 1s}]}]
+";
+
+    /// A runtime whose Redis comes from snapshots, with its connections driven by `tokio`.
+    fn operator_mode(tokio: &tokio::runtime::Runtime) -> Runtime {
+        Runtime::new(
+            Arc::new(PolicyMetrics::unregistered()),
+            RedisSource::FromSnapshot(tokio.handle().clone()),
+            Limits::default(),
+        )
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_to_compile_changes_no_connection_or_state() {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let runtime = operator_mode(&tokio);
+        let good = runtime
+            .compile(snapshot(1, Some("redis://127.0.0.1:1/0"), &[GLOBAL]))
+            .unwrap();
+        let first = good
+            .redis
+            .clone()
+            .expect("a Global policy gets the named Redis");
+        assert!(!first.is_started(), "compiling connects nothing");
+        assert!(runtime.fast.store().is_none(), "nor repoints fast sync");
+        runtime.install(good);
+        assert!(first.is_started());
+        assert!(runtime.fast.store().unwrap().same_as(&first));
+
+        // Another Redis, and a policy that cannot compile: refused, and nothing moves.
+        let bad = snapshot(2, Some("redis://127.0.0.1:2/0"), &[GLOBAL, BAD_REGEX]);
+        let e = runtime.compile(bad).err().unwrap();
+        assert_eq!(e.error.field, "rules[0].match.path.value");
+        assert!(
+            runtime.fast.store().unwrap().same_as(&first),
+            "fast sync still on the first Redis"
+        );
+        assert_eq!(runtime.policy().snapshot.version, 1);
+        // A malformed URL is refused too, naming no secret.
+        let e = runtime
+            .compile(snapshot(3, Some("not a url"), &[GLOBAL]))
+            .err()
+            .unwrap();
+        assert_eq!(e.error.field, "redis");
+        assert!(!e.to_string().contains("not a url"), "{e}");
+
+        // The same Redis again is the same client; a good snapshot naming another moves to it.
+        let same = runtime
+            .compile(snapshot(4, Some("redis://127.0.0.1:1/0"), &[GLOBAL]))
+            .unwrap();
+        assert!(same.redis.as_ref().unwrap().same_as(&first));
+        let moved = runtime
+            .compile(snapshot(5, Some("redis://127.0.0.1:2/0"), &[GLOBAL]))
+            .unwrap();
+        let second = moved.redis.clone().unwrap();
+        runtime.install(moved);
+        assert!(runtime.fast.store().unwrap().same_as(&second));
+    }
+
+    const HMAC: &str = "a shared secret of enough length";
+
+    fn jwt_policy(limit: u32) -> String {
+        format!(
+            "
+jwt: {{verification: {{keySecretRef: {{name: jwt, key: key}}, algorithms: [HS256]}}}}
+rules: [{{name: per-user, key: [{{type: JWTClaim, name: sub}}], rates: [{{limit: {limit}, window: 1m}}]}}]
+"
+        )
+    }
+
+    fn with_key(mut snapshot: Snapshot, key: &str) -> Snapshot {
+        snapshot
+            .jwt_keys
+            .insert("shop/jwt/key".into(), SecretString::new(key));
+        snapshot
+    }
+
+    fn verified_tokens(runtime: &Runtime) -> Vec<Arc<VerifiedTokens>> {
+        runtime
+            .state()
+            .all::<VerifiedTokens>()
+            .into_iter()
+            .map(|(_, tokens)| tokens)
+            .collect()
+    }
+
+    #[test]
+    fn verified_tokens_outlive_a_policy_change_but_not_a_key_change() {
+        let runtime = Runtime::local(Arc::new(PolicyMetrics::unregistered()));
+        let install = |snapshot| runtime.install(runtime.compile(snapshot).unwrap());
+        install(with_key(snapshot(1, None, &[&jwt_policy(10)]), HMAC));
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(HMAC.as_bytes()),
+        )
+        .unwrap();
+        let request = TestRequest::new("/").header("authorization", &format!("Bearer {token}"));
+        let admit =
+            || futures::executor::block_on(runtime.admit(Direction::Inbound, &request.view(), 0));
+        assert!(admit().reply.is_none());
+        let [tokens] = verified_tokens(&runtime).try_into().ok().unwrap();
+        assert_eq!(tokens.len(), 1);
+
+        // The limit changes, the key does not: the same cache, the token still remembered.
+        install(with_key(snapshot(2, None, &[&jwt_policy(20)]), HMAC));
+        let [kept] = verified_tokens(&runtime).try_into().ok().unwrap();
+        assert!(Arc::ptr_eq(&tokens, &kept));
+        assert_eq!(kept.len(), 1);
+
+        // A new key: tokens verified with the old one are forgotten.
+        install(with_key(
+            snapshot(3, None, &[&jwt_policy(20)]),
+            "another secret of enough length",
+        ));
+        let [fresh] = verified_tokens(&runtime).try_into().ok().unwrap();
+        assert!(fresh.is_empty());
+        // And a snapshot without the policy drops the state.
+        install(snapshot(4, None, &[]));
+        assert!(runtime.state().is_empty());
+    }
+}

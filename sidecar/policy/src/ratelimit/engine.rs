@@ -558,12 +558,10 @@ fn compile_response(spec: &RateLimitPolicySpec) -> Result<DenyTemplate, CompileE
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
-
     use bulwark_api::snapshot::Sourced;
-    use http::HeaderMap;
 
     use super::*;
+    use crate::request::testing::TestRequest;
 
     const SECOND: u64 = NANOS;
 
@@ -588,35 +586,12 @@ mod tests {
         .unwrap()
     }
 
-    struct Req {
-        path: &'static str,
-        headers: HeaderMap,
-        ip: IpAddr,
-    }
-
-    impl Req {
-        fn new(path: &'static str, headers: &[(&'static str, &str)]) -> Self {
-            let mut map = HeaderMap::new();
-            for (k, v) in headers {
-                map.insert(*k, v.parse().unwrap());
-            }
-            Req {
-                path,
-                headers: map,
-                ip: "10.0.0.1".parse().unwrap(),
-            }
-        }
-
-        fn view(&self) -> RequestView<'_> {
-            RequestView {
-                method: "GET",
-                path: self.path,
-                query: None,
-                host: Some("api.local"),
-                headers: &self.headers,
-                client_ip: Some(self.ip),
-            }
-        }
+    /// `GET path` from 10.0.0.1 to api.local with `headers`.
+    fn request(path: &str, headers: &[(&'static str, &str)]) -> TestRequest {
+        TestRequest::new(path)
+            .host("api.local")
+            .ip("10.0.0.1")
+            .headers(headers)
     }
 
     fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -638,7 +613,7 @@ rules:
     fn rejects_over_the_limit_with_ietf_headers_and_retry_after() {
         let limits = compile(TWO_PER_MINUTE);
         let store = LocalStore::new(4, 1000);
-        let req = Req::new("/", &[("x-key", "a")]);
+        let req = request("/", &[("x-key", "a")]);
         let first = limits.decide(&req.view(), &store, 0);
         assert_eq!(first.reject, None);
         assert_eq!(
@@ -667,11 +642,7 @@ rules:
         // Another key is counted apart.
         assert!(
             limits
-                .decide(
-                    &Req::new("/", &[("x-key", "b")]).view(),
-                    &store,
-                    10 * SECOND
-                )
+                .decide(&request("/", &[("x-key", "b")]).view(), &store, 10 * SECOND)
                 .reject
                 .is_none()
         );
@@ -695,7 +666,7 @@ rules:
 ",
         );
         let store = LocalStore::new(4, 1000);
-        let vip = Req::new("/", &[("x-key", "vip")]);
+        let vip = request("/", &[("x-key", "vip")]);
         for _ in 0..20 {
             assert!(limits.decide(&vip.view(), &store, 0).reject.is_none());
         }
@@ -704,7 +675,7 @@ rules:
             "10× the limit, not more"
         );
 
-        let heavy = Req::new("/", &[("x-key", "a"), ("x-cost", "3")]);
+        let heavy = request("/", &[("x-key", "a"), ("x-cost", "3")]);
         let rejected = limits
             .decide(&heavy.view(), &store, 0)
             .reject
@@ -713,14 +684,14 @@ rules:
         assert_eq!(rejected.body, "slow down");
         assert_eq!(header(&rejected.headers, "X-Why"), Some("quota"));
         assert_eq!(header(&rejected.headers, "X-RateLimit-Limit"), Some("2"));
-        let bad_cost = Req::new("/", &[("x-key", "a"), ("x-cost", "lots")]);
+        let bad_cost = request("/", &[("x-key", "a"), ("x-cost", "lots")]);
         assert!(
             limits.decide(&bad_cost.view(), &store, 0).reject.is_none(),
             "an unreadable cost falls back to amount"
         );
 
         let shadow = compile(&TWO_PER_MINUTE.replace("rules:", "enforcement: Shadow\nrules:"));
-        let req = Req::new("/", &[("x-key", "a")]);
+        let req = request("/", &[("x-key", "a")]);
         for _ in 0..5 {
             assert!(shadow.decide(&req.view(), &store, 0).reject.is_none());
         }
@@ -743,12 +714,12 @@ rules:
         let store = LocalStore::new(4, 1000);
         assert!(
             limits
-                .decide(&Req::new("/api/x", &[]).view(), &store, 0)
+                .decide(&request("/api/x", &[]).view(), &store, 0)
                 .reject
                 .is_none()
         );
         let rejected = limits
-            .decide(&Req::new("/api/x", &[]).view(), &store, 0)
+            .decide(&request("/api/x", &[]).view(), &store, 0)
             .reject
             .unwrap();
         assert_eq!(
@@ -807,7 +778,7 @@ rules:
         };
         let store = LocalStore::new(4, 1000);
         let limited = |t: &str| {
-            let req = Req::new("/", &[("authorization", &format!("Bearer {t}"))]);
+            let req = request("/", &[("authorization", &format!("Bearer {t}"))]);
             limits.decide(&req.view(), &store, SECOND).reject.is_some()
         };
         let alice = token("alice", secret.as_bytes());
@@ -836,7 +807,7 @@ rules:
     #[test]
     fn counters_survive_a_recompile_unless_the_rule_changed() {
         let store = LocalStore::new(4, 1000);
-        let req = Req::new("/", &[("x-key", "a")]);
+        let req = request("/", &[("x-key", "a")]);
         let before = compile(TWO_PER_MINUTE);
         before.decide(&req.view(), &store, 0);
         before.decide(&req.view(), &store, 0);
@@ -871,7 +842,7 @@ rules:
             ))
         };
         let store = LocalStore::new(4, 1000);
-        let vip = Req::new("/", &[("x-key", "vip")]);
+        let vip = request("/", &[("x-key", "vip")]);
         let hourly = with_override("1h");
         assert!(hourly.decide(&vip.view(), &store, 0).reject.is_none());
         assert!(hourly.decide(&vip.view(), &store, 0).reject.is_some());
@@ -890,7 +861,7 @@ rules:
         let limits = compile(&TWO_PER_MINUTE.replace("rates:", "cost: {amount: 5}\n  rates:"));
         let rejected = limits
             .decide(
-                &Req::new("/", &[("x-key", "a")]).view(),
+                &request("/", &[("x-key", "a")]).view(),
                 &LocalStore::new(1, 10),
                 0,
             )
@@ -918,7 +889,7 @@ rules:
 ",
         );
         let store = LocalStore::new(4, 1000);
-        let req = Req::new("/", &[]); // client 10.0.0.1
+        let req = request("/", &[]); // client 10.0.0.1
         let admitted = (0..4)
             .filter(|_| limits.decide(&req.view(), &store, 0).reject.is_none())
             .count();

@@ -204,6 +204,11 @@ impl FastSync {
         self.store.store(Some(Arc::new(store)));
     }
 
+    /// The Redis synced with now.
+    pub fn store(&self) -> Option<Arc<RedisClient>> {
+        self.store.load_full()
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }

@@ -1,10 +1,8 @@
-use std::net::IpAddr;
-
 use bulwark_api::snapshot::Sourced;
-use http::HeaderMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::request::testing::TestRequest;
 
 /// 2025-03-10T12:00:00Z, a Monday.
 const NOW: u64 = 1_741_608_000 * NANOS;
@@ -45,36 +43,21 @@ fn compile_err(yaml: &str) -> CompileError {
     .1
 }
 
-struct Req {
-    headers: HeaderMap,
+/// `POST /api` from 10.0.0.1 to api.local with `headers`.
+fn req(headers: &[(&'static str, &str)]) -> TestRequest {
+    TestRequest::new("/api")
+        .method("POST")
+        .host("api.local")
+        .ip("10.0.0.1")
+        .headers(headers)
 }
 
-impl Req {
-    fn new(headers: &[(&'static str, &str)]) -> Self {
-        let mut map = HeaderMap::new();
-        for (k, v) in headers {
-            map.insert(*k, v.parse().unwrap());
-        }
-        Req { headers: map }
-    }
-
-    fn key(key: &str) -> Self {
-        Self::new(&[("x-key", key)])
-    }
-
-    fn view(&self) -> RequestView<'_> {
-        RequestView {
-            method: "POST",
-            path: "/api",
-            query: None,
-            host: Some("api.local"),
-            headers: &self.headers,
-            client_ip: Some(IpAddr::from([10, 0, 0, 1])),
-        }
-    }
+/// A request with key `key` in `x-key`.
+fn keyed(key: &str) -> TestRequest {
+    req(&[("x-key", key)])
 }
 
-fn decide(quotas: &Quotas, usage: &UsageStore, req: &Req, now: u64) -> Decision {
+fn decide(quotas: &Quotas, usage: &UsageStore, req: &TestRequest, now: u64) -> Decision {
     // Local quotas never wait: the future is ready at once.
     futures::executor::block_on(quotas.decide(&req.view(), usage, now))
 }
@@ -104,13 +87,9 @@ fn refuses_once_used_up_until_the_period_resets() {
     let quotas = compile(DAILY);
     let usage = UsageStore::new();
     for _ in 0..3 {
-        assert!(
-            decide(&quotas, &usage, &Req::key("a"), NOW)
-                .reject
-                .is_none()
-        );
+        assert!(decide(&quotas, &usage, &keyed("a"), NOW).reject.is_none());
     }
-    let refused = decide(&quotas, &usage, &Req::key("a"), NOW)
+    let refused = decide(&quotas, &usage, &keyed("a"), NOW)
         .reject
         .expect("used up");
     assert_eq!(refused.status, 429);
@@ -125,29 +104,21 @@ fn refuses_once_used_up_until_the_period_resets() {
         Some("\"daily\";limit=3;used=3")
     );
     // Another key has its own budget; the VIP key has 5.
-    assert!(
-        decide(&quotas, &usage, &Req::key("b"), NOW)
-            .reject
-            .is_none()
-    );
+    assert!(decide(&quotas, &usage, &keyed("b"), NOW).reject.is_none());
     let vip = (0..6)
-        .filter(|_| {
-            decide(&quotas, &usage, &Req::key("vip"), NOW)
-                .reject
-                .is_none()
-        })
+        .filter(|_| decide(&quotas, &usage, &keyed("vip"), NOW).reject.is_none())
         .count();
     assert_eq!(vip, 5);
     // Just after Paris midnight, a new day.
     let tomorrow = NOW + 11 * HOUR;
     assert!(
-        decide(&quotas, &usage, &Req::key("a"), tomorrow - NANOS)
+        decide(&quotas, &usage, &keyed("a"), tomorrow - NANOS)
             .reject
             .is_some(),
         "one second before midnight is still the old day"
     );
     assert!(
-        decide(&quotas, &usage, &Req::key("a"), tomorrow)
+        decide(&quotas, &usage, &keyed("a"), tomorrow)
             .reject
             .is_none()
     );
@@ -159,19 +130,15 @@ fn a_full_store_admits_new_keys_uncounted_and_says_so() {
     let quotas = compile_with(DAILY, metrics.clone());
     let usage = UsageStore::with_max_keys(1);
     for _ in 0..3 {
-        decide(&quotas, &usage, &Req::key("a"), NOW);
+        decide(&quotas, &usage, &keyed("a"), NOW);
     }
     assert!(
-        decide(&quotas, &usage, &Req::key("a"), NOW)
-            .reject
-            .is_some(),
+        decide(&quotas, &usage, &keyed("a"), NOW).reject.is_some(),
         "a key the store holds keeps its budget"
     );
     for _ in 0..5 {
         assert!(
-            decide(&quotas, &usage, &Req::key("b"), NOW)
-                .reject
-                .is_none(),
+            decide(&quotas, &usage, &keyed("b"), NOW).reject.is_none(),
             "no room for b: admitted, not counted"
         );
     }
@@ -195,7 +162,7 @@ fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
     let usage = UsageStore::new();
     let warnings: Vec<Option<String>> = (0..10)
         .map(|_| {
-            let d = decide(&quotas, &usage, &Req::key("a"), NOW);
+            let d = decide(&quotas, &usage, &keyed("a"), NOW);
             header(d.pending.response_headers(), WARNING_HEADER).map(str::to_owned)
         })
         .collect();
@@ -227,11 +194,7 @@ fn shadow_policies_count_but_never_refuse() {
     let quotas = compile_with(&format!("enforcement: Shadow\n{DAILY}"), metrics.clone());
     let usage = UsageStore::new();
     for _ in 0..5 {
-        assert!(
-            decide(&quotas, &usage, &Req::key("a"), NOW)
-                .reject
-                .is_none()
-        );
+        assert!(decide(&quotas, &usage, &keyed("a"), NOW).reject.is_none());
     }
     let (info, _) = quotas.find("ns/p", "daily").unwrap();
     assert_eq!(usage.used(&info.usage_key("a"), info.period_at(NOW)), 5);
@@ -257,12 +220,8 @@ quotas:
 ",
     );
     let usage = UsageStore::new();
-    assert!(
-        decide(&quotas, &usage, &Req::new(&[]), NOW)
-            .reject
-            .is_none()
-    );
-    let refused = decide(&quotas, &usage, &Req::new(&[]), NOW).reject.unwrap();
+    assert!(decide(&quotas, &usage, &req(&[]), NOW).reject.is_none());
+    let refused = decide(&quotas, &usage, &req(&[]), NOW).reject.unwrap();
     assert_eq!((refused.status, refused.body.as_str()), (403, "over"));
     assert_eq!(header(&refused.headers, "X-Why"), Some("quota"));
     assert_eq!(header(&refused.headers, "Retry-After"), Some("3600"));
@@ -280,13 +239,13 @@ quotas:
 ",
     );
     let usage = UsageStore::new();
-    let sized = |n: &str| Req::new(&[("content-length", n)]);
+    let sized = |n: &str| req(&[("content-length", n)]);
     assert!(decide(&quotas, &usage, &sized("60"), NOW).reject.is_none());
     assert!(
         decide(&quotas, &usage, &sized("50"), NOW).reject.is_some(),
         "60 + 50 > 100: refused whole"
     );
-    let chunked = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    let chunked = decide(&quotas, &usage, &req(&[]), NOW);
     assert!(chunked.reject.is_none());
     assert!(chunked.pending.has_deferred());
     futures::executor::block_on(chunked.pending.settle(&usage, 45, 999));
@@ -312,10 +271,10 @@ quotas:
 ",
     );
     let usage = UsageStore::new();
-    let first = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    let first = decide(&quotas, &usage, &req(&[]), NOW);
     assert!(first.reject.is_none());
     futures::executor::block_on(first.pending.settle(&usage, 0, 900));
-    let second = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    let second = decide(&quotas, &usage, &req(&[]), NOW);
     assert!(second.reject.is_none(), "900 < 1000");
     assert!(
         header(second.pending.response_headers(), WARNING_HEADER)
@@ -324,7 +283,7 @@ quotas:
         "warned on the usage before the response"
     );
     futures::executor::block_on(second.pending.settle(&usage, 0, 900));
-    let third = decide(&quotas, &usage, &Req::new(&[]), NOW);
+    let third = decide(&quotas, &usage, &req(&[]), NOW);
     let refused = third.reject.expect("1800 ≥ 1000");
     // Next Monday 00:00 UTC is 6 days 12 hours away.
     assert_eq!(header(&refused.headers, "Retry-After"), Some("561600"));
@@ -357,25 +316,17 @@ fn usage_survives_a_recompile_with_a_new_limit_but_not_a_new_period() {
     let usage = UsageStore::new();
     let before = compile(DAILY);
     for _ in 0..3 {
-        decide(&before, &usage, &Req::key("a"), NOW);
+        decide(&before, &usage, &keyed("a"), NOW);
     }
     let raised = compile(&DAILY.replace("limit: 3", "limit: 4"));
+    assert!(decide(&raised, &usage, &keyed("a"), NOW).reject.is_none());
     assert!(
-        decide(&raised, &usage, &Req::key("a"), NOW)
-            .reject
-            .is_none()
-    );
-    assert!(
-        decide(&raised, &usage, &Req::key("a"), NOW)
-            .reject
-            .is_some(),
+        decide(&raised, &usage, &keyed("a"), NOW).reject.is_some(),
         "3 used + 1 = the new limit of 4"
     );
     let weekly = compile(&DAILY.replace("period: Day", "period: Week"));
     assert!(
-        decide(&weekly, &usage, &Req::key("a"), NOW)
-            .reject
-            .is_none(),
+        decide(&weekly, &usage, &keyed("a"), NOW).reject.is_none(),
         "another period kind counts afresh"
     );
 }
@@ -403,7 +354,7 @@ quotas:
         let mut admitted = [0u64; 2];
         for (cost, vip) in &costs {
             let key = if *vip { "vip" } else { "std" };
-            let req = Req::new(&[("x-key", key), ("content-length", &cost.to_string())]);
+            let req = req(&[("x-key", key), ("content-length", &cost.to_string())]);
             if decide(&quotas, &usage, &req, NOW).reject.is_none() {
                 admitted[usize::from(*vip)] += cost;
             }
@@ -412,7 +363,7 @@ quotas:
         prop_assert!(admitted[1] <= limit * 2);
         // The first request of the next hour fits if it fits an empty budget.
         let (cost, _) = costs[0];
-        let req = Req::new(&[("x-key", "std"), ("content-length", &cost.to_string())]);
+        let req = req(&[("x-key", "std"), ("content-length", &cost.to_string())]);
         let next_hour = decide(&quotas, &usage, &req, NOW + HOUR).reject.is_none();
         prop_assert_eq!(next_hour, cost.max(1) <= limit);
     }
