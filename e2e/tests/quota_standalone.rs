@@ -247,6 +247,8 @@ spec:
     let refused = get(&sidecar, "/api/big", "");
     assert_eq!(refused.status, 403);
     assert_eq!(refused.body, "used up\n");
+    // The policy's template, and the header naming why.
+    assert_eq!(refused.header("bulwark-reason"), Some("quota_exhausted"));
     assert!(refused.header("Retry-After").is_some());
 }
 

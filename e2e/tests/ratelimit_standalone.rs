@@ -96,6 +96,11 @@ fn limits_per_key_with_ietf_headers_and_overrides() {
     }
     let limited = get(&sidecar, "/api/items", "alice");
     assert_eq!(limited.status, 429, "{limited:?}");
+    // The sidecar's own answer says so, with the default JSON body (no template in the policy).
+    assert_eq!(limited.header("bulwark-reason"), Some("rate_limited"));
+    assert_eq!(limited.header("Content-Type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&limited.body).unwrap();
+    assert_eq!(body["reason"], "rate_limited", "{}", limited.body);
     let retry_after: u64 = limited.header("Retry-After").unwrap().parse().unwrap();
     assert!(
         (1..=1200).contains(&retry_after),

@@ -202,6 +202,21 @@ fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
     (response.status, response.body)
 }
 
+/// Asserts the sidecar answered `request` itself with `status` and `reason`, in the header and
+/// in the JSON body.
+fn assert_sidecar_answer(addr: SocketAddr, request: &str, status: u16, reason: &str) {
+    let response = send_raw(addr, request).expect("the sidecar answers");
+    assert_eq!(response.status, status, "{response:?}");
+    assert_eq!(
+        response.header("bulwark-reason"),
+        Some(reason),
+        "{response:?}"
+    );
+    assert_eq!(response.header("Content-Type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(body["reason"], reason, "{}", response.body);
+}
+
 /// The outbound listener: the app's call to another service reaches it whether the app uses
 /// the sidecar as an HTTP proxy (absolute URI) or names the service in `Host`; what cannot be
 /// proxied gets a clear status, and every call is counted.
@@ -276,4 +291,44 @@ fn outbound_listener_forwards_the_apps_calls_to_the_service_named() {
         metrics.contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 0"),
         "outbound calls are not counted as inbound:\n{metrics}"
     );
+
+    // What the sidecar answers itself says why, in a header and a JSON body.
+    assert_sidecar_answer(
+        outbound,
+        "GET /svc.txt HTTP/1.1\r\nHost: no-such-service.invalid\r\nConnection: close\r\n\r\n",
+        502,
+        "upstream_unreachable",
+    );
+    assert_sidecar_answer(
+        outbound,
+        &format!("GET /svc.txt HTTP/1.1\r\nHost: {outbound}\r\nConnection: close\r\n\r\n"),
+        508,
+        "loop_detected",
+    );
+    assert_sidecar_answer(
+        outbound,
+        "GET /svc.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        400,
+        "bad_request",
+    );
+    // A service that refuses connections: counted as an upstream connect error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_sidecar_answer(
+        outbound,
+        &format!("GET / HTTP/1.1\r\nHost: {closed}\r\nConnection: close\r\n\r\n"),
+        502,
+        "upstream_unreachable",
+    );
+    let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
+    for signal in [
+        "bulwark_upstream_errors_total{kind=\"connect\",listener=\"outbound\"} 3",
+        "bulwark_request_duration_seconds_count{listener=\"outbound\",outcome=\"upstream\"} 4",
+        "bulwark_request_duration_seconds_count{listener=\"outbound\",outcome=\"loop_detected\"} 2",
+        "bulwark_requests_in_flight{listener=\"outbound\"} 0",
+    ] {
+        assert!(metrics.contains(signal), "{signal}:\n{metrics}");
+    }
 }
