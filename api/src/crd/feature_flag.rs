@@ -100,8 +100,9 @@ pub struct FeatureFlagSpec {
 /// One flag, in flagd's format.
 ///
 /// CEL cannot see inside `variants` (their values are untyped JSON, which Kubernetes hides from
-/// CEL), so "defaultVariant names a variant" and "variants share one type" are checked by the
-/// operator's validating webhook, which rejects the object with the field named.
+/// CEL), so the apiserver does not check that `defaultVariant` names a variant or that variants
+/// share one type. A validating webhook in the operator for these checks is planned; until it
+/// exists, such a flag is accepted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Flag {
