@@ -33,23 +33,34 @@ pub fn save(state_dir: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     fs::File::open(state_dir)?.sync_all()
 }
 
+/// Why the saved snapshot is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(PathBuf, serde_json::Error),
+    /// Written by a sidecar of another snapshot format (an upgrade or a rollback).
+    #[error("{path}: snapshot schema {found} is not {SCHEMA}")]
+    Schema { path: PathBuf, found: u32 },
+}
+
 /// The saved snapshot, if any. A file that cannot be read or is of another schema is reported,
 /// not used.
-pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, String> {
+pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, LoadError> {
     let target = path(state_dir);
     let bytes = match fs::read(&target) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", target.display())),
+        Err(e) => return Err(LoadError::Read(target, e)),
     };
     let snapshot: Snapshot =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", target.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::Parse(target.clone(), e))?;
     if snapshot.schema != SCHEMA {
-        return Err(format!(
-            "{}: snapshot schema {} is not {SCHEMA}",
-            target.display(),
-            snapshot.schema
-        ));
+        return Err(LoadError::Schema {
+            path: target,
+            found: snapshot.schema,
+        });
     }
     Ok(Some(snapshot))
 }
@@ -82,7 +93,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(load(dir.path()).unwrap_err().contains("schema"));
+        assert!(load(dir.path()).unwrap_err().to_string().contains("schema"));
         fs::write(path(dir.path()), b"{torn").unwrap();
         assert!(load(dir.path()).is_err());
     }

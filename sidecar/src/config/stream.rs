@@ -124,7 +124,53 @@ struct Ended {
     /// Whether it delivered at least one line (then the backoff starts over).
     delivered: bool,
     /// Why it ended: `None` when the operator closed the stream cleanly.
-    error: Option<String>,
+    error: Option<StreamError>,
+}
+
+/// Why a stream could not be opened or ended. Every kind is retried with backoff while the last
+/// good policy keeps serving; [`StreamError::is_refusal`] tells the operator's deliberate
+/// refusals (a token or pod problem a retry alone will not fix) from network trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The token file cannot be used (missing, empty, not a header value).
+    #[error("{0}")]
+    Token(String),
+    /// TCP, TLS or HTTP/2 could not be set up.
+    #[error("{0}")]
+    Connect(String),
+    #[error("no answer to {WATCH_PATH} within {0:?}")]
+    NoAnswer(Duration),
+    #[error("{WATCH_PATH}: {0}")]
+    Request(hyper::Error),
+    #[error("the operator refused the stream: {status}: {body}{}", refusal_hint(*.status))]
+    Refused { status: StatusCode, body: String },
+    #[error(
+        "no message for {0:?} (heartbeats are due every {HEARTBEAT_SECONDS}s): the stream is dead"
+    )]
+    Dead(Duration),
+    #[error("stream body: {0}")]
+    Body(hyper::Error),
+    #[error("{0}")]
+    Framing(String),
+}
+
+impl StreamError {
+    /// True when the operator answered and said no.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+}
+
+/// What a refusal's status most likely means, for the log.
+fn refusal_hint(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            " (the token is missing, expired or not for audience \"bulwark\": check --token-file)"
+        }
+        StatusCode::FORBIDDEN => " (the token is not bound to a pod)",
+        StatusCode::NOT_FOUND => " (the operator does not know this pod, or it is not injected)",
+        _ => "",
+    }
 }
 
 impl OperatorStream {
@@ -172,16 +218,19 @@ impl OperatorStream {
         Ended { delivered, error }
     }
 
-    async fn watch(&self, delivered: &mut bool) -> Result<(), String> {
+    async fn watch(&self, delivered: &mut bool) -> Result<(), StreamError> {
         let metrics = &self.installer.metrics.stream;
-        let fail = |e: String| {
+        let fail = |e: StreamError| {
             metrics.connects.with_label_values(&["failure"]).inc();
             e
         };
-        let token = read_token(&self.token_file).map_err(fail)?;
-        let auth = bearer(&token).map_err(fail)?;
+        let token = read_token(&self.token_file)
+            .map_err(StreamError::Token)
+            .map_err(fail)?;
+        let auth = bearer(&token).map_err(StreamError::Token).map_err(fail)?;
         let conn = connect(&self.target, &self.tls, CONNECT_TIMEOUT)
             .await
+            .map_err(StreamError::Connect)
             .map_err(fail)?;
         let mut request = Request::get(self.target.uri(WATCH_PATH))
             .header(header::ACCEPT, STREAM_CONTENT_TYPE)
@@ -196,24 +245,12 @@ impl OperatorStream {
         let dead_after = self.dead_after;
         let response = tokio::time::timeout(dead_after, conn.send.clone().send_request(request))
             .await
-            .map_err(|_| fail(format!("no answer to {WATCH_PATH} within {dead_after:?}")))?
-            .map_err(|e| fail(format!("{WATCH_PATH}: {e}")))?;
+            .map_err(|_| fail(StreamError::NoAnswer(dead_after)))?
+            .map_err(|e| fail(StreamError::Request(e)))?;
         let status = response.status();
         if status != StatusCode::OK {
             let body = error_body(response.into_body()).await;
-            let hint = match status {
-                StatusCode::UNAUTHORIZED => {
-                    " (the token is missing, expired or not for audience \"bulwark\": check --token-file)"
-                }
-                StatusCode::FORBIDDEN => " (the token is not bound to a pod)",
-                StatusCode::NOT_FOUND => {
-                    " (the operator does not know this pod, or it is not injected)"
-                }
-                _ => "",
-            };
-            return Err(fail(format!(
-                "the operator refused the stream: {status}: {body}{hint}"
-            )));
+            return Err(fail(StreamError::Refused { status, body }));
         }
         metrics.connects.with_label_values(&["success"]).inc();
         metrics.connected.set(1);
@@ -229,19 +266,18 @@ impl OperatorStream {
         let mut deadline = Instant::now() + dead_after;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => {
-                    return Err(format!(
-                        "no message for {dead_after:?} (heartbeats are due every {HEARTBEAT_SECONDS}s): the stream is dead"
-                    ));
-                }
+                Err(_) => return Err(StreamError::Dead(dead_after)),
                 Ok(None) => return Ok(()),
-                Ok(Some(Err(e))) => return Err(format!("stream body: {e}")),
+                Ok(Some(Err(e))) => return Err(StreamError::Body(e)),
                 Ok(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            for line in splitter.push(&data).map_err(|e| e.to_string())? {
+            for line in splitter
+                .push(&data)
+                .map_err(|e| StreamError::Framing(e.to_string()))?
+            {
                 *delivered = true;
                 deadline = Instant::now() + dead_after;
                 metrics.last_message_timestamp_seconds.set(unix_seconds());
@@ -448,7 +484,8 @@ impl BackgroundService for OperatorStream {
                 ),
                 Some(error) => tracing::warn!(
                     operator = %self.target.authority,
-                    error,
+                    %error,
+                    refused = error.is_refusal(),
                     retry_in = ?delay,
                     "operator stream down; the last good policy keeps serving"
                 ),

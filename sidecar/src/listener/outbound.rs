@@ -46,7 +46,8 @@ impl OutboundProxy {
 
     /// Where the call goes, or the sidecar's answer when it cannot go anywhere.
     async fn route(&self, request: &RequestHeader) -> std::result::Result<Route, Reply> {
-        let to = destination(request).map_err(|why| Reply::new(Reason::BadRequest, Some(&why)))?;
+        let to = destination(request)
+            .map_err(|why| Reply::new(Reason::BadRequest, Some(&why.to_string())))?;
         let addr = self.dns.resolve(&to.host, to.port).await.map_err(|e| {
             self.metrics.outbound.upstream_error(UpstreamError::Connect);
             let why = format!("cannot resolve {}:{}: {e}", to.host, to.port);
@@ -89,11 +90,24 @@ struct Destination {
     rewrite: Option<(String, Uri)>,
 }
 
+/// Why a request names no destination the listener can use.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum DestinationError {
+    #[error("CONNECT is not supported: the outbound listener proxies plain HTTP")]
+    Connect,
+    #[error("only http:// is proxied, not {0}://")]
+    Scheme(String),
+    #[error("bad request target: {0}")]
+    Target(String),
+    #[error("the request names no destination (no absolute URI, no Host header)")]
+    None,
+}
+
 /// The destination a request names: the authority of an absolute-form target, else its `Host`
 /// header; port 80 when none is given (only `http` is proxied).
-fn destination(request: &RequestHeader) -> std::result::Result<Destination, String> {
+fn destination(request: &RequestHeader) -> std::result::Result<Destination, DestinationError> {
     if request.method == Method::CONNECT {
-        return Err("CONNECT is not supported: the outbound listener proxies plain HTTP".into());
+        return Err(DestinationError::Connect);
     }
     // Pingora keeps only the path in `uri` for an absolute-form target; the target as the
     // client wrote it is `raw_path`.
@@ -103,7 +117,7 @@ fn destination(request: &RequestHeader) -> std::result::Result<Destination, Stri
     if let Some(scheme) = target.as_ref().and_then(|t| t.scheme_str())
         && scheme != "http"
     {
-        return Err(format!("only http:// is proxied, not {scheme}://"));
+        return Err(DestinationError::Scheme(scheme.to_owned()));
     }
     let (authority, rewrite) = match target.as_ref().and_then(|t| Some((t, t.authority()?))) {
         Some((target, authority)) => {
@@ -111,7 +125,7 @@ fn destination(request: &RequestHeader) -> std::result::Result<Destination, Stri
                 .path_and_query()
                 .map_or("/", |pq| pq.as_str())
                 .parse::<Uri>()
-                .map_err(|e| format!("bad request target: {e}"))?;
+                .map_err(|e| DestinationError::Target(e.to_string()))?;
             let rewrite = Some((authority.as_str().to_owned(), origin_form));
             (authority.clone(), rewrite)
         }
@@ -121,7 +135,7 @@ fn destination(request: &RequestHeader) -> std::result::Result<Destination, Stri
                 .get(HOST)
                 .and_then(|h| h.to_str().ok())
                 .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .ok_or("the request names no destination (no absolute URI, no Host header)")?;
+                .ok_or(DestinationError::None)?;
             (authority, None)
         }
     };
@@ -250,7 +264,7 @@ mod tests {
             to("10.0.0.7", 9000, None)
         );
         assert_eq!(d("GET", "/v1", Some("api.shop")), to("api.shop", 80, None));
-        let err = |method, target, host| d(method, target, host).unwrap_err();
+        let err = |method, target, host| d(method, target, host).unwrap_err().to_string();
         assert!(err("GET", "/v1", None).contains("no destination"));
         assert!(err("GET", "https://api.shop/", None).contains("only http://"));
         assert!(err("CONNECT", "api.shop:443", Some("api.shop:443")).contains("CONNECT"));

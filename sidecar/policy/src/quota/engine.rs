@@ -72,8 +72,8 @@ pub struct QuotaInfo {
     pub time_zone: TimeZone,
     pub limit: u64,
     enforce: bool,
-    /// `Some(failureMode is Closed)` for `scope: Global`.
-    global: Option<bool>,
+    /// Where the usage is counted.
+    scope: UsageScope,
     /// Prefix of this quota's usage keys: `namespace/name/quota:<identity hash>:`. The hash
     /// covers what gives usage its meaning (unit, period, time zone), not the limits, so an
     /// edited limit keeps the period's usage while a changed period starts afresh.
@@ -96,7 +96,7 @@ impl QuotaInfo {
     }
 
     pub fn is_global(&self) -> bool {
-        self.global.is_some()
+        self.scope != UsageScope::Local
     }
 
     /// Counts threshold crossings between `before` and `after` usage of a `limit`.
@@ -125,7 +125,7 @@ fn reached(used: u64, threshold: u8, limit: u64) -> bool {
 
 /// The outcome of the request phase.
 #[derive(Default)]
-pub struct Decision {
+pub struct QuotaDecision {
     /// `Some` when the sidecar answers instead of the app.
     pub reject: Option<Reply>,
     /// What the rest of the request needs: warning headers and charges after the response.
@@ -147,8 +147,7 @@ struct Deferred {
     usage_key: String,
     period: Period,
     limit: u64,
-    /// What is charged: bytes read from the client, or bytes sent to it.
-    response: bool,
+    bytes: Bytes,
 }
 
 /// One quota's view of a request, before its outcome is known.
@@ -159,8 +158,28 @@ struct Draw<'a> {
     limit: u64,
     /// Charged now.
     cost: u64,
-    /// Charged after the response (`Some(true)`: response bytes, `Some(false)`: request bytes).
-    deferred: Option<bool>,
+    /// What is charged once the exchange is over, if anything.
+    deferred: Option<Bytes>,
+}
+
+/// Where a quota's usage is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UsageScope {
+    /// In this sidecar.
+    Local,
+    /// In Redis; when it cannot answer, requests pass (`failureMode: Open`) ...
+    GlobalFailOpen,
+    /// ... or are refused (`failureMode: Closed`).
+    GlobalFailClosed,
+}
+
+/// Which bytes of an exchange a byte quota charges after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bytes {
+    /// Read from the client (a request body without `Content-Length`).
+    Request,
+    /// Sent to the client.
+    Response,
 }
 
 impl Quotas {
@@ -253,7 +272,12 @@ impl Quotas {
 
     /// Decides `req` at `now` (Unix nanoseconds): local quotas against `usage`, global ones in
     /// Redis (all asked at once, each bounded by [`redis_counters::TIMEOUT`]; `failureMode` applies).
-    pub async fn decide(&self, req: &RequestView<'_>, usage: &UsageStore, now: u64) -> Decision {
+    pub async fn decide(
+        &self,
+        req: &RequestView<'_>,
+        usage: &UsageStore,
+        now: u64,
+    ) -> QuotaDecision {
         let draws = self.draws(req, now);
         let mut charges = Vec::with_capacity(draws.len());
         let mut remote = Vec::new();
@@ -316,9 +340,9 @@ impl Quotas {
                 QuotaUnit::Requests => (1, None),
                 QuotaUnit::RequestBytes => match content_length(req) {
                     Some(length) => (length, None),
-                    None => (0, Some(false)),
+                    None => (0, Some(Bytes::Request)),
                 },
-                QuotaUnit::ResponseBytes => (0, Some(true)),
+                QuotaUnit::ResponseBytes => (0, Some(Bytes::Response)),
             };
             draws.push(Draw {
                 quota,
@@ -338,7 +362,7 @@ impl Quotas {
         draws: Vec<Draw<'_>>,
         charges: Vec<Option<Result<Charge, ()>>>,
         now: u64,
-    ) -> Decision {
+    ) -> QuotaDecision {
         let now_seconds = i64::try_from(now / NANOS).unwrap_or(i64::MAX);
         let mut pending = RequestQuotas {
             global: self.global.clone(),
@@ -353,7 +377,7 @@ impl Quotas {
                 Some(Ok(charge)) => charge,
                 // Redis failed or timed out: `failureMode` decides, nothing is charged.
                 _ => {
-                    if info.global == Some(true) && info.enforce {
+                    if info.scope == UsageScope::GlobalFailClosed && info.enforce {
                         info.limited.inc();
                         // Retry soon: the store, not the budget, is the problem.
                         let retry = Some(now_seconds + 1);
@@ -396,13 +420,13 @@ impl Quotas {
                     ),
                 ));
             }
-            if let Some(response) = draw.deferred {
+            if let Some(bytes) = draw.deferred {
                 pending.deferred.push(Deferred {
                     info: info.clone(),
                     usage_key: draw.usage_key.clone(),
                     period: draw.period,
                     limit: draw.limit,
-                    response,
+                    bytes,
                 });
             }
         }
@@ -426,7 +450,7 @@ impl Quotas {
             }
             draw.quota.response.reply(Reason::QuotaExhausted, headers)
         });
-        Decision { reject, pending }
+        QuotaDecision { reject, pending }
     }
 }
 
@@ -471,16 +495,15 @@ impl RequestQuotas {
     /// admitted. A Redis failure loses these bytes (counted in `bulwark_store_errors_total`).
     pub async fn settle(self, usage: &UsageStore, request_bytes: u64, response_bytes: u64) {
         for d in self.deferred {
-            let bytes = if d.response {
-                response_bytes
-            } else {
-                request_bytes
+            let bytes = match d.bytes {
+                Bytes::Response => response_bytes,
+                Bytes::Request => request_bytes,
             };
             if bytes == 0 {
                 continue;
             }
-            let charge = match (&d.info.global, &self.global) {
-                (Some(_), Some(store)) => {
+            let charge = match (d.info.is_global(), &self.global) {
+                (true, Some(store)) => {
                     let key = redis_counters::redis_key(d.period, &d.usage_key);
                     match redis_counters::call(store, &key, d.period, Mode::Add, bytes, d.limit)
                         .await
@@ -570,7 +593,11 @@ fn compile_quota(
         time_zone: tz.clone(),
         limit: quota.limit,
         enforce: spec.enforcement == Enforcement::Enforce,
-        global: (spec.scope == Scope::Global).then_some(spec.failure_mode == FailureMode::Closed),
+        scope: match (spec.scope, spec.failure_mode) {
+            (Scope::Local, _) => UsageScope::Local,
+            (Scope::Global, FailureMode::Open) => UsageScope::GlobalFailOpen,
+            (Scope::Global, FailureMode::Closed) => UsageScope::GlobalFailClosed,
+        },
         prefix: format!("{policy}/{}:{id:016x}:", quota.name),
         thresholds: thresholds
             .iter()

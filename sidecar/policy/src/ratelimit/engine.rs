@@ -81,7 +81,7 @@ struct RuleInfo {
 
 /// The outcome for one request.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Decision {
+pub struct RateLimitDecision {
     /// `Some` when the request must be answered by the sidecar instead of the app.
     pub reject: Option<Reply>,
     /// The most restrictive limit that admitted the request, for the app's response headers.
@@ -104,7 +104,7 @@ impl AppliedLimit {
     }
 }
 
-impl Decision {
+impl RateLimitDecision {
     /// The headers to add to the app's response.
     pub fn response_headers(&self) -> Vec<(String, String)> {
         self.applied
@@ -149,7 +149,7 @@ impl RateLimits {
 
     /// Decides `req` at `now` (Unix nanoseconds) against `store`, for snapshots without
     /// `Exact` global rules (those are admitted here; see [`RateLimits::begin`]).
-    pub fn decide(&self, req: &RequestView<'_>, store: &LocalStore, now: u64) -> Decision {
+    pub fn decide(&self, req: &RequestView<'_>, store: &LocalStore, now: u64) -> RateLimitDecision {
         self.begin(req, store, None, now).finish_local()
     }
 
@@ -260,7 +260,7 @@ impl<'a> Pending<'a> {
 
     /// Asks Redis for every `Exact` rule at once (each bounded by its timeout; `failureMode`
     /// applies to a call that fails), then decides.
-    pub async fn finish(mut self) -> Decision {
+    pub async fn finish(mut self) -> RateLimitDecision {
         let calls = std::mem::take(&mut self.exact);
         let replies = futures::future::join_all(calls.iter().map(|call| async {
             let fail_closed = call.rule.global.as_ref().is_some_and(|g| g.fail_closed);
@@ -311,7 +311,7 @@ impl<'a> Pending<'a> {
     }
 
     /// The decision without asking Redis: pending `Exact` rules fail as configured.
-    pub fn finish_local(mut self) -> Decision {
+    pub fn finish_local(mut self) -> RateLimitDecision {
         for call in std::mem::take(&mut self.exact) {
             let fail_closed = call.rule.global.as_ref().is_some_and(|g| g.fail_closed);
             self.tally.record(
@@ -358,7 +358,7 @@ impl<'a> Tally<'a> {
         }
     }
 
-    fn decision(self) -> Decision {
+    fn decision(self) -> RateLimitDecision {
         match self.rejected {
             Some((rule, outcome, rate)) => {
                 let mut headers = limit_headers(&rule.info, rate, &outcome);
@@ -369,12 +369,12 @@ impl<'a> Tally<'a> {
                         ceil_seconds(outcome.retry_after_nanos).max(1).to_string(),
                     ));
                 }
-                Decision {
+                RateLimitDecision {
                     reject: Some(rule.response.reply(Reason::RateLimited, headers)),
                     applied: None,
                 }
             }
-            None => Decision {
+            None => RateLimitDecision {
                 reject: None,
                 applied: self.tightest.map(|(rule, outcome, rate)| AppliedLimit {
                     rule: rule.info.clone(),

@@ -57,7 +57,7 @@ fn keyed(key: &str) -> TestRequest {
     req(&[("x-key", key)])
 }
 
-fn decide(quotas: &Quotas, usage: &UsageStore, req: &TestRequest, now: u64) -> Decision {
+fn decide(quotas: &Quotas, usage: &UsageStore, req: &TestRequest, now: u64) -> QuotaDecision {
     // Local quotas never wait: the future is ready at once.
     futures::executor::block_on(quotas.decide(&req.view(), usage, now))
 }
