@@ -287,7 +287,8 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// The response the sidecar sends instead of forwarding the request.
+/// The response the sidecar sends instead of forwarding the request. It always carries a
+/// `bulwark-reason` header naming why (e.g. `rate_limited`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DenyResponse {
@@ -300,11 +301,12 @@ pub struct DenyResponse {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub headers: Vec<HttpHeader>,
-    /// The response body, sent as is.
+    /// The response body, sent as is. Without one (and without `contentType`), the sidecar
+    /// sends a small JSON body naming the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub body: Option<String>,
-    /// The body's `Content-Type` (default `text/plain; charset=utf-8`).
+    /// The body's `Content-Type` (default `text/plain; charset=utf-8` when `body` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub content_type: Option<String>,
