@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use bulwark_policy::metrics::{PolicyMetrics, registered, render};
+use bulwark_policy::metrics::{
+    PolicyMetrics,
+    registry::{registered, render},
+};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::{config::stream::metrics::StreamMetrics, listener::metrics::ListenerMetrics};

@@ -35,13 +35,13 @@ use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey, Validation,
     jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::IntCounter;
 use serde_json::{Map, Value};
 
 use crate::compile::{CompileEnv, CompileError};
 use crate::matching::header_str;
-use crate::metrics::registered;
 
+pub mod metrics;
 mod ring_verifier;
 
 pub use ring_verifier::install as use_ring_for_verification;
@@ -65,30 +65,6 @@ pub const CACHE_CAPACITY: usize = 4096;
 /// Seconds of clock skew allowed on `exp` and `nbf` (jsonwebtoken's default, kept explicit
 /// because the cache checks them too).
 const LEEWAY: u64 = 60;
-
-/// `bulwark_jwt_verifications_total`.
-pub struct JwtMetrics {
-    /// Bearer tokens checked for `jwt.verification`, by policy and result (`verified`,
-    /// `rejected`).
-    pub verifications: IntCounterVec,
-}
-
-impl JwtMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        Ok(Self {
-            verifications: registered(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "bulwark_jwt_verifications_total",
-                        "Bearer tokens checked for a policy's jwt.verification, by policy and result (verified, rejected).",
-                    ),
-                    &["policy", "result"],
-                )?,
-            )?,
-        })
-    }
-}
 
 /// A policy's bearer-token source.
 pub struct TokenClaims {

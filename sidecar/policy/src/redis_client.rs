@@ -19,7 +19,7 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-use crate::{lock::lock, metrics::StoreMetrics};
+use crate::{lock::lock, metrics::stores::StoreMetrics};
 
 /// Where Redis is.
 #[derive(Clone, Debug)]

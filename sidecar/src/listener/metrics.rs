@@ -3,7 +3,7 @@
 //! values (no paths, hosts or keys), and every series is resolved once, so a request does no
 //! label lookup.
 
-use bulwark_policy::{metrics::registered, respond::Reason};
+use bulwark_policy::{metrics::registry::registered, respond::Reason};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -225,7 +225,7 @@ mod tests {
         }
         assert_eq!(inbound.in_flight.get(), 0, "dropped with the request");
         inbound.upstream_error(UpstreamError::Timeout);
-        let text = String::from_utf8(bulwark_policy::metrics::render(&registry)).unwrap();
+        let text = String::from_utf8(bulwark_policy::metrics::registry::render(&registry)).unwrap();
         for line in [
             "bulwark_request_duration_seconds_count{listener=\"inbound\",outcome=\"rate_limited\"} 1",
             "bulwark_request_duration_seconds_bucket{listener=\"inbound\",outcome=\"rate_limited\",le=\"0.0005\"} 1",

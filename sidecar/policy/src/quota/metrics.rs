@@ -2,7 +2,7 @@
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::metrics::registered;
+use crate::metrics::registry::registered;
 
 pub struct QuotaMetrics {
     /// Decisions by policy, quota and decision (`allowed`, `limited`, `shadow_limited`).

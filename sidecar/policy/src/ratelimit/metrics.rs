@@ -2,7 +2,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::metrics::registered;
+use crate::metrics::registry::registered;
 
 pub struct RateLimitMetrics {
     /// Decisions by policy (`namespace/name`), rule and decision (`allowed`, `limited`,

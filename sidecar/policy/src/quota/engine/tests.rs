@@ -175,7 +175,7 @@ fn thresholds_warn_in_a_header_and_count_each_crossing_once() {
         warnings[8].as_deref(),
         Some("\"daily\";used=90;threshold=90;remaining=1;reset=39600")
     );
-    let text = String::from_utf8(crate::metrics::render(&registry)).unwrap();
+    let text = String::from_utf8(crate::metrics::registry::render(&registry)).unwrap();
     for t in ["50", "90"] {
         let line = format!(
             "bulwark_quota_threshold_crossings_total{{policy=\"ns/p\",quota=\"daily\",threshold=\"{t}\"}} 1"
@@ -198,7 +198,7 @@ fn shadow_policies_count_but_never_refuse() {
     }
     let (info, _) = quotas.find("ns/p", "daily").unwrap();
     assert_eq!(usage.used(&info.usage_key("a"), info.period_at(NOW)), 5);
-    let text = String::from_utf8(crate::metrics::render(&registry)).unwrap();
+    let text = String::from_utf8(crate::metrics::registry::render(&registry)).unwrap();
     assert!(text.contains(
         "bulwark_quota_requests_total{decision=\"shadow_limited\",policy=\"ns/p\",quota=\"daily\"} 2"
     ));
