@@ -368,3 +368,33 @@ fn reloads_live_keeps_the_last_good_policy_and_enforces_it_after_a_restart() {
         "limit 5 from the saved snapshot"
     );
 }
+
+/// A rule on `/api` covers every spelling of that path an app would read as `/api`: the path
+/// is normalized before matching (and forwarded normalized), so the tricks share one counter;
+/// an escaped slash is refused.
+#[test]
+fn path_tricks_do_not_walk_around_a_path_rule() {
+    let s = setup(POLICY);
+    let sidecar = start(&s);
+    for trick in ["/%61pi/items", "//api/items", "/./api/items"] {
+        let r = get(&sidecar, trick, "mallory");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "items\n"),
+            "{trick}: {r:?}"
+        );
+        assert!(
+            r.header("RateLimit").is_some(),
+            "{trick} was not counted: {r:?}"
+        );
+    }
+    // Three per hour: the fourth spelling of the same path is refused.
+    for trick in ["/x/../api/items", "/API/../api/items"] {
+        let r = get(&sidecar, trick, "mallory");
+        assert_eq!(r.status, 429, "{trick}: {r:?}");
+    }
+    let r = get(&sidecar, "/api%2Fitems", "eve");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.header("bulwark-reason"), Some("bad_request"));
+    assert!(r.body.contains("escaped slash"), "{}", r.body);
+}

@@ -120,6 +120,22 @@ pub struct Args {
     #[arg(long, env = "BULWARK_TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
 
+    /// Normalize request paths before policies match them, and forward the normalized path
+    /// (RFC 3986: unreserved escapes decoded, dot segments removed), so a rule on `/api` also
+    /// covers `/%61pi` and `/x/../api`, as the app would read them (docs/security.md).
+    #[arg(long, env = "BULWARK_NORMALIZE_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub normalize_path: bool,
+
+    /// Merge runs of slashes in request paths (`//api` → `/api`) before matching and forwarding.
+    #[arg(long, env = "BULWARK_MERGE_SLASHES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub merge_slashes: bool,
+
+    /// What to do with `%2F` and `%5C` in request paths: `reject` (400, the default: apps
+    /// disagree on whether they separate segments), `keep` (forward them as they are, for apps
+    /// with such segments), or `redirect` (307 to the path with them decoded).
+    #[arg(long, env = "BULWARK_ESCAPED_SLASHES", default_value = "reject", value_parser = ["keep", "reject", "redirect"])]
+    pub escaped_slashes: String,
+
     /// Worker threads of each listener.
     #[arg(long, env = "BULWARK_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -138,6 +154,20 @@ pub struct Args {
 
 impl Args {
     /// The Redis to use for `Global` scope, if any.
+    /// The path normalization the flags ask for.
+    pub fn path_normalization(&self) -> bulwark_policy::request::path::PathNormalization {
+        use bulwark_policy::request::path::{EscapedSlashes, PathNormalization};
+        PathNormalization {
+            rfc3986: self.normalize_path,
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: match self.escaped_slashes.as_str() {
+                "keep" => EscapedSlashes::Keep,
+                "redirect" => EscapedSlashes::Redirect,
+                _ => EscapedSlashes::Reject,
+            },
+        }
+    }
+
     pub fn redis_target(&self) -> Option<bulwark_policy::redis_client::RedisTarget> {
         bulwark_api::snapshot::RedisConnection::from_flags(
             self.redis_url.as_deref(),

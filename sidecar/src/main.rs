@@ -161,7 +161,8 @@ fn main() -> anyhow::Result<()> {
     let mut inbound = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         InboundProxy::new(args.app, runtime.clone(), metrics.clone())
-            .with_trusted_proxy_hops(args.trusted_proxy_hops),
+            .with_trusted_proxy_hops(args.trusted_proxy_hops)
+            .with_path_normalization(args.path_normalization()),
         "bulwark inbound",
     );
     inbound.add_tcp(&args.inbound_listen.to_string());

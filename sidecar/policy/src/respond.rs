@@ -32,11 +32,14 @@ pub enum Reason {
     UpstreamError,
     /// The sidecar itself failed (500).
     Internal,
+    /// The path held escaped slashes and `--escaped-slashes redirect` sends the client to the
+    /// decoded path (307, with `Location`).
+    PathRedirect,
 }
 
 impl Reason {
     /// Every reason (metrics resolve one series per reason up front).
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Self::RateLimited,
         Self::QuotaExhausted,
         Self::BadRequest,
@@ -45,6 +48,7 @@ impl Reason {
         Self::UpstreamTimeout,
         Self::UpstreamError,
         Self::Internal,
+        Self::PathRedirect,
     ];
 
     /// Its position in [`Reason::ALL`].
@@ -62,6 +66,7 @@ impl Reason {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamError => "upstream_error",
             Self::Internal => "internal_error",
+            Self::PathRedirect => "path_redirect",
         }
     }
 
@@ -74,6 +79,7 @@ impl Reason {
             Self::UpstreamUnreachable | Self::UpstreamError => 502,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
+            Self::PathRedirect => 307,
         }
     }
 
@@ -88,6 +94,7 @@ impl Reason {
             Self::UpstreamTimeout => "The upstream did not answer in time.",
             Self::UpstreamError => "The upstream failed while answering.",
             Self::Internal => "The sidecar failed to handle the request.",
+            Self::PathRedirect => "The path holds escaped slashes: follow Location.",
         }
     }
 }

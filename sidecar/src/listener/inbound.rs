@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bulwark_policy::{
     admission::{Direction, HeaderEdit, ResponseEffects},
     clock::unix_nanos,
+    request::path::PathNormalization,
     runtime::Runtime,
 };
 use pingora::{
@@ -17,7 +18,7 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, fail_to_proxy, request_view};
+use super::{Timing, fail_to_proxy, normalize_path, request_view};
 use crate::metrics::Metrics;
 
 pub struct InboundProxy {
@@ -26,6 +27,8 @@ pub struct InboundProxy {
     metrics: Arc<Metrics>,
     /// Proxies in front that append to X-Forwarded-For (`--trusted-proxy-hops`).
     trusted_hops: usize,
+    /// How paths are normalized before matching and forwarding.
+    paths: PathNormalization,
 }
 
 impl InboundProxy {
@@ -35,7 +38,14 @@ impl InboundProxy {
             runtime,
             metrics,
             trusted_hops: 0,
+            paths: PathNormalization::default(),
         }
+    }
+
+    /// Normalizes paths as `paths` says.
+    pub fn with_path_normalization(mut self, paths: PathNormalization) -> Self {
+        self.paths = paths;
+        self
     }
 
     /// Takes the client address from X-Forwarded-For behind `hops` trusted proxies.
@@ -63,6 +73,10 @@ impl ProxyHttp for InboundProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if let Some(reply) = normalize_path(session, &self.paths)? {
+            ctx.timing.answer(session, &reply).await?;
+            return Ok(true);
+        }
         let admission = {
             let view = request_view(session, self.trusted_hops);
             self.runtime

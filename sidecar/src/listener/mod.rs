@@ -9,10 +9,13 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 
-use std::time::Instant;
+use std::{borrow::Cow, time::Instant};
 
 use bulwark_policy::{
-    request::{self, RequestView},
+    request::{
+        self, RequestView,
+        path::{Normalized, PathNormalization},
+    },
     respond::{Reason, Reply},
 };
 use bytes::Bytes;
@@ -45,6 +48,34 @@ pub fn request_view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
         headers: &header.headers,
         client_ip: request::client_ip(peer, &header.headers, trusted_hops),
     }
+}
+
+/// Normalizes the request's path in place (what policies match and the app receives); the
+/// sidecar's answer instead when the path is refused or redirected.
+pub fn normalize_path(
+    session: &mut Session,
+    paths: &PathNormalization,
+) -> pingora::Result<Option<Reply>> {
+    let uri = &session.req_header().uri;
+    let with_query = |path: &str| match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let target = match paths.apply(uri.path()) {
+        Normalized::Path(Cow::Borrowed(_)) => return Ok(None),
+        Normalized::Path(Cow::Owned(path)) => with_query(&path),
+        Normalized::Redirect(path) => {
+            let mut reply = Reply::new(Reason::PathRedirect, None);
+            reply.headers.push(("Location".into(), with_query(&path)));
+            return Ok(Some(reply));
+        }
+        Normalized::Reject(why) => return Ok(Some(Reply::new(Reason::BadRequest, Some(why)))),
+    };
+    let target = target
+        .parse::<http::Uri>()
+        .map_err(|e| pingora::Error::because(ErrorType::InvalidHTTPHeader, "normalized path", e))?;
+    session.req_header_mut().set_uri(target);
+    Ok(None)
 }
 
 /// Writes a response the sidecar makes itself.
