@@ -15,7 +15,7 @@ use std::{
 
 use bulwark_e2e::{
     eventually,
-    process::{HttpResponse, http_get, http_request, wait_for_status},
+    process::{HttpResponse, http_get, http_request, send_raw, wait_for_status},
     sidecar::{Sidecar, Standalone},
 };
 
@@ -397,4 +397,29 @@ fn path_tricks_do_not_walk_around_a_path_rule() {
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(r.header("bulwark-reason"), Some("bad_request"));
     assert!(r.body.contains("escaped slash"), "{}", r.body);
+}
+
+/// Requests an app could read differently from the policy are refused before any policy looks
+/// at them: a standard method in another case, and HTTP/1.1 without `Host`. HTTP/1.0 without
+/// `Host` passes, matching no named host.
+#[test]
+fn miscased_methods_and_missing_hosts_are_refused() {
+    let s = setup(POLICY);
+    let sidecar = start(&s);
+    let raw = |request: &str| send_raw(sidecar.inbound, request).expect("the sidecar answers");
+    let lower = raw("get /other HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+    assert_eq!(lower.status, 400, "{lower:?}");
+    assert_eq!(lower.header("bulwark-reason"), Some("bad_request"));
+    assert!(lower.body.contains("case-sensitive"), "{}", lower.body);
+    let extension = raw("BREW /other HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+    assert_ne!(
+        extension.header("bulwark-reason"),
+        Some("bad_request"),
+        "{extension:?}"
+    );
+    let hostless = raw("GET /other HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(hostless.status, 400, "{hostless:?}");
+    assert!(hostless.body.contains("Host"), "{}", hostless.body);
+    let old = raw("GET /other HTTP/1.0\r\n\r\n");
+    assert_eq!((old.status, old.body.as_str()), (200, "other\n"), "{old:?}");
 }

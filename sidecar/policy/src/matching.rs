@@ -11,12 +11,15 @@
 //! - Every condition given must hold (AND). Within `methods`, `hosts` and `sourceCIDRs` any entry
 //!   may match (OR); every entry of `headers` and `queryParams` must hold. An empty match selects
 //!   every request.
-//! - **Path** is compared as sent (no percent-decoding, no dot-segment normalisation).
+//! - **Path** is compared as given: the inbound listener normalizes it first
+//!   ([`crate::request::path`]; docs/security.md), so here it is compared byte for byte.
 //!   `PathPrefix` matches on a segment boundary: `/api` matches `/api`, `/api/` and `/api/x`,
 //!   not `/apix`. As in Gateway API, trailing slashes of the prefix are ignored, so `/api/`
 //!   behaves exactly as `/api` (it also matches `/api`); `/` matches every path.
 //! - **Methods** are compared case-sensitively (HTTP methods are); an unknown method matches no
-//!   list.
+//!   list. The listener refuses a standard method in another case (`post`) before matching
+//!   ([`crate::request::miscased_method`]), so no app can read as `POST` what a rule on `POST`
+//!   did not see.
 //! - **Hosts** are compared case-insensitively, ignoring one trailing dot. A `:port` in the
 //!   request host is ignored unless the pattern has a port, in which case the request must carry
 //!   that same port. `*.example.com` matches one or more labels before `.example.com`, never
@@ -97,7 +100,7 @@ struct QueryCond {
 }
 
 /// The methods of `HttpMethod`, in bit order.
-const METHODS: [(HttpMethod, &str); 9] = [
+pub(crate) const METHODS: [(HttpMethod, &str); 9] = [
     (HttpMethod::GET, "GET"),
     (HttpMethod::HEAD, "HEAD"),
     (HttpMethod::POST, "POST"),

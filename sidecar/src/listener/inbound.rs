@@ -18,7 +18,7 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, fail_to_proxy, normalize_path, request_view};
+use super::{Timing, fail_to_proxy, normalize_path, refuse_ambiguous, request_view};
 use crate::metrics::Metrics;
 
 pub struct InboundProxy {
@@ -73,7 +73,11 @@ impl ProxyHttp for InboundProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if let Some(reply) = normalize_path(session, &self.paths)? {
+        let refused = match refuse_ambiguous(session) {
+            Some(reply) => Some(reply),
+            None => normalize_path(session, &self.paths)?,
+        };
+        if let Some(reply) = refused {
             ctx.timing.answer(session, &reply).await?;
             return Ok(true);
         }

@@ -50,6 +50,28 @@ pub fn request_view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
     }
 }
 
+/// What the inbound listener refuses before any policy looks at a request, as a client could
+/// otherwise make the app read it differently from the policy (docs/security.md): a standard
+/// method in another case, and an HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+pub fn refuse_ambiguous(session: &Session) -> Option<Reply> {
+    let header = session.req_header();
+    if request::miscased_method(header.method.as_str()) {
+        return Some(Reply::new(
+            Reason::BadRequest,
+            Some("methods are case-sensitive: send a standard method in upper case"),
+        ));
+    }
+    let no_host =
+        header.uri.authority().is_none() && !header.headers.contains_key(http::header::HOST);
+    if header.version == http::Version::HTTP_11 && no_host {
+        return Some(Reply::new(
+            Reason::BadRequest,
+            Some("an HTTP/1.1 request needs a Host header"),
+        ));
+    }
+    None
+}
+
 /// Normalizes the request's path in place (what policies match and the app receives); the
 /// sidecar's answer instead when the path is refused or redirected.
 pub fn normalize_path(

@@ -23,6 +23,16 @@ pub struct RequestView<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
+/// True for a standard method written in another case (`post`, `Get`): RFC 9110 methods are
+/// case-sensitive, but some apps upper-case them, so such a request could reach a `POST`
+/// handler unseen by a rule on `POST`. The listener refuses it, as Envoy's HTTP/1 parser does;
+/// extension methods (`BREW`, `PROPFIND`) pass as sent.
+pub fn miscased_method(method: &str) -> bool {
+    crate::matching::METHODS
+        .iter()
+        .any(|(_, standard)| method != *standard && method.eq_ignore_ascii_case(standard))
+}
+
 /// The client's address when `trusted_hops` proxies that append to `X-Forwarded-For` stand in
 /// front of the sidecar (an ingress, a load balancer): the `trusted_hops`-th address from the
 /// right of `X-Forwarded-For` (all its header lines, in order), as Envoy's
@@ -147,6 +157,16 @@ mod tests {
         assert_eq!(client_ip(PEER, &xff, 1), "198.51.100.2".parse().ok());
         assert_eq!(client_ip(PEER, &xff, 2), "203.0.113.7".parse().ok());
         assert_eq!(client_ip(PEER, &xff, 3), "1.1.1.1".parse().ok());
+    }
+
+    #[test]
+    fn standard_methods_in_another_case_are_told_apart() {
+        for method in ["post", "Get", "dElEtE", "patch"] {
+            assert!(miscased_method(method), "{method}");
+        }
+        for method in ["POST", "GET", "BREW", "propfind", "M-SEARCH"] {
+            assert!(!miscased_method(method), "{method}");
+        }
     }
 
     #[test]
