@@ -400,8 +400,8 @@ fn path_tricks_do_not_walk_around_a_path_rule() {
 }
 
 /// Requests an app could read differently from the policy are refused before any policy looks
-/// at them: a standard method in another case, and HTTP/1.1 without `Host`. HTTP/1.0 without
-/// `Host` passes, matching no named host.
+/// at them: a standard method in another case, HTTP/1.1 without `Host`, and a listed
+/// `Content-Length`. HTTP/1.0 without `Host` passes, matching no named host.
 #[test]
 fn miscased_methods_and_missing_hosts_are_refused() {
     let s = setup(POLICY);
@@ -422,4 +422,20 @@ fn miscased_methods_and_missing_hosts_are_refused() {
     assert!(hostless.body.contains("Host"), "{}", hostless.body);
     let old = raw("GET /other HTTP/1.0\r\n\r\n");
     assert_eq!((old.status, old.body.as_str()), (200, "other\n"), "{old:?}");
+    // A Content-Length list (or two of them) is refused, never forwarded for the app to read
+    // its own way.
+    for lengths in [
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+    ] {
+        let r = raw(&format!(
+            "POST /other HTTP/1.1\r\nHost: app\r\n{lengths}Connection: close\r\n\r\nhello"
+        ));
+        assert_eq!(r.status, 400, "{lengths}: {r:?}");
+        assert_eq!(
+            r.header("bulwark-reason"),
+            Some("bad_request"),
+            "{lengths}: {r:?}"
+        );
+    }
 }

@@ -52,9 +52,21 @@ pub fn request_view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
 
 /// What the inbound listener refuses before any policy looks at a request, as a client could
 /// otherwise make the app read it differently from the policy (docs/security.md): a standard
-/// method in another case, and an HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+/// method in another case, an HTTP/1.1 request without `Host` (RFC 9112 §3.2), and a
+/// `Content-Length` given as a list (RFC 9110 §8.6: a proxy rejects it or forwards one value;
+/// an upstream that read the list differently would take part of this body as the next request).
 pub fn refuse_ambiguous(session: &Session) -> Option<Reply> {
     let header = session.req_header();
+    let mut lengths = header.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let listed = lengths
+        .next()
+        .is_some_and(|first| first.as_bytes().contains(&b','));
+    if listed || lengths.next().is_some() {
+        return Some(Reply::new(
+            Reason::BadRequest,
+            Some("Content-Length must be given once, as one number"),
+        ));
+    }
     if request::miscased_method(header.method.as_str()) {
         return Some(Reply::new(
             Reason::BadRequest,
