@@ -439,3 +439,35 @@ fn miscased_methods_and_missing_hosts_are_refused() {
         );
     }
 }
+
+/// A key header given twice, or also spelled with `_`, is refused before any rule counts it:
+/// the policy would count one value while the app could read another. Headers the policy does
+/// not read may repeat.
+#[test]
+fn a_key_header_given_twice_or_with_underscores_is_refused() {
+    let s = setup(POLICY);
+    let sidecar = start(&s);
+    let send = |headers: &[(&str, &str)]| {
+        http_request(sidecar.inbound, "GET", "/api/items", headers).expect("the sidecar answers")
+    };
+    let twice = send(&[("x-api-key", "alice"), ("x-api-key", "bob")]);
+    assert_eq!(twice.status, 400, "{twice:?}");
+    assert_eq!(twice.header("bulwark-reason"), Some("bad_request"));
+    assert!(twice.body.contains("more than once"), "{}", twice.body);
+    let underscored = send(&[("x-api-key", "alice"), ("x_api_key", "bob")]);
+    assert_eq!(underscored.status, 400, "{underscored:?}");
+    let other = send(&[("x-api-key", "alice"), ("accept", "a"), ("accept", "b")]);
+    assert_eq!(
+        (other.status, other.body.as_str()),
+        (200, "items\n"),
+        "{other:?}"
+    );
+    // Nothing refused was counted: alice still has two of her three.
+    assert!(
+        other
+            .header("RateLimit")
+            .unwrap()
+            .starts_with("\"per-key\";r=2;"),
+        "{other:?}"
+    );
+}

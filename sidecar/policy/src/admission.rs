@@ -1,5 +1,6 @@
 //! The one place that decides what happens to a request, in a fixed order:
 //!
+//! 0. headers the policy reads must be unambiguous ([`crate::request::headers`]),
 //! 1. gates (feature flags: next),
 //! 2. rate limits,
 //! 3. quotas,
@@ -18,7 +19,7 @@ use crate::{
     quota::{engine::RequestQuotas, usage::UsageStore},
     ratelimit::engine::AppliedLimit,
     request::RequestView,
-    respond::Reply,
+    respond::{Reason, Reply},
     runtime::Runtime,
 };
 
@@ -99,6 +100,10 @@ impl Runtime {
             return admission;
         }
         let policy = self.policy();
+        if let Some(why) = policy.read_headers.ambiguity(req.headers) {
+            admission.reply = Some(Reply::new(Reason::BadRequest, Some(&why)));
+            return admission;
+        }
         if !policy.rate_limits.is_empty() {
             let started = Instant::now();
             let pending = policy

@@ -11,6 +11,7 @@ use crate::{
     quota::engine::Quotas,
     ratelimit::engine::RateLimits,
     redis_client::RedisClient,
+    request::headers::ReadHeaders,
     state::StateSet,
 };
 
@@ -19,6 +20,8 @@ pub struct CompiledPolicy {
     pub snapshot: Snapshot,
     pub rate_limits: RateLimits,
     pub quotas: Quotas,
+    /// The headers the policies read: each must be sent once, and not also with `_`.
+    pub read_headers: ReadHeaders,
     /// The long-lived states this policy uses (the registry holds exactly these once installed).
     pub state: StateSet,
     /// The Redis client this policy's `Global` rules use, if any.
@@ -72,10 +75,13 @@ impl CompiledPolicy {
                 );
             }
         }
+        let read_headers =
+            ReadHeaders::new(rate_limits.headers_read().chain(quotas.headers_read()));
         Ok(Self {
             snapshot,
             rate_limits,
             quotas,
+            read_headers,
             state: env.state.into_used(),
             redis: env.redis.cloned(),
         })
@@ -86,6 +92,7 @@ impl CompiledPolicy {
             snapshot: Snapshot::empty(),
             rate_limits: RateLimits::default(),
             quotas: Quotas::default(),
+            read_headers: ReadHeaders::default(),
             state: StateSet::default(),
             redis: None,
         }

@@ -152,6 +152,11 @@ impl TokenClaims {
         })
     }
 
+    /// The header the token is read from.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
     /// The claims of the request's token: verified if the policy asks, else decoded. `None`
     /// for a missing, malformed or (when verifying) unverified token.
     pub fn claims(&self, headers: &HeaderMap) -> Option<Claims> {

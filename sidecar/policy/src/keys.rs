@@ -64,6 +64,17 @@ pub struct KeyBuilder {
     claims: Option<Arc<TokenClaims>>,
 }
 
+impl KeyBuilder {
+    /// The headers the key reads (a claim part reads the token's header).
+    pub fn headers_read(&self) -> impl Iterator<Item = &HeaderName> {
+        let parts = self.parts.iter().filter_map(|part| match part {
+            Part::Header(name) => Some(name),
+            _ => None,
+        });
+        parts.chain(self.claims.as_deref().map(TokenClaims::header))
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Part {
     ClientIp,

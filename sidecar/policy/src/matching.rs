@@ -177,6 +177,11 @@ impl CompiledMatch {
     }
 
     /// Whether `req` satisfies every condition of the match.
+    /// The headers the match reads.
+    pub fn headers_read(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.iter().map(|h| &h.name)
+    }
+
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         if self.methods != 0 && self.methods & request_method_bit(req.method) == 0 {
             return false;

@@ -242,6 +242,13 @@ impl Quotas {
         self.quotas.is_empty()
     }
 
+    /// Every header a quota reads (match, key).
+    pub fn headers_read(&self) -> impl Iterator<Item = &http::HeaderName> {
+        self.quotas
+            .iter()
+            .flat_map(|quota| quota.matcher.headers_read().chain(quota.key.headers_read()))
+    }
+
     /// A quota by policy (`namespace/name`) and name, for the admin API.
     pub fn find(&self, policy: &str, quota: &str) -> Option<(&Arc<QuotaInfo>, &KeyBuilder)> {
         self.quotas

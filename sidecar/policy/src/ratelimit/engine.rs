@@ -147,6 +147,16 @@ impl RateLimits {
         self.rules.is_empty()
     }
 
+    /// Every header a rule reads (match, key, cost).
+    pub fn headers_read(&self) -> impl Iterator<Item = &http::HeaderName> {
+        self.rules.iter().flat_map(|rule| {
+            rule.matcher
+                .headers_read()
+                .chain(rule.key.headers_read())
+                .chain(rule.cost_header.as_ref())
+        })
+    }
+
     /// Decides `req` at `now` (Unix nanoseconds) against `store`, for snapshots without
     /// `Exact` global rules (those are admitted here; see [`RateLimits::begin`]).
     pub fn decide(&self, req: &RequestView<'_>, store: &LocalStore, now: u64) -> RateLimitDecision {

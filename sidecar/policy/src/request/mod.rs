@@ -1,6 +1,7 @@
 //! The small view of a request that policy modules read. Built once per request by the proxy
 //! from Pingora's request header; policy code never sees Pingora types.
 
+pub mod headers;
 pub mod path;
 
 use std::net::IpAddr;
