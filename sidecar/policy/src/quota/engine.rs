@@ -242,10 +242,11 @@ impl Quotas {
         self.quotas.is_empty()
     }
 
-    /// Every header a quota reads (match, key).
+    /// Every header an enforcing quota reads (match, key).
     pub fn headers_read(&self) -> impl Iterator<Item = &http::HeaderName> {
         self.quotas
             .iter()
+            .filter(|quota| quota.info.enforce)
             .flat_map(|quota| quota.matcher.headers_read().chain(quota.key.headers_read()))
     }
 

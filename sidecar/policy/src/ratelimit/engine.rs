@@ -147,14 +147,18 @@ impl RateLimits {
         self.rules.is_empty()
     }
 
-    /// Every header a rule reads (match, key, cost).
+    /// Every header an enforcing rule reads (match, key, cost). Shadow rules refuse nothing,
+    /// not even ambiguous headers.
     pub fn headers_read(&self) -> impl Iterator<Item = &http::HeaderName> {
-        self.rules.iter().flat_map(|rule| {
-            rule.matcher
-                .headers_read()
-                .chain(rule.key.headers_read())
-                .chain(rule.cost_header.as_ref())
-        })
+        self.rules
+            .iter()
+            .filter(|rule| rule.enforce)
+            .flat_map(|rule| {
+                rule.matcher
+                    .headers_read()
+                    .chain(rule.key.headers_read())
+                    .chain(rule.cost_header.as_ref())
+            })
     }
 
     /// Decides `req` at `now` (Unix nanoseconds) against `store`, for snapshots without
