@@ -45,6 +45,7 @@ bench: deps controlplane ## Benchmarks: proxies vs nginx and haproxy (bench/run.
 	bash bench/run.sh
 	bash bench/propagation.sh
 	cargo bench -p bulwark-policy --bench decision -- --warm-up-time 2 --measurement-time 5
+	cargo bench -p bulwark-sidecar --bench config_load -- --warm-up-time 1 --measurement-time 5
 
 up: controlplane ## Start the local control plane (kubeconfig: .bulwark/controlplane/kubeconfig)
 	@bash e2e/controlplane/up.sh --dir "$(CP_DIR)"

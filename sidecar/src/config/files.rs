@@ -182,16 +182,53 @@ struct TypeMeta {
     kind: Option<String>,
 }
 
+/// The YAML documents of `text`, each with the number of lines before it, split at the
+/// document markers (`---` at the start of a line) so that each is parsed once: parsing
+/// document N by skipping N-1 documents of the whole text made loading quadratic (a file of
+/// 4,000 policies took minutes). Text before the first marker is a document only if it holds
+/// more than blank lines, comments and directives, as for a YAML parser.
+fn documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 0, 0);
+    for (line_number, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        let marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
+        if marker && line_number > 0 {
+            documents.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, line_number);
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    let only_preamble = |doc: &str| {
+        doc.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l.starts_with('%')
+        })
+    };
+    if documents.len() > 1 && only_preamble(documents[0].1) {
+        documents.remove(0);
+    }
+    documents
+}
+
 /// Adds the documents of one file (`origin` names it in errors) to `loaded`.
 pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), ConfigError> {
+    // A UTF-8 byte order mark (as some Windows editors write) is not part of the YAML.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let expected_api_version = format!("{}/{}", bulwark_api::GROUP, bulwark_api::VERSION);
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, (lines_before, text)) in documents(text).into_iter().enumerate() {
+        let origin = &Origin {
+            file: origin,
+            lines_before,
+        };
+        let document = serde_yaml::Deserializer::from_str(text);
         let value =
             serde_yaml::Value::deserialize(document).map_err(|e| yaml_error(origin, None, &e))?;
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        let doc_location = || format!("{origin} (document {})", index + 1);
+        let doc_location = || format!("{} (document {})", origin.file, index + 1);
         let meta: TypeMeta = serde_yaml::from_value(value).map_err(|e| ConfigError {
             location: doc_location(),
             field: None,
@@ -213,25 +250,21 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             });
         }
         // Typed deserialisation of the same document, so errors carry its line and the field path.
-        let typed = || {
-            serde_yaml::Deserializer::from_str(text)
-                .nth(index)
-                .expect("the document exists")
-        };
+        let typed = || serde_yaml::Deserializer::from_str(text);
         match kind.as_str() {
             "RateLimitPolicy" => {
                 let object: RateLimitPolicy = typed_object(origin, typed())?;
-                let sourced = sourced(origin, &kind, &object, object.spec.clone(), loaded)?;
+                let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
                 loaded.snapshot.rate_limits.push(sourced);
             }
             "QuotaPolicy" => {
                 let object: QuotaPolicy = typed_object(origin, typed())?;
-                let sourced = sourced(origin, &kind, &object, object.spec.clone(), loaded)?;
+                let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
                 loaded.snapshot.quotas.push(sourced);
             }
             "FeatureFlag" => {
                 let object: FeatureFlag = typed_object(origin, typed())?;
-                let sourced = sourced(origin, &kind, &object, object.spec.clone(), loaded)?;
+                let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
                 loaded.snapshot.feature_flags.push(sourced);
             }
             // Accepted so that one directory can hold a whole policy set; enforcing these
@@ -254,7 +287,7 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
                 for (k, v) in object.string_data.iter().flatten() {
                     data.insert(k.clone(), v.clone().into_bytes());
                 }
-                let secret = sourced(origin, &kind, &object, data, loaded)?;
+                let secret = sourced(origin.file, &kind, &object, data, loaded)?;
                 let name = ObjectRef {
                     namespace: secret.source.namespace,
                     name: secret.source.name,
@@ -275,8 +308,14 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
     Ok(())
 }
 
+/// A file, and where in it the document being read starts.
+struct Origin<'a> {
+    file: &'a str,
+    lines_before: usize,
+}
+
 fn typed_object<T: DeserializeOwned>(
-    origin: &str,
+    origin: &Origin<'_>,
     document: serde_yaml::Deserializer<'_>,
 ) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(document).map_err(|e| {
@@ -286,10 +325,15 @@ fn typed_object<T: DeserializeOwned>(
     })
 }
 
-fn yaml_error(origin: &str, field: Option<String>, e: &serde_yaml::Error) -> ConfigError {
+fn yaml_error(origin: &Origin<'_>, field: Option<String>, e: &serde_yaml::Error) -> ConfigError {
     let location = match e.location() {
-        Some(at) => format!("{origin}:{}:{}", at.line(), at.column()),
-        None => origin.to_owned(),
+        Some(at) => format!(
+            "{}:{}:{}",
+            origin.file,
+            origin.lines_before + at.line(),
+            at.column()
+        ),
+        None => origin.file.to_owned(),
     };
     // serde_yaml appends " at line L column C"; the location already says it.
     let message = e.to_string();
@@ -445,6 +489,55 @@ spec:
             err.message
                 .contains("RateLimitPolicy default/api is already defined in policies/api.yaml"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let loaded = load(&format!("\u{feff}{GOOD}")).unwrap();
+        assert_eq!(loaded.snapshot.rate_limits.len(), 1);
+    }
+
+    #[test]
+    fn documents_split_at_line_start_markers_only_and_keep_their_lines() {
+        let text = "# preamble\n---\na: 1\nb: |\n  ---\n  not a marker\n--- {c: 3}\n---\n";
+        let docs = documents(text);
+        assert_eq!(
+            docs,
+            vec![
+                (1, "---\na: 1\nb: |\n  ---\n  not a marker\n"),
+                (6, "--- {c: 3}\n"),
+                (7, "---\n")
+            ]
+        );
+        assert_eq!(documents("a: 1\n"), vec![(0, "a: 1\n")]);
+        assert_eq!(
+            documents("a: 1\n---\nb: 2"),
+            vec![(0, "a: 1\n"), (1, "---\nb: 2")]
+        );
+    }
+
+    #[test]
+    fn thousands_of_documents_in_one_file_all_load() {
+        let one = GOOD.split("---").next().unwrap();
+        let text: String = (0..2000)
+            .map(|i| one.replace("name: api", &format!("name: api-{i}")))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let loaded = load(&text).unwrap();
+        assert_eq!(loaded.snapshot.rate_limits.len(), 2000);
+        // An error in the last document still names its own line.
+        let bad = text.replace("name: api-1999", "name: api-1999\n  labels: [oops");
+        let err = load(&bad).unwrap_err();
+        let line: usize = err.location.split(':').nth(1).unwrap().parse().unwrap();
+        let expected = bad
+            .lines()
+            .position(|l| l.contains("labels: [oops"))
+            .unwrap()
+            + 1;
+        assert!(
+            (expected..=expected + 3).contains(&line),
+            "{err} (line {expected})"
         );
     }
 
