@@ -112,11 +112,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     if let Some(dir) = &args.config_dir {
-        let watcher = ConfigWatcher {
-            dir: dir.clone(),
-            interval: Duration::from_millis(args.config_poll_ms.max(50)),
-            installer: installer.clone(),
-        };
+        let watcher = ConfigWatcher::new(
+            dir.clone(),
+            Duration::from_millis(args.config_poll_ms.max(50)),
+            installer.clone(),
+        );
         // Load once before serving; on failure the saved snapshot (if any) keeps serving and
         // /readyz says the sidecar still waits for a valid policy.
         let _ = watcher.reload();
