@@ -102,6 +102,8 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     pub state_dir: PathBuf,
     pub process: Running,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
 }
 
 impl Sidecar {
@@ -132,7 +134,13 @@ impl Sidecar {
             admin: at.admin,
             state_dir: state_dir.to_path_buf(),
             process: Running::spawn("bulwark-sidecar", cmd, &log),
+            log,
         }
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The addresses it listens on.

@@ -202,6 +202,11 @@ fn redis_failure_fails_open_or_closed_and_recovers() {
         "the open limit counts again",
         || (get(&a, "/api/open", "-").status == 429).then_some(()),
     );
+    // The outage is logged once, with what it means, not once per failed call.
+    let log = a.log_text();
+    assert_eq!(log.matches("Redis is unreachable").count(), 1, "{log}");
+    assert!(log.contains("failureMode"), "{log}");
+    assert!(log.contains("Redis answers again"), "{log}");
 }
 
 const CLUSTER: &str = "\

@@ -6,7 +6,10 @@
 //! request longer than the policy allows, and the caller applies its `failureMode`.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -65,6 +68,8 @@ struct Inner {
     connection: ArcSwapOption<Connection>,
     timeouts: IntCounter,
     errors: IntCounter,
+    /// False since a call failed, until one succeeds: each change is logged once.
+    reachable: AtomicBool,
 }
 
 enum Client {
@@ -110,6 +115,7 @@ impl RedisClient {
                 connection: ArcSwapOption::empty(),
                 timeouts: metrics.errors.with_label_values(&["redis", "timeout"]),
                 errors: metrics.errors.with_label_values(&["redis", "error"]),
+                reachable: AtomicBool::new(true),
             }),
         })
     }
@@ -167,6 +173,23 @@ impl RedisClient {
         }
     }
 
+    /// Logs when Redis stops or starts answering (once per change, not per call), with what it
+    /// means for requests.
+    fn note_reachable(&self, error: Option<&CallError>) {
+        let reachable = error.is_none();
+        if self.inner.reachable.swap(reachable, Ordering::Relaxed) == reachable {
+            return;
+        }
+        match error {
+            Some(error) => tracing::warn!(
+                %error,
+                "Redis is unreachable: Global rate limits and quotas apply their failureMode \
+                 (Open: requests pass uncounted; Closed: they are refused) until it answers"
+            ),
+            None => tracing::info!("Redis answers again: Global limits and quotas count there"),
+        }
+    }
+
     /// True once [`RedisClient::start`] ran.
     pub fn is_started(&self) -> bool {
         lock(&self.inner.unstarted).is_none()
@@ -204,6 +227,7 @@ impl RedisClient {
             Err(_) => self.inner.errors.inc(),
             Ok(_) => {}
         }
+        self.note_reachable(result.as_ref().err());
         result
     }
 }

@@ -5,7 +5,10 @@
 //! [`super::usage::UsageStore`] (readable, stable across restarts: policy, quota, its identity
 //! hash and the key value), values are `(period start, period end, used)`.
 
-use std::path::Path;
+use std::{
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -24,6 +27,16 @@ impl QuotaDb {
     /// Opens (or creates) the store. Fails while another process holds it (e.g. the old
     /// sidecar during an upgrade).
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
+        // Mode 0600, like the saved snapshot: usage keys hold key values (API keys, users).
+        // Set on an existing file too, so files made by older versions are closed as well.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(redb::StorageError::from)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(redb::StorageError::from)?;
         let db = Database::create(path)?;
         // Create the table so readers never meet a missing one.
         let txn = db.begin_write()?;
@@ -75,6 +88,19 @@ impl QuotaDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let path = dir.path().join(FILE_NAME);
+        drop(QuotaDb::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        // A file an older version left world-readable is closed on open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(QuotaDb::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
 
     #[test]
     fn usage_survives_reopening_and_ended_periods_are_dropped() {
