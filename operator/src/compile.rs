@@ -708,4 +708,58 @@ endpoints: [{addresses: [10.5.0.1]}]
         let web = snapshot_of(&index, "web-0").snapshot;
         assert!(web.failover.is_empty() && web.endpoints.is_empty());
     }
+
+    /// What `index::Index::users_of` relies on: a Service changes only the verdicts of the
+    /// policies that name it, because conflicts are decided by age whatever the verdicts. If
+    /// this changes, a Service change must recompile more than its users' pods.
+    #[test]
+    fn a_conflict_is_decided_by_age_whatever_the_older_policys_verdict() {
+        let failover = |name: &str, service: &str, created: &str| {
+            let mut p: FailoverPolicy = object(&format!(
+                r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: {name}, namespace: shop, generation: 1}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  upstreams:
+  - name: payments
+    match: {{hosts: [payments]}}
+    groups: [{{name: primary, backends: [{{service: {{name: {service}, port: 80}}}}]}}]
+"#
+            ));
+            p.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            p.into_object()
+        };
+        let mut index = index_with(vec![
+            pod("api-0", "api"),
+            failover("old", "missing", "2026-01-01T00:00:00Z"),
+            failover("new", "present", "2026-02-01T00:00:00Z"),
+            object::<Service>(
+                "metadata: {name: present, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 80}]}",
+            )
+            .into_object(),
+        ]);
+        let key = |name: &str| PolicyKey {
+            kind: Kind::FailoverPolicy,
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        let reason = |index: &Index, name: &str| match &verdicts_in(index, "shop")[&key(name)] {
+            Verdict::Accepted => "Accepted",
+            Verdict::Rejected { reason, .. } => reason,
+        };
+        assert_eq!(reason(&index, "old"), "RefNotFound");
+        assert_eq!(reason(&index, "new"), "Conflicted");
+        index.apply(Change::Upsert(
+            object::<Service>(
+                "metadata: {name: missing, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 80}]}",
+            )
+            .into_object(),
+        ));
+        assert_eq!(reason(&index, "old"), "Accepted");
+        assert_eq!(reason(&index, "new"), "Conflicted");
+    }
 }
