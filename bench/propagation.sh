@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Propagation benchmark: from a policy write to the apiserver until every stream client holds
-# it, with 1, 50 and 200 clients and 1,000 policies; the operator's RSS and CPU; the time to
-# converge after an operator restart. Starts its own control plane (stopped on exit), builds
+# it, with 1, 50 and 200 clients and 1,000 policies; the operator's RSS and CPU; from an
+# EndpointSlice write until the clients whose pods use that Service (one in four, selected by a
+# FailoverPolicy) hold the new endpoint, with what the other clients receive meanwhile; the time
+# to converge after an operator restart. Starts its own control plane (stopped on exit), builds
 # the operator and the client program (e2e/src/bin/propagation.rs) in release mode, prints a
 # Markdown table and writes it to bench/results/propagation.md.
 #

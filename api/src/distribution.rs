@@ -87,6 +87,20 @@ mod tests {
         });
         assert_ne!(etag(&a), etag(&b));
         assert_eq!(etag(&a).len(), 16);
+        // Endpoints are content too: a Service's new endpoint is a new snapshot.
+        let mut c = b.clone();
+        c.endpoints.insert(
+            "shop/payments:8080".into(),
+            vec![crate::snapshot::Endpoint {
+                address: "10.0.0.1:8443".into(),
+                zone: None,
+                node_name: None,
+            }],
+        );
+        assert_ne!(etag(&b), etag(&c));
+        let mut d = c.clone();
+        d.endpoints.get_mut("shop/payments:8080").unwrap()[0].zone = Some("zone-a".into());
+        assert_ne!(etag(&c), etag(&d));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The compiled per-pod snapshot: the contract between the operator and the sidecar.
 //!
 //! The operator selects, for one pod, every policy whose selector matches it, resolves what the
-//! sidecar cannot see (Service backends to addresses, Secret references to keys) and sends the
+//! sidecar cannot see (Service backends to endpoints, Secret references to keys) and sends the
 //! result as one versioned value. The sidecar validates a snapshot whole, compiles it into its
 //! runtime structures and swaps it in atomically; standalone mode builds the same value from CR
 //! YAML files. Policy specs travel as the user wrote them (already validated by the apiserver):
@@ -17,7 +17,10 @@ use crate::crd::{
 
 /// The snapshot format this build reads and writes. A sidecar refuses a snapshot with another
 /// `schema`, keeping its last good one, rather than misreading it.
-pub const SCHEMA: u32 = 1;
+///
+/// 2: a Service backend's endpoints moved from each failover policy (`serviceEndpoints`, plain
+/// addresses) to the snapshot's own [`Snapshot::endpoints`], with zone and node.
+pub const SCHEMA: u32 = 2;
 
 /// Everything one sidecar enforces.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -38,7 +41,13 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feature_flags: Vec<Sourced<FeatureFlagSpec>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover: Vec<Sourced<ResolvedFailoverPolicy>>,
+    pub failover: Vec<Sourced<FailoverPolicySpec>>,
+    /// The ready endpoints of every Service that a policy in `failover` names as a backend, by
+    /// [`service_port_id`] (`namespace/name:port`, the Service port). Only those Services are
+    /// sent; an empty list means the Service exists but has no ready endpoint on that port.
+    /// Static `address` backends need no entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Sourced<ResolvedWebhookEndpoint>>,
     /// The Redis for `scope: Global` policies, sent only to pods that have one (its URL may hold
@@ -54,6 +63,27 @@ pub struct Snapshot {
 /// How a Secret key is named in [`Snapshot::jwt_keys`]: `namespace/secret/key`.
 pub fn secret_key_id(namespace: &str, secret: &crate::crd::common::SecretKeyRef) -> String {
     format!("{namespace}/{}/{}", secret.name, secret.key)
+}
+
+/// How a Service port is named in [`Snapshot::endpoints`]: `namespace/name:port`, with the
+/// Service's port number (what a `service` backend names), not the endpoints' target port.
+pub fn service_port_id(namespace: &str, name: &str, port: u16) -> String {
+    format!("{namespace}/{name}:{port}")
+}
+
+/// One ready endpoint of a Service, from its EndpointSlices.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `ip:port` (`[ip]:port` for IPv6), the port being the endpoint's target port.
+    pub address: String,
+    /// The endpoint's `zone` (`topology.kubernetes.io/zone` of its node), when the
+    /// EndpointSlice gives one: zone-aware failover prefers the caller's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The node the endpoint runs on (`nodeName`), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// How to reach Redis: one server, or Redis Cluster seed nodes.
@@ -104,17 +134,6 @@ pub struct PolicySource {
     pub name: String,
     /// `metadata.generation` of the spec carried (0 in standalone mode).
     pub generation: i64,
-}
-
-/// A FailoverPolicy with its Service backends resolved to ready endpoint addresses.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResolvedFailoverPolicy {
-    pub policy: FailoverPolicySpec,
-    /// Addresses (`ip:port`) of each Service backend, keyed by `namespace/name:port`; static
-    /// `address` backends need no entry.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub service_endpoints: BTreeMap<String, Vec<String>>,
 }
 
 /// A WebhookEndpoint with its signing keys read from the referenced Secret.
@@ -184,6 +203,7 @@ impl Snapshot {
     }
 
     /// A copy safe to show (the admin `/config` dump): every secret replaced by `<redacted>`.
+    /// Policy specs and `endpoints` hold no secrets and are shown as they are.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         for webhook in &mut copy.webhooks {
@@ -289,6 +309,76 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("jwt-hmac-secret"));
         assert!(shown.contains("<redacted>"));
+    }
+
+    fn failover_snapshot() -> Snapshot {
+        let spec: FailoverPolicySpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "checkout"}},
+            "upstreams": [{
+                "name": "payments",
+                "match": {"hosts": ["payments"]},
+                "groups": [{"name": "primary", "backends": [
+                    {"service": {"name": "payments", "port": 8080}},
+                    {"address": "10.9.9.9:80"}
+                ]}]
+            }]
+        }))
+        .unwrap();
+        Snapshot {
+            failover: vec![Sourced {
+                source: PolicySource {
+                    namespace: "shop".into(),
+                    name: "payments-failover".into(),
+                    generation: 2,
+                },
+                spec,
+            }],
+            endpoints: BTreeMap::from([(
+                service_port_id("shop", "payments", 8080),
+                vec![
+                    Endpoint {
+                        address: "10.0.0.1:8443".into(),
+                        zone: Some("zone-a".into()),
+                        node_name: Some("node-1".into()),
+                    },
+                    Endpoint {
+                        address: "[fd00::2]:8443".into(),
+                        zone: None,
+                        node_name: None,
+                    },
+                ],
+            )]),
+            ..Snapshot::empty()
+        }
+    }
+
+    #[test]
+    fn endpoints_are_their_own_section_in_camel_case_without_empty_fields() {
+        let snapshot = failover_snapshot();
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(json["schema"], 2);
+        assert_eq!(
+            json["endpoints"],
+            serde_json::json!({"shop/payments:8080": [
+                {"address": "10.0.0.1:8443", "zone": "zone-a", "nodeName": "node-1"},
+                {"address": "[fd00::2]:8443"}
+            ]})
+        );
+        assert!(
+            json["failover"][0].get("policy").is_none()
+                && json["failover"][0]["spec"]["upstreams"][0]["name"] == "payments",
+            "a failover policy travels as its spec, like the other kinds: {json}"
+        );
+        let text = serde_json::to_string(&snapshot).unwrap();
+        assert_eq!(serde_json::from_str::<Snapshot>(&text).unwrap(), snapshot);
+        assert!(
+            !serde_json::to_string(&Snapshot::empty())
+                .unwrap()
+                .contains("endpoints"),
+            "no failover, no section"
+        );
+        // Nothing in it is secret: the /config dump shows it whole.
+        assert_eq!(snapshot.redacted().endpoints, snapshot.endpoints);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, btree_map::Entry};
 use bulwark_api::{
     crd::common::{Scope, SecretKeyRef},
     snapshot::{
-        ObjectRef, PolicySource, RedisConnection, ResolvedFailoverPolicy, ResolvedWebhookEndpoint,
-        SCHEMA, SecretString, SigningKey, Snapshot, Sourced, secret_key_id,
+        Endpoint, ObjectRef, PolicySource, RedisConnection, ResolvedWebhookEndpoint, SCHEMA,
+        SecretString, SigningKey, Snapshot, Sourced, secret_key_id, service_port_id,
     },
 };
 
@@ -269,13 +269,13 @@ pub fn pod_snapshot(
                     },
                 });
             }
-            Spec::Failover(spec) => snapshot.failover.push(Sourced {
-                source,
-                spec: ResolvedFailoverPolicy {
-                    policy: spec.clone(),
-                    service_endpoints: service_endpoints(index, &key.namespace, spec),
-                },
-            }),
+            Spec::Failover(spec) => {
+                service_endpoints(index, &key.namespace, spec, &mut snapshot.endpoints);
+                snapshot.failover.push(Sourced {
+                    source,
+                    spec: spec.clone(),
+                });
+            }
         }
     }
     let global = snapshot
@@ -292,13 +292,15 @@ pub fn pod_snapshot(
     PodSnapshot { snapshot, sources }
 }
 
-/// Ready endpoint addresses of each Service backend, keyed `namespace/name:port`.
+/// The ready endpoints of each Service backend of `spec`, added to `out` by
+/// [`service_port_id`]. The Service port's name is how its EndpointSlices name the matching
+/// target port; an endpoint listed by two slices (as while they are rebalanced) is kept once.
 fn service_endpoints(
     index: &Index,
     policy_namespace: &str,
     spec: &bulwark_api::crd::FailoverPolicySpec,
-) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
+    out: &mut BTreeMap<String, Vec<Endpoint>>,
+) {
     let backends = spec
         .upstreams
         .iter()
@@ -307,11 +309,14 @@ fn service_endpoints(
         .filter_map(|b| b.service.as_ref());
     for backend in backends {
         let namespace = backend.namespace.as_deref().unwrap_or(policy_namespace);
+        let id = service_port_id(namespace, &backend.name, backend.port);
+        if out.contains_key(&id) {
+            continue; // named twice, by this policy or another one of the pod's
+        }
         let service = ObjectRef {
             namespace: namespace.to_string(),
             name: backend.name.clone(),
         };
-        // The Service port's name is how an EndpointSlice names the matching target port.
         let Some(port_name) = index.services.get(&service).and_then(|s| {
             s.0.iter()
                 .find(|(_, p)| *p == backend.port)
@@ -319,39 +324,39 @@ fn service_endpoints(
         }) else {
             continue;
         };
-        let mut addresses: Vec<String> = index
-            .slices
-            .iter()
-            .filter(|(r, s)| r.namespace == namespace && s.service == backend.name)
+        let mut endpoints: Vec<Endpoint> = index
+            .slices_in(namespace)
+            .filter(|(_, s)| s.service == backend.name)
             .flat_map(|(_, s)| {
                 let port = s.ports.iter().find(|(n, _)| *n == port_name).map(|p| p.1);
                 port.into_iter().flat_map(move |port| {
-                    s.ready_addresses
-                        .iter()
-                        .map(move |a| match a.contains(':') {
-                            true => format!("[{a}]:{port}"),
-                            false => format!("{a}:{port}"),
-                        })
+                    s.ready.iter().map(move |e| Endpoint {
+                        address: match e.address.contains(':') {
+                            true => format!("[{}]:{port}", e.address),
+                            false => format!("{}:{port}", e.address),
+                        },
+                        zone: e.zone.clone(),
+                        node_name: e.node_name.clone(),
+                    })
                 })
             })
             .collect();
-        addresses.sort();
-        addresses.dedup();
-        out.insert(
-            format!("{namespace}/{}:{}", backend.name, backend.port),
-            addresses,
-        );
+        endpoints.sort();
+        endpoints.dedup_by(|a, b| a.address == b.address);
+        out.insert(id, endpoints);
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::index::{Change, IntoObject};
-    use bulwark_api::crd::{FeatureFlag, RateLimitPolicy, WebhookEndpoint};
+    use bulwark_api::crd::{FailoverPolicy, FeatureFlag, RateLimitPolicy, WebhookEndpoint};
     use k8s_openapi::{
-        api::core::v1::{Pod, Secret},
+        api::{
+            core::v1::{Pod, Secret, Service},
+            discovery::v1::EndpointSlice,
+        },
         apimachinery::pkg::apis::meta::v1::Time,
     };
 
@@ -594,5 +599,167 @@ spec:
             .map(|(id, value)| (id.as_str(), value.expose()))
             .collect();
         assert_eq!(keys, [("shop/idp/public.pem", "PEM")]);
+    }
+
+    #[test]
+    fn a_failover_policy_waits_for_its_services_and_their_endpoints_travel_apart() {
+        let policy: FailoverPolicy = object(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {name: pay, namespace: shop, generation: 3}
+spec:
+  selector: {matchLabels: {app: api}}
+  upstreams:
+  - name: payments
+    match: {hosts: [payments]}
+    groups:
+    - name: primary
+      backends: [{service: {name: payments, port: 80}}, {address: "10.9.9.9:80"}]
+    - name: secondary
+      backends: [{service: {name: payments, namespace: payments-dr, port: 80}}]
+"#,
+        );
+        let mut index = index_with(vec![
+            pod("api-0", "api"),
+            pod("web-0", "web"),
+            policy.into_object(),
+        ]);
+        let key = PolicyKey {
+            kind: Kind::FailoverPolicy,
+            namespace: "shop".into(),
+            name: "pay".into(),
+        };
+        assert!(matches!(
+            &verdicts_in(&index, "shop")[&key],
+            Verdict::Rejected { reason: "RefNotFound", message } if message.contains("shop/payments")
+        ));
+        assert!(snapshot_of(&index, "api-0").snapshot.failover.is_empty());
+
+        // Port 80 is named `http`; the slices' `http` port is the target port, 8080.
+        for yaml in [
+            "metadata: {name: payments, namespace: shop}\n\
+             spec: {ports: [{name: admin, port: 9000}, {name: http, port: 80}]}",
+            "metadata: {name: payments, namespace: payments-dr}\n\
+             spec: {ports: [{name: http, port: 80}]}",
+        ] {
+            index.apply(Change::Upsert(object::<Service>(yaml).into_object()));
+        }
+        assert_eq!(verdicts_in(&index, "shop")[&key], Verdict::Accepted);
+        for yaml in [
+            // Two slices of one Service, one endpoint in both (as while they are rebalanced),
+            // one not ready, one IPv6.
+            r#"
+metadata: {name: payments-a, namespace: shop, labels: {kubernetes.io/service-name: payments}}
+addressType: IPv4
+ports: [{name: admin, port: 9900}, {name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.2], zone: zone-b, nodeName: node-2}
+- {addresses: [10.0.0.1], zone: zone-a, nodeName: node-1, conditions: {ready: true}}
+- {addresses: [10.0.0.3], zone: zone-a, conditions: {ready: false}}
+"#,
+            r#"
+metadata: {name: payments-b, namespace: shop, labels: {kubernetes.io/service-name: payments}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], zone: zone-a, nodeName: node-1}
+"#,
+            r#"
+metadata: {name: payments-c, namespace: shop, labels: {kubernetes.io/service-name: payments}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ["fd00::5"]}]
+"#,
+            // Another Service's slice in the same namespace.
+            r#"
+metadata: {name: ledger-a, namespace: shop, labels: {kubernetes.io/service-name: ledger}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.5.0.1]}]
+"#,
+        ] {
+            index.apply(Change::Upsert(object::<EndpointSlice>(yaml).into_object()));
+        }
+        let snapshot = snapshot_of(&index, "api-0").snapshot;
+        assert_eq!(snapshot.failover.len(), 1);
+        assert_eq!(snapshot.failover[0].source.generation, 3);
+        assert_eq!(snapshot.failover[0].spec.upstreams[0].name, "payments");
+        let endpoint = |address: &str, zone: Option<&str>, node: Option<&str>| Endpoint {
+            address: address.into(),
+            zone: zone.map(Into::into),
+            node_name: node.map(Into::into),
+        };
+        assert_eq!(
+            snapshot.endpoints,
+            BTreeMap::from([
+                ("payments-dr/payments:80".to_string(), vec![],),
+                (
+                    "shop/payments:80".to_string(),
+                    vec![
+                        endpoint("10.0.0.1:8080", Some("zone-a"), Some("node-1")),
+                        endpoint("10.0.0.2:8080", Some("zone-b"), Some("node-2")),
+                        endpoint("[fd00::5]:8080", None, None),
+                    ],
+                ),
+            ]),
+            "ready endpoints only, each once; a Service with none has an empty list"
+        );
+        let web = snapshot_of(&index, "web-0").snapshot;
+        assert!(web.failover.is_empty() && web.endpoints.is_empty());
+    }
+
+    /// What `index::Index::users_of` relies on: a Service changes only the verdicts of the
+    /// policies that name it, because conflicts are decided by age whatever the verdicts. If
+    /// this changes, a Service change must recompile more than its users' pods.
+    #[test]
+    fn a_conflict_is_decided_by_age_whatever_the_older_policys_verdict() {
+        let failover = |name: &str, service: &str, created: &str| {
+            let mut p: FailoverPolicy = object(&format!(
+                r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: {name}, namespace: shop, generation: 1}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  upstreams:
+  - name: payments
+    match: {{hosts: [payments]}}
+    groups: [{{name: primary, backends: [{{service: {{name: {service}, port: 80}}}}]}}]
+"#
+            ));
+            p.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            p.into_object()
+        };
+        let mut index = index_with(vec![
+            pod("api-0", "api"),
+            failover("old", "missing", "2026-01-01T00:00:00Z"),
+            failover("new", "present", "2026-02-01T00:00:00Z"),
+            object::<Service>(
+                "metadata: {name: present, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 80}]}",
+            )
+            .into_object(),
+        ]);
+        let key = |name: &str| PolicyKey {
+            kind: Kind::FailoverPolicy,
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        let reason = |index: &Index, name: &str| match &verdicts_in(index, "shop")[&key(name)] {
+            Verdict::Accepted => "Accepted",
+            Verdict::Rejected { reason, .. } => reason,
+        };
+        assert_eq!(reason(&index, "old"), "RefNotFound");
+        assert_eq!(reason(&index, "new"), "Conflicted");
+        index.apply(Change::Upsert(
+            object::<Service>(
+                "metadata: {name: missing, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 80}]}",
+            )
+            .into_object(),
+        ));
+        assert_eq!(reason(&index, "old"), "Accepted");
+        assert_eq!(reason(&index, "new"), "Conflicted");
     }
 }

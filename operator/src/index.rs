@@ -5,6 +5,11 @@
 //! `watch.rs`, and read by the compiler and the status writer. Each watched type can be re-listed
 //! at any time (a watch that expired): between [`Change::Resync`] and [`Change::Synced`] the index
 //! notes what it sees, and on `Synced` forgets the objects of that type that were not seen again.
+//!
+//! Each change says whose snapshots it may change ([`Affected`]). A policy or pod change: its
+//! namespace. A Service or EndpointSlice change: only the pods selected by the FailoverPolicies
+//! that name the Service as a backend, found through a reverse reference
+//! ([`Index::service_users`]) kept in step with every FailoverPolicy change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -145,8 +150,16 @@ pub struct Slice {
     pub service: String,
     /// (port name, port number).
     pub ports: Vec<(String, u16)>,
-    /// Addresses of ready endpoints.
-    pub ready_addresses: Vec<String>,
+    /// Ready endpoints, one per address.
+    pub ready: Vec<SliceEndpoint>,
+}
+
+/// One address of a ready endpoint of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceEndpoint {
+    pub address: String,
+    pub zone: Option<String>,
+    pub node_name: Option<String>,
 }
 
 /// A watched type: what [`Change::Resync`] and [`Change::Synced`] concern.
@@ -194,13 +207,20 @@ pub enum Change {
     Synced(Watched),
 }
 
-/// The namespaces a change concerns: their pods may need a new snapshot.
+/// The pods a change concerns: they may need a new snapshot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Affected {
     #[default]
     Nothing,
-    Namespaces(BTreeSet<String>),
-    /// A Service or EndpointSlice changed: failover policies anywhere may point at it.
+    /// Every pod of `namespaces` (a policy or pod changed there: verdicts, conflicts and
+    /// selections may all move), and the pods in `pods` (a Service or EndpointSlice changed:
+    /// only the pods selected by the FailoverPolicies that name the Service).
+    Only {
+        namespaces: BTreeSet<String>,
+        pods: BTreeSet<ObjectRef>,
+    },
+    /// Every pod. The index never says this; the loop does, on the first complete listing,
+    /// when no pod has a snapshot yet.
     Everything,
 }
 
@@ -209,15 +229,41 @@ impl Affected {
         *self = match (std::mem::take(self), other) {
             (Affected::Everything, _) | (_, Affected::Everything) => Affected::Everything,
             (Affected::Nothing, x) | (x, Affected::Nothing) => x,
-            (Affected::Namespaces(mut a), Affected::Namespaces(b)) => {
-                a.extend(b);
-                Affected::Namespaces(a)
+            (
+                Affected::Only {
+                    mut namespaces,
+                    mut pods,
+                },
+                Affected::Only {
+                    namespaces: more_namespaces,
+                    pods: more_pods,
+                },
+            ) => {
+                namespaces.extend(more_namespaces);
+                pods.extend(more_pods);
+                Affected::Only { namespaces, pods }
             }
         }
     }
 
-    fn namespace(ns: &str) -> Self {
-        Affected::Namespaces(BTreeSet::from([ns.to_string()]))
+    pub fn namespace(ns: &str) -> Self {
+        Affected::Only {
+            namespaces: BTreeSet::from([ns.to_string()]),
+            pods: BTreeSet::new(),
+        }
+    }
+
+    /// These pods; `Nothing` if there are none.
+    pub fn pods(pods: impl IntoIterator<Item = ObjectRef>) -> Self {
+        let pods: BTreeSet<ObjectRef> = pods.into_iter().collect();
+        if pods.is_empty() {
+            Affected::Nothing
+        } else {
+            Affected::Only {
+                namespaces: BTreeSet::new(),
+                pods,
+            }
+        }
     }
 }
 
@@ -229,6 +275,10 @@ pub struct Index {
     /// Keyed by the slice's own name.
     pub slices: BTreeMap<ObjectRef, Slice>,
     pub secrets: BTreeMap<ObjectRef, BTreeMap<String, Vec<u8>>>,
+    /// The reverse references of FailoverPolicies: each Service (`namespace/name`) a policy
+    /// names as a backend, to those policies. Kept in step with `policies` by every change, so
+    /// a Service or EndpointSlice change finds the pods it concerns without scanning policies.
+    service_users: BTreeMap<ObjectRef, BTreeSet<PolicyKey>>,
     /// Types whose first list is complete.
     synced: BTreeSet<Watched>,
     /// Keys seen during a re-list in progress, per type.
@@ -256,16 +306,6 @@ impl Object {
             | Object::Secret(r, _) => r,
         };
         format!("{}/{}", r.namespace, r.name)
-    }
-
-    fn namespace(&self) -> &str {
-        match self {
-            Object::Policy(key, _) => &key.namespace,
-            Object::Pod(r, _)
-            | Object::Service(r, _)
-            | Object::EndpointSlice(r, _)
-            | Object::Secret(r, _) => &r.namespace,
-        }
     }
 }
 
@@ -299,11 +339,7 @@ impl Index {
     }
 
     fn upsert(&mut self, object: Object) -> Affected {
-        let affected = match object.watched() {
-            Watched::Service | Watched::EndpointSlice => Affected::Everything,
-            _ => Affected::namespace(object.namespace()),
-        };
-        let changed = match object {
+        match object {
             Object::Policy(key, policy) => {
                 // A status-only update changes no snapshot.
                 let before = self
@@ -311,55 +347,159 @@ impl Index {
                     .get(&key)
                     .map(|p| (p.generation, p.uid.clone()));
                 let same = before == Some((policy.generation, policy.uid.clone()));
-                self.policies.insert(key, *policy);
-                !same
+                let namespace = key.namespace.clone();
+                self.insert_policy(key, *policy);
+                if same {
+                    Affected::Nothing
+                } else {
+                    Affected::namespace(&namespace)
+                }
             }
-            Object::Pod(r, pod) => self.pods.insert(r, pod.clone()).as_ref() != Some(&pod),
-            Object::Service(r, s) => self.services.insert(r, s.clone()).as_ref() != Some(&s),
-            Object::EndpointSlice(r, s) => self.slices.insert(r, s.clone()).as_ref() != Some(&s),
-            Object::Secret(r, s) => self.secrets.insert(r, s.clone()).as_ref() != Some(&s),
-        };
-        if changed { affected } else { Affected::Nothing }
+            Object::Pod(r, pod) => {
+                let namespace = r.namespace.clone();
+                if self.pods.insert(r, pod.clone()).as_ref() == Some(&pod) {
+                    return Affected::Nothing;
+                }
+                Affected::namespace(&namespace)
+            }
+            Object::Service(r, s) => {
+                if self.services.insert(r.clone(), s.clone()).as_ref() == Some(&s) {
+                    return Affected::Nothing;
+                }
+                self.users_of(&r)
+            }
+            Object::EndpointSlice(r, s) => {
+                let before = self.slices.insert(r.clone(), s.clone());
+                if before.as_ref() == Some(&s) {
+                    return Affected::Nothing;
+                }
+                let mut affected = self.users_of(&slice_service(&r, &s));
+                // A slice relabelled to another Service leaves the first one too.
+                if let Some(before) = before.filter(|b| b.service != s.service) {
+                    affected.merge(self.users_of(&slice_service(&r, &before)));
+                }
+                affected
+            }
+            Object::Secret(r, s) => {
+                let namespace = r.namespace.clone();
+                if self.secrets.insert(r, s.clone()).as_ref() == Some(&s) {
+                    return Affected::Nothing;
+                }
+                Affected::namespace(&namespace)
+            }
+        }
     }
 
     fn remove(&mut self, object: &Object) -> Affected {
-        let removed = match object {
-            Object::Policy(key, _) => self.policies.remove(key).is_some(),
-            Object::Pod(r, _) => self.pods.remove(r).is_some(),
-            Object::Service(r, _) => self.services.remove(r).is_some(),
-            Object::EndpointSlice(r, _) => self.slices.remove(r).is_some(),
-            Object::Secret(r, _) => self.secrets.remove(r).is_some(),
-        };
-        match (removed, object.watched()) {
-            (false, _) => Affected::Nothing,
-            (true, Watched::Service | Watched::EndpointSlice) => Affected::Everything,
-            (true, _) => Affected::namespace(object.namespace()),
+        match object {
+            Object::Policy(key, _) => match self.remove_policy(key) {
+                true => Affected::namespace(&key.namespace),
+                false => Affected::Nothing,
+            },
+            Object::Pod(r, _) => match self.pods.remove(r) {
+                Some(_) => Affected::namespace(&r.namespace),
+                None => Affected::Nothing,
+            },
+            Object::Service(r, _) => match self.services.remove(r) {
+                Some(_) => self.users_of(r),
+                None => Affected::Nothing,
+            },
+            Object::EndpointSlice(r, _) => match self.slices.remove(r) {
+                Some(slice) => self.users_of(&slice_service(r, &slice)),
+                None => Affected::Nothing,
+            },
+            Object::Secret(r, _) => match self.secrets.remove(r) {
+                Some(_) => Affected::namespace(&r.namespace),
+                None => Affected::Nothing,
+            },
         }
     }
 
+    /// After a re-list: removes what was not seen again, each as its own deletion would (so a
+    /// re-list is as precise as the events it replaces).
     fn forget_unseen(&mut self, watched: Watched, seen: &BTreeSet<String>) -> Affected {
-        let mut affected = Affected::Nothing;
-        let key = |r: &ObjectRef| format!("{}/{}", r.namespace, r.name);
-        let mut gone = |ns: &str| {
-            affected.merge(match watched {
-                Watched::Service | Watched::EndpointSlice => Affected::Everything,
-                _ => Affected::namespace(ns),
-            })
+        let gone: Vec<Object> = match watched {
+            Watched::Policy(kind) => self
+                .policies
+                .iter()
+                .filter(|(k, _)| {
+                    k.kind == kind && !seen.contains(&format!("{}/{}", k.namespace, k.name))
+                })
+                .map(|(k, p)| Object::Policy(k.clone(), Box::new(p.clone())))
+                .collect(),
+            Watched::Pod => unseen(&self.pods, seen)
+                .map(|r| Object::Pod(r, InjectedPod::gone()))
+                .collect(),
+            Watched::Service => unseen(&self.services, seen)
+                .map(|r| Object::Service(r, ServicePorts(Vec::new())))
+                .collect(),
+            Watched::EndpointSlice => unseen(&self.slices, seen)
+                .map(|r| Object::EndpointSlice(r, Slice::gone()))
+                .collect(),
+            Watched::Secret => unseen(&self.secrets, seen)
+                .map(|r| Object::Secret(r, BTreeMap::new()))
+                .collect(),
         };
-        match watched {
-            Watched::Policy(kind) => self.policies.retain(|k, _| {
-                let keep = k.kind != kind || seen.contains(&format!("{}/{}", k.namespace, k.name));
-                if !keep {
-                    gone(&k.namespace);
-                }
-                keep
-            }),
-            Watched::Pod => retain_seen(&mut self.pods, seen, key, &mut gone),
-            Watched::Service => retain_seen(&mut self.services, seen, key, &mut gone),
-            Watched::EndpointSlice => retain_seen(&mut self.slices, seen, key, &mut gone),
-            Watched::Secret => retain_seen(&mut self.secrets, seen, key, &mut gone),
+        let mut affected = Affected::Nothing;
+        for object in &gone {
+            affected.merge(self.remove(object));
         }
         affected
+    }
+
+    fn insert_policy(&mut self, key: PolicyKey, policy: Policy) {
+        let services = backend_services(&key, &policy.spec);
+        if let Some(before) = self.policies.insert(key.clone(), policy) {
+            self.unlink(&key, &before.spec);
+        }
+        for service in services {
+            self.service_users
+                .entry(service)
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    fn remove_policy(&mut self, key: &PolicyKey) -> bool {
+        match self.policies.remove(key) {
+            Some(before) => {
+                self.unlink(key, &before.spec);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops `key`'s reverse references (those of its spec `spec`).
+    fn unlink(&mut self, key: &PolicyKey, spec: &Spec) {
+        for service in backend_services(key, spec) {
+            if let Some(users) = self.service_users.get_mut(&service) {
+                users.remove(key);
+                if users.is_empty() {
+                    self.service_users.remove(&service);
+                }
+            }
+        }
+    }
+
+    /// The FailoverPolicies that name `service` as a backend.
+    pub fn service_users(&self, service: &ObjectRef) -> impl Iterator<Item = &PolicyKey> + '_ {
+        self.service_users.get(service).into_iter().flatten()
+    }
+
+    /// The pods whose snapshots a change of `service` (its ports, its EndpointSlices) may
+    /// change: those selected by the FailoverPolicies naming it. Their endpoints come from it,
+    /// and their verdicts (`RefNotFound` while it or its port is missing) depend on it. No
+    /// other policy's verdict does: conflicts are decided by age whatever the verdicts
+    /// (`compile::conflicts_in`), so a policy that becomes Accepted or not moves no other one.
+    fn users_of(&self, service: &ObjectRef) -> Affected {
+        Affected::pods(self.service_users(service).flat_map(|key| {
+            self.policies
+                .get(key)
+                .into_iter()
+                .flat_map(move |policy| self.selected_pods(key, policy))
+                .map(|(r, _)| r.clone())
+        }))
     }
 
     /// The pods `policy` selects, in its namespace.
@@ -385,6 +525,20 @@ impl Index {
             .take_while(move |(r, _)| r.namespace == namespace)
     }
 
+    /// The EndpointSlices of `namespace`.
+    pub fn slices_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectRef, &'a Slice)> + 'a {
+        let start = ObjectRef {
+            namespace: namespace.to_string(),
+            name: String::new(),
+        };
+        self.slices
+            .range(start..)
+            .take_while(move |(r, _)| r.namespace == namespace)
+    }
+
     pub fn policies_in<'a>(
         &'a self,
         namespace: &'a str,
@@ -400,19 +554,60 @@ impl Index {
     }
 }
 
-fn retain_seen<V>(
-    map: &mut BTreeMap<ObjectRef, V>,
-    seen: &BTreeSet<String>,
-    key: impl Fn(&ObjectRef) -> String,
-    gone: &mut impl FnMut(&str),
-) {
-    map.retain(|r, _| {
-        let keep = seen.contains(&key(r));
-        if !keep {
-            gone(&r.namespace);
+/// The keys of `map` a re-list did not see again.
+fn unseen<'a, V>(
+    map: &'a BTreeMap<ObjectRef, V>,
+    seen: &'a BTreeSet<String>,
+) -> impl Iterator<Item = ObjectRef> + 'a {
+    map.keys()
+        .filter(|r| !seen.contains(&format!("{}/{}", r.namespace, r.name)))
+        .cloned()
+}
+
+/// The Services a FailoverPolicy names as backends (`namespace` defaults to the policy's).
+fn backend_services(key: &PolicyKey, spec: &Spec) -> BTreeSet<ObjectRef> {
+    let Spec::Failover(spec) = spec else {
+        return BTreeSet::new();
+    };
+    spec.upstreams
+        .iter()
+        .flat_map(|u| &u.groups)
+        .flat_map(|g| &g.backends)
+        .filter_map(|b| b.service.as_ref())
+        .map(|s| ObjectRef {
+            namespace: s.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+            name: s.name.clone(),
+        })
+        .collect()
+}
+
+/// The Service an EndpointSlice (`r`) belongs to.
+fn slice_service(r: &ObjectRef, slice: &Slice) -> ObjectRef {
+    ObjectRef {
+        namespace: r.namespace.clone(),
+        name: slice.service.clone(),
+    }
+}
+
+impl InjectedPod {
+    /// A placeholder for a deletion, which only needs the key.
+    fn gone() -> Self {
+        Self {
+            uid: String::new(),
+            labels: BTreeMap::new(),
         }
-        keep
-    });
+    }
+}
+
+impl Slice {
+    /// A placeholder for a deletion, which only needs the key.
+    fn gone() -> Self {
+        Self {
+            service: String::new(),
+            ports: Vec::new(),
+            ready: Vec::new(),
+        }
+    }
 }
 
 // ---- From Kubernetes objects -------------------------------------------------------------------
@@ -544,19 +739,26 @@ impl IntoObject for EndpointSlice {
             .into_iter()
             .filter_map(|p| Some((p.name.unwrap_or_default(), p.port? as u16)))
             .collect();
-        let ready_addresses = self
+        let ready = self
             .endpoints
             .into_iter()
             // `ready` unset means ready (EndpointSlice API).
             .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-            .flat_map(|e| e.addresses)
+            .flat_map(|e| {
+                let (zone, node_name) = (e.zone, e.node_name);
+                e.addresses.into_iter().map(move |address| SliceEndpoint {
+                    address,
+                    zone: zone.clone(),
+                    node_name: node_name.clone(),
+                })
+            })
             .collect();
         Object::EndpointSlice(
             r,
             Slice {
                 service,
                 ports,
-                ready_addresses,
+                ready,
             },
         )
     }
@@ -590,6 +792,256 @@ mod tests {
                 labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             },
         )
+    }
+
+    fn object<T: serde::de::DeserializeOwned + IntoObject>(yaml: &str) -> Object {
+        serde_yaml::from_str::<T>(yaml).unwrap().into_object()
+    }
+
+    fn r(ns: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A FailoverPolicy in `shop` selecting `app`, with one group naming each Service in
+    /// `services` (`name` or `namespace/name`), at `generation`.
+    fn failover(name: &str, app: &str, services: &[&str], generation: i64) -> Object {
+        let backends: Vec<String> = services
+            .iter()
+            .map(|s| match s.split_once('/') {
+                Some((ns, n)) => format!("{{service: {{name: {n}, namespace: {ns}, port: 80}}}}"),
+                None => format!("{{service: {{name: {s}, port: 80}}}}"),
+            })
+            .collect();
+        object::<FailoverPolicy>(&format!(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: {name}, namespace: shop, uid: f-{name}, generation: {generation}}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  upstreams:
+  - name: up
+    match: {{hosts: [up]}}
+    groups: [{{name: primary, backends: [{}]}}]
+"#,
+            backends.join(", ")
+        ))
+    }
+
+    fn service(ns: &str, name: &str, port_name: &str) -> Object {
+        object::<Service>(&format!(
+            "metadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{ports: [{{name: {port_name}, port: 80}}]}}"
+        ))
+    }
+
+    fn slice(ns: &str, name: &str, service: &str, address: &str) -> Object {
+        object::<EndpointSlice>(&format!(
+            r#"
+metadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: ["{address}"], zone: zone-a}}]
+"#
+        ))
+    }
+
+    fn pods_of(affected: Affected) -> Vec<String> {
+        match affected {
+            Affected::Nothing => vec![],
+            Affected::Only { namespaces, pods } => {
+                assert!(namespaces.is_empty(), "whole namespaces: {namespaces:?}");
+                pods.iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect()
+            }
+            Affected::Everything => panic!("everything"),
+        }
+    }
+
+    /// Pods api-0, api-1 and web-0 in `shop`, api-0 in `other`; FailoverPolicy `pay` (app: api)
+    /// names Services shop/payments and payments-dr/payments; `web` (app: web) names shop/web.
+    fn failover_index() -> Index {
+        let mut index = Index::default();
+        for object in [
+            pod("shop", "api-0", "api"),
+            pod("shop", "api-1", "api"),
+            pod("shop", "web-0", "web"),
+            pod("other", "api-0", "api"),
+            failover("pay", "api", &["payments", "payments-dr/payments"], 1),
+            failover("web", "web", &["web"], 1),
+        ] {
+            index.apply(Change::Upsert(object));
+        }
+        index
+    }
+
+    #[test]
+    fn a_service_or_slice_change_affects_exactly_the_pods_of_the_policies_naming_it() {
+        let mut index = failover_index();
+        let users = ["shop/api-0", "shop/api-1"];
+        let upsert = |index: &mut Index, o| pods_of(index.apply(Change::Upsert(o)));
+        let delete = |index: &mut Index, o| pods_of(index.apply(Change::Delete(o)));
+
+        assert_eq!(
+            upsert(&mut index, service("shop", "payments", "http")),
+            users
+        );
+        assert_eq!(
+            upsert(&mut index, service("shop", "payments", "http")),
+            Vec::<String>::new(),
+            "unchanged"
+        );
+        assert_eq!(
+            upsert(&mut index, service("shop", "payments", "web")),
+            users
+        );
+        let s = slice("shop", "payments-x1", "payments", "10.0.0.1");
+        assert_eq!(upsert(&mut index, s.clone()), users);
+        assert_eq!(upsert(&mut index, s.clone()), Vec::<String>::new());
+        assert_eq!(
+            upsert(
+                &mut index,
+                slice("shop", "payments-x1", "payments", "10.0.0.2")
+            ),
+            users
+        );
+        // Across namespaces: the policy's namespace is not the Service's.
+        let dr = slice("payments-dr", "payments-y1", "payments", "10.1.0.1");
+        assert_eq!(upsert(&mut index, dr.clone()), users);
+        assert_eq!(
+            upsert(&mut index, service("payments-dr", "payments", "http")),
+            users
+        );
+        // The other policy's Service: only its pod.
+        assert_eq!(
+            upsert(&mut index, service("shop", "web", "http")),
+            ["shop/web-0"]
+        );
+        assert_eq!(
+            upsert(&mut index, slice("shop", "web-z1", "web", "10.2.0.1")),
+            ["shop/web-0"]
+        );
+        // Named by no policy: nothing, however it changes.
+        assert_eq!(
+            upsert(&mut index, service("shop", "ledger", "http")),
+            Vec::<String>::new()
+        );
+        let ledger = slice("shop", "ledger-w1", "ledger", "10.3.0.1");
+        assert_eq!(upsert(&mut index, ledger.clone()), Vec::<String>::new());
+        assert_eq!(delete(&mut index, ledger), Vec::<String>::new());
+        // A slice moved to another Service concerns the users of both.
+        assert_eq!(
+            upsert(&mut index, slice("shop", "payments-x1", "web", "10.0.0.2")),
+            ["shop/api-0", "shop/api-1", "shop/web-0"]
+        );
+        assert_eq!(
+            upsert(
+                &mut index,
+                slice("shop", "payments-x1", "payments", "10.0.0.2")
+            ),
+            ["shop/api-0", "shop/api-1", "shop/web-0"]
+        );
+
+        // Deletions, and deletions found by a re-list, are as precise.
+        assert_eq!(delete(&mut index, s.clone()), users);
+        assert_eq!(delete(&mut index, s), Vec::<String>::new(), "already gone");
+        index.apply(Change::Resync(Watched::EndpointSlice));
+        index.apply(Change::Upsert(slice("shop", "web-z1", "web", "10.2.0.1")));
+        assert_eq!(
+            pods_of(index.apply(Change::Synced(Watched::EndpointSlice))),
+            users,
+            "payments-dr/payments-y1 was not listed again"
+        );
+        assert_eq!(
+            delete(&mut index, service("payments-dr", "payments", "http")),
+            users
+        );
+        index.apply(Change::Resync(Watched::Service));
+        index.apply(Change::Upsert(service("shop", "payments", "web")));
+        assert_eq!(
+            pods_of(index.apply(Change::Synced(Watched::Service))),
+            ["shop/web-0"],
+            "shop/web and shop/ledger were not listed again"
+        );
+
+        // Selection is read when the change comes: a pod relabelled into the policy is included.
+        index.apply(Change::Upsert(pod("shop", "web-0", "api")));
+        assert_eq!(
+            upsert(&mut index, service("shop", "payments", "http")),
+            ["shop/api-0", "shop/api-1", "shop/web-0"]
+        );
+    }
+
+    #[test]
+    fn a_policy_edit_moves_its_reverse_references() {
+        let mut index = failover_index();
+        let users_of = |index: &Index, ns: &str, name: &str| -> Vec<String> {
+            index
+                .service_users(&r(ns, name))
+                .map(|k| k.name.clone())
+                .collect()
+        };
+        assert_eq!(users_of(&index, "shop", "payments"), ["pay"]);
+        assert_eq!(users_of(&index, "payments-dr", "payments"), ["pay"]);
+
+        // pay drops payments-dr/payments and adds ledger.
+        assert_eq!(
+            index.apply(Change::Upsert(failover(
+                "pay",
+                "api",
+                &["payments", "ledger"],
+                2
+            ))),
+            Affected::namespace("shop")
+        );
+        assert_eq!(users_of(&index, "shop", "payments"), ["pay"]);
+        assert!(users_of(&index, "payments-dr", "payments").is_empty());
+        assert_eq!(users_of(&index, "shop", "ledger"), ["pay"]);
+        assert_eq!(
+            pods_of(index.apply(Change::Upsert(slice(
+                "payments-dr",
+                "p-1",
+                "payments",
+                "10.1.0.1"
+            )))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            pods_of(index.apply(Change::Upsert(slice("shop", "l-1", "ledger", "10.3.0.1")))),
+            ["shop/api-0", "shop/api-1"]
+        );
+
+        // Two policies naming one Service: the pods of both.
+        index.apply(Change::Upsert(failover(
+            "web",
+            "web",
+            &["web", "ledger"],
+            2,
+        )));
+        assert_eq!(users_of(&index, "shop", "ledger"), ["pay", "web"]);
+        assert_eq!(
+            pods_of(index.apply(Change::Upsert(slice("shop", "l-1", "ledger", "10.3.0.2")))),
+            ["shop/api-0", "shop/api-1", "shop/web-0"]
+        );
+
+        // Deleted, or gone from a re-list: no reverse reference is left behind.
+        index.apply(Change::Delete(failover("pay", "api", &[], 2)));
+        assert_eq!(users_of(&index, "shop", "ledger"), ["web"]);
+        assert!(users_of(&index, "shop", "payments").is_empty());
+        index.apply(Change::Resync(Watched::Policy(Kind::FailoverPolicy)));
+        assert_eq!(
+            index.apply(Change::Synced(Watched::Policy(Kind::FailoverPolicy))),
+            Affected::namespace("shop")
+        );
+        assert!(index.service_users.is_empty());
+        assert_eq!(
+            pods_of(index.apply(Change::Upsert(slice("shop", "l-1", "ledger", "10.3.0.3")))),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub index_objects: IntGaugeVec,
     /// Pods with a compiled snapshot.
     pub pods: IntGauge,
+    /// Per-pod snapshots compiled after watch events, whether or not their content changed.
+    pub snapshots_compiled: IntCounter,
     /// Snapshots compiled with new content.
     pub snapshots_published: IntCounter,
     /// Seconds spent compiling after a batch of watch events.
@@ -64,6 +66,10 @@ impl Metrics {
             pods: IntGauge::new(
                 "bulwark_operator_pods",
                 "Injected pods with a compiled snapshot.",
+            )?,
+            snapshots_compiled: IntCounter::new(
+                "bulwark_operator_snapshots_compiled_total",
+                "Per-pod snapshots compiled after watch events, whether or not their content changed.",
             )?,
             snapshots_published: IntCounter::new(
                 "bulwark_operator_snapshots_published_total",
@@ -121,6 +127,7 @@ impl Metrics {
         r.register(Box::new(metrics.leader.clone()))?;
         r.register(Box::new(metrics.index_objects.clone()))?;
         r.register(Box::new(metrics.pods.clone()))?;
+        r.register(Box::new(metrics.snapshots_compiled.clone()))?;
         r.register(Box::new(metrics.snapshots_published.clone()))?;
         r.register(Box::new(metrics.compile_seconds.clone()))?;
         r.register(Box::new(metrics.streams.clone()))?;

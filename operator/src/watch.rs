@@ -2,18 +2,20 @@
 //!
 //! Every watched type is one `kube::runtime::watcher` stream (which re-lists and backs off by
 //! itself); they are merged, taken in batches of whatever is ready, applied to the index, and
-//! only the pods of the namespaces a batch touched are recompiled. A pod's snapshot is published
-//! only if its content changed.
+//! only the pods a batch affects are recompiled: those of the namespaces where a policy, pod or
+//! Secret changed, and, for a Service or EndpointSlice, the pods selected by the FailoverPolicies
+//! that name it. A pod's snapshot is published only if its content changed.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
-use bulwark_api::crd::{
-    FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint,
+use bulwark_api::{
+    crd::{FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint},
+    snapshot::ObjectRef,
 };
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::{
@@ -30,7 +32,7 @@ use tokio::sync::{Notify, watch};
 use crate::{
     compile,
     distribution::{Distributor, acks::AckBook},
-    index::{Affected, Change, Index, IntoObject, Kind, Watched},
+    index::{Affected, Change, Index, InjectedPod, IntoObject, Kind, Watched},
     metrics::Metrics,
 };
 
@@ -181,27 +183,49 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
         return; // nothing is served before the first full listing
     }
     if !was_synced {
+        // The first complete listing: no pod has a snapshot yet, every one needs its first.
         affected = Affected::Everything;
     }
-    let namespaces: BTreeSet<String> = match affected {
+    let (namespaces, pods): (BTreeSet<String>, BTreeSet<ObjectRef>) = match affected {
         Affected::Nothing => {
             drop(index);
             shared.changed.notify_one(); // a status-only change may still matter to status
             return;
         }
-        Affected::Namespaces(ns) => ns,
+        Affected::Only { namespaces, pods } => (namespaces, pods),
         Affected::Everything => {
             let mut ns: BTreeSet<String> = index.pods.keys().map(|p| p.namespace.clone()).collect();
             ns.extend(shared.distributor.pods().into_iter().map(|p| p.namespace));
-            ns
+            (ns, BTreeSet::new())
         }
     };
-    let mut published = 0;
+    // Namespace by namespace (verdicts are per namespace): all its pods, or only some.
+    let mut work: BTreeMap<&str, Option<Vec<&ObjectRef>>> = BTreeMap::new();
     for namespace in &namespaces {
+        work.insert(namespace, None);
+    }
+    for pod in &pods {
+        if let Some(some) = work
+            .entry(&pod.namespace)
+            .or_insert_with(|| Some(Vec::new()))
+        {
+            some.push(pod);
+        }
+    }
+    let (mut compiled_pods, mut published) = (0, 0);
+    for (namespace, only) in work {
         let verdicts = compile::verdicts_in(&index, namespace);
-        for (pod_ref, pod) in index.pods_in(namespace) {
+        let chosen: Vec<(&ObjectRef, &InjectedPod)> = match only {
+            None => index.pods_in(namespace).collect(),
+            Some(refs) => refs
+                .into_iter()
+                .filter_map(|r| index.pods.get_key_value(r))
+                .collect(),
+        };
+        for (pod_ref, pod) in chosen {
             let compiled =
                 compile::pod_snapshot(&index, pod_ref, pod, &verdicts, shared.redis.as_ref());
+            compiled_pods += 1;
             if shared.distributor.publish(pod_ref, &pod.uid, compiled) {
                 published += 1;
             }
@@ -233,6 +257,7 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
     drop(index);
     shared.distributor.set_synced();
     m.pods.set(shared.distributor.len() as i64);
+    m.snapshots_compiled.inc_by(compiled_pods);
     m.snapshots_published.inc_by(published);
     m.compile_seconds.observe(started.elapsed().as_secs_f64());
     shared.changed.notify_one();
@@ -241,6 +266,171 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Object;
+
+    fn object<T: DeserializeOwned + IntoObject>(yaml: &str) -> Object {
+        serde_yaml::from_str::<T>(yaml).unwrap().into_object()
+    }
+
+    fn pod(name: &str, app: &str) -> Change {
+        Change::Upsert(object::<Pod>(&format!(
+            "metadata: {{name: {name}, namespace: shop, uid: u-{name}, labels: {{app: {app}}}}}"
+        )))
+    }
+
+    /// An EndpointSlice of `service` in `shop` with `ports` (name: number) and ready `addresses`.
+    fn slice(name: &str, service: &str, ports: &str, addresses: &str) -> Change {
+        Change::Upsert(object::<EndpointSlice>(&format!(
+            r#"
+metadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{ports}]
+endpoints: [{{addresses: [{addresses}], zone: zone-a}}]
+"#
+        )))
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            index: Arc::default(),
+            distributor: Arc::default(),
+            acks: Arc::default(),
+            metrics: Arc::new(Metrics::new().unwrap()),
+            changed: Arc::default(),
+            redis: None,
+        }
+    }
+
+    #[test]
+    fn an_endpointslice_change_recompiles_and_sends_only_to_the_pods_that_use_its_service() {
+        let shared = shared();
+        let mut first: Vec<Change> = Watched::ALL.iter().map(|w| Change::Resync(*w)).collect();
+        first.extend([
+            pod("api-0", "api"),
+            pod("api-1", "api"),
+            pod("web-0", "web"),
+            Change::Upsert(object::<FailoverPolicy>(
+                r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {name: pay, namespace: shop, generation: 1}
+spec:
+  selector: {matchLabels: {app: api}}
+  upstreams:
+  - name: payments
+    match: {hosts: [payments]}
+    groups: [{name: primary, backends: [{service: {name: payments, port: 80}}]}]
+"#,
+            )),
+            Change::Upsert(object::<Service>(
+                "metadata: {name: payments, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 80}]}",
+            )),
+            Change::Upsert(object::<Service>(
+                "metadata: {name: ledger, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 80}]}",
+            )),
+            slice(
+                "payments-a",
+                "payments",
+                "{name: http, port: 8080}",
+                "10.0.0.1",
+            ),
+        ]);
+        first.extend(Watched::ALL.iter().map(|w| Change::Synced(*w)));
+        apply_batch(&shared, first);
+        let compiled = || shared.metrics.snapshots_compiled.get();
+        let published = || shared.metrics.snapshots_published.get();
+        assert_eq!(
+            (compiled(), published()),
+            (3, 3),
+            "the first listing: every pod"
+        );
+
+        let r = |name: &str| ObjectRef {
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        let mut streams: Vec<_> = ["api-0", "api-1", "web-0"]
+            .iter()
+            .map(|p| shared.distributor.subscribe(&r(p)).unwrap())
+            .collect();
+        let mut changed = || -> Vec<bool> {
+            streams
+                .iter_mut()
+                .map(|rx| {
+                    let changed = rx.has_changed().unwrap();
+                    rx.mark_unchanged();
+                    changed
+                })
+                .collect()
+        };
+        changed();
+        let endpoints = |pod: &str| {
+            let rx = shared.distributor.subscribe(&r(pod)).unwrap();
+            let published = rx.borrow();
+            published
+                .snapshot
+                .endpoints
+                .get("shop/payments:80")
+                .cloned()
+        };
+        assert_eq!(endpoints("api-0").unwrap()[0].address, "10.0.0.1:8080");
+        assert_eq!(endpoints("web-0"), None);
+
+        // A new endpoint: compiled for the two users only, and sent to them.
+        apply_batch(
+            &shared,
+            vec![slice(
+                "payments-a",
+                "payments",
+                "{name: http, port: 8080}",
+                "10.0.0.1, 10.0.0.2",
+            )],
+        );
+        assert_eq!((compiled(), published()), (5, 5));
+        assert_eq!(changed(), [true, true, false]);
+        assert_eq!(endpoints("api-1").unwrap().len(), 2);
+
+        // A slice change the snapshots do not show (a port no backend uses): compiled for the
+        // users, but the content is the same, so nothing is sent.
+        apply_batch(
+            &shared,
+            vec![slice(
+                "payments-a",
+                "payments",
+                "{name: http, port: 8080}, {name: admin, port: 9000}",
+                "10.0.0.1, 10.0.0.2",
+            )],
+        );
+        assert_eq!((compiled(), published()), (7, 5));
+        assert_eq!(changed(), [false, false, false]);
+
+        // A Service no policy names, and its slices: nothing compiled at all.
+        apply_batch(
+            &shared,
+            vec![
+                slice("ledger-a", "ledger", "{name: http, port: 8080}", "10.5.0.1"),
+                Change::Upsert(object::<Service>(
+                    "metadata: {name: ledger, namespace: shop}\n\
+                     spec: {ports: [{name: grpc, port: 80}]}",
+                )),
+            ],
+        );
+        assert_eq!((compiled(), published()), (7, 5));
+
+        // The Service's port goes: the policy is RefNotFound and leaves the users' snapshots.
+        apply_batch(
+            &shared,
+            vec![Change::Upsert(object::<Service>(
+                "metadata: {name: payments, namespace: shop}\n\
+                 spec: {ports: [{name: http, port: 81}]}",
+            ))],
+        );
+        assert_eq!((compiled(), published()), (9, 7));
+        assert_eq!(changed(), [true, true, false]);
+        assert_eq!(endpoints("api-0"), None);
+    }
 
     #[test]
     fn watch_retries_double_to_five_seconds_and_start_over_after_a_success() {

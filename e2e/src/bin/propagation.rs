@@ -1,6 +1,9 @@
 //! Propagation benchmark: time from a policy write to the apiserver until every stream client
 //! holds the new generation, with 1, 50 and 200 clients and 1,000 policies in the cluster; the
-//! operator's RSS and CPU at that scale; and the time to converge after an operator restart.
+//! operator's RSS and CPU at that scale; the time from an EndpointSlice write until the clients
+//! whose pods use that Service (a FailoverPolicy names it) hold the new endpoint, and what the
+//! other clients receive meanwhile (nothing, if only the Service's users are recompiled); and
+//! the time to converge after an operator restart.
 //!
 //! The clients speak the sidecar's protocol with the sidecar's own connection code (TLS with
 //! the operator's CA, HTTP/2, NDJSON lines, acknowledgements), each with a token bound to its
@@ -16,10 +19,13 @@ use std::{
 };
 
 use bulwark_api::{
-    crd::RateLimitPolicy,
+    crd::{FailoverPolicy, RateLimitPolicy},
     distribution::{ACK_PATH, Ack, StreamMessage, WATCH_PATH},
 };
-use bulwark_e2e::{operator::OperatorPorts, process::Running};
+use bulwark_e2e::{
+    operator::OperatorPorts,
+    process::{Running, http_get},
+};
 use bulwark_sidecar::config::stream::{
     connect::{Target, connect, tls_config},
     lines::LineSplitter,
@@ -30,7 +36,8 @@ use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::{
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{Namespace, Pod, Secret, ServiceAccount},
+    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client, Config,
@@ -42,6 +49,19 @@ use tokio::sync::mpsc;
 const BENCH_NS: &str = "bench-propagation";
 const OPERATOR_NS: &str = "bulwark-system";
 const TARGET: &str = "target";
+/// The Service of the EndpointSlice row, named by a FailoverPolicy that selects one pod in
+/// [`USERS_EVERY`] (label `calls: payments`; the others have `calls: none`).
+const SERVICE: &str = "payments";
+const USERS_EVERY: usize = 4;
+
+/// What one stream client received: a snapshot, with the TARGET policy's generation and the
+/// addresses of SERVICE's endpoints in it.
+struct Seen {
+    client: usize,
+    generation: i64,
+    endpoints: Vec<String>,
+    at: Instant,
+}
 
 struct Args {
     kubeconfig: PathBuf,
@@ -155,8 +175,14 @@ async fn pods_and_tokens(client: &Client, n: usize) -> Vec<String> {
             let (pods, sas) = (pods.clone(), sas.clone());
             async move {
                 let name = format!("api-{i}");
+                let calls = if i % USERS_EVERY == 0 {
+                    SERVICE
+                } else {
+                    "none"
+                };
                 let pod: Pod = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": name, "labels": {"app": "api", "bulwark.dev/injected": "true"}},
+                    "metadata": {"name": name, "labels": {
+                        "app": "api", "calls": calls, "bulwark.dev/injected": "true"}},
                     "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
                 }))
                 .unwrap();
@@ -191,14 +217,15 @@ async fn pods_and_tokens(client: &Client, n: usize) -> Vec<String> {
         .await
 }
 
-/// One stream client: reconnects until aborted; reports (client, generation of TARGET, when).
+/// One stream client: reconnects until aborted; reports every snapshot it receives.
 async fn client_loop(
     id: usize,
     target: Arc<Target>,
     tls: Arc<rustls::ClientConfig>,
     token: String,
-    seen: mpsc::UnboundedSender<(usize, i64, Instant)>,
+    seen: mpsc::UnboundedSender<Seen>,
 ) {
+    let service = format!("{BENCH_NS}/{SERVICE}:80");
     let mut etag: Option<String> = None;
     loop {
         let Ok(mut conn) = connect(&target, &tls, Duration::from_secs(5)).await else {
@@ -241,7 +268,17 @@ async fn client_loop(
                     .iter()
                     .find(|p| p.source.name == TARGET)
                     .map_or(0, |p| p.source.generation);
-                let _ = seen.send((id, generation, at));
+                let endpoints = snapshot
+                    .endpoints
+                    .get(&service)
+                    .map(|e| e.iter().map(|e| e.address.clone()).collect())
+                    .unwrap_or_default();
+                let _ = seen.send(Seen {
+                    client: id,
+                    generation,
+                    endpoints,
+                    at,
+                });
                 let ack = serde_json::to_vec(&Ack {
                     etag: tag.clone(),
                     accepted: true,
@@ -266,7 +303,7 @@ async fn client_loop(
 /// Collects reports until every client in `clients` has reached `generation`; returns each
 /// client's latency from `since`.
 async fn wait_all(
-    rx: &mut mpsc::UnboundedReceiver<(usize, i64, Instant)>,
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
     clients: usize,
     generation: i64,
     since: Instant,
@@ -279,7 +316,12 @@ async fn wait_all(
         }
     }
     while latencies.iter().any(Option::is_none) {
-        let (id, g, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        let Seen {
+            client: id,
+            generation: g,
+            at,
+            ..
+        } = tokio::time::timeout(Duration::from_secs(60), rx.recv())
             .await
             .expect("clients stopped receiving for 60 s")
             .unwrap();
@@ -289,6 +331,120 @@ async fn wait_all(
         }
     }
     latencies.into_iter().map(Option::unwrap).collect()
+}
+
+/// Collects reports until every client in `users` holds an endpoint `address` of SERVICE;
+/// returns their latencies from `since`. Every report counts in `received`, per client.
+async fn wait_endpoint(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    users: &[usize],
+    address: &str,
+    since: Instant,
+    received: &mut [usize],
+) -> Vec<Duration> {
+    let mut latencies: BTreeMap<usize, Duration> = BTreeMap::new();
+    while latencies.len() < users.len() {
+        let seen = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("clients stopped receiving for 60 s")
+            .unwrap();
+        received[seen.client] += 1;
+        if users.contains(&seen.client) && seen.endpoints.iter().any(|e| e == address) {
+            latencies
+                .entry(seen.client)
+                .or_insert(seen.at.saturating_duration_since(since));
+        }
+    }
+    latencies.into_values().collect()
+}
+
+/// Counts what arrives within `quiet` of silence (at most 10 s), per client.
+async fn drain(rx: &mut mpsc::UnboundedReceiver<Seen>, quiet: Duration, received: &mut [usize]) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(seen)) = tokio::time::timeout(quiet, rx.recv()).await {
+        received[seen.client] += 1;
+        if Instant::now() > until {
+            break;
+        }
+    }
+}
+
+/// One counter of the operator's `/metrics`.
+async fn operator_counter(admin: std::net::SocketAddr, name: &str) -> u64 {
+    let name = format!("{name} ");
+    tokio::task::spawn_blocking(move || {
+        let body = http_get(admin, "/metrics").expect("operator /metrics").body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name}in /metrics")) as u64
+    })
+    .await
+    .unwrap()
+}
+
+/// SERVICE (no selector: its EndpointSlice is the benchmark's to write) and the FailoverPolicy
+/// that names it, selecting the pods labelled `calls: payments`.
+async fn create_failover(client: &Client) {
+    let params = PatchParams::apply("bench").force();
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": SERVICE, "namespace": BENCH_NS},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), BENCH_NS)
+        .patch(SERVICE, &params, &Patch::Apply(&service))
+        .await
+        .unwrap();
+    patch_slice(client, 0).await;
+    let policy: FailoverPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "FailoverPolicy",
+        "metadata": {"name": SERVICE, "namespace": BENCH_NS},
+        "spec": {
+            "selector": {"matchLabels": {"calls": SERVICE}},
+            "upstreams": [{"name": SERVICE, "match": {"hosts": [SERVICE]},
+                           "groups": [{"name": "primary",
+                                       "backends": [{"service": {"name": SERVICE, "port": 80}}]}]}]
+        }
+    }))
+    .unwrap();
+    Api::<FailoverPolicy>::namespaced(client.clone(), BENCH_NS)
+        .patch(SERVICE, &params, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+}
+
+/// The address of SERVICE's changing endpoint at edit `k`.
+fn endpoint_address(k: usize) -> String {
+    format!("10.78.{}.{}", k / 256, k % 256)
+}
+
+/// SERVICE's one EndpointSlice: a steady endpoint, and one replaced at each edit (a pod of the
+/// Service rescheduled).
+async fn patch_slice(client: &Client, k: usize) {
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{SERVICE}-1"), "namespace": BENCH_NS,
+                     "labels": {"kubernetes.io/service-name": SERVICE}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": ["10.77.0.1"], "conditions": {"ready": true},
+             "zone": "zone-a", "nodeName": "node-1"},
+            {"addresses": [endpoint_address(k)], "conditions": {"ready": true},
+             "zone": "zone-b", "nodeName": "node-2"}
+        ]
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(client.clone(), BENCH_NS)
+        .patch(
+            &format!("{SERVICE}-1"),
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&slice),
+        )
+        .await
+        .unwrap();
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -436,8 +592,58 @@ async fn main() {
         }
     }
 
-    // Restart: the operator dies, a policy changes meanwhile, the operator starts again.
     let (tasks, mut rx, mut state) = restart_clients.unwrap();
+
+    // EndpointSlice edits: only the clients whose pods use the Service should hear of them.
+    let users: Vec<usize> = (0..max_clients).step_by(USERS_EVERY).collect();
+    let mut received = vec![0; max_clients];
+    create_failover(&client).await;
+    let since = Instant::now();
+    wait_endpoint(
+        &mut rx,
+        &users,
+        &format!("{}:8080", endpoint_address(0)),
+        since,
+        &mut received,
+    )
+    .await;
+    drain(&mut rx, Duration::from_secs(1), &mut received).await;
+    let mut received = vec![0; max_clients];
+    let compiled_before =
+        operator_counter(ports.admin, "bulwark_operator_snapshots_compiled_total").await;
+    let mut all = Vec::new();
+    for k in 1..=args.edits {
+        let since = Instant::now();
+        patch_slice(&client, k).await;
+        let address = format!("{}:8080", endpoint_address(k));
+        all.extend(wait_endpoint(&mut rx, &users, &address, since, &mut received).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Anything still on its way to a client that should get nothing.
+    drain(&mut rx, Duration::from_secs(2), &mut received).await;
+    let compiled = operator_counter(ports.admin, "bulwark_operator_snapshots_compiled_total").await
+        - compiled_before;
+    all.sort();
+    let to_users: usize = users.iter().map(|&u| received[u]).sum();
+    let to_others: usize = received.iter().sum::<usize>() - to_users;
+    let others = max_clients - users.len();
+    println!();
+    println!(
+        "| stream clients | clients whose pods use the Service | policies | EndpointSlice edits | p50 (ms) | p99 (ms) | max (ms) | snapshots received by users | snapshots received by the other clients | pod snapshots compiled per edit |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {max_clients} | {} | {} + 1 FailoverPolicy | {} | {} | {} | {} | {to_users} | {to_others} (of {others} clients) | {:.1} |",
+        users.len(),
+        args.policies,
+        args.edits,
+        ms(percentile(&all, 0.50)),
+        ms(percentile(&all, 0.99)),
+        ms(*all.last().unwrap()),
+        compiled as f64 / args.edits as f64,
+    );
+
+    // Restart: the operator dies, a policy changes meanwhile, the operator starts again.
     operator.kill();
     limit += 1;
     let generation = patch_target(&client, limit).await;
