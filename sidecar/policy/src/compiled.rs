@@ -4,6 +4,8 @@
 //! (see [`crate::compile`]). What outlives a snapshot (counters, usage, the states in
 //! [`crate::state`]) lives outside it.
 
+use std::sync::Arc;
+
 use bulwark_api::snapshot::{PolicySource, Snapshot};
 
 use crate::{
@@ -15,11 +17,12 @@ use crate::{
     state::StateSet,
 };
 
-/// A snapshot and its compiled form.
+/// A snapshot and its compiled form. The compiled parts are shared (`Arc`), so a snapshot that
+/// changes only endpoints reuses them as they are ([`CompiledPolicy::with_endpoints_of`]).
 pub struct CompiledPolicy {
     pub snapshot: Snapshot,
-    pub rate_limits: RateLimits,
-    pub quotas: Quotas,
+    pub rate_limits: Arc<RateLimits>,
+    pub quotas: Arc<Quotas>,
     /// The headers the policies read: each must be sent once, and not also with `_`.
     pub read_headers: ReadHeaders,
     /// The long-lived states this policy uses (the registry holds exactly these once installed).
@@ -79,19 +82,33 @@ impl CompiledPolicy {
             ReadHeaders::new(rate_limits.headers_read().chain(quotas.headers_read()));
         Ok(Self {
             snapshot,
-            rate_limits,
-            quotas,
+            rate_limits: Arc::new(rate_limits),
+            quotas: Arc::new(quotas),
             read_headers,
             state: env.state.into_used(),
             redis: env.redis.cloned(),
         })
     }
 
+    /// `snapshot`, whose policies are those of `self` ([`Snapshot::same_policies`]): the same
+    /// compiled parts and state with the new endpoints and version, compiling nothing.
+    pub fn with_endpoints_of(&self, snapshot: Snapshot) -> Self {
+        debug_assert!(self.snapshot.same_policies(&snapshot));
+        Self {
+            snapshot,
+            rate_limits: self.rate_limits.clone(),
+            quotas: self.quotas.clone(),
+            read_headers: self.read_headers.clone(),
+            state: self.state.clone(),
+            redis: self.redis.clone(),
+        }
+    }
+
     pub fn empty() -> Self {
         Self {
             snapshot: Snapshot::empty(),
-            rate_limits: RateLimits::default(),
-            quotas: Quotas::default(),
+            rate_limits: Arc::default(),
+            quotas: Arc::default(),
             read_headers: ReadHeaders::default(),
             state: StateSet::default(),
             redis: None,

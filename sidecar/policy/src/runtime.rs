@@ -116,8 +116,14 @@ impl Runtime {
         &self.state
     }
 
-    /// Compiles `snapshot` against this runtime's Redis and state, changing neither.
+    /// Compiles `snapshot` against this runtime's Redis and state, changing neither. A snapshot
+    /// that changes only endpoints (a Service scaled, a pod moved) compiles nothing: it shares
+    /// the installed policy's compiled parts and state.
     pub fn compile(&self, snapshot: Snapshot) -> Result<CompiledPolicy, PolicyError> {
+        let installed = self.policy();
+        if self.is_ready() && installed.snapshot.same_policies(&snapshot) {
+            return Ok(installed.with_endpoints_of(snapshot));
+        }
         let redis = self.redis_for(&snapshot).map_err(|error| PolicyError {
             kind: "Snapshot",
             source: PolicySource::default(),
@@ -343,5 +349,40 @@ rules: [{{name: per-user, key: [{{type: JWTClaim, name: sub}}], rates: [{{limit:
         // And a snapshot without the policy drops the state.
         install(snapshot(4, None, &[]));
         assert!(runtime.state().is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_only_change_compiles_nothing_and_keeps_everything() {
+        let runtime = Runtime::local(Arc::new(PolicyMetrics::unregistered()));
+        let install = |snapshot| runtime.install(runtime.compile(snapshot).unwrap());
+        install(with_key(snapshot(1, None, &[&jwt_policy(10)]), HMAC));
+        let before = runtime.policy();
+        let mut scaled = before.snapshot.clone();
+        scaled.version = 2;
+        scaled.endpoints.insert(
+            "shop/payments:80".into(),
+            vec![bulwark_api::snapshot::Endpoint {
+                address: "10.0.0.7:8080".into(),
+                zone: Some("eu-west-1a".into()),
+                node_name: None,
+            }],
+        );
+        install(scaled.clone());
+        let after = runtime.policy();
+        assert_eq!(
+            after.snapshot, scaled,
+            "the new endpoints and version are installed"
+        );
+        assert!(
+            Arc::ptr_eq(&before.rate_limits, &after.rate_limits),
+            "not recompiled"
+        );
+        assert_eq!(verified_tokens(&runtime).len(), 1, "state kept");
+        // A policy change compiles again.
+        install(with_key(snapshot(3, None, &[&jwt_policy(20)]), HMAC));
+        assert!(!Arc::ptr_eq(
+            &after.rate_limits,
+            &runtime.policy().rate_limits
+        ));
     }
 }

@@ -77,7 +77,7 @@ impl StateRegistry {
 }
 
 /// The states one compiled policy uses, found in the registry or new.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct StateSet {
     entries: HashMap<StateKey, Entry>,
 }
