@@ -316,7 +316,6 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         "{ack:?}"
     );
     assert_eq!(reloads(&metrics, "failure"), 2);
-
     // The operator ends the stream: the sidecar reconnects and says what it has.
     drop(frames);
     let watch = next(&mut op.watches).await;
@@ -348,6 +347,22 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
             .get(),
         2
     );
+
+    // A snapshot of another schema (an operator of another version) is refused, naming both.
+    let old = Snapshot {
+        schema: SCHEMA - 1,
+        ..snapshot(VALID, 9)
+    };
+    send(watch.body.as_ref().unwrap(), line(&old).as_bytes());
+    let (_, ack) = next(&mut op.acks).await;
+    assert!(!ack.accepted);
+    let error = ack.error.unwrap();
+    assert!(
+        error.contains(&format!("schema {}", SCHEMA - 1)) && error.contains(&SCHEMA.to_string()),
+        "{error}"
+    );
+    assert_eq!(policy.policy().snapshot, good);
+    assert_eq!(reloads(&metrics, "failure"), 3);
 
     // An acknowledgement the operator did not take is posted again after the next connect
     // (the current etag means the operator itself sends nothing to answer).
