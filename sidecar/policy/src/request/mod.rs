@@ -29,6 +29,9 @@ pub struct RequestView<'a> {
 /// handler unseen by a rule on `POST`. The listener refuses it, as Envoy's HTTP/1 parser does;
 /// extension methods (`BREW`, `PROPFIND`) pass as sent.
 pub fn miscased_method(method: &str) -> bool {
+    if !method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return false; // the usual case: no lookup
+    }
     crate::matching::METHODS
         .iter()
         .any(|(_, standard)| method != *standard && method.eq_ignore_ascii_case(standard))
