@@ -5,7 +5,10 @@
 use crate::lock::lock;
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -18,8 +21,12 @@ use crate::{clock::unix_nanos, metrics::PolicyMetrics};
 pub struct QuotaFlusher {
     usage: Arc<UsageStore>,
     path: PathBuf,
-    /// `None` until the file could be opened (another process may hold it during an upgrade).
+    /// `None` until the file could be opened (another process may hold it during an upgrade),
+    /// and again after a write failed, so the next flush opens it afresh.
     db: Mutex<Option<QuotaDb>>,
+    /// True once the file's usage was read into memory: a reopening after a failed write must
+    /// not add it a second time.
+    loaded: AtomicBool,
     interval: Duration,
     metrics: Arc<PolicyMetrics>,
 }
@@ -41,6 +48,7 @@ impl QuotaFlusher {
             usage,
             path,
             db: Mutex::new(None),
+            loaded: AtomicBool::new(false),
             interval,
             metrics,
         };
@@ -59,15 +67,25 @@ impl QuotaFlusher {
         if db.is_some() {
             return true;
         }
+        let first = !self.loaded.load(Ordering::Relaxed);
         let opened = QuotaDb::open(&self.path).and_then(|store| {
-            let entries = store.load(now_seconds())?;
+            let entries = if first {
+                store.load(now_seconds())?
+            } else {
+                Vec::new()
+            };
             Ok((store, entries))
         });
         match opened {
             Ok((store, entries)) => {
-                tracing::info!(path = %self.path.display(), entries = entries.len(), "quota usage loaded");
-                for (key, usage) in entries {
-                    self.usage.merge(key, usage);
+                if first {
+                    tracing::info!(path = %self.path.display(), entries = entries.len(), "quota usage loaded");
+                    for (key, usage) in entries {
+                        self.usage.merge(key, usage);
+                    }
+                    self.loaded.store(true, Ordering::Relaxed);
+                } else {
+                    tracing::info!(path = %self.path.display(), "quota store reopened; writing usage again");
                 }
                 *db = Some(store);
                 true
@@ -100,12 +118,15 @@ impl QuotaFlusher {
             return;
         }
         let dirty = self.usage.take_dirty();
-        let db = self.db();
-        let Some(db) = db.as_ref() else { return };
-        if let Err(e) = db.write(&dirty, now) {
+        let mut db = self.db();
+        let Some(store) = db.as_ref() else { return };
+        if let Err(e) = store.write(&dirty, now) {
             self.failed();
-            tracing::warn!(error = %e, "cannot write quota usage; retrying at the next flush");
+            tracing::warn!(error = %e, "cannot write quota usage; reopening the store and retrying at the next flush");
             self.usage.restore_dirty(&dirty);
+            // redb refuses every later write after an I/O error ("Previous I/O error
+            // occurred"), even once the disk has room again: drop it and open it afresh.
+            *db = None;
         }
     }
 }
@@ -161,5 +182,86 @@ mod tests {
         let usage = Arc::new(UsageStore::new());
         let _flusher = QuotaFlusher::new(usage.clone(), path, Duration::from_secs(1), metrics);
         assert_eq!(usage.used("k", far), 5);
+    }
+
+    /// A disk that fills up and frees again: writes fail meanwhile (counted, usage kept in
+    /// memory), then the store is reopened and usage persists again, counted once. Needs a
+    /// small filesystem: a tmpfs mounted for the test (the sidecar's tests run as root here
+    /// and in CI).
+    #[test]
+    fn usage_persists_again_once_a_full_disk_has_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(mounted, "this test needs to mount a tmpfs (run as root)");
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+
+        let path = dir.path().join("quota.redb");
+        let metrics = Arc::new(PolicyMetrics::unregistered());
+        let far = Period {
+            start: 0,
+            end: i64::MAX,
+        };
+        let usage = Arc::new(UsageStore::new());
+        let flusher = QuotaFlusher::new(
+            usage.clone(),
+            path.clone(),
+            Duration::from_secs(1),
+            metrics.clone(),
+        );
+        usage.charge("k", far, 5, 1000, false).unwrap();
+        flusher.flush();
+
+        // Fill the disk.
+        let filler = dir.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+        drop(file);
+        let errors = || {
+            metrics
+                .stores
+                .errors
+                .with_label_values(&["disk", "error"])
+                .get()
+        };
+        // Many keys, so the write needs new pages the full disk cannot give.
+        for i in 0..2000 {
+            usage
+                .charge(
+                    &format!("key-{i:04}-{}", "x".repeat(64)),
+                    far,
+                    1,
+                    1000,
+                    false,
+                )
+                .unwrap();
+        }
+        usage.charge("k", far, 2, 1000, false).unwrap();
+        flusher.flush();
+        assert!(errors() >= 1, "the full disk fails the write");
+
+        // Room again: the next flushes reopen the store and write everything.
+        std::fs::remove_file(&filler).unwrap();
+        usage.charge("k", far, 3, 1000, false).unwrap();
+        flusher.flush();
+        flusher.flush();
+        drop(flusher);
+        let reloaded = Arc::new(UsageStore::new());
+        let _next = QuotaFlusher::new(reloaded.clone(), path, Duration::from_secs(1), metrics);
+        assert_eq!(reloaded.used("k", far), 10, "5 + 2 + 3, each counted once");
+        assert_eq!(
+            reloaded.used(&format!("key-0000-{}", "x".repeat(64)), far),
+            1
+        );
     }
 }
