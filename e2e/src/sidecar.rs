@@ -47,6 +47,81 @@ impl Upstream {
     }
 }
 
+/// An app that records exactly what reached it (`recording_upstream.py`): each request's head
+/// as it came on the wire, and its body, read leniently (the first number of the first
+/// `Content-Length`), as a careless app would.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _process: Running,
+}
+
+/// One request as the app received it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Received {
+    /// The request line and headers, with their line ends.
+    pub head: String,
+    pub body: String,
+}
+
+impl Received {
+    /// The request line (`GET /path HTTP/1.1`).
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+}
+
+impl RecordingUpstream {
+    /// Starts it with its log in `dir`; waits until it answers.
+    pub fn start(dir: &Path) -> RecordingUpstream {
+        let [port] = free_ports();
+        let log = dir.join("received.jsonl");
+        let mut cmd = Command::new("python3");
+        cmd.arg(crate::repo_root().join("e2e/src/recording_upstream.py"))
+            .arg(port.to_string())
+            .arg(&log);
+        let process = Running::spawn(
+            "recording upstream",
+            cmd,
+            &dir.join("recording-upstream.log"),
+        );
+        let addr = loopback(port);
+        wait_for_status(addr, "/ready", 200, Duration::from_secs(10));
+        let upstream = RecordingUpstream {
+            addr,
+            log,
+            _process: process,
+        };
+        upstream.clear();
+        upstream
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("the recorder writes JSON lines"))
+            .collect()
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
 /// What a standalone sidecar runs against, in one temporary directory: an app serving `files`
 /// from `www/`, and `policies/policy.yaml` holding a policy.
 pub struct Standalone {

@@ -13,7 +13,7 @@ use bulwark_policy::{
 };
 use pingora::{
     Result,
-    http::ResponseHeader,
+    http::{RequestHeader, ResponseHeader},
     prelude::HttpPeer,
     proxy::{FailToProxy, ProxyHttp, Session},
 };
@@ -53,6 +53,26 @@ impl InboundProxy {
         self.trusted_hops = hops;
         self
     }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The `X-Forwarded-For` the app receives: with no trusted proxy in front, the peer alone
+/// (whatever the client wrote is dropped, as it could name anyone); behind `trusted_hops`
+/// proxies, their entries with the peer appended, so the app finds the client `trusted_hops`
+/// + 1 entries from the right, the one the sidecar's `ClientIP` keys used.
+fn forwarded_for(headers: &http::HeaderMap, peer: std::net::IpAddr, trusted_hops: usize) -> String {
+    if trusted_hops == 0 {
+        return peer.to_string();
+    }
+    let mut entries: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let peer = peer.to_string();
+    entries.push(&peer);
+    entries.join(", ")
 }
 
 /// Per-request state: what admission decided, for the later phases.
@@ -106,6 +126,24 @@ impl ProxyHttp for InboundProxy {
         Ok(Box::new(HttpPeer::new(self.app, false, String::new())))
     }
 
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The app sees the client the sidecar trusted, not 127.0.0.1 (docs/security.md).
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
+            let value = forwarded_for(&upstream_request.headers, peer, self.trusted_hops);
+            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -145,5 +183,28 @@ impl ProxyHttp for InboundProxy {
                 )
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_sees_the_client_the_sidecar_trusted() {
+        let peer: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, "6.6.6.6, 203.0.113.7".parse().unwrap());
+        headers.append(X_FORWARDED_FOR, "198.51.100.2".parse().unwrap());
+        assert_eq!(
+            forwarded_for(&headers, peer, 0),
+            "10.0.0.9",
+            "untrusted entries dropped"
+        );
+        assert_eq!(
+            forwarded_for(&headers, peer, 1),
+            "6.6.6.6, 203.0.113.7, 198.51.100.2, 10.0.0.9"
+        );
+        assert_eq!(forwarded_for(&http::HeaderMap::new(), peer, 2), "10.0.0.9");
     }
 }
