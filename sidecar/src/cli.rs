@@ -87,7 +87,8 @@ pub struct Args {
 
     /// Redis for `scope: Global` rate limits and quotas, e.g. `redis://:password@redis:6379/0`
     /// (`rediss://` is not supported yet). Without it, policies with `scope: Global` are
-    /// rejected.
+    /// rejected. A URL with a password belongs in BULWARK_REDIS_URL, not on the command line,
+    /// where every local user can read it.
     #[arg(long, env = "BULWARK_REDIS_URL", conflicts_with = "redis_cluster")]
     pub redis_url: Option<String>,
 
