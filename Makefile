@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CP_DIR ?= $(CURDIR)/.bulwark/controlplane
 
-.PHONY: help deps controlplane build crds manifests lint test e2e unit demo bench up down clean
+.PHONY: help deps controlplane build crds manifests lint test e2e unit demo bench fuzz up down clean
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench: deps controlplane ## Benchmarks: proxies vs nginx and haproxy (bench/run.
 	bash bench/propagation.sh
 	cargo bench -p bulwark-policy --bench decision -- --warm-up-time 2 --measurement-time 5
 	cargo bench -p bulwark-sidecar --bench config_load -- --warm-up-time 1 --measurement-time 5
+
+fuzz: ## Fuzz config parsing, snapshot decoding, path normalization and key extraction (cargo fuzz, nightly; FUZZ_SECONDS each, default 60)
+	bash scripts/fuzz.sh
 
 up: controlplane ## Start the local control plane (kubeconfig: .bulwark/controlplane/kubeconfig)
 	@bash e2e/controlplane/up.sh --dir "$(CP_DIR)"
