@@ -4,7 +4,7 @@
 
 use bulwark_api::snapshot::{PolicySource, Snapshot, Sourced};
 use bulwark_policy::{
-    admission::Direction, request::RequestView, runtime::Runtime, metrics::PolicyMetrics,
+    admission::Direction, metrics::PolicyMetrics, request::RequestView, runtime::Runtime,
 };
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -46,13 +46,22 @@ fuzz_target!(|data: &[u8]| {
     // Parts separated by 0xff: header values, then the query and the path.
     let mut parts = data.split(|&b| b == 0xff);
     let mut headers = HeaderMap::new();
-    for name in ["x-api-key", "cookie", "authorization", "x-tenant", "x-api-key"] {
+    for name in [
+        "x-api-key",
+        "cookie",
+        "authorization",
+        "x-tenant",
+        "x-api-key",
+    ] {
         if let Some(value) = parts.next().and_then(|v| HeaderValue::from_bytes(v).ok()) {
             headers.append(name, value);
         }
     }
     let query = parts.next().and_then(|q| std::str::from_utf8(q).ok());
-    let path = parts.next().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("/");
+    let path = parts
+        .next()
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .unwrap_or("/");
     let view = RequestView {
         method: "GET",
         path,
@@ -68,7 +77,10 @@ fuzz_target!(|data: &[u8]| {
 fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     let waker = std::task::Waker::noop();
-    match future.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
         std::task::Poll::Ready(output) => output,
         std::task::Poll::Pending => panic!("a local decision waited"),
     }

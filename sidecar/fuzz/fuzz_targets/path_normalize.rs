@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         && path.starts_with('/')
     {
         let once = once.into_owned();
-        assert_eq!(on.apply(&once), Normalized::Path(Cow::Borrowed(once.as_str())));
+        assert_eq!(
+            on.apply(&once),
+            Normalized::Path(Cow::Borrowed(once.as_str()))
+        );
         assert!(once.starts_with('/'));
         assert!(!once.contains("//"));
         assert!(!once.split('/').any(|s| s == "." || s == ".."));
