@@ -197,12 +197,29 @@ impl Snapshot {
     /// True when `self` and `other` differ at most in `version` and `endpoints`: the policies
     /// are the same, so a sidecar can take the new endpoints without compiling anything.
     pub fn same_policies(&self, other: &Snapshot) -> bool {
-        let policies = |s: &Snapshot| Snapshot {
-            version: 0,
-            endpoints: BTreeMap::new(),
-            ..s.clone()
-        };
-        policies(self) == policies(other)
+        // Every field named, so a new one cannot be forgotten here.
+        let Snapshot {
+            schema,
+            version: _,
+            pod,
+            rate_limits,
+            quotas,
+            feature_flags,
+            failover,
+            endpoints: _,
+            webhooks,
+            redis,
+            jwt_keys,
+        } = self;
+        *schema == other.schema
+            && *pod == other.pod
+            && *rate_limits == other.rate_limits
+            && *quotas == other.quotas
+            && *feature_flags == other.feature_flags
+            && *failover == other.failover
+            && *webhooks == other.webhooks
+            && *redis == other.redis
+            && *jwt_keys == other.jwt_keys
     }
 
     /// An empty snapshot of the current schema: a sidecar with it passes traffic through.

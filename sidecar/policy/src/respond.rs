@@ -5,6 +5,8 @@
 //! the sidecar answered and why (docs/responses.md lists the reasons). The proxy phases only
 //! write the [`Reply`] out.
 
+use std::sync::LazyLock;
+
 use bulwark_api::crd::common::DenyResponse;
 
 use crate::compile::CompileError;
@@ -113,21 +115,28 @@ impl Reply {
     /// The default reply for `reason`: its status and a JSON body (`reason`, `message`, and a
     /// `detail` when one is given, for the caller: never a secret).
     pub fn new(reason: Reason, detail: Option<&str>) -> Self {
-        let mut body = serde_json::json!({
-            "reason": reason.as_str(),
-            "message": reason.message(),
-        });
-        if let Some(detail) = detail {
-            body["detail"] = detail.into();
-        }
+        let body = match detail {
+            None => DEFAULT_BODIES[reason.index()].clone(),
+            Some(_) => json_body(reason, detail),
+        };
+        Self::assemble(reason, reason.status(), Vec::with_capacity(2), body, JSON)
+    }
+
+    /// A reply with `headers` first, then `Content-Type` and `bulwark-reason`.
+    fn assemble(
+        reason: Reason,
+        status: u16,
+        mut headers: Vec<(String, String)>,
+        body: String,
+        content_type: &str,
+    ) -> Self {
+        headers.push(("Content-Type".into(), content_type.into()));
+        headers.push((REASON_HEADER.into(), reason.as_str().into()));
         Self {
             reason,
-            status: reason.status(),
-            headers: vec![
-                ("Content-Type".into(), JSON.into()),
-                (REASON_HEADER.into(), reason.as_str().into()),
-            ],
-            body: body.to_string(),
+            status,
+            headers,
+            body,
         }
     }
 
@@ -141,6 +150,21 @@ impl Reply {
 }
 
 const JSON: &str = "application/json";
+
+fn json_body(reason: Reason, detail: Option<&str>) -> String {
+    let mut body = serde_json::json!({
+        "reason": reason.as_str(),
+        "message": reason.message(),
+    });
+    if let Some(detail) = detail {
+        body["detail"] = detail.into();
+    }
+    body.to_string()
+}
+
+/// Each reason's default body, serialised once: refusals under load copy it, nothing more.
+static DEFAULT_BODIES: LazyLock<[String; Reason::ALL.len()]> =
+    LazyLock::new(|| Reason::ALL.map(|reason| json_body(reason, None)));
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// A policy's compiled `response`: what every refusal of the policy is built from.
@@ -194,16 +218,13 @@ impl DenyTemplate {
 
     /// The refusal for `reason`: `headers` (the policy's own, e.g. `Retry-After`), then
     /// `Content-Type`, `bulwark-reason` and the configured extra headers.
-    pub fn reply(&self, reason: Reason, mut headers: Vec<(String, String)>) -> Reply {
-        let mut reply = Reply::new(reason, None);
-        reply.status = self.status;
-        if let Some((body, content_type)) = &self.body {
-            reply.body = body.clone();
-            reply.headers[0].1 = content_type.clone();
-        }
-        headers.append(&mut reply.headers);
-        headers.extend(self.headers.iter().cloned());
-        reply.headers = headers;
+    pub fn reply(&self, reason: Reason, headers: Vec<(String, String)>) -> Reply {
+        let (body, content_type) = match &self.body {
+            Some((body, content_type)) => (body.clone(), content_type.as_str()),
+            None => (DEFAULT_BODIES[reason.index()].clone(), JSON),
+        };
+        let mut reply = Reply::assemble(reason, self.status, headers, body, content_type);
+        reply.headers.extend(self.headers.iter().cloned());
         reply
     }
 }
