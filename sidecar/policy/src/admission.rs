@@ -84,11 +84,9 @@ impl ResponseEffects {
 
     /// Charges what depends on the exchange's size.
     pub async fn settle(self, usage: &UsageStore, request_bytes: u64, response_bytes: u64) {
-        if self.quota.has_deferred() {
-            self.quota
-                .settle(usage, request_bytes, response_bytes)
-                .await;
-        }
+        self.quota
+            .settle(usage, request_bytes, response_bytes)
+            .await;
     }
 }
 

@@ -56,12 +56,16 @@ impl ConfigWatcher {
 
     /// Loads, compiles and installs the directory once. Returns the error text on failure.
     pub fn reload(&self) -> Result<u64, String> {
-        // Taken before reading: a change made while loading shows as a difference next time.
-        let fingerprint = fingerprint(&self.dir);
+        self.load(fingerprint(&self.dir))
+    }
+
+    /// [`ConfigWatcher::reload`] of content whose fingerprint, taken before reading it, is
+    /// `fingerprint` (a change made while loading shows as a difference next time).
+    fn load(&self, fingerprint: Option<u64>) -> Result<u64, String> {
         let result = files::load_dir(&self.dir)
             .map_err(|e| e.to_string())
-            .and_then(|loaded| {
-                let mut snapshot = loaded.snapshot.clone();
+            .and_then(|mut loaded| {
+                let mut snapshot = std::mem::take(&mut loaded.snapshot);
                 snapshot.version = self.installer.runtime.policy().snapshot.version + 1;
                 self.installer.compile(snapshot).map_err(|e| {
                     let origin = loaded.origin(e.kind, &e.source);
@@ -103,7 +107,7 @@ impl BackgroundService for ConfigWatcher {
                 }
                 continue;
             }
-            match self.reload() {
+            match self.load(now) {
                 Ok(_) => {
                     retry_at = None;
                     backoff.reset();

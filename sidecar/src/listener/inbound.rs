@@ -18,7 +18,7 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, fail_to_proxy, normalize_path, refuse_ambiguous, request_view};
+use super::{Timing, fail_to_proxy, normalize_path, peer_ip, refuse_ambiguous, request_view};
 use crate::metrics::Metrics;
 
 pub struct InboundProxy {
@@ -133,11 +133,7 @@ impl ProxyHttp for InboundProxy {
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
         // The app sees the client the sidecar trusted, not 127.0.0.1 (docs/security.md).
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(peer) = peer {
+        if let Some(peer) = peer_ip(session) {
             let value = forwarded_for(&upstream_request.headers, peer, self.trusted_hops);
             upstream_request.insert_header(X_FORWARDED_FOR, value)?;
         }

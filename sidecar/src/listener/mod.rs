@@ -27,14 +27,19 @@ use pingora::{
 
 use metrics::{InFlight, ListenerMetrics, Outcome, UpstreamError};
 
+/// The IP address of the connection's peer.
+pub fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
 /// The policy view of a Pingora request: `trusted_hops` proxies in front may name the client
 /// in `X-Forwarded-For`.
 pub fn request_view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
     let header = session.req_header();
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let peer = peer_ip(session);
     RequestView {
         method: header.method.as_str(),
         path: header.uri.path(),

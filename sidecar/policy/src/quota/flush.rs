@@ -157,31 +157,41 @@ mod tests {
     use super::*;
     use crate::quota::period::Period;
 
+    /// A period that never ends.
+    const FOREVER: Period = Period {
+        start: 0,
+        end: i64::MAX,
+    };
+
+    fn flusher_of(
+        usage: &Arc<UsageStore>,
+        path: &std::path::Path,
+        metrics: &Arc<PolicyMetrics>,
+    ) -> QuotaFlusher {
+        QuotaFlusher::new(
+            usage.clone(),
+            path.to_owned(),
+            Duration::from_secs(1),
+            metrics.clone(),
+        )
+    }
+
     #[test]
     fn usage_flushed_by_one_flusher_is_loaded_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quota.redb");
         let metrics = Arc::new(PolicyMetrics::unregistered());
-        let far = Period {
-            start: 0,
-            end: i64::MAX,
-        };
         {
             let usage = Arc::new(UsageStore::new());
-            let flusher = QuotaFlusher::new(
-                usage.clone(),
-                path.clone(),
-                Duration::from_secs(1),
-                metrics.clone(),
-            );
-            usage.charge("k", far, 5, 10, false).unwrap();
+            let flusher = flusher_of(&usage, &path, &metrics);
+            usage.charge("k", FOREVER, 5, 10, false).unwrap();
             flusher.flush();
-            usage.charge("k", far, 1, 10, false).unwrap();
+            usage.charge("k", FOREVER, 1, 10, false).unwrap();
             // Not flushed: lost, as after kill -9.
         }
         let usage = Arc::new(UsageStore::new());
-        let _flusher = QuotaFlusher::new(usage.clone(), path, Duration::from_secs(1), metrics);
-        assert_eq!(usage.used("k", far), 5);
+        let _flusher = flusher_of(&usage, &path, &metrics);
+        assert_eq!(usage.used("k", FOREVER), 5);
     }
 
     /// A disk that fills up and frees again: writes fail meanwhile (counted, usage kept in
@@ -207,18 +217,9 @@ mod tests {
 
         let path = dir.path().join("quota.redb");
         let metrics = Arc::new(PolicyMetrics::unregistered());
-        let far = Period {
-            start: 0,
-            end: i64::MAX,
-        };
         let usage = Arc::new(UsageStore::new());
-        let flusher = QuotaFlusher::new(
-            usage.clone(),
-            path.clone(),
-            Duration::from_secs(1),
-            metrics.clone(),
-        );
-        usage.charge("k", far, 5, 1000, false).unwrap();
+        let flusher = flusher_of(&usage, &path, &metrics);
+        usage.charge("k", FOREVER, 5, 1000, false).unwrap();
         flusher.flush();
 
         // Fill the disk.
@@ -239,28 +240,32 @@ mod tests {
             usage
                 .charge(
                     &format!("key-{i:04}-{}", "x".repeat(64)),
-                    far,
+                    FOREVER,
                     1,
                     1000,
                     false,
                 )
                 .unwrap();
         }
-        usage.charge("k", far, 2, 1000, false).unwrap();
+        usage.charge("k", FOREVER, 2, 1000, false).unwrap();
         flusher.flush();
         assert!(errors() >= 1, "the full disk fails the write");
 
         // Room again: the next flushes reopen the store and write everything.
         std::fs::remove_file(&filler).unwrap();
-        usage.charge("k", far, 3, 1000, false).unwrap();
+        usage.charge("k", FOREVER, 3, 1000, false).unwrap();
         flusher.flush();
         flusher.flush();
         drop(flusher);
         let reloaded = Arc::new(UsageStore::new());
-        let _next = QuotaFlusher::new(reloaded.clone(), path, Duration::from_secs(1), metrics);
-        assert_eq!(reloaded.used("k", far), 10, "5 + 2 + 3, each counted once");
+        let _next = flusher_of(&reloaded, &path, &metrics);
         assert_eq!(
-            reloaded.used(&format!("key-0000-{}", "x".repeat(64)), far),
+            reloaded.used("k", FOREVER),
+            10,
+            "5 + 2 + 3, each counted once"
+        );
+        assert_eq!(
+            reloaded.used(&format!("key-0000-{}", "x".repeat(64)), FOREVER),
             1
         );
     }
