@@ -45,9 +45,9 @@ pub struct Admission {
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeaderEdit<'a> {
     /// Replaces any header of that name the app sent (the limit the sidecar enforces wins).
-    Set(&'a str, &'a str),
+    Set(&'static str, &'a str),
     /// Added beside the app's own.
-    Append(&'a str, &'a str),
+    Append(&'static str, &'a str),
 }
 
 /// The decisions that act after the request was forwarded.

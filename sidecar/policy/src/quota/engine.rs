@@ -135,7 +135,7 @@ pub struct QuotaDecision {
 /// Per-request quota state carried from the request phase to the response and logging phases.
 #[derive(Default)]
 pub struct RequestQuotas {
-    warnings: Vec<(String, String)>,
+    warnings: Vec<(&'static str, String)>,
     deferred: Vec<Deferred>,
     global: Option<RedisClient>,
     store_full: Option<IntCounter>,
@@ -417,7 +417,7 @@ impl Quotas {
             info.count_crossings(charge.before, charge.after, draw.limit);
             if let Some(t) = info.reached_threshold(charge.after, draw.limit) {
                 pending.warnings.push((
-                    WARNING_HEADER.into(),
+                    WARNING_HEADER,
                     warning(
                         &info.name,
                         charge.after,
@@ -489,7 +489,7 @@ fn content_length(req: &RequestView<'_>) -> Option<u64> {
 
 impl RequestQuotas {
     /// Headers for the app's response: one warning per quota at or above a threshold.
-    pub fn response_headers(&self) -> &[(String, String)] {
+    pub fn response_headers(&self) -> &[(&'static str, String)] {
         &self.warnings
     }
 

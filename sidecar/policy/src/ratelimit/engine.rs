@@ -99,14 +99,14 @@ pub struct AppliedLimit {
 
 impl AppliedLimit {
     /// IETF `RateLimit` / `RateLimit-Policy` (and legacy ones when asked) for the response.
-    pub fn headers(&self) -> Vec<(String, String)> {
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
         limit_headers(&self.rule, self.rate, &self.outcome)
     }
 }
 
 impl RateLimitDecision {
     /// The headers to add to the app's response.
-    pub fn response_headers(&self) -> Vec<(String, String)> {
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
         self.applied
             .as_ref()
             .map(AppliedLimit::headers)
@@ -375,7 +375,10 @@ impl<'a> Tally<'a> {
     fn decision(self) -> RateLimitDecision {
         match self.rejected {
             Some((rule, outcome, rate)) => {
-                let mut headers = limit_headers(&rule.info, rate, &outcome);
+                let mut headers: Vec<(String, String)> = limit_headers(&rule.info, rate, &outcome)
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .collect();
                 // A cost above the limit can never pass: no Retry-After promises otherwise.
                 if outcome.retry_after_nanos != algorithm::NEVER {
                     headers.push((
@@ -413,26 +416,24 @@ impl CompiledRule {
 
 /// IETF `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), plus the
 /// legacy `X-RateLimit-*` headers when the policy asks for them.
-fn limit_headers(rule: &RuleInfo, rate: Rate, outcome: &Outcome) -> Vec<(String, String)> {
+/// Names are static: the response writer takes them without copying.
+fn limit_headers(rule: &RuleInfo, rate: Rate, outcome: &Outcome) -> Vec<(&'static str, String)> {
     let window = ceil_seconds(rate.window_nanos);
     let reset = ceil_seconds(outcome.reset_nanos);
     let mut headers = vec![
         (
-            "RateLimit-Policy".into(),
+            "RateLimit-Policy",
             format!("\"{}\";q={};w={window}", rule.name, rate.limit),
         ),
         (
-            "RateLimit".into(),
+            "RateLimit",
             format!("\"{}\";r={};t={reset}", rule.name, outcome.remaining),
         ),
     ];
     if rule.legacy_headers {
-        headers.push(("X-RateLimit-Limit".into(), rate.limit.to_string()));
-        headers.push((
-            "X-RateLimit-Remaining".into(),
-            outcome.remaining.to_string(),
-        ));
-        headers.push(("X-RateLimit-Reset".into(), reset.to_string()));
+        headers.push(("X-RateLimit-Limit", rate.limit.to_string()));
+        headers.push(("X-RateLimit-Remaining", outcome.remaining.to_string()));
+        headers.push(("X-RateLimit-Reset", reset.to_string()));
     }
     headers
 }
@@ -608,10 +609,10 @@ mod tests {
             .headers(headers)
     }
 
-    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fn header<'a, N: AsRef<str>>(headers: &'a [(N, String)], name: &str) -> Option<&'a str> {
         headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 

@@ -62,10 +62,10 @@ fn decide(quotas: &Quotas, usage: &UsageStore, req: &TestRequest, now: u64) -> Q
     futures::executor::block_on(quotas.decide(&req.view(), usage, now))
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn header<'a, N: AsRef<str>>(headers: &'a [(N, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
 }
 
