@@ -218,6 +218,29 @@ impl Sidecar {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The sum of the `/metrics` samples whose line starts with `series` (a name, or a name
+    /// and the start of its labels); 0 when there is none.
+    pub fn metric_sum(&self, series: &str) -> f64 {
+        let text = crate::process::http_get(self.admin, "/metrics")
+            .expect("the admin listener answers")
+            .body;
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Its resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .expect("the sidecar runs");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// The addresses it listens on.
     pub fn listeners(&self) -> Listeners {
         Listeners {

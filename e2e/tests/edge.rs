@@ -2,7 +2,11 @@
 //! received (`RecordingUpstream`, lenient as a careless app): what the policy matched is what
 //! the app got, and what the sidecar refuses never reaches the app (docs/security.md).
 
-use std::net::SocketAddr;
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
 
 use bulwark_e2e::{
     eventually,
@@ -157,4 +161,152 @@ fn the_app_sees_the_client_address_the_sidecar_trusted() {
         ["6.6.6.6, 203.0.113.7, 127.0.0.1"],
         "behind one trusted proxy, the client is second from the right, as ClientIP keys read it"
     );
+}
+
+/// A request header of exactly `len` bytes, line ends included.
+fn header_of(len: usize) -> String {
+    let mut h = "GET /api/x HTTP/1.1\r\nHost: app\r\nx-api-key: k\r\nx-pad: ".to_owned();
+    let end = "\r\nConnection: close\r\n\r\n";
+    h.extend(std::iter::repeat_n('a', len - h.len() - end.len()));
+    h + end
+}
+
+#[test]
+fn headers_past_the_limit_are_answered_431_and_held_headers_use_bounded_memory() {
+    let edge = start(&[]);
+    // Envoy's default, 60 KiB, is the sidecar's too.
+    let r = edge.send(&header_of(60 * 1024));
+    assert_eq!(r.status, 200, "a header of exactly the limit passes");
+    let r = edge.send(&header_of(60 * 1024 + 1));
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(r.header("bulwark-reason"), Some("request_header_too_large"));
+    assert_eq!(
+        edge.app.received().len(),
+        1,
+        "the refused one never reached the app"
+    );
+
+    // 100 clients each holding an unfinished header just under the limit: the sidecar holds
+    // at most the limit per connection (before: 900 KB each took it from 56 to 146 MB).
+    let before = edge.sidecar.rss_kib();
+    let partial = &header_of(60 * 1024)[..59 * 1024];
+    let held: Vec<_> = (0..100)
+        .map(|_| {
+            let mut c = TcpStream::connect(edge.sidecar.inbound).unwrap();
+            c.write_all(partial.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "100 held connections", || {
+        let open = edge
+            .sidecar
+            .metric_sum("bulwark_downstream_connections{listener=\"inbound\"}");
+        (open >= 100.0).then_some(())
+    });
+    let grown_mib = (edge.sidecar.rss_kib().saturating_sub(before)) / 1024;
+    assert!(
+        grown_mib < 30,
+        "100 held headers grew the sidecar by {grown_mib} MiB"
+    );
+    // Pushed past the limit, each is answered 431 rather than buffered further.
+    for mut c in held {
+        let _ = c.write_all(&[b'a'; 4096]);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 431 "),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(
+        edge.sidecar.metric_sum(
+            "bulwark_downstream_refused_total{listener=\"inbound\",reason=\"request_header_too_large\"}"
+        ),
+        101.0
+    );
+}
+
+#[test]
+fn a_trickled_header_is_answered_408_but_an_idle_keep_alive_connection_is_not() {
+    let edge = start(&["--request-header-timeout-seconds", "1"]);
+    let mut idle = TcpStream::connect(edge.sidecar.inbound).unwrap();
+    let mut slow = TcpStream::connect(edge.sidecar.inbound).unwrap();
+    slow.write_all(b"GET /api/x HTTP/1.1\r\nHost: app\r\n")
+        .unwrap();
+    // One header line every 200 ms: each read is quick, the header never ends.
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        if slow
+            .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .is_err()
+        {
+            break;
+        }
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains("bulwark-reason: request_header_timeout"),
+        "{answer}"
+    );
+
+    // Silent for 2 s before its first byte: the deadline had not started.
+    idle.write_all(header_of(200).as_bytes()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    idle.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        edge.app.received().len(),
+        1,
+        "only the idle connection's request"
+    );
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_and_slots_come_back() {
+    let edge = start(&["--max-connections", "8"]);
+    let keep_alive = "GET /api/x HTTP/1.1\r\nHost: app\r\nx-api-key: k\r\n\r\n";
+    let mut open: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = TcpStream::connect(edge.sidecar.inbound).unwrap();
+            c.write_all(keep_alive.as_bytes()).unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            c
+        })
+        .collect();
+    let mut ninth = TcpStream::connect(edge.sidecar.inbound).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = ninth.write_all(keep_alive.as_bytes());
+    let mut answer = Vec::new();
+    let _ = ninth.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "closed unanswered: {answer:?}");
+    assert_eq!(
+        edge.sidecar.metric_sum(
+            "bulwark_downstream_refused_total{listener=\"inbound\",reason=\"connection_limit\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        edge.sidecar
+            .metric_sum("bulwark_downstream_connections{listener=\"inbound\"}"),
+        8.0
+    );
+    drop(open.pop());
+    eventually(Duration::from_secs(5), "a slot given back", || {
+        send_raw(edge.sidecar.inbound, &header_of(200)).filter(|r| r.status == 200)
+    });
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bulwark_e2e::{
     eventually,
-    process::{HttpResponse, http_get, http_request, wait_for_status},
+    process::{HttpResponse, http_request, wait_for_status},
     redis::Redis,
     sidecar::{Sidecar, Standalone},
 };
@@ -50,11 +50,7 @@ fn get(sidecar: &Sidecar, path: &str, key: &str) -> HttpResponse {
 }
 
 fn metric(sidecar: &Sidecar, prefix: &str) -> u64 {
-    let text = http_get(sidecar.admin, "/metrics").unwrap().body;
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    sidecar.metric_sum(prefix) as u64
 }
 
 const EXACT: &str = "\

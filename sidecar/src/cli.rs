@@ -137,6 +137,25 @@ pub struct Args {
     #[arg(long, env = "BULWARK_ESCAPED_SLASHES", default_value = "reject", value_parser = ["keep", "reject", "redirect"])]
     pub escaped_slashes: String,
 
+    /// Open client connections per listener (inbound, outbound); more are closed unread, as by
+    /// nginx's `worker_connections` (docs/security.md).
+    #[arg(long, env = "BULWARK_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Largest request line plus header fields a client may send, in bytes; past it the sidecar
+    /// answers 431 and closes the connection. Envoy's default is 60 KiB too.
+    #[arg(long, env = "BULWARK_MAX_REQUEST_HEADER_BYTES", default_value_t = 60 * 1024)]
+    pub max_request_header_bytes: usize,
+
+    /// Seconds from a request header's first byte to its end; a slower header is answered 408
+    /// and its connection closed, so trickling clients cannot hold connections.
+    #[arg(
+        long,
+        env = "BULWARK_REQUEST_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub request_header_timeout_seconds: f64,
+
     /// Worker threads of each listener.
     #[arg(long, env = "BULWARK_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -154,7 +173,28 @@ pub struct Args {
 }
 
 impl Args {
-    /// The Redis to use for `Global` scope, if any.
+    /// The limits at the listeners' edge; an error names the flag at fault.
+    pub fn edge_limits(&self) -> anyhow::Result<crate::listener::edge::EdgeLimits> {
+        let header_timeout =
+            std::time::Duration::try_from_secs_f64(self.request_header_timeout_seconds)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .context("--request-header-timeout-seconds must be a positive number of seconds")?;
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_request_header_bytes >= 1024,
+            "--max-request-header-bytes must be at least 1024"
+        );
+        Ok(crate::listener::edge::EdgeLimits {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_request_header_bytes,
+            header_timeout,
+        })
+    }
+
     /// The path normalization the flags ask for.
     pub fn path_normalization(&self) -> bulwark_policy::request::path::PathNormalization {
         use bulwark_policy::request::path::{EscapedSlashes, PathNormalization};
@@ -169,6 +209,7 @@ impl Args {
         }
     }
 
+    /// The Redis to use for `Global` scope, if any.
     pub fn redis_target(&self) -> Option<bulwark_policy::redis_client::RedisTarget> {
         bulwark_api::snapshot::RedisConnection::from_flags(
             self.redis_url.as_deref(),

@@ -20,7 +20,7 @@ use bulwark_sidecar::{
     admin::Admin,
     cli,
     config::{Installer, persist, stream::OperatorStream, watch::ConfigWatcher},
-    listener::{inbound::InboundProxy, outbound::OutboundProxy},
+    listener::{edge::Guarded, inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
     services::background,
 };
@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
 
     // Flag errors (an unreadable CA, a bad URL) stop the sidecar before it serves anything.
     let operator = args.operator_source()?;
+    let edge_limits = args.edge_limits()?;
     let conf = args.server_conf()?;
     let mut server = Server::new_with_opt_and_conf(
         Opt {
@@ -158,19 +159,31 @@ fn main() -> anyhow::Result<()> {
         },
     ));
 
-    let mut inbound = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        InboundProxy::new(args.app, runtime.clone(), metrics.clone())
-            .with_trusted_proxy_hops(args.trusted_proxy_hops)
-            .with_path_normalization(args.path_normalization()),
-        "bulwark inbound",
+    let mut inbound = Service::new(
+        "bulwark inbound".to_owned(),
+        Guarded::new(
+            pingora::proxy::http_proxy(
+                &server.configuration,
+                InboundProxy::new(args.app, runtime.clone(), metrics.clone())
+                    .with_trusted_proxy_hops(args.trusted_proxy_hops)
+                    .with_path_normalization(args.path_normalization()),
+            ),
+            edge_limits,
+            metrics.inbound.edge.clone(),
+        ),
     );
     inbound.add_tcp(&args.inbound_listen.to_string());
 
-    let mut outbound = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        OutboundProxy::new(args.outbound_listen, runtime.clone(), metrics.clone()),
-        "bulwark outbound",
+    let mut outbound = Service::new(
+        "bulwark outbound".to_owned(),
+        Guarded::new(
+            pingora::proxy::http_proxy(
+                &server.configuration,
+                OutboundProxy::new(args.outbound_listen, runtime.clone(), metrics.clone()),
+            ),
+            edge_limits,
+            metrics.outbound.edge.clone(),
+        ),
     );
     outbound.add_tcp(&args.outbound_listen.to_string());
 

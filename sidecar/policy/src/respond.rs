@@ -37,11 +37,15 @@ pub enum Reason {
     /// The path held escaped slashes and `--escaped-slashes redirect` sends the client to the
     /// decoded path (307, with `Location`).
     PathRedirect,
+    /// The request line and headers exceed `--max-request-header-bytes` (431).
+    HeaderTooLarge,
+    /// The request header was not complete within `--request-header-timeout` (408).
+    HeaderTimeout,
 }
 
 impl Reason {
     /// Every reason (metrics resolve one series per reason up front).
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Self::RateLimited,
         Self::QuotaExhausted,
         Self::BadRequest,
@@ -51,6 +55,8 @@ impl Reason {
         Self::UpstreamError,
         Self::Internal,
         Self::PathRedirect,
+        Self::HeaderTooLarge,
+        Self::HeaderTimeout,
     ];
 
     /// Its position in [`Reason::ALL`].
@@ -69,6 +75,8 @@ impl Reason {
             Self::UpstreamError => "upstream_error",
             Self::Internal => "internal_error",
             Self::PathRedirect => "path_redirect",
+            Self::HeaderTooLarge => "request_header_too_large",
+            Self::HeaderTimeout => "request_header_timeout",
         }
     }
 
@@ -82,6 +90,8 @@ impl Reason {
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
             Self::PathRedirect => 307,
+            Self::HeaderTooLarge => 431,
+            Self::HeaderTimeout => 408,
         }
     }
 
@@ -97,6 +107,8 @@ impl Reason {
             Self::UpstreamError => "The upstream failed while answering.",
             Self::Internal => "The sidecar failed to handle the request.",
             Self::PathRedirect => "The path holds escaped slashes: follow Location.",
+            Self::HeaderTooLarge => "The request header is larger than the sidecar accepts.",
+            Self::HeaderTimeout => "The request header did not arrive in time.",
         }
     }
 }

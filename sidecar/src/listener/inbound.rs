@@ -22,7 +22,7 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, fail_to_proxy, normalize_path, peer_ip, refuse_ambiguous, request_view};
+use super::{Timing, edge, fail_to_proxy, normalize_path, peer_ip, refuse_ambiguous, request_view};
 use crate::metrics::Metrics;
 
 pub struct InboundProxy {
@@ -124,6 +124,15 @@ impl ProxyHttp for InboundProxy {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        edge::header_received(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let refused = match refuse_ambiguous(session) {
             Some(reply) => Some(reply),
@@ -199,6 +208,7 @@ impl ProxyHttp for InboundProxy {
         _e: Option<&pingora::Error>,
         ctx: &mut Self::CTX,
     ) {
+        edge::request_finished(session);
         ctx.timing.finish(session, &self.metrics.inbound);
         if ctx.response.has_deferred() {
             std::mem::take(&mut ctx.response)

@@ -3,11 +3,15 @@
 //! values (no paths, hosts or keys), and every series is resolved once, so a request does no
 //! label lookup.
 
+use std::sync::Arc;
+
 use bulwark_policy::{metrics::registry::registered, respond::Reason};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+use super::edge::EdgeMetrics;
 
 /// The `status_class` label values.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -97,6 +101,8 @@ pub struct ListenerMetrics {
     /// Requests being handled now.
     pub in_flight: IntGauge,
     upstream_errors: [IntCounter; UPSTREAM_ERRORS.len()],
+    /// Open connections and refusals before parsing ([`super::edge`]).
+    pub edge: Arc<EdgeMetrics>,
 }
 
 impl ListenerMetrics {
@@ -136,7 +142,8 @@ impl ListenerMetrics {
                 &["listener", "kind"],
             )?,
         )?;
-        let listener = |name: &str, requests| -> Self {
+        let [inbound_edge, outbound_edge] = EdgeMetrics::register(registry)?;
+        let listener = |name: &str, requests, edge| -> Self {
             Self {
                 requests,
                 durations: std::array::from_fn(|i| {
@@ -145,6 +152,7 @@ impl ListenerMetrics {
                 in_flight: in_flight.with_label_values(&[name]),
                 upstream_errors: UPSTREAM_ERRORS
                     .map(|kind| upstream_errors.with_label_values(&[name, kind])),
+                edge,
             }
         };
         Ok([
@@ -155,6 +163,7 @@ impl ListenerMetrics {
                     "bulwark_inbound_requests_total",
                     "Requests handled by the inbound listener, by response status class.",
                 )?,
+                inbound_edge,
             ),
             listener(
                 "outbound",
@@ -163,6 +172,7 @@ impl ListenerMetrics {
                     "bulwark_outbound_requests_total",
                     "Requests the app sent through the outbound listener, by response status class.",
                 )?,
+                outbound_edge,
             ),
         ])
     }

@@ -5,6 +5,7 @@
 //! upstream failed, is written by [`write_reply`] from a [`Reply`]
 //! ([`bulwark_policy::respond`]).
 
+pub mod edge;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -23,7 +23,7 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, fail_to_proxy, metrics::UpstreamError, request_view};
+use super::{Timing, edge, fail_to_proxy, metrics::UpstreamError, request_view};
 use crate::{dns::DnsCache, metrics::Metrics};
 
 pub struct OutboundProxy {
@@ -157,6 +157,15 @@ impl ProxyHttp for OutboundProxy {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        edge::header_received(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let admission = {
             let view = request_view(session, 0);
@@ -225,6 +234,7 @@ impl ProxyHttp for OutboundProxy {
         _e: Option<&pingora::Error>,
         ctx: &mut Self::CTX,
     ) {
+        edge::request_finished(session);
         ctx.timing.finish(session, &self.metrics.outbound);
     }
 }
