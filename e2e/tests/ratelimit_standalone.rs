@@ -16,7 +16,7 @@ use std::{
 use bulwark_e2e::{
     eventually,
     process::{HttpResponse, http_get, http_request, send_raw, wait_for_status},
-    sidecar::{Sidecar, Standalone},
+    sidecar::{Listeners, RecordingUpstream, Sidecar, Standalone},
 };
 
 const POLICY: &str = "\
@@ -469,5 +469,43 @@ fn a_key_header_given_twice_or_with_underscores_is_refused() {
             .unwrap()
             .starts_with("\"per-key\";r=2;"),
         "{other:?}"
+    );
+}
+
+/// Liveness answers while a large first load runs; readiness waits for it. (Before, the first
+/// load ran before any listener opened, so /healthz too was silent until it finished, and a
+/// liveness probe could kill a sidecar that was only loading.)
+#[test]
+fn liveness_answers_during_the_first_load_and_readiness_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("policies");
+    std::fs::create_dir(&config).unwrap();
+    let policies: String = (0..10_000)
+        .map(|i| {
+            format!(
+                "apiVersion: bulwark.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p{i}}}\nspec:\n  rules: [{{name: r, match: {{path: {{type: PathPrefix, value: /p{i}}}}}, key: [{{type: ClientIP}}], rates: [{{limit: 5, window: 1s}}]}}]\n---\n"
+            )
+        })
+        .collect();
+    std::fs::write(config.join("many.yaml"), policies).unwrap();
+    let app = RecordingUpstream::start(dir.path());
+    let sidecar = Sidecar::spawn(
+        app.addr,
+        &dir.path().join("state"),
+        Listeners::free(),
+        &["--config-dir", config.to_str().unwrap()],
+    );
+    let live = wait_for_status(sidecar.admin, "/healthz", 200, Duration::from_secs(10));
+    assert_eq!(live.body, "ok\n");
+    let ready = http_get(sidecar.admin, "/readyz").expect("the admin listener answers");
+    assert_eq!(
+        ready.status, 503,
+        "still loading 10,000 policies: {ready:?}"
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(120));
+    let r = get(&sidecar, "/p9999/x", "k");
+    assert!(
+        r.header("RateLimit").is_some(),
+        "the last policy applies: {r:?}"
     );
 }

@@ -118,9 +118,8 @@ fn main() -> anyhow::Result<()> {
             Duration::from_millis(args.config_poll_ms.max(50)),
             installer.clone(),
         );
-        // Load once before serving; on failure the saved snapshot (if any) keeps serving and
-        // /readyz says the sidecar still waits for a valid policy.
-        let _ = watcher.reload();
+        // Its first load runs once the listeners serve (liveness answers during it); until a
+        // load succeeds the saved snapshot, if any, keeps serving and /readyz says it waits.
         server.add_service(background_service("bulwark config watcher", watcher));
     }
 

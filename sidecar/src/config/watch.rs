@@ -54,13 +54,9 @@ impl ConfigWatcher {
         }
     }
 
-    /// Loads, compiles and installs the directory once. Returns the error text on failure.
-    pub fn reload(&self) -> Result<u64, String> {
-        self.load(fingerprint(&self.dir))
-    }
-
-    /// [`ConfigWatcher::reload`] of content whose fingerprint, taken before reading it, is
-    /// `fingerprint` (a change made while loading shows as a difference next time).
+    /// Loads, compiles and installs the directory once; returns the error text on failure.
+    /// `fingerprint` is the content's, taken before reading it (a change made while loading
+    /// shows as a difference next time).
     fn load(&self, fingerprint: Option<u64>) -> Result<u64, String> {
         let result = files::load_dir(&self.dir)
             .map_err(|e| e.to_string())
@@ -93,9 +89,13 @@ impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut backoff = Backoff::new(self.interval, RETRY_CAP);
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // The first tick is immediate: the first load runs here, with the listeners already
+        // serving, so /healthz answers at once while /readyz waits for it.
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = ticks.tick() => {}
                 _ = shutdown.changed() => return,
             }
             let now = fingerprint(&self.dir);
@@ -156,7 +156,6 @@ spec:
             Duration::from_millis(10),
             installer,
         ));
-        assert!(watcher.reload().is_err());
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn({
             let watcher = watcher.clone();
