@@ -119,6 +119,51 @@ fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
+/// SIGTERM exits as soon as nothing is in flight, not after the whole grace period (Pingora
+/// alone sleeps all of it: 20 s here). A kept-alive connection with a request in flight gets
+/// its answer with `Connection: close`, so its client reconnects elsewhere.
+#[test]
+fn sigterm_exits_once_nothing_is_in_flight() {
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, app) = slow_app(dir.path());
+    let mut sidecar = Sidecar::start(
+        app,
+        &dir.path().join("state"),
+        &["--shutdown-grace-seconds", "20"],
+    );
+    let mut idle = std::net::TcpStream::connect(sidecar.inbound).unwrap();
+    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).unwrap();
+    assert_eq!(
+        &first, b"HTTP/1.1 200",
+        "an idle kept-alive connection stays open"
+    );
+
+    let mut busy = std::net::TcpStream::connect(sidecar.inbound).unwrap();
+    busy.write_all(b"GET /work HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = sidecar.process.terminate(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(status.success(), "sidecar exited with {status} on SIGTERM");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM with a 20 s grace period"
+    );
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = busy.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with("slow ok\n"), "{answer}");
+}
+
 /// Pingora's zero-downtime upgrade: a new sidecar started with `--upgrade` on the same addresses
 /// and state directory takes the listening sockets over when the running one gets SIGQUIT; the
 /// old one finishes what it was serving and exits. A client connecting back to back through

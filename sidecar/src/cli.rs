@@ -160,8 +160,9 @@ pub struct Args {
     #[arg(long, env = "BULWARK_THREADS", default_value_t = 1)]
     pub threads: usize,
 
-    /// Seconds to keep serving in-flight requests after SIGTERM (new connections are refused at
-    /// once); the process exits when they have passed. Keep it below the pod's
+    /// At most how many seconds in-flight requests may take to finish after SIGTERM (new
+    /// connections are closed at once, kept-alive ones after their current request); the
+    /// process exits as soon as none is left. Keep it below the pod's
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "BULWARK_SHUTDOWN_GRACE_SECONDS", default_value_t = 5)]
     pub shutdown_grace_seconds: u64,
@@ -251,9 +252,9 @@ impl Args {
             threads: self.threads.max(1),
             pid_file: path("sidecar.pid"),
             upgrade_sock: path("upgrade.sock"),
-            // SIGTERM: Pingora stops accepting at once and keeps the runtimes serving in-flight
-            // requests for the grace period (it always waits all of it), then cancels what is
-            // left. With 0 here it cancelled in-flight requests at once (the e2e test caught it).
+            // SIGTERM drains in crate::shutdown and exits without this sleep; an upgrade's
+            // handover (SIGQUIT) still keeps the old process's runtimes serving in-flight
+            // requests for the grace period. With 0 here it cancelled them at once.
             grace_period_seconds: Some(self.shutdown_grace_seconds),
             graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()

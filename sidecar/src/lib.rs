@@ -15,3 +15,4 @@ pub mod dns;
 pub mod listener;
 pub mod metrics;
 pub mod services;
+pub mod shutdown;

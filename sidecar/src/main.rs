@@ -22,11 +22,12 @@ use bulwark_sidecar::{
     config::{Installer, persist, stream::OperatorStream, watch::ConfigWatcher},
     listener::{edge::Guarded, inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
-    services::background,
+    services::Tasks,
+    shutdown::{AfterHandover, Drain, Quiesce},
 };
 use clap::Parser;
 use pingora::{
-    server::{Server, configuration::Opt},
+    server::{RunArgs, Server, configuration::Opt},
     services::{background::background_service, listening::Service},
 };
 
@@ -45,6 +46,8 @@ fn main() -> anyhow::Result<()> {
     // Flag errors (an unreadable CA, a bad URL) stop the sidecar before it serves anything.
     let operator = args.operator_source()?;
     let edge_limits = args.edge_limits()?;
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = Tasks::default();
     let conf = args.server_conf()?;
     let mut server = Server::new_with_opt_and_conf(
         Opt {
@@ -133,7 +136,7 @@ fn main() -> anyhow::Result<()> {
 
     // The features' long-lived work, started once: quota usage (loaded from disk before
     // serving, flushed in the background), fast global syncs, idle-counter sweeps.
-    server.add_service(background(
+    server.add_service(tasks.service(
         "bulwark quota flusher",
         QuotaFlusher::new(
             runtime.quota_usage.clone(),
@@ -142,14 +145,14 @@ fn main() -> anyhow::Result<()> {
             metrics.policy.clone(),
         ),
     ));
-    server.add_service(background(
+    server.add_service(tasks.service(
         "bulwark fast global sync",
         FastSyncer {
             sync: runtime.fast.clone(),
             store: runtime.counters.clone(),
         },
     ));
-    server.add_service(background(
+    server.add_service(tasks.service(
         "bulwark counter sweeper",
         Sweeper {
             store: runtime.counters.clone(),
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             ),
             edge_limits,
             metrics.inbound.edge.clone(),
+            draining.clone(),
         ),
     );
     inbound.add_tcp(&args.inbound_listen.to_string());
@@ -182,13 +186,14 @@ fn main() -> anyhow::Result<()> {
             ),
             edge_limits,
             metrics.outbound.edge.clone(),
+            draining.clone(),
         ),
     );
     outbound.add_tcp(&args.outbound_listen.to_string());
 
     let mut admin = Service::new(
         "bulwark admin".to_owned(),
-        Admin::new(metrics, runtime.clone()).with_quota(runtime),
+        Admin::new(metrics.clone(), runtime.clone()).with_quota(runtime),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 
@@ -204,5 +209,20 @@ fn main() -> anyhow::Result<()> {
     server.add_service(inbound);
     server.add_service(outbound);
     server.add_service(admin);
-    server.run_forever()
+    let quiesce = Arc::new(Quiesce {
+        in_flight: [
+            metrics.inbound.in_flight.clone(),
+            metrics.outbound.in_flight.clone(),
+        ],
+        grace: Duration::from_secs(args.shutdown_grace_seconds),
+        tasks,
+    });
+    server.add_service(background_service(
+        "bulwark after handover",
+        AfterHandover(quiesce.clone()),
+    ));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain { draining, quiesce }),
+    });
+    Ok(())
 }

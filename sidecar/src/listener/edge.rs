@@ -17,7 +17,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -119,15 +119,24 @@ pub struct Guarded<A> {
     limits: EdgeLimits,
     metrics: Arc<EdgeMetrics>,
     open: AtomicUsize,
+    /// Set at SIGTERM ([`crate::shutdown`]): new connections are closed, kept-alive ones end
+    /// after their current request.
+    draining: Arc<AtomicBool>,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, limits: EdgeLimits, metrics: Arc<EdgeMetrics>) -> Self {
+    pub fn new(
+        inner: A,
+        limits: EdgeLimits,
+        metrics: Arc<EdgeMetrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
             limits,
             metrics,
             open: AtomicUsize::new(0),
+            draining,
         }
     }
 }
@@ -162,6 +171,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if self.draining.load(Ordering::Acquire) {
+            // Shutting down: the client reconnects to another replica.
+            return None;
+        }
         let Some(_slot) = self.take_slot() else {
             // Closed unread, as nginx and Envoy's overload manager do: answering would mean
             // reading the request first, the work the limit is there to avoid.
@@ -176,6 +189,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 stream,
                 self.limits,
                 self.metrics.clone(),
+                self.draining.clone(),
             ))
         };
         self.inner.process_new(stream, shutdown).await
@@ -208,6 +222,7 @@ pub struct GuardedStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// The answer being written before the connection is closed.
     refusing: Option<Refusing>,
+    draining: Arc<AtomicBool>,
 }
 
 struct Refusing {
@@ -223,7 +238,12 @@ struct Refusing {
 const LINGER: Duration = Duration::from_millis(500);
 
 impl GuardedStream {
-    fn new(inner: Stream, limits: EdgeLimits, metrics: Arc<EdgeMetrics>) -> Self {
+    fn new(
+        inner: Stream,
+        limits: EdgeLimits,
+        metrics: Arc<EdgeMetrics>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             inner,
             max_header_bytes: limits.max_header_bytes,
@@ -234,6 +254,7 @@ impl GuardedStream {
             deadline: None,
             timer: None,
             refusing: None,
+            draining,
         }
     }
 
@@ -404,6 +425,14 @@ fn raw_close(reply: &Reply) -> Vec<u8> {
 pub fn header_received(session: &Session) {
     if let Some(guarded) = guarded(session) {
         guarded.phase.store(PAST_HEADER, Ordering::Relaxed);
+    }
+}
+
+/// A response is about to be written: while shutting down, it says `Connection: close` and
+/// the connection ends after it, so its client reconnects to another replica.
+pub fn before_response(session: &mut Session) {
+    if guarded(session).is_some_and(|g| g.draining.load(Ordering::Acquire)) {
+        session.set_keepalive(None);
     }
 }
 
@@ -582,7 +611,12 @@ mod tests {
             max_header_bytes: MAX,
             header_timeout: timeout,
         };
-        let stream = GuardedStream::new(Box::new(L4Stream::from(server)), limits, metrics.clone());
+        let stream = GuardedStream::new(
+            Box::new(L4Stream::from(server)),
+            limits,
+            metrics.clone(),
+            Arc::default(),
+        );
         (HttpSession::new(Box::new(stream)), client, metrics)
     }
 
@@ -680,6 +714,7 @@ mod tests {
                 header_timeout: Duration::from_secs(1),
             },
             metrics(),
+            Arc::default(),
         );
         let a = guarded.take_slot().expect("first");
         let _b = guarded.take_slot().expect("second");

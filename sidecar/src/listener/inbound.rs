@@ -183,10 +183,11 @@ impl ProxyHttp for InboundProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        edge::before_response(session);
         ctx.response.edit_headers(|edit| match edit {
             HeaderEdit::Set(name, value) => response.insert_header(name, value),
             HeaderEdit::Append(name, value) => response.append_header(name, value).map(drop),

@@ -120,6 +120,7 @@ pub fn normalize_path(
 
 /// Writes a response the sidecar makes itself.
 pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
+    edge::before_response(session);
     let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
     for (name, value) in &reply.headers {
         header.append_header(name.clone(), value.as_str())?;

@@ -18,7 +18,7 @@ use bulwark_policy::{
 use http::{Method, Uri, header::HOST};
 use pingora::{
     Result,
-    http::RequestHeader,
+    http::{RequestHeader, ResponseHeader},
     prelude::HttpPeer,
     proxy::{FailToProxy, ProxyHttp, Session},
 };
@@ -216,6 +216,16 @@ impl ProxyHttp for OutboundProxy {
             upstream_request.set_uri(origin_form.clone());
             upstream_request.insert_header(HOST, host.as_str())?;
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _response: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        edge::before_response(session);
         Ok(())
     }
 

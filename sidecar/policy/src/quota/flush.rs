@@ -1,5 +1,5 @@
-//! Writes local quota usage to disk in the background: every `--quota-flush-ms`, and at once
-//! when shutdown starts. A write is one redb transaction, so after a crash (even kill -9) the
+//! Writes local quota usage to disk in the background: every `--quota-flush-ms`, and once more
+//! when stopped (after the last request in flight has finished). A write is one redb transaction, so after a crash (even kill -9) the
 //! file holds the last flush whole: at most one flush interval of usage is lost.
 
 use crate::lock::lock;
@@ -142,13 +142,8 @@ impl BackgroundTask for QuotaFlusher {
                 _ = shutdown.changed() => break,
             }
         }
-        // Shutdown started: save now, then keep flushing while in-flight requests finish (the
-        // runtime is dropped at the end of the grace period).
+        // Stopped once no request is in flight: what they charged is saved, nothing follows.
         self.flush();
-        loop {
-            tokio::time::sleep(self.interval).await;
-            self.flush();
-        }
     }
 }
 
