@@ -16,17 +16,15 @@ CLIENTS=${PROP_CLIENTS:-1,50,200}
 POLICIES=${PROP_POLICIES:-1000}
 EDITS=${PROP_EDITS:-20}
 OUT=$BENCH_DIR/results/propagation.md
-log() { echo "[propagation] $*" >&2; }
+LOG_TAG=propagation
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh" # log, free_ports (no init_tmp: up.sh/down.sh own the temp dir)
 
 cargo build -q --release -p bulwark-operator -p bulwark-e2e --bin bulwark-operator --bin propagation
 target=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # Four free loopback ports for the plane.
-ports=$(python3 -c 'import socket
-s=[socket.socket() for _ in range(4)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))')
-read -r api etcd peer kcm <<<"$ports"
+read -r api etcd peer kcm <<<"$(free_ports 4)"
 dir=$(mktemp -d /tmp/bulwark-propagation.XXXXXX)
 rmdir "$dir"   # up.sh makes it (and only deletes directories it made)
 trap 'bash "$ROOT/e2e/controlplane/down.sh" --dir "$dir" >/dev/null 2>&1 || true' EXIT

@@ -25,7 +25,9 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
-PATH="$PATH:/usr/sbin:/sbin"
+LOG_TAG=bench
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh" # log, die, init_tmp, start_bg, stop_proc, free_ports, render, wait_ready
 
 DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
@@ -33,9 +35,6 @@ CONNECTIONS=${BENCH_CONNECTIONS:-32}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy pingora bulwark}
 SCENARIOS=${BENCH_SCENARIOS:-a b c d e f}
 OUT="$BENCH_DIR/results/latest.md"
-
-log() { echo "[bench] $*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 for v in DURATION WARMUP CONNECTIONS; do
   if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then
@@ -80,87 +79,7 @@ esac
 
 # --- Processes: started in the background, all stopped on exit ------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-bench.XXXXXX")
-chmod 755 "$TMP" # nginx workers run as nobody when started by root
-PIDS=()
-
-# The pids of a started process and its direct children (nginx: master and worker).
-proc_tree() {
-  local pid=$1
-  [ -d "/proc/$pid" ] || return 0
-  echo "$pid"
-  pgrep -P "$pid" 2>/dev/null || true
-}
-
-# Stops one started process (and its children): SIGTERM (or $2), then SIGKILL after 5 s.
-stop_proc() {
-  local pid=$1 sig=${2:-TERM} p tree
-  tree=$(proc_tree "$pid")
-  [ -n "$tree" ] || return 0
-  kill -s "$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
-    [ -d "/proc/$pid" ] || break
-    sleep 0.1
-  done
-  for p in $tree; do
-    if [ -d "/proc/$p" ]; then kill -s KILL "$p" 2>/dev/null || true; fi
-  done
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$? pid
-  for pid in "${PIDS[@]}"; do stop_proc "$pid"; done
-  if [ "${BENCH_KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-    log "generated configs and logs kept in $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Starts "$@" in the background with its output in $LOG_FILE; sets STARTED_PID.
-start_bg() {
-  "$@" >"$LOG_FILE" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
-
-# Free loopback ports: bound by the kernel on port 0, all held until every one is picked.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# HTTP status of one GET (000 when nothing answers).
-# The Host header of every request of the current row, when it is not the target's own address
-# (scenario f: the outbound listener forwards to the service the Host names).
-HOST_HEADER=""
-
-http_status() {
-  curl -s -o /dev/null -w '%{http_code}' --max-time 2 ${HOST_HEADER:+-H "Host: $HOST_HEADER"} "$@" || true
-}
-
-# Waits until URL answers 200 and PID still runs (10 s at most).
-wait_ready() {
-  local pid=$1 url=$2
-  for _ in $(seq 100); do
-    [ -d "/proc/$pid" ] || return 1
-    [ "$(http_status "$url")" = 200 ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+init_tmp bulwark-bench # $TMP, and the traps that stop every start_bg process (lib.sh)
 
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -183,13 +102,6 @@ rss_kib() {
     total=$((total + ${r:-0}))
   done
   echo "$total"
-}
-
-render() { # render TEMPLATE OUTPUT KEY=VALUE...
-  local tpl=$1 out=$2 kv args=()
-  shift 2
-  for kv in "$@"; do args+=(-e "s|@@${kv%%=*}@@|${kv#*=}|g"); done
-  sed "${args[@]}" "$tpl" >"$out"
 }
 
 # --- The upstream: one nginx, 1 worker, "ok\n" from memory ---------------------------------
