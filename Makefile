@@ -41,8 +41,9 @@ test: deps controlplane lint build ## Everything CI runs: lint, unit, property a
 demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work
 	@bash scripts/demo.sh "$(CP_DIR)"
 
-bench: deps controlplane ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), policy propagation (bench/propagation.sh), the decision micro-benchmark
+bench: deps controlplane ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), instructions per request (bench/instructions.sh), policy propagation (bench/propagation.sh), the decision micro-benchmark
 	bash bench/run.sh
+	bash bench/instructions.sh
 	bash bench/propagation.sh
 	cargo bench -p bulwark-policy --bench decision -- --warm-up-time 2 --measurement-time 5
 	cargo bench -p bulwark-sidecar --bench config_load -- --warm-up-time 1 --measurement-time 5
