@@ -14,7 +14,7 @@ use std::{
 use bulwark_api::{
     crd::{
         FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint,
-        common::ReadsBearerTokens,
+        common::ReadsBearerTokens, feature_flag::checks as flag_checks,
     },
     snapshot::{ObjectRef, PolicySource, SecretString, Snapshot, Sourced, secret_key_id},
 };
@@ -264,6 +264,21 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             }
             "FeatureFlag" => {
                 let object: FeatureFlag = typed_object(origin, typed())?;
+                // What the apiserver's schema cannot check (variant values are untyped JSON).
+                if let Some(e) = flag_checks::check(&object.spec).into_iter().next() {
+                    return Err(ConfigError {
+                        // Where the document starts (its `---`): the checks see values, not
+                        // their lines.
+                        location: format!(
+                            "{}:{} (document {})",
+                            origin.file,
+                            origin.lines_before + 1,
+                            index + 1
+                        ),
+                        field: Some(e.field),
+                        message: e.message,
+                    });
+                }
                 let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
                 loaded.snapshot.feature_flags.push(sourced);
             }
@@ -474,6 +489,45 @@ spec:
         assert!(err.location.starts_with("policies/api.yaml:20:"), "{err}");
         assert_eq!(err.field.as_deref(), Some("spec.quotas[0].period"));
         assert!(err.message.contains("Fortnight"), "{err}");
+    }
+
+    /// What the CRD schema cannot check about a flag is checked here, as the apiserver would
+    /// not: a `defaultVariant` that names no variant.
+    #[test]
+    fn a_flag_whose_default_is_not_a_variant_is_refused_with_its_field() {
+        let flags = "apiVersion: bulwark.dev/v1alpha1
+kind: FeatureFlag
+metadata: {name: flags, namespace: shop}
+spec:
+  flags:
+    new-checkout:
+      state: ENABLED
+      variants: {\"on\": true, \"off\": false}
+      defaultVariant: \"of\"
+";
+        let text = format!("{GOOD}---\n{flags}");
+        let err = load(&text).unwrap_err();
+        // Its `---` line.
+        let first_line = GOOD.lines().count() + 1;
+        assert_eq!(
+            err.location,
+            format!("policies/api.yaml:{first_line} (document 3)")
+        );
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.flags[new-checkout].defaultVariant")
+        );
+        assert!(
+            err.message.contains("is not one of the flag's variants"),
+            "{err}"
+        );
+        assert!(
+            load(&format!(
+                "{GOOD}---\n{}",
+                flags.replace("\"of\"", "\"off\"")
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

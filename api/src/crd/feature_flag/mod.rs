@@ -5,6 +5,8 @@
 //! Bulwark's own sections (`selector`, `context`, `gates`, `injectHeaders`), so a flagd JSON file
 //! pastes into `spec` unchanged.
 
+pub mod checks;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -101,8 +103,8 @@ pub struct FeatureFlagSpec {
 ///
 /// CEL cannot see inside `variants` (their values are untyped JSON, which Kubernetes hides from
 /// CEL), so the apiserver does not check that `defaultVariant` names a variant or that variants
-/// share one type. A validating webhook in the operator for these checks is planned; until it
-/// exists, such a flag is accepted.
+/// share one type. Standalone sidecars refuse such a flag; the operator's validating webhook
+/// for these checks is planned, and until it exists the apiserver accepts such a flag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Flag {
