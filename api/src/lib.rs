@@ -12,6 +12,7 @@ pub mod crd;
 pub mod distribution;
 pub mod duration;
 pub mod snapshot;
+pub mod validation;
 
 pub use duration::Duration;
 

@@ -9,6 +9,7 @@ use std::{
     collections::BTreeMap,
     fmt, fs,
     path::{Path, PathBuf},
+    sync::LazyLock,
 };
 
 use bulwark_api::{
@@ -17,6 +18,7 @@ use bulwark_api::{
         common::ReadsBearerTokens, feature_flag::checks as flag_checks,
     },
     snapshot::{ObjectRef, PolicySource, SecretString, Snapshot, Sourced, secret_key_id},
+    validation::bounds::Bounds,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -229,7 +231,16 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             continue; // an empty document, e.g. after a trailing `---`
         }
         let doc_location = || format!("{} (document {})", origin.file, index + 1);
-        let meta: TypeMeta = serde_yaml::from_value(value).map_err(|e| ConfigError {
+        // Where the document starts (its `---`), for checks that see values, not their lines.
+        let doc_start = || {
+            format!(
+                "{}:{} (document {})",
+                origin.file,
+                origin.lines_before + 1,
+                index + 1
+            )
+        };
+        let meta = TypeMeta::deserialize(&value).map_err(|e| ConfigError {
             location: doc_location(),
             field: None,
             message: format!("not a Kubernetes object: {e}"),
@@ -267,14 +278,7 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
                 // What the apiserver's schema cannot check (variant values are untyped JSON).
                 if let Some(e) = flag_checks::check(&object.spec).into_iter().next() {
                     return Err(ConfigError {
-                        // Where the document starts (its `---`): the checks see values, not
-                        // their lines.
-                        location: format!(
-                            "{}:{} (document {})",
-                            origin.file,
-                            origin.lines_before + 1,
-                            index + 1
-                        ),
+                        location: doc_start(),
                         field: Some(e.field),
                         message: e.message,
                     });
@@ -319,8 +323,37 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
                 });
             }
         }
+        // The bounds the apiserver would check (maxItems, maxLength, patterns, ...), from the
+        // same CRD schema; after the typed read, whose errors carry lines.
+        if let Some(bounds) = bounds_of(&kind) {
+            let spec = serde_json::to_value(value.get("spec")).unwrap_or_default();
+            if let Some(e) = bounds.check(&spec).into_iter().next() {
+                return Err(ConfigError {
+                    location: doc_start(),
+                    field: Some(e.field),
+                    message: e.message,
+                });
+            }
+        }
     }
     Ok(())
+}
+
+/// The CRD bounds of a Bulwark kind, compiled once.
+fn bounds_of(kind: &str) -> Option<&'static Bounds> {
+    static RATE_LIMIT: LazyLock<Bounds> = LazyLock::new(Bounds::of::<RateLimitPolicy>);
+    static QUOTA: LazyLock<Bounds> = LazyLock::new(Bounds::of::<QuotaPolicy>);
+    static FLAG: LazyLock<Bounds> = LazyLock::new(Bounds::of::<FeatureFlag>);
+    static FAILOVER: LazyLock<Bounds> = LazyLock::new(Bounds::of::<FailoverPolicy>);
+    static WEBHOOK: LazyLock<Bounds> = LazyLock::new(Bounds::of::<WebhookEndpoint>);
+    Some(match kind {
+        "RateLimitPolicy" => &RATE_LIMIT,
+        "QuotaPolicy" => &QUOTA,
+        "FeatureFlag" => &FLAG,
+        "FailoverPolicy" => &FAILOVER,
+        "WebhookEndpoint" => &WEBHOOK,
+        _ => return None,
+    })
 }
 
 /// A file, and where in it the document being read starts.
@@ -489,6 +522,31 @@ spec:
         assert!(err.location.starts_with("policies/api.yaml:20:"), "{err}");
         assert_eq!(err.field.as_deref(), Some("spec.quotas[0].period"));
         assert!(err.message.contains("Fortnight"), "{err}");
+    }
+
+    /// The CRD's bounds apply in standalone mode too (before, a 20 MB body and 10,000 rules
+    /// were accepted).
+    #[test]
+    fn the_crd_bounds_apply_as_the_apiserver_applies_them() {
+        let body = "x".repeat(5000);
+        let big_body = GOOD.replace(
+            "    rates: [{limit: 10, window: 1s}]\n",
+            &format!("    rates: [{{limit: 10, window: 1s}}]\n  response: {{body: {body}}}\n"),
+        );
+        let err = load(&big_body).unwrap_err();
+        assert_eq!(err.location, "policies/api.yaml:1 (document 1)");
+        assert_eq!(err.field.as_deref(), Some("spec.response.body"));
+        assert!(err.message.contains("may not be longer than 4096"), "{err}");
+
+        let rules: String = (0..10_000)
+            .map(|i| format!("  - {{name: r{i}, key: [{{type: ClientIP}}], rates: [{{limit: 1, window: 1s}}]}}\n"))
+            .collect();
+        let many = format!(
+            "apiVersion: bulwark.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: many}}\nspec:\n  rules:\n{rules}"
+        );
+        let err = load(&many).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.rules"));
+        assert!(err.message.contains("must have at most"), "{err}");
     }
 
     /// What the CRD schema cannot check about a flag is checked here, as the apiserver would

@@ -8,26 +8,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{FeatureFlagSpec, Flag, JsonLogic};
-
-/// A problem with one field, named by its path in the resource
-/// (`spec.flags[new-checkout].defaultVariant`, as the apiserver writes paths).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
+pub use crate::validation::FieldError;
 
 fn error(field: String, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field,
-        message: message.into(),
-    }
+    FieldError::new(field, message)
 }
 
 /// Every problem found, in field order (empty: the spec is acceptable).

@@ -245,13 +245,15 @@ async fn installs_acks_rejects_and_resumes_from_its_etag() {
         }
     };
     assert_eq!(watch.auth.as_deref(), Some("Bearer fresh-token"));
+    // The second watch may already have been answered 200: the fake operator reads the status
+    // after it reports the watch, and the test sets OK right then. The first was refused.
     assert!(
         metrics
             .stream
             .connects
             .with_label_values(&["failure"])
             .get()
-            >= 2
+            >= 1
     );
     let frames = watch.body.unwrap();
 
