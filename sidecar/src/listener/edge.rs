@@ -269,6 +269,17 @@ impl GuardedStream {
         });
     }
 
+    /// Ready once `deadline` has passed; the connection's one timer, created on first need.
+    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
+
     /// Writes the refusal, then fails the read: Pingora closes the connection.
     fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let refusing = self.refusing.as_mut().expect("refusing");
@@ -299,13 +310,7 @@ impl GuardedStream {
                 Poll::Ready(Ok(())) if !discard.filled().is_empty() => continue,
                 Poll::Ready(_) => break,
                 Poll::Pending => {
-                    let timer = self
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                    if timer.deadline() != until {
-                        timer.as_mut().reset(until);
-                    }
-                    ready!(timer.as_mut().poll(cx));
+                    ready!(self.poll_until(until, cx));
                     break;
                 }
             }
@@ -372,13 +377,7 @@ impl GuardedStream {
                     // Between requests: Pingora's keep-alive timeout bounds the wait.
                     return Poll::Pending;
                 };
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
+                if self.poll_until(deadline, cx).is_ready() {
                     self.refuse(Refusal::HeaderTimeout);
                     return self.poll_refusal(cx);
                 }
