@@ -28,7 +28,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 LOG_TAG=instructions
 # shellcheck source=bench/lib.sh
-. "$BENCH_DIR/lib.sh" # log, die, init_tmp, start_bg, stop_proc, free_ports, render, wait_ready
+. "$BENCH_DIR/lib.sh" # log, die, init_tmp, start_bg, stop_proc, free_ports, render, wait_ready, require_commands, start_upstream
 
 SCENARIOS=${INSTR_SCENARIOS:-a b}
 REQUESTS=${INSTR_REQUESTS:-4000}
@@ -56,28 +56,14 @@ for b in "$@"; do
   BINARIES+=("$b")
 done
 
-for cmd in valgrind nginx curl python3 pgrep; do
-  if ! command -v "$cmd" >/dev/null 2>&1; then
-    log "$cmd is missing: running scripts/install-bench-deps.sh"
-    bash "$ROOT/scripts/install-bench-deps.sh"
-    break
-  fi
-done
+require_commands valgrind nginx curl python3 pgrep
 
 init_tmp bulwark-instructions # $TMP, and the traps that stop every start_bg process (lib.sh)
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # --- The upstream: run.sh's, not under valgrind ---------------------------------------------
 
-read -r UPSTREAM_PORT <<<"$(free_ports 1)"
-mkdir -p "$TMP/upstream"
-render "$BENCH_DIR/config/upstream-nginx.conf.in" "$TMP/upstream/nginx.conf" \
-  "PREFIX=$TMP/upstream" "LISTEN_PORT=$UPSTREAM_PORT"
-LOG_FILE="$TMP/upstream/stderr.log"
-start_bg nginx -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -e "$TMP/upstream/error.log"
-wait_ready "$STARTED_PID" "http://127.0.0.1:$UPSTREAM_PORT/" ||
-  die "the upstream nginx did not start: $(cat "$TMP/upstream/stderr.log" "$TMP/upstream/error.log" 2>/dev/null | tail -n 5)"
-log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT"
+start_upstream
 
 # --- One run: start under cachegrind, send N requests, stop, read the total -----------------
 

@@ -109,3 +109,30 @@ wait_ready() {
   done
   return 1
 }
+
+# Runs scripts/install-bench-deps.sh once if any of the given commands is missing.
+require_commands() {
+  local cmd
+  for cmd in "$@"; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+      log "$cmd is missing: running scripts/install-bench-deps.sh"
+      bash "$ROOT/scripts/install-bench-deps.sh"
+      return
+    fi
+  done
+}
+
+# The upstream every target talks to: one nginx, 1 worker, "ok\n" from memory, never under a
+# profiler. Sets UPSTREAM_PORT and UPSTREAM_PID.
+start_upstream() {
+  read -r UPSTREAM_PORT <<<"$(free_ports 1)"
+  mkdir -p "$TMP/upstream"
+  render "$BENCH_DIR/config/upstream-nginx.conf.in" "$TMP/upstream/nginx.conf" \
+    "PREFIX=$TMP/upstream" "LISTEN_PORT=$UPSTREAM_PORT"
+  LOG_FILE="$TMP/upstream/stderr.log"
+  start_bg nginx -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -e "$TMP/upstream/error.log"
+  UPSTREAM_PID=$STARTED_PID
+  wait_ready "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/" ||
+    die "the upstream nginx did not start: $(cat "$TMP/upstream/stderr.log" "$TMP/upstream/error.log" 2>/dev/null | tail -n 5)"
+  log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT"
+}

@@ -27,7 +27,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 LOG_TAG=bench
 # shellcheck source=bench/lib.sh
-. "$BENCH_DIR/lib.sh" # log, die, init_tmp, start_bg, stop_proc, free_ports, render, wait_ready
+. "$BENCH_DIR/lib.sh" # log, die, init_tmp, start_bg, stop_proc, free_ports, render, wait_ready, require_commands, start_upstream
 
 DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
@@ -52,13 +52,7 @@ done
 
 # --- Dependencies and the sidecar binary ----------------------------------------------------
 
-for cmd in nginx haproxy wrk curl python3 pgrep redis-server; do
-  if ! command -v "$cmd" >/dev/null 2>&1; then
-    log "$cmd is missing: running scripts/install-bench-deps.sh"
-    bash "$ROOT/scripts/install-bench-deps.sh"
-    break
-  fi
-done
+require_commands nginx haproxy wrk curl python3 pgrep redis-server
 
 SIDECAR="${CARGO_TARGET_DIR:-$ROOT/target}/release/bulwark-sidecar"
 case $SIDECAR in /*) ;; *) SIDECAR="$ROOT/$SIDECAR" ;; esac
@@ -106,16 +100,7 @@ rss_kib() {
 
 # --- The upstream: one nginx, 1 worker, "ok\n" from memory ---------------------------------
 
-read -r UPSTREAM_PORT <<<"$(free_ports 1)"
-mkdir -p "$TMP/upstream"
-render "$BENCH_DIR/config/upstream-nginx.conf.in" "$TMP/upstream/nginx.conf" \
-  "PREFIX=$TMP/upstream" "LISTEN_PORT=$UPSTREAM_PORT"
-LOG_FILE="$TMP/upstream/stderr.log"
-start_bg nginx -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -e "$TMP/upstream/error.log"
-UPSTREAM_PID=$STARTED_PID
-wait_ready "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/" ||
-  die "the upstream nginx did not start: $(cat "$TMP/upstream/stderr.log" "$TMP/upstream/error.log" 2>/dev/null | tail -n 5)"
-log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT"
+start_upstream
 
 # --- Redis for the global scenarios ---------------------------------------------------------
 
