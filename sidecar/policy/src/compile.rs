@@ -13,7 +13,9 @@ use std::fmt;
 
 use bulwark_api::crd::common::Scope;
 
-use crate::{metrics::PolicyMetrics, redis_client::RedisClient, state::StateClaims};
+use crate::{
+    matching::RegexBudget, metrics::PolicyMetrics, redis_client::RedisClient, state::StateClaims,
+};
 
 /// Compiling's environment.
 pub struct CompileEnv<'a> {
@@ -22,6 +24,8 @@ pub struct CompileEnv<'a> {
     pub redis: Option<&'a RedisClient>,
     /// Long-lived state to reuse or create (the registry itself is not changed).
     pub state: StateClaims<'a>,
+    /// What the snapshot's regular expressions may take together.
+    pub regexes: RegexBudget,
 }
 
 impl<'a> CompileEnv<'a> {
@@ -31,6 +35,7 @@ impl<'a> CompileEnv<'a> {
             metrics,
             redis: None,
             state: StateClaims::fresh(),
+            regexes: RegexBudget::default(),
         }
     }
 

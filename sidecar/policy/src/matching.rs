@@ -45,7 +45,9 @@ use bulwark_api::crd::common::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::{IpNet, Ipv4Net};
-use regex::Regex;
+use std::cell::Cell;
+
+use regex_automata::meta::Regex;
 
 use crate::compile::CompileError;
 use crate::request::RequestView;
@@ -130,11 +132,12 @@ fn request_method_bit(method: &str) -> u16 {
 impl CompiledMatch {
     /// Compiles regexes once (anchored full match), parses CIDRs; errors name the field relative
     /// to the match (e.g. `path.value`, `headers[0].value`, `sourceCIDRs[2]`).
-    pub fn compile(m: &RequestMatch) -> Result<Self, CompileError> {
+    /// Each regular expression is charged to `regexes`.
+    pub fn compile(m: &RequestMatch, regexes: &RegexBudget) -> Result<Self, CompileError> {
         let path = m
             .path
             .as_ref()
-            .map(compile_path)
+            .map(|p| compile_path(p, regexes))
             .transpose()
             .map_err(|e| e.under("path"))?;
         let methods = m.methods.iter().fold(0u16, |acc, &x| acc | method_bit(x));
@@ -150,13 +153,15 @@ impl CompiledMatch {
             .headers
             .iter()
             .enumerate()
-            .map(|(i, v)| compile_header(v).map_err(|e| e.under(&format!("headers[{i}]"))))
+            .map(|(i, v)| compile_header(v, regexes).map_err(|e| e.under(&format!("headers[{i}]"))))
             .collect::<Result<_, _>>()?;
         let query_params = m
             .query_params
             .iter()
             .enumerate()
-            .map(|(i, v)| compile_query(v).map_err(|e| e.under(&format!("queryParams[{i}]"))))
+            .map(|(i, v)| {
+                compile_query(v, regexes).map_err(|e| e.under(&format!("queryParams[{i}]")))
+            })
             .collect::<Result<_, _>>()?;
         let cidrs = m
             .source_cidrs
@@ -216,34 +221,34 @@ impl CompiledMatch {
     }
 }
 
-fn compile_header(v: &ValueMatch) -> Result<HeaderCond, CompileError> {
+fn compile_header(v: &ValueMatch, regexes: &RegexBudget) -> Result<HeaderCond, CompileError> {
     let name = HeaderName::from_bytes(v.name.as_bytes()).map_err(|_| {
         CompileError::new("name", format!("{:?} is not a valid header name", v.name))
     })?;
     Ok(HeaderCond {
         name,
-        cond: compile_value(v)?,
+        cond: compile_value(v, regexes)?,
         invert: v.invert,
     })
 }
 
-fn compile_query(v: &ValueMatch) -> Result<QueryCond, CompileError> {
+fn compile_query(v: &ValueMatch, regexes: &RegexBudget) -> Result<QueryCond, CompileError> {
     if v.name.is_empty() {
         return Err(CompileError::new("name", "must not be empty"));
     }
     Ok(QueryCond {
         name: v.name.clone(),
-        cond: compile_value(v)?,
+        cond: compile_value(v, regexes)?,
         invert: v.invert,
     })
 }
 
-fn compile_path(p: &PathMatch) -> Result<PathCond, CompileError> {
+fn compile_path(p: &PathMatch, regexes: &RegexBudget) -> Result<PathCond, CompileError> {
     if p.value.is_empty() {
         return Err(CompileError::new("value", "must not be empty"));
     }
     match p.type_ {
-        PathMatchType::RegularExpression => Ok(PathCond::Regex(compile_regex(&p.value)?)),
+        PathMatchType::RegularExpression => Ok(PathCond::Regex(regexes.compile(&p.value)?)),
         _ if !p.value.starts_with('/') => Err(CompileError::new(
             "value",
             "must start with '/' unless type is RegularExpression",
@@ -266,20 +271,75 @@ impl PathCond {
     }
 }
 
-/// Compiles `pattern` so that it must match a whole value. The field of an error is `value`.
-fn compile_regex(pattern: &str) -> Result<Regex, CompileError> {
-    // Checked alone first: a pattern such as `a)|(b` would otherwise escape the anchoring group.
-    if let Err(e) = Regex::new(pattern) {
-        return Err(CompileError::new(
-            "value",
-            format!("invalid regular expression: {e}"),
-        ));
-    }
-    Regex::new(&format!(r"\A(?:{pattern})\z"))
-        .map_err(|e| CompileError::new("value", format!("invalid regular expression: {e}")))
+/// What a snapshot's regular expressions may take, compiled: each at most [`Self::PER_REGEX`],
+/// all together at most [`Self::PER_SNAPSHOT`]. Without the total, thousands of rules each just
+/// under the `regex` crate's own 10 MiB limit could take gigabytes; a snapshot over budget is
+/// refused like any other invalid one (the last good one stays), naming the regex that tipped it.
+///
+/// The lazy DFA's cache, which grows at match time (per thread, at most 2 MiB per regex, the
+/// crate's default), is not counted: it holds only states that requests reach.
+pub struct RegexBudget {
+    left: Cell<usize>,
 }
 
-fn compile_value(v: &ValueMatch) -> Result<ValueCond, CompileError> {
+impl Default for RegexBudget {
+    fn default() -> Self {
+        Self::new(Self::PER_SNAPSHOT)
+    }
+}
+
+impl RegexBudget {
+    /// Compiled, `[a-z0-9-]+` takes 1.5 KiB, `\w+` 56 KiB (Unicode classes are large) and
+    /// `\w{100}` 5.6 MiB: this refuses the last, which the crate's 10 MiB default allows.
+    pub const PER_REGEX: usize = 1 << 20;
+    pub const PER_SNAPSHOT: usize = 64 << 20;
+
+    pub fn new(total: usize) -> Self {
+        Self {
+            left: Cell::new(total),
+        }
+    }
+
+    /// Compiles `pattern` so that it must match a whole value, and charges its heap size.
+    /// The field of an error is `value`.
+    fn compile(&self, pattern: &str) -> Result<Regex, CompileError> {
+        // Checked alone first: a pattern such as `a)|(b` would otherwise escape the anchoring group.
+        build_regex(pattern)?;
+        let regex = build_regex(&format!(r"\A(?:{pattern})\z"))?;
+        let size = regex.memory_usage();
+        let left = self.left.get();
+        if size > left {
+            return Err(CompileError::new(
+                "value",
+                format!(
+                    "the snapshot's regular expressions exceed their total budget of {} MiB compiled (this one takes {} KiB)",
+                    Self::PER_SNAPSHOT >> 20,
+                    size.div_ceil(1024)
+                ),
+            ));
+        }
+        self.left.set(left - size);
+        Ok(regex)
+    }
+}
+
+fn build_regex(pattern: &str) -> Result<Regex, CompileError> {
+    Regex::builder()
+        .configure(Regex::config().nfa_size_limit(Some(RegexBudget::PER_REGEX)))
+        .build(pattern)
+        .map_err(|e| {
+            let why = match e.size_limit() {
+                Some(limit) => format!(
+                    "regular expression too large: compiled, it would exceed {} KiB",
+                    limit >> 10
+                ),
+                None => format!("invalid regular expression: {e}"),
+            };
+            CompileError::new("value", why)
+        })
+}
+
+fn compile_value(v: &ValueMatch, regexes: &RegexBudget) -> Result<ValueCond, CompileError> {
     match (v.type_, v.value.as_deref()) {
         (ValueMatchType::Present, None) => Ok(ValueCond::Present),
         (ValueMatchType::Present, Some(_)) => {
@@ -290,7 +350,7 @@ fn compile_value(v: &ValueMatch) -> Result<ValueCond, CompileError> {
             "required unless type is Present",
         )),
         (ValueMatchType::Exact, Some(x)) => Ok(ValueCond::Exact(x.to_owned())),
-        (ValueMatchType::RegularExpression, Some(x)) => Ok(ValueCond::Regex(compile_regex(x)?)),
+        (ValueMatchType::RegularExpression, Some(x)) => Ok(ValueCond::Regex(regexes.compile(x)?)),
     }
 }
 
@@ -494,8 +554,12 @@ mod tests {
     use super::*;
     use crate::request::testing::TestRequest;
 
+    fn compile(m: &RequestMatch) -> Result<CompiledMatch, CompileError> {
+        CompiledMatch::compile(m, &RegexBudget::default())
+    }
+
     fn path_match(type_: PathMatchType, value: &str) -> CompiledMatch {
-        CompiledMatch::compile(&RequestMatch {
+        compile(&RequestMatch {
             path: Some(PathMatch {
                 type_,
                 value: value.into(),
@@ -519,7 +583,7 @@ mod tests {
     }
 
     fn headers_match(conds: Vec<ValueMatch>) -> CompiledMatch {
-        CompiledMatch::compile(&RequestMatch {
+        compile(&RequestMatch {
             headers: conds,
             ..Default::default()
         })
@@ -527,7 +591,7 @@ mod tests {
     }
 
     fn query_match(conds: Vec<ValueMatch>) -> CompiledMatch {
-        CompiledMatch::compile(&RequestMatch {
+        compile(&RequestMatch {
             query_params: conds,
             ..Default::default()
         })
@@ -535,7 +599,7 @@ mod tests {
     }
 
     fn hosts_match(hosts: &[&str]) -> CompiledMatch {
-        CompiledMatch::compile(&RequestMatch {
+        compile(&RequestMatch {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         })
@@ -543,7 +607,7 @@ mod tests {
     }
 
     fn cidr_match(cidrs: &[&str]) -> CompiledMatch {
-        CompiledMatch::compile(&RequestMatch {
+        compile(&RequestMatch {
             source_cidrs: cidrs.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         })
@@ -551,12 +615,12 @@ mod tests {
     }
 
     fn compile_err(m: RequestMatch) -> CompileError {
-        CompiledMatch::compile(&m).unwrap_err()
+        compile(&m).unwrap_err()
     }
 
     #[test]
     fn empty_match_selects_everything() {
-        let m = CompiledMatch::compile(&RequestMatch::default()).unwrap();
+        let m = compile(&RequestMatch::default()).unwrap();
         assert!(m.matches(&TestRequest::new("/").view()));
         assert!(
             m.matches(
@@ -637,7 +701,7 @@ mod tests {
 
     #[test]
     fn methods_any_of() {
-        let m = CompiledMatch::compile(&RequestMatch {
+        let m = compile(&RequestMatch {
             methods: vec![HttpMethod::GET, HttpMethod::HEAD],
             ..Default::default()
         })
@@ -648,7 +712,7 @@ mod tests {
         assert!(!m.matches(&TestRequest::new("/").method("get").view()));
         assert!(!m.matches(&TestRequest::new("/").method("BREW").view()));
         for (method, name) in METHODS {
-            let m = CompiledMatch::compile(&RequestMatch {
+            let m = compile(&RequestMatch {
                 methods: vec![method],
                 ..Default::default()
             })
@@ -995,7 +1059,7 @@ mod tests {
 
     #[test]
     fn conditions_are_anded_lists_are_ored() {
-        let m = CompiledMatch::compile(&RequestMatch {
+        let m = compile(&RequestMatch {
             path: Some(PathMatch {
                 type_: PathMatchType::PathPrefix,
                 value: "/api".into(),
@@ -1142,5 +1206,64 @@ mod tests {
                 header_re.message
             )
         );
+    }
+
+    fn header_regex(pattern: &str) -> RequestMatch {
+        RequestMatch {
+            headers: vec![vm(
+                "x-tenant",
+                ValueMatchType::RegularExpression,
+                Some(pattern),
+                false,
+            )],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_typical_regex_is_a_small_part_of_the_budget() {
+        let budget = RegexBudget::default();
+        CompiledMatch::compile(&header_regex("[a-z0-9-]+"), &budget).unwrap();
+        let used = RegexBudget::PER_SNAPSHOT - budget.left.get();
+        assert!(
+            used > 0 && used < RegexBudget::PER_REGEX / 10,
+            "{used} bytes"
+        );
+    }
+
+    #[test]
+    fn a_regex_over_the_per_regex_limit_is_refused_naming_its_field() {
+        // 5.6 MiB: fine for the regex crate's own 10 MiB default, not for ours.
+        let err = compile_err(header_regex(r"\w{100}")).to_string();
+        assert!(
+            err.starts_with("spec.headers[0].value: regular expression too large"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn regexes_over_the_snapshot_budget_are_refused_at_the_one_that_tips_it() {
+        let pattern = "[a-z0-9-]+";
+        let one = RegexBudget::default();
+        CompiledMatch::compile(&header_regex(pattern), &one).unwrap();
+        let size = RegexBudget::PER_SNAPSHOT - one.left.get();
+        // Room for exactly two.
+        let budget = RegexBudget::new(2 * size);
+        let three = RequestMatch {
+            headers: (0..3)
+                .map(|i| {
+                    vm(
+                        &format!("x-{i}"),
+                        ValueMatchType::RegularExpression,
+                        Some(pattern),
+                        false,
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let err = CompiledMatch::compile(&three, &budget).unwrap_err();
+        assert_eq!(err.field, "headers[2].value");
+        assert!(err.message.contains("total budget"), "{}", err.message);
     }
 }

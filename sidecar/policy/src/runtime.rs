@@ -17,6 +17,7 @@ use crate::{
     compile::{CompileEnv, CompileError},
     compiled::{CompiledPolicy, PolicyError},
     lock::lock,
+    matching::RegexBudget,
     metrics::PolicyMetrics,
     quota::usage::UsageStore,
     ratelimit::{redis_counters::FastSync, store::LocalStore},
@@ -135,6 +136,7 @@ impl Runtime {
                 metrics: &self.metrics,
                 redis: redis.as_ref(),
                 state: StateClaims::new(&self.state),
+                regexes: RegexBudget::default(),
             },
         )
     }

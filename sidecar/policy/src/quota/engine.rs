@@ -34,7 +34,6 @@ use crate::{
     jwt::{JwtKeys, TokenClaims},
     keys::KeyBuilder,
     matching::CompiledMatch,
-    metrics::PolicyMetrics,
     redis_client::RedisClient,
     request::RequestView,
     respond::{DenyTemplate, Reason, Reply},
@@ -220,7 +219,7 @@ impl Quotas {
                     &tz,
                     response.clone(),
                     &claims,
-                    env.metrics,
+                    env,
                 )
                 .map_err(|e| fail(e.under(&format!("quotas[{i}]"))))?;
                 quotas.push(compiled);
@@ -542,9 +541,11 @@ fn compile_quota(
     tz: &TimeZone,
     response: Arc<DenyTemplate>,
     claims: &Arc<TokenClaims>,
-    metrics: &PolicyMetrics,
+    env: &CompileEnv<'_>,
 ) -> Result<CompiledQuota, CompileError> {
-    let matcher = CompiledMatch::compile(&quota.match_).map_err(|e| e.under("match"))?;
+    let metrics = env.metrics;
+    let matcher =
+        CompiledMatch::compile(&quota.match_, &env.regexes).map_err(|e| e.under("match"))?;
     let key = KeyBuilder::compile(&quota.key, claims)?;
     if quota.limit == 0 {
         return Err(CompileError::new("limit", "must be at least 1"));

@@ -28,7 +28,6 @@ use crate::{
     jwt::{JwtKeys, TokenClaims},
     keys::KeyBuilder,
     matching::CompiledMatch,
-    metrics::PolicyMetrics,
     redis_client::RedisClient,
     request::RequestView,
     respond::{DenyTemplate, Reason, Reply},
@@ -121,7 +120,6 @@ impl RateLimits {
         jwt_keys: &JwtKeys,
         env: &CompileEnv<'_>,
     ) -> Result<Self, (PolicySource, CompileError)> {
-        let metrics = &env.metrics;
         let mut rules = Vec::new();
         for policy in policies {
             env.require_redis(policy.spec.scope)
@@ -131,9 +129,8 @@ impl RateLimits {
                     .map(Arc::new)
                     .map_err(|e| (policy.source.clone(), e))?;
             for (i, rule) in policy.spec.rules.iter().enumerate() {
-                let compiled =
-                    compile_rule(&policy.source, &policy.spec, rule, &claims, metrics)
-                        .map_err(|e| (policy.source.clone(), e.under(&format!("rules[{i}]"))))?;
+                let compiled = compile_rule(&policy.source, &policy.spec, rule, &claims, env)
+                    .map_err(|e| (policy.source.clone(), e.under(&format!("rules[{i}]"))))?;
                 rules.push(compiled);
             }
         }
@@ -459,9 +456,11 @@ fn compile_rule(
     spec: &RateLimitPolicySpec,
     rule: &RateLimitRule,
     claims: &Arc<TokenClaims>,
-    metrics: &PolicyMetrics,
+    env: &CompileEnv<'_>,
 ) -> Result<CompiledRule, CompileError> {
-    let matcher = CompiledMatch::compile(&rule.match_).map_err(|e| e.under("match"))?;
+    let metrics = env.metrics;
+    let matcher =
+        CompiledMatch::compile(&rule.match_, &env.regexes).map_err(|e| e.under("match"))?;
     let key = KeyBuilder::compile(&rule.key, claims)?;
     let algorithm = match rule.algorithm {
         RateLimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
@@ -576,7 +575,7 @@ mod tests {
     use bulwark_api::snapshot::Sourced;
 
     use super::*;
-    use crate::request::testing::TestRequest;
+    use crate::{metrics::PolicyMetrics, request::testing::TestRequest};
 
     const SECOND: u64 = NANOS;
 

@@ -2,7 +2,7 @@ use bulwark_api::snapshot::Sourced;
 use proptest::prelude::*;
 
 use super::*;
-use crate::request::testing::TestRequest;
+use crate::{metrics::PolicyMetrics, request::testing::TestRequest};
 
 /// 2025-03-10T12:00:00Z, a Monday.
 const NOW: u64 = 1_741_608_000 * NANOS;
