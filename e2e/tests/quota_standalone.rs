@@ -137,15 +137,27 @@ fn local_quota_warns_refuses_reports_and_survives_sigterm_and_kill_9() {
     let reset_at = report["resetAt"].as_str().unwrap().to_owned();
     assert!(unix_of(&reset_at) > now_unix());
     assert!(unix_of(report["periodStart"].as_str().unwrap()) <= now_unix());
+    // Keys are tracked by digest, never by value: the listing gives the digest the lookup of
+    // `alice` gave.
+    let digest = report["keyDigest"]
+        .as_str()
+        .expect("a Local quota's key digest");
+    assert!(digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
     let (_, list) = admin_quota(&sidecar, "policy=default/api&quota=monthly");
-    assert_eq!(list["keys"][0]["key"], serde_json::json!(["alice"]));
+    assert_eq!(list["keys"][0]["keyDigest"], digest);
+    assert_eq!(list["keys"][0].get("key"), None);
     assert_eq!(list["keys"][0]["used"], 5);
     let (status, missing) = admin_quota(&sidecar, "policy=default/api&quota=nope");
     assert_eq!(status, 404, "{missing}");
     assert!(missing["error"].as_str().unwrap().contains("nope"));
 
-    // SIGTERM: the usage is written on the way out.
+    // SIGTERM: the usage is written on the way out, without the key's value.
     assert!(sidecar.process.terminate(Duration::from_secs(15)).success());
+    let file = std::fs::read(s.dir.path().join("state/quota.redb")).unwrap();
+    assert!(
+        !file.windows(5).any(|w| w == b"alice"),
+        "key values are not stored"
+    );
     let mut sidecar = start(&s, "state", &[]);
     assert_eq!(
         used(&sidecar, "api", "monthly", "alice"),

@@ -3,7 +3,8 @@
 //! `/quota?policy=<namespace>/<name>&quota=<quota>&key=<part>&key=<part>...`: one `key`
 //! parameter per key part, in the quota's `key` order, percent-encoded (`curl -G
 //! --data-urlencode key=...`). Without `key`, a `Local` quota lists the keys it tracks (first
-//! 100, sorted).
+//! 100, sorted by digest): by digest only, since the store keeps no key values
+//! ([`super::usage::push_value_digest`]).
 
 use serde_json::{Value, json};
 
@@ -13,10 +14,7 @@ use super::{
     redis_counters::{self, Mode},
     usage::UsageStore,
 };
-use crate::{
-    keys::{KeyBuilder, SEPARATOR},
-    matching::percent_decode,
-};
+use crate::matching::percent_decode;
 
 /// The most keys listed.
 pub const MAX_LISTED: usize = 100;
@@ -86,15 +84,15 @@ pub async fn report(
                 "give the key (key=<part> per key part): Global quotas are not listed",
             );
         }
+        let prefix = info.usage_prefix();
         let keys: Vec<Value> = usage
-            .list(&info.usage_key(""), MAX_LISTED)
+            .list(prefix, MAX_LISTED)
             .into_iter()
             .filter(|(_, u)| u.period == period)
             .map(|(k, u)| {
-                let joined = &k[info.usage_key("").len()..];
-                let limit = quotas.limit_for(info, joined);
+                let limit = quotas.limit_for_usage_key(info, &k);
                 json!({
-                    "key": split(key_builder, joined),
+                    "keyDigest": &k[prefix.len()..],
                     "used": u.used,
                     "limit": limit,
                     "remaining": limit.saturating_sub(u.used),
@@ -131,18 +129,13 @@ pub async fn report(
     };
     let mut body = base(info);
     body["key"] = json!(q.key);
+    if !info.is_global() {
+        body["keyDigest"] = json!(&usage_key[info.usage_prefix().len()..]);
+    }
     body["used"] = json!(used);
     body["limit"] = json!(limit);
     body["remaining"] = json!(limit.saturating_sub(used));
     (200, body)
-}
-
-/// A joined key back into its parts.
-fn split(builder: &KeyBuilder, joined: &str) -> Vec<String> {
-    if builder.is_empty() {
-        return Vec::new();
-    }
-    joined.split(SEPARATOR).map(str::to_owned).collect()
 }
 
 #[cfg(test)]

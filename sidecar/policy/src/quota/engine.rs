@@ -27,7 +27,7 @@ use prometheus::IntCounter;
 use super::{
     period::{self, Period},
     redis_counters::{self, Mode},
-    usage::{Charge, UsageStore},
+    usage::{self, Charge, UsageStore},
 };
 use crate::{
     compile::{CompileEnv, CompileError},
@@ -85,9 +85,25 @@ pub struct QuotaInfo {
 }
 
 impl QuotaInfo {
-    /// The usage key of `key` (key parts joined as [`KeyBuilder::write_key`] joins them).
+    /// The usage key of `key` (key parts joined as [`KeyBuilder::write_key`] joins them). A
+    /// Local quota's holds a digest of the value ([`usage::push_value_digest`]). A Global
+    /// quota's holds the value, as its Redis counters always have: renaming them would restart
+    /// every Global quota's period on upgrade, and in Redis Cluster no script can move a counter
+    /// to the slot of its new name (docs/security.md).
     pub fn usage_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        let mut out = String::with_capacity(self.prefix.len() + 32);
+        out.push_str(&self.prefix);
+        if self.is_global() {
+            out.push_str(key);
+        } else {
+            usage::push_value_digest(&mut out, key);
+        }
+        out
+    }
+
+    /// What every usage key of this quota starts with.
+    pub fn usage_prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn period_at(&self, unix_nanos: u64) -> Period {
@@ -263,6 +279,21 @@ impl Quotas {
             .iter()
             .find(|q| std::ptr::eq(&*q.info, info))
             .and_then(|q| q.overrides.get(key).copied())
+            .unwrap_or(info.limit)
+    }
+
+    /// The limit of the key whose Local usage key is `usage_key`, under `info`'s quota: the
+    /// overrides are digested to compare (an admin listing; a few hundred hashes at most).
+    pub fn limit_for_usage_key(&self, info: &QuotaInfo, usage_key: &str) -> u64 {
+        self.quotas
+            .iter()
+            .find(|q| std::ptr::eq(&*q.info, info))
+            .and_then(|q| {
+                q.overrides
+                    .iter()
+                    .find(|(key, _)| info.usage_key(key) == usage_key)
+                    .map(|(_, limit)| *limit)
+            })
             .unwrap_or(info.limit)
     }
 

@@ -16,6 +16,23 @@ use std::{
 
 use super::period::Period;
 
+/// The key value of a Local quota's usage key, as it is kept in memory and on disk: the first
+/// 128 bits of its SHA-256, in hex. The value itself is never needed back (overrides and
+/// `/quota` lookups digest the value they are given), and the store must not hold API keys or
+/// bearer tokens. A cryptographic hash because a fast one (xxh3) can be inverted for short
+/// inputs. Low-entropy values (client IPs, user ids) can still be guessed by hashing
+/// candidates: the digest hides secrets, not identities (docs/security.md).
+pub fn push_value_digest(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    for b in &digest.as_ref()[..DIGEST_BYTES] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+}
+
+const DIGEST_BYTES: usize = 16;
+
 /// Usage of one (quota, key) in one period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -235,6 +252,18 @@ mod tests {
     use super::*;
 
     const P1: Period = Period { start: 0, end: 100 };
+
+    #[test]
+    fn value_digest_is_the_first_half_of_sha256_in_hex() {
+        let digest = |v: &str| {
+            let mut out = String::new();
+            push_value_digest(&mut out, v);
+            out
+        };
+        // FIPS 180-2's "abc" vector, and `printf demo-key | sha256sum` (docs/quotas.md).
+        assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        assert_eq!(digest("demo-key"), "c48a01f49fd0f2cc404bc3cbbc80e914");
+    }
     const P2: Period = Period {
         start: 100,
         end: 200,
