@@ -11,7 +11,7 @@
 //!
 //! Shared parts: `request`, `matching`, `keys`, `jwt`, `compile`, `respond`, `state`,
 //! `redis_client`, `metrics`, `task`, `lock`, `clock`. Features, each in its folder:
-//! `ratelimit/`, `quota/` (next: `flags/`, `failover/`, `webhooks/`).
+//! `ratelimit/`, `quota/`, `flags/` (next: `failover/`, `webhooks/`).
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -19,6 +19,7 @@ pub mod admission;
 pub mod clock;
 pub mod compile;
 pub mod compiled;
+pub mod flags;
 pub mod jwt;
 pub mod keys;
 pub mod lock;
