@@ -193,7 +193,9 @@ fn main() -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "bulwark admin".to_owned(),
-        Admin::new(metrics.clone(), runtime.clone()).with_quota(runtime),
+        Admin::new(metrics.clone(), runtime.clone())
+            .with_quota(runtime.clone())
+            .with_flags(runtime),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 

@@ -10,6 +10,7 @@ use bulwark_api::snapshot::{PolicySource, Snapshot};
 
 use crate::{
     compile::{CompileEnv, CompileError},
+    flags::FlagSet,
     quota::engine::Quotas,
     ratelimit::engine::RateLimits,
     redis_client::RedisClient,
@@ -23,6 +24,7 @@ pub struct CompiledPolicy {
     pub snapshot: Snapshot,
     pub rate_limits: Arc<RateLimits>,
     pub quotas: Arc<Quotas>,
+    pub flags: Arc<FlagSet>,
     /// The headers the policies read: each must be sent once, and not also with `_`.
     pub read_headers: ReadHeaders,
     /// The long-lived states this policy uses (the registry holds exactly these once installed).
@@ -65,8 +67,13 @@ impl CompiledPolicy {
                 error,
             },
         )?;
+        let flags =
+            FlagSet::compile(&snapshot.feature_flags).map_err(|(source, error)| PolicyError {
+                kind: "FeatureFlag",
+                source,
+                error,
+            })?;
         for (kind, count) in [
-            ("FeatureFlag", snapshot.feature_flags.len()),
             ("FailoverPolicy", snapshot.failover.len()),
             ("WebhookEndpoint", snapshot.webhooks.len()),
         ] {
@@ -84,6 +91,7 @@ impl CompiledPolicy {
             snapshot,
             rate_limits: Arc::new(rate_limits),
             quotas: Arc::new(quotas),
+            flags: Arc::new(flags),
             read_headers,
             state: env.state.into_used(),
             redis: env.redis.cloned(),
@@ -98,6 +106,7 @@ impl CompiledPolicy {
             snapshot,
             rate_limits: self.rate_limits.clone(),
             quotas: self.quotas.clone(),
+            flags: self.flags.clone(),
             read_headers: self.read_headers.clone(),
             state: self.state.clone(),
             redis: self.redis.clone(),
@@ -109,6 +118,7 @@ impl CompiledPolicy {
             snapshot: Snapshot::empty(),
             rate_limits: Arc::default(),
             quotas: Arc::default(),
+            flags: Arc::default(),
             read_headers: ReadHeaders::default(),
             state: StateSet::default(),
             redis: None,

@@ -4,12 +4,14 @@
 //!
 //! - [`compile`]: `FeatureFlag` specs into a [`FlagSet`], targeting parsed once.
 //! - [`evaluate`]: one flag against one context.
+//! - [`ofrep`]: the OFREP API's answers.
 //! - [`operators`]: flagd's JsonLogic operators; [`semver`] and [`go_text`] reproduce the Go
 //!   behaviour they depend on.
 
 pub mod compile;
 pub mod evaluate;
 mod go_text;
+pub mod ofrep;
 pub mod operators;
 mod semver;
 
