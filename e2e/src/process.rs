@@ -130,6 +130,25 @@ pub fn http_request(
     send_raw(addr, &request)
 }
 
+/// `POST path` with a JSON `body` and extra headers, over HTTP/1.1 with `Connection: close`.
+pub fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    send_raw(addr, &request)
+}
+
 /// Writes `request` exactly as given (a test may need any request line and headers) and reads
 /// the response to the end; `None` when nothing answers.
 pub fn send_raw(addr: SocketAddr, request: &str) -> Option<HttpResponse> {
