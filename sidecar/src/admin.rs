@@ -5,7 +5,7 @@
 //! (`/ofrep/v1/evaluate/flags[/{key}]`: [`bulwark_policy::flags::ofrep`]); next, the webhook
 //! API, each added with [`Admin::route`] or [`Admin::route_under`] calls in `main.rs`.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use bulwark_policy::{clock::unix_nanos, flags::ofrep, quota, runtime::Runtime};
@@ -162,7 +162,8 @@ impl Admin {
     pub fn with_flags(self, runtime: Arc<Runtime>) -> Self {
         let all = runtime.clone();
         self.route("/ofrep/v1/evaluate/flags", move |request| {
-            let flags = all.policy().flags.clone();
+            let started = Instant::now();
+            let runtime = all.clone();
             async move {
                 if request.method != Method::POST {
                     return post_only();
@@ -171,26 +172,31 @@ impl Admin {
                     .headers
                     .get(header::IF_NONE_MATCH)
                     .and_then(|v| v.to_str().ok());
-                ofrep_answer(ofrep::evaluate_all(
-                    &flags,
+                let answer = ofrep::evaluate_all(
+                    &runtime.policy().flags,
                     &request.body,
                     if_none_match,
                     unix_seconds(),
-                ))
+                );
+                ofrep::observe(&runtime.metrics.flags, "bulk", answer.status, started);
+                ofrep_answer(answer)
             }
         })
         .route_under("/ofrep/v1/evaluate/flags/", move |request| {
-            let flags = runtime.policy().flags.clone();
+            let started = Instant::now();
+            let runtime = runtime.clone();
             async move {
                 if request.method != Method::POST {
                     return post_only();
                 }
-                ofrep_answer(ofrep::evaluate_one(
-                    &flags,
+                let answer = ofrep::evaluate_one(
+                    &runtime.policy().flags,
                     &request.rest,
                     &request.body,
                     unix_seconds(),
-                ))
+                );
+                ofrep::observe(&runtime.metrics.flags, "single", answer.status, started);
+                ofrep_answer(answer)
             }
         })
     }

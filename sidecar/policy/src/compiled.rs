@@ -67,12 +67,13 @@ impl CompiledPolicy {
                 error,
             },
         )?;
-        let flags =
-            FlagSet::compile(&snapshot.feature_flags).map_err(|(source, error)| PolicyError {
+        let flags = FlagSet::compile(&snapshot.feature_flags, &env.metrics.flags).map_err(
+            |(source, error)| PolicyError {
                 kind: "FeatureFlag",
                 source,
                 error,
-            })?;
+            },
+        )?;
         for (kind, count) in [
             ("FailoverPolicy", snapshot.failover.len()),
             ("WebhookEndpoint", snapshot.webhooks.len()),

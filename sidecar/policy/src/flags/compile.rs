@@ -10,13 +10,17 @@ use bulwark_api::{
 use datalogic_rs::Logic;
 use serde_json::{Map, Value};
 
-use super::operators::ENGINE;
+use prometheus::IntCounterVec;
+
+use super::{Resolution, metrics::FlagMetrics, operators::ENGINE};
 use crate::compile::CompileError;
 
 /// Every flag the workload's `FeatureFlag`s define, by key.
 #[derive(Default)]
 pub struct FlagSet {
     flags: BTreeMap<String, CompiledFlag>,
+    /// `bulwark_flag_evaluations_total`, when the set counts its evaluations.
+    evaluations: Option<IntCounterVec>,
 }
 
 pub struct CompiledFlag {
@@ -50,6 +54,7 @@ impl FlagSet {
     /// flag per key.
     pub fn compile(
         specs: &[Sourced<FeatureFlagSpec>],
+        metrics: &FlagMetrics,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let mut flags = BTreeMap::new();
         for Sourced { source, spec } in specs {
@@ -73,7 +78,23 @@ impl FlagSet {
                 flags.insert(key.clone(), compiled);
             }
         }
-        Ok(Self { flags })
+        Ok(Self {
+            flags,
+            evaluations: Some(metrics.evaluations.clone()),
+        })
+    }
+
+    /// Counts an evaluation of `flag` (`bulwark_flag_evaluations_total`).
+    pub fn record(&self, flag: &CompiledFlag, resolution: &Resolution<'_>) {
+        if let Some(evaluations) = &self.evaluations {
+            evaluations
+                .with_label_values(&[
+                    flag.key.as_str(),
+                    resolution.variant.unwrap_or(""),
+                    resolution.reason.as_str(),
+                ])
+                .inc();
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&CompiledFlag> {

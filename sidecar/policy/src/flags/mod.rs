@@ -11,6 +11,7 @@
 pub mod compile;
 pub mod evaluate;
 mod go_text;
+pub mod metrics;
 pub mod ofrep;
 pub mod operators;
 mod semver;

@@ -14,7 +14,9 @@
 use datalogic_rs::bumpalo::Bump;
 use serde_json::{Map, Value, json};
 
-use super::{CompiledFlag, Context, ErrorCode, FlagSet, Resolution};
+use std::time::Instant;
+
+use super::{CompiledFlag, Context, ErrorCode, FlagSet, Resolution, metrics::FlagMetrics};
 
 /// An OFREP answer.
 #[derive(Debug, PartialEq)]
@@ -116,7 +118,9 @@ pub fn evaluate_one(flags: &FlagSet, key: &str, body: &[u8], now: i64) -> Answer
     let Some(flag) = flags.get(key) else {
         return not_found(key);
     };
-    let (status, body) = result(flag, &flag.evaluate(context, &arena, now));
+    let resolution = flag.evaluate(context, &arena, now);
+    flags.record(flag, &resolution);
+    let (status, body) = result(flag, &resolution);
     Answer::json(status, &body)
 }
 
@@ -130,7 +134,11 @@ pub fn evaluate_all(flags: &FlagSet, body: &[u8], if_none_match: Option<&str>, n
     };
     let results: Vec<Value> = flags
         .iter()
-        .map(|flag| result(flag, &flag.evaluate(context, &arena, now)).1)
+        .map(|flag| {
+            let resolution = flag.evaluate(context, &arena, now);
+            flags.record(flag, &resolution);
+            result(flag, &resolution).1
+        })
         .collect();
     let body = serde_json::to_vec(&json!({"flags": results, "metadata": {}}))
         .expect("JSON values serialise");
@@ -150,6 +158,18 @@ pub fn evaluate_all(flags: &FlagSet, body: &[u8], if_none_match: Option<&str>, n
     }
 }
 
+/// Counts an answered OFREP request of `endpoint` (`single`, `bulk`) begun at `started`.
+pub fn observe(metrics: &FlagMetrics, endpoint: &str, status: u16, started: Instant) {
+    metrics
+        .ofrep_requests
+        .with_label_values(&[endpoint, &status.to_string()])
+        .inc();
+    metrics
+        .ofrep_seconds
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+}
+
 /// RFC 9110 `If-None-Match`: `*`, or a list of entity tags compared weakly.
 fn etag_matches(header: &str, etag: &str) -> bool {
     header
@@ -163,6 +183,7 @@ mod tests {
     use bulwark_api::snapshot::{PolicySource, Sourced};
 
     use super::*;
+    use crate::metrics::PolicyMetrics;
 
     fn flags() -> FlagSet {
         let spec = serde_yaml::from_str(
@@ -181,10 +202,13 @@ metadata: {flagSetId: shop}
 "#,
         )
         .unwrap();
-        FlagSet::compile(&[Sourced {
-            source: PolicySource::default(),
-            spec,
-        }])
+        FlagSet::compile(
+            &[Sourced {
+                source: PolicySource::default(),
+                spec,
+            }],
+            &PolicyMetrics::unregistered().flags,
+        )
         .unwrap()
     }
 

@@ -6,18 +6,22 @@ use datalogic_rs::bumpalo::Bump;
 use serde_json::json;
 
 use super::*;
+use crate::metrics::PolicyMetrics;
 
 const NOW: i64 = 1_764_900_000;
 
 fn set(yaml: &str) -> FlagSet {
-    FlagSet::compile(&[Sourced {
-        source: PolicySource {
-            namespace: "shop".into(),
-            name: "flags".into(),
-            generation: 1,
-        },
-        spec: serde_yaml::from_str(yaml).unwrap(),
-    }])
+    FlagSet::compile(
+        &[Sourced {
+            source: PolicySource {
+                namespace: "shop".into(),
+                name: "flags".into(),
+                generation: 1,
+            },
+            spec: serde_yaml::from_str(yaml).unwrap(),
+        }],
+        &PolicyMetrics::unregistered().flags,
+    )
     .unwrap()
 }
 
@@ -199,16 +203,19 @@ fn metadata_is_the_sets_overwritten_by_the_flags() {
 
 #[test]
 fn a_spec_that_fails_the_checks_is_refused_naming_the_field() {
-    let err = FlagSet::compile(&[Sourced {
-        source: PolicySource::default(),
-        spec: serde_yaml::from_str(
-            r#"
+    let err = FlagSet::compile(
+        &[Sourced {
+            source: PolicySource::default(),
+            spec: serde_yaml::from_str(
+                r#"
 flags:
   f: {state: ENABLED, variants: {a: 1}, defaultVariant: b}
 "#,
-        )
-        .unwrap(),
-    }])
+            )
+            .unwrap(),
+        }],
+        &PolicyMetrics::unregistered().flags,
+    )
     .err()
     .unwrap();
     assert_eq!(err.1.field, "flags[f].defaultVariant");
@@ -216,19 +223,22 @@ flags:
 
 #[test]
 fn a_ref_cycle_is_refused() {
-    let err = FlagSet::compile(&[Sourced {
-        source: PolicySource::default(),
-        spec: serde_yaml::from_str(
-            r#"
+    let err = FlagSet::compile(
+        &[Sourced {
+            source: PolicySource::default(),
+            spec: serde_yaml::from_str(
+                r#"
 flags:
   f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, targeting: {"$ref": "x"}}
 $evaluators:
   x: {"or": [{"$ref": "y"}]}
   y: {"and": [{"$ref": "x"}]}
 "#,
-        )
-        .unwrap(),
-    }])
+            )
+            .unwrap(),
+        }],
+        &PolicyMetrics::unregistered().flags,
+    )
     .err()
     .unwrap();
     assert_eq!(err.1.field, "flags[f].targeting");

@@ -9,7 +9,8 @@ use prometheus::{IntGauge, Registry};
 
 use self::{registry::registered, stores::StoreMetrics};
 use crate::{
-    jwt::metrics::JwtMetrics, quota::metrics::QuotaMetrics, ratelimit::metrics::RateLimitMetrics,
+    flags::metrics::FlagMetrics, jwt::metrics::JwtMetrics, quota::metrics::QuotaMetrics,
+    ratelimit::metrics::RateLimitMetrics,
 };
 
 /// Every policy feature's metrics.
@@ -18,6 +19,7 @@ pub struct PolicyMetrics {
     pub snapshot_version: IntGauge,
     pub ratelimit: RateLimitMetrics,
     pub quota: QuotaMetrics,
+    pub flags: FlagMetrics,
     pub jwt: JwtMetrics,
     pub stores: StoreMetrics,
 }
@@ -34,6 +36,7 @@ impl PolicyMetrics {
             )?,
             ratelimit: RateLimitMetrics::register(registry)?,
             quota: QuotaMetrics::register(registry)?,
+            flags: FlagMetrics::register(registry)?,
             jwt: JwtMetrics::register(registry)?,
             stores: StoreMetrics::register(registry)?,
         })
