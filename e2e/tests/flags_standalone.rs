@@ -161,6 +161,15 @@ fn ofrep_single_and_bulk_evaluations() {
         "STATIC"
     );
 
+    // Metrics: evaluations by flag, variant and reason; requests by endpoint and status.
+    let on = r#"bulwark_flag_evaluations_total{flag="new-checkout",reason="TARGETING_MATCH",variant="on"}"#;
+    assert!(sidecar.metric_sum(on) >= 1.0);
+    let not_found = r#"bulwark_ofrep_requests_total{endpoint="single",status="404"}"#;
+    assert_eq!(sidecar.metric_sum(not_found), 1.0);
+    // At least the one above (the wait for the reload may have met more).
+    let not_modified = r#"bulwark_ofrep_requests_total{endpoint="bulk",status="304"}"#;
+    assert!(sidecar.metric_sum(not_modified) >= 1.0);
+
     let get =
         bulwark_e2e::process::http_get(sidecar.admin, "/ofrep/v1/evaluate/flags/banner").unwrap();
     assert_eq!((get.status, get.header("allow")), (405, Some("POST")));
