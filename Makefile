@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CP_DIR ?= $(CURDIR)/.bulwark/controlplane
 
-.PHONY: help deps controlplane build crds manifests lint test e2e unit demo bench fuzz up down clean
+.PHONY: help deps controlplane peers build crds manifests lint test e2e unit demo bench fuzz up down clean
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -14,6 +14,10 @@ deps: ## Install what the build and tests need (Debian packages; checks Go and R
 
 controlplane: deps ## Build (once, cached by version) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
 	@bash e2e/controlplane/build.sh >/dev/null
+
+peers: deps ## Build or install (once, cached by version) flagd and the OpenFeature SDKs the flag tests use
+	@bash e2e/peers/build-flagd.sh >/dev/null
+	@bash e2e/peers/install-sdks.sh >/dev/null
 
 build: deps ## Build the workspace (operator, sidecar, crdgen)
 	cargo build --workspace --all-targets
@@ -32,10 +36,10 @@ lint: deps ## cargo fmt --check and clippy -D warnings
 unit: build ## Unit and property tests (no control plane)
 	cargo test --workspace --exclude bulwark-e2e
 
-e2e: build controlplane ## End-to-end tests on a real control plane started for the run
+e2e: build controlplane peers ## End-to-end tests on a real control plane started for the run
 	cargo test -p bulwark-e2e
 
-test: deps controlplane lint build ## Everything CI runs: lint, unit, property and end-to-end tests
+test: deps controlplane peers lint build ## Everything CI runs: lint, unit, property and end-to-end tests
 	cargo test --workspace
 
 demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work

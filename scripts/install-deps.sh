@@ -20,6 +20,9 @@ missing=()
 for pkg in "${!packages[@]}"; do
   command -v "${packages[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# python3-venv: without it Debian's python3 has no ensurepip and cannot make the venv that
+# e2e/peers/install-sdks.sh installs the OpenFeature SDKs into.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[deps] installing Debian packages: ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
