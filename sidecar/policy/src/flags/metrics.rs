@@ -1,0 +1,57 @@
+//! Feature-flag metrics (`bulwark_flag_*`, `bulwark_ofrep_*`). Labels are bounded by the
+//! configuration: flag keys and variant names come from `FeatureFlag`s, never from requests
+//! (an unknown key asked of OFREP counts under the status, not its key).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::metrics::registry::registered;
+
+pub struct FlagMetrics {
+    /// Evaluations by flag, variant (empty when there is none) and reason.
+    pub evaluations: IntCounterVec,
+    /// OFREP requests by endpoint (`single`, `bulk`) and HTTP status.
+    pub ofrep_requests: IntCounterVec,
+    /// Time to answer an OFREP request (parse, evaluate, serialise), by endpoint.
+    pub ofrep_seconds: HistogramVec,
+}
+
+impl FlagMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            evaluations: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bulwark_flag_evaluations_total",
+                        "Feature-flag evaluations by flag, variant and reason.",
+                    ),
+                    &["flag", "variant", "reason"],
+                )?,
+            )?,
+            ofrep_requests: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bulwark_ofrep_requests_total",
+                        "OFREP requests by endpoint (single, bulk) and HTTP status.",
+                    ),
+                    &["endpoint", "status"],
+                )?,
+            )?,
+            ofrep_seconds: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "bulwark_ofrep_request_duration_seconds",
+                        "Time to answer an OFREP request, by endpoint.",
+                    )
+                    .buckets(vec![
+                        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+                        0.025,
+                    ]),
+                    &["endpoint"],
+                )?,
+            )?,
+        })
+    }
+}
