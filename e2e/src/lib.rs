@@ -21,6 +21,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub mod flagd;
+pub mod keep_alive;
 pub mod operator;
 pub mod process;
 pub mod redis;

@@ -12,7 +12,11 @@ use serde_json::{Map, Value};
 
 use prometheus::IntCounterVec;
 
-use super::{Resolution, metrics::FlagMetrics, operators::ENGINE};
+use super::{
+    Resolution,
+    metrics::FlagMetrics,
+    operators::{ENGINE, dialect},
+};
 use crate::compile::CompileError;
 
 /// Every flag the workload's `FeatureFlag`s define, by key.
@@ -129,7 +133,7 @@ fn compile_flag(
             if rule.as_object().is_some_and(Map::is_empty) {
                 Targeting::None
             } else {
-                match ENGINE.compile(rule.to_string().as_str()) {
+                match ENGINE.compile(dialect(rule).to_string().as_str()) {
                     Ok(logic) => Targeting::Rule(logic),
                     Err(e) => Targeting::Invalid(e.to_string()),
                 }

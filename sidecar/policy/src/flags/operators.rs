@@ -10,21 +10,87 @@
 use std::sync::LazyLock;
 
 use datalogic_rs::{
-    ArenaExt, CustomOperator, DataValue, Engine, Result, bumpalo::Bump, datavalue::NumberValue,
-    operator::EvalContext,
+    ArenaExt, CustomOperator, DataValue, Engine, EvaluationConfig, Result, bumpalo::Bump,
+    datavalue::NumberValue, operator::EvalContext,
 };
+use serde_json::{Map, Value, json};
 
 use super::{go_text, semver::Version};
 
-/// The engine every flag's targeting is compiled for and evaluated by.
+/// The engine every flag's targeting is compiled for and evaluated by, after [`dialect`].
+///
+/// Loose equality across types is false, not an error: jsonlogic-go (flagd's engine) and the
+/// JsonLogic reference answer `1 == "pro"` with false, and datalogic's default error would turn
+/// a rule like `{"==": [{"var": "plan"}, "pro"]}` into an error for a context with `plan: 1`.
 pub static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     Engine::builder()
+        .with_config(EvaluationConfig::default().with_loose_equality_errors(false))
+        .add_operator(GO_CAT, GoCat)
         .add_operator("fractional", Fractional)
         .add_operator("sem_ver", SemVer)
         .add_operator("starts_with", StringAffix::Starts)
         .add_operator("ends_with", StringAffix::Ends)
         .build()
 });
+
+/// A targeting rule (its `$ref`s expanded) rewritten where datalogic's built-ins answer
+/// differently from jsonlogic-go, flagd's engine (datalogic runs built-ins before custom
+/// operators of the same name, so these are rewritten rather than overridden):
+/// - `{"var": [path, default]}` becomes `{"if": [{"===": [{"var": path}, null]}, default,
+///   {"var": path}]}`: jsonlogic-go (and the JsonLogic reference) give the default for a null
+///   value, datalogic only for a missing one (its `??` would do, but needs the `ext-control`
+///   operators, which flagd does not have);
+/// - `cat` becomes [`GoCat`], which prints numbers as Go does (`2.0` is `2`) and trims the result.
+pub fn dialect(rule: Value) -> Value {
+    match rule {
+        Value::Object(map) if map.len() == 1 => {
+            let (op, args) = map.into_iter().next().expect("one entry");
+            let args = dialect(args);
+            match (op.as_str(), args) {
+                ("var", Value::Array(mut a)) if a.len() == 2 => {
+                    let default = a.pop().expect("two items");
+                    let var = json!({"var": a.pop().expect("one item")});
+                    json!({"if": [{"===": [var, null]}, default, var]})
+                }
+                ("cat", args) => json!({ GO_CAT: args }),
+                (_, args) => Value::Object(Map::from_iter([(op, args)])),
+            }
+        }
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, dialect(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(dialect).collect()),
+        other => other,
+    }
+}
+
+/// The name [`dialect`] gives `cat`.
+const GO_CAT: &str = "flagd.cat";
+
+/// jsonlogic-go's `cat`: numbers as Go's `strconv.FormatFloat(f, 'f', -1, 64)` (which Rust's
+/// `Display` for `f64` matches), null as nothing, the result trimmed of surrounding whitespace.
+/// Other values (where jsonlogic-go's type assertion fails) as JSON text.
+struct GoCat;
+
+impl CustomOperator for GoCat {
+    fn evaluate<'a>(
+        &self,
+        args: &[&'a DataValue<'a>],
+        _ctx: &mut EvalContext<'_, 'a>,
+        arena: &'a Bump,
+    ) -> Result<&'a DataValue<'a>> {
+        let mut text = String::new();
+        let mut push = |value: &DataValue<'_>| match value {
+            DataValue::String(s) => text.push_str(s),
+            DataValue::Null => {}
+            DataValue::Number(NumberValue::Integer(i)) => text.push_str(&i.to_string()),
+            DataValue::Number(NumberValue::Float(f)) => text.push_str(&f.to_string()),
+            other => text.push_str(&other.to_string()),
+        };
+        args.iter().for_each(|arg| push(arg));
+        Ok(arena.string(text.trim()))
+    }
+}
 
 /// `{"fractional": [bucketBy?, [variant, weight], ...]}`: the variant whose share of the total
 /// weight holds the MurmurHash3 (x86_32, seed 0) of the bucketing value. Without a string
@@ -195,6 +261,47 @@ mod tests {
         let arena = Bump::new();
         let value = ENGINE.evaluate(&logic, data, &arena).unwrap();
         value.to_json_string()
+    }
+
+    fn eval_flagd(rule: &str, data: &str) -> String {
+        let rule = dialect(serde_json::from_str(rule).unwrap());
+        eval(&rule.to_string(), data)
+    }
+
+    #[test]
+    fn base_operators_answer_as_jsonlogic_go_does() {
+        // Cross-type loose equality is false, not an error.
+        assert_eq!(
+            eval_flagd(r#"{"==": [{"var": "plan"}, "pro"]}"#, r#"{"plan": 1}"#),
+            "false"
+        );
+        assert_eq!(
+            eval_flagd(r#"{"!=": [{"var": "plan"}, "pro"]}"#, r#"{"plan": true}"#),
+            "true"
+        );
+        // A var's default stands in for null as for missing, and not for other falsy values.
+        let var = r#"{"var": ["plan", "pro"]}"#;
+        assert_eq!(eval_flagd(var, r#"{"plan": null}"#), r#""pro""#);
+        assert_eq!(eval_flagd(var, r#"{}"#), r#""pro""#);
+        assert_eq!(eval_flagd(var, r#"{"plan": ""}"#), r#""""#);
+        assert_eq!(eval_flagd(var, r#"{"plan": 0}"#), "0");
+        // cat prints numbers as Go does, null as nothing, and trims.
+        let cat = r#"{"cat": [" tier-", {"var": "t"}, {"var": "missing"}, " "]}"#;
+        assert_eq!(eval_flagd(cat, r#"{"t": 2.0}"#), r#""tier-2""#);
+        assert_eq!(eval_flagd(cat, r#"{"t": 2.5}"#), r#""tier-2.5""#);
+        assert_eq!(
+            eval_flagd(cat, r#"{"t": 1e21}"#),
+            r#""tier-1000000000000000000000""#
+        );
+        assert_eq!(eval_flagd(r#"{"cat": "solo"}"#, "{}"), r#""solo""#);
+        // Nested rules are rewritten too.
+        assert_eq!(
+            eval_flagd(
+                r#"{"if": [true, {"cat": ["v", {"var": ["n", 3]}]}, "x"]}"#,
+                "{}"
+            ),
+            r#""v3""#
+        );
     }
 
     #[test]

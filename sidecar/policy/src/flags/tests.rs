@@ -248,3 +248,36 @@ $evaluators:
         err.1.message
     );
 }
+
+#[test]
+fn a_ref_inside_an_evaluator_resolves() {
+    let set = set(r#"
+$evaluators:
+  isStaff: {"ends_with": [{"var": "email"}, "@example.com"]}
+  isProStaff: {"and": [{"$ref": "isStaff"}, {"==": [{"var": "plan"}, "pro"]}]}
+flags:
+  f:
+    state: ENABLED
+    variants: {"on": true, "off": false}
+    defaultVariant: "off"
+    targeting: {"if": [{"$ref": "isProStaff"}, "on", "off"]}
+"#);
+    assert_eq!(
+        eval(&set, "f", r#"{"email": "ana@example.com", "plan": "pro"}"#),
+        (
+            "TARGETING_MATCH",
+            Some("on".into()),
+            Some(json!(true)),
+            None
+        )
+    );
+    assert_eq!(
+        eval(&set, "f", r#"{"email": "ana@example.com", "plan": "free"}"#),
+        (
+            "TARGETING_MATCH",
+            Some("off".into()),
+            Some(json!(false)),
+            None
+        )
+    );
+}
