@@ -39,8 +39,9 @@ unit: build ## Unit and property tests (no control plane)
 e2e: build controlplane peers ## End-to-end tests on a real control plane started for the run
 	cargo test -p bulwark-e2e
 
-test: deps controlplane peers lint build ## Everything CI runs: lint, unit, property and end-to-end tests
+test: deps controlplane peers lint build ## Everything CI runs: lint, unit, property and end-to-end tests, a 10 s fuzz smoke per target
 	cargo test --workspace
+	bash scripts/fuzz.sh --smoke
 
 demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work
 	@bash scripts/demo.sh "$(CP_DIR)"
