@@ -26,6 +26,7 @@ pub mod keep_alive;
 pub mod operator;
 pub mod process;
 pub mod redis;
+pub mod sdks;
 pub mod sidecar;
 
 /// The repository root.

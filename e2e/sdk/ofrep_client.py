@@ -1,0 +1,44 @@
+"""Evaluates flags through the OpenFeature Python SDK and its OFREP provider, as an app would.
+
+    python ofrep_client.py BASE_URL < evaluations.json
+
+stdin: a JSON list of {"key", "type" (boolean|string|number|object), "default", "context"}.
+stdout: one JSON object per evaluation: key, value, reason, variant, errorCode.
+"""
+import json
+import sys
+
+from openfeature import api
+from openfeature.contrib.provider.ofrep import OFREPProvider
+from openfeature.evaluation_context import EvaluationContext
+
+
+def plain(value):
+    """An enum's value, or the value itself."""
+    return getattr(value, "value", value)
+
+
+def main():
+    api.set_provider_and_wait(OFREPProvider(base_url=sys.argv[1]))
+    client = api.get_client()
+    for e in json.load(sys.stdin):
+        context = dict(e.get("context", {}))
+        targeting_key = context.pop("targetingKey", None)
+        ctx = EvaluationContext(targeting_key=targeting_key, attributes=context)
+        evaluate = {
+            "boolean": client.get_boolean_details,
+            "string": client.get_string_details,
+            "number": client.get_float_details,
+            "object": client.get_object_details,
+        }[e["type"]]
+        d = evaluate(e["key"], e["default"], ctx)
+        print(json.dumps({
+            "key": e["key"],
+            "value": d.value,
+            "reason": plain(d.reason),
+            "variant": d.variant,
+            "errorCode": plain(d.error_code),
+        }), flush=True)
+
+
+main()
