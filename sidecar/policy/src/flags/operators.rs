@@ -305,6 +305,30 @@ mod tests {
     }
 
     #[test]
+    fn every_operator_the_checks_allow_is_one_the_engine_has() {
+        use bulwark_api::crd::feature_flag::checks::OPERATORS;
+        // The engine compiles unknown operators and fails them when evaluated; other errors
+        // (arguments missing here) mean the operator exists.
+        let unknown = |op: &str| {
+            let rule = dialect(json!({ op: [] })).to_string();
+            let arena = Bump::new();
+            let logic = ENGINE.compile(&rule).unwrap();
+            ENGINE
+                .evaluate(&logic, "{}", &arena)
+                .err()
+                .is_some_and(|e| e.to_string().starts_with("Invalid operator"))
+        };
+        assert!(
+            unknown("contains_any"),
+            "the probe tells unknown operators apart"
+        );
+        // `$ref` is expanded before compiling.
+        for op in OPERATORS.iter().filter(|op| **op != "$ref") {
+            assert!(!unknown(op), "{op} is not an operator of the engine");
+        }
+    }
+
+    #[test]
     fn murmur3_matches_flagds_hash() {
         // twmb/murmur3 StringSum32 values (docs/research/flags.md).
         for (input, hash) in [

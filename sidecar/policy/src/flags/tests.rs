@@ -82,7 +82,7 @@ flags:
     state: ENABLED
     variants: {"a": 1}
     defaultVariant: "a"
-    targeting: {"no_such_op": [1]}
+    targeting: {"if": "not a list"}
   rollout:
     state: ENABLED
     variants: {"blue": "#00f", "green": "#0f0"}
@@ -236,6 +236,32 @@ $evaluators:
 "#,
             )
             .unwrap(),
+        }],
+        &PolicyMetrics::unregistered().flags,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.1.field, "$evaluators[x]");
+    assert_eq!(err.1.message, "$ref cycle: x → y → x");
+}
+
+#[test]
+fn refs_nested_deeper_than_the_bound_are_refused() {
+    // e0 → e1 → … → e17: no cycle, but deeper than MAX_REF_DEPTH.
+    let mut yaml = String::from(
+        "flags:\n  f: {state: ENABLED, variants: {a: 1}, defaultVariant: a, targeting: {\"$ref\": \"e0\"}}\n$evaluators:\n",
+    );
+    for i in 0..17 {
+        yaml.push_str(&format!(
+            "  e{i}: {{\"!\": {{\"$ref\": \"e{}\"}}}}\n",
+            i + 1
+        ));
+    }
+    yaml.push_str("  e17: {\"var\": \"x\"}\n");
+    let err = FlagSet::compile(
+        &[Sourced {
+            source: PolicySource::default(),
+            spec: serde_yaml::from_str(&yaml).unwrap(),
         }],
         &PolicyMetrics::unregistered().flags,
     )
