@@ -636,6 +636,11 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         "mutatingwebhookconfigurations.admissionregistration.k8s.io/bulwark-sidecar-injector",
         None,
     );
+    grant(
+        &["get", "patch", "update"],
+        "validatingwebhookconfigurations.admissionregistration.k8s.io/bulwark-validation",
+        None,
+    );
 
     let mut wrong = Vec::new();
     for (verb, resource, ns) in &granted {
@@ -699,6 +704,16 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         (
             "patch",
             "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            None,
+        ),
+        (
+            "patch",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/another-webhook",
+            None,
+        ),
+        (
+            "delete",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/bulwark-validation",
             None,
         ),
         (

@@ -9,8 +9,10 @@ use std::{
 
 use bulwark_e2e::{ControlPlane, unique_name};
 use bulwark_operator::{
+    admission,
     inject::{self, InjectConfig},
     tls::{self, CaBundleOutcome, CertResolver, Certificates, Renewal, TlsConfig},
+    validate,
 };
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
@@ -45,6 +47,7 @@ fn tls_config(namespace: &str, webhook_configuration: &str) -> TlsConfig {
         extra_sans: vec!["127.0.0.1".into()],
         secret_name: "bulwark-operator-tls".into(),
         webhook_configuration: webhook_configuration.into(),
+        validating_webhook_configuration: format!("{webhook_configuration}-validation"),
     }
 }
 
@@ -158,9 +161,13 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
     // The webhook configuration is not there yet: not an error.
     let certs = tls::ensure(&client, &cfg).await.unwrap();
     assert_eq!(
-        tls::patch_ca_bundle(&client, &configuration, &certs.ca_pem)
-            .await
-            .unwrap(),
+        tls::patch_ca_bundle::<MutatingWebhookConfiguration>(
+            &client,
+            &configuration,
+            &certs.ca_pem
+        )
+        .await
+        .unwrap(),
         CaBundleOutcome::Missing
     );
 
@@ -186,7 +193,13 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
     let server = tokio::spawn(tls::serve_tls(
         listener,
         tls::server_config(resolver.clone()),
-        move |_peer| inject::webhook_service(inject_cfg.clone(), observe.clone()),
+        move |_peer| {
+            admission::service(
+                inject_cfg.clone(),
+                observe.clone(),
+                Arc::new(|_: &validate::Verdict| {}),
+            )
+        },
         stopped,
     ));
 
@@ -219,9 +232,13 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        tls::patch_ca_bundle(&client, &configuration, &certs.ca_pem)
-            .await
-            .unwrap(),
+        tls::patch_ca_bundle::<MutatingWebhookConfiguration>(
+            &client,
+            &configuration,
+            &certs.ca_pem
+        )
+        .await
+        .unwrap(),
         CaBundleOutcome::Unchanged
     );
 

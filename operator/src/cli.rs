@@ -83,6 +83,15 @@ pub struct Args {
     )]
     pub webhook_configuration: String,
 
+    /// ValidatingWebhookConfiguration (the `/validate` webhook) whose `caBundle` the operator
+    /// keeps current.
+    #[arg(
+        long,
+        env = "BULWARK_VALIDATING_WEBHOOK_CONFIGURATION",
+        default_value = "bulwark-validation"
+    )]
+    pub validating_webhook_configuration: String,
+
     /// Image of the injected sidecar container.
     #[arg(
         long,

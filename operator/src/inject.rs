@@ -1,15 +1,15 @@
 //! The mutating admission webhook that adds the Bulwark sidecar to pods (`POST /mutate`).
 //!
 //! [`mutation`] is the pure decision: the JSON patch for one pod, or `None` to leave it alone.
-//! [`handle`] wraps it in the AdmissionReview protocol; [`webhook_service`] is the hyper service
-//! for [`crate::tls::serve_tls`]. What is injected and why: `docs/injection.md`.
+//! [`handle`] wraps it in the AdmissionReview protocol; [`crate::admission`] serves it. What is
+//! injected and why: `docs/injection.md`.
 
-use std::{collections::BTreeMap, convert::Infallible, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Request, Response};
+use http_body_util::Full;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod,
@@ -18,13 +18,10 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
-use kube::core::{
-    DynamicObject,
-    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
-};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::{Value, json};
 
-use crate::cli::Args;
+use crate::{admission, cli::Args};
 
 /// Name of the injected container (and the mark of an injected pod).
 pub const SIDECAR_NAME: &str = "bulwark-sidecar";
@@ -53,8 +50,6 @@ pub const ADMIN_PORT_NAME: &str = "bulwark-admin";
 pub const DEFAULT_APP_PORT: u16 = 8080;
 /// The UID the sidecar runs as (distroless "nonroot").
 pub const SIDECAR_UID: i64 = 65532;
-/// Largest AdmissionReview body read.
-const MAX_REVIEW_BYTES: usize = 8 << 20;
 
 /// What the injector puts into pods; built from the flags and the operator's CA.
 #[derive(Debug)]
@@ -531,109 +526,20 @@ pub fn review(req: &AdmissionRequest<Pod>, cfg: &InjectConfig) -> (AdmissionResp
     }
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
-}
-
-fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
-}
-
-/// Serves `POST /mutate` (an `AdmissionReview` of a Pod in, one with the response out). A body
+/// Answers `POST /mutate` (an `AdmissionReview` of a Pod in, one with the response out). A body
 /// that is not an AdmissionReview gets 400; anything else gets 200 with the verdict.
 pub async fn handle<B>(req: Request<B>, cfg: &InjectConfig) -> (Response<Full<Bytes>>, Outcome)
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if req.uri().path() != "/mutate" {
-        return (
-            text_response(
-                StatusCode::NOT_FOUND,
-                "not found: try POST /mutate\n".into(),
-            ),
-            Outcome::BadRequest(format!("path {}", req.uri().path())),
-        );
+    match admission::read_review::<Pod, B>(req).await {
+        Ok(request) => {
+            let (response, outcome) = review(&request, cfg);
+            (admission::review_response(response), outcome)
+        }
+        Err((response, why)) => (response, Outcome::BadRequest(why)),
     }
-    if req.method() != Method::POST {
-        return (
-            text_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "POST an AdmissionReview\n".into(),
-            ),
-            Outcome::BadRequest(format!("method {}", req.method())),
-        );
-    }
-    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let why = format!("reading the request body: {e}");
-            return (
-                text_response(StatusCode::BAD_REQUEST, format!("{why}\n")),
-                Outcome::BadRequest(why),
-            );
-        }
-    };
-    let parsed = serde_json::from_slice::<AdmissionReview<Pod>>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|r| {
-            let request: Result<AdmissionRequest<Pod>, _> = r.try_into();
-            request.map_err(|_| "no request in the review".to_string())
-        });
-    let request = match parsed {
-        Ok(r) => r,
-        Err(why) => {
-            tracing::warn!(error = %why, "malformed AdmissionReview");
-            let review: AdmissionReview<DynamicObject> =
-                AdmissionResponse::invalid(&why).into_review();
-            let body = serde_json::to_vec(&review).unwrap_or_default();
-            return (
-                json_response(StatusCode::BAD_REQUEST, body),
-                Outcome::BadRequest(why),
-            );
-        }
-    };
-    let (response, outcome) = review(&request, cfg);
-    let body = serde_json::to_vec(&response.into_review()).expect("a review serialises");
-    (json_response(StatusCode::OK, body), outcome)
-}
-
-/// The webhook as a hyper service for [`crate::tls::serve_tls`]; `observe` sees every outcome
-/// (for metrics).
-pub fn webhook_service<O>(
-    cfg: Arc<InjectConfig>,
-    observe: Arc<O>,
-) -> impl hyper::service::Service<
-    Request<hyper::body::Incoming>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
-> + Clone
-+ Send
-+ 'static
-where
-    O: Fn(&Outcome) + Send + Sync + 'static + ?Sized,
-{
-    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let cfg = cfg.clone();
-        let observe = observe.clone();
-        async move {
-            let (response, outcome) = handle(req, &cfg).await;
-            observe(&outcome);
-            Ok::<_, Infallible>(response)
-        }
-    })
 }
 
 #[cfg(test)]

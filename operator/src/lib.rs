@@ -8,11 +8,13 @@
 //!   acknowledgements. `status`: Accepted/Programmed conditions and Events, written by the leader
 //!   (`leader`).
 //! - `tls`: the operator's CA and serving certificate (kept in a Secret, rotated, `caBundle`
-//!   patched); `inject`: the mutating admission webhook that adds the sidecar.
+//!   patched); `admission`: the webhooks' listener, routing `inject` (the mutating webhook that
+//!   adds the sidecar) and `validate` (the validating webhook for what CRD schemas cannot check).
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod api_check;
 pub mod cli;
 pub mod compile;
@@ -23,4 +25,5 @@ pub mod leader;
 pub mod metrics;
 pub mod status;
 pub mod tls;
+pub mod validate;
 pub mod watch;

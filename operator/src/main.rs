@@ -12,12 +12,13 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use bulwark_operator::{
-    admin, api_check, cli,
+    admin, admission, api_check, cli,
     distribution::{Distributor, acks, auth::Authenticator, server::StreamServer},
     index::Index,
     inject::{self, InjectConfig},
     leader, metrics, status,
     tls::{self, CertResolver, TlsConfig},
+    validate,
     watch::{self as index_watch, Shared},
 };
 use clap::Parser;
@@ -75,9 +76,9 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    // The injection webhook.
+    // The admission webhooks: sidecar injection and validation.
     let inject_config = Arc::new(InjectConfig::from_args(&args, resolver.ca_pem()));
-    let observe = {
+    let observe_injection = {
         let metrics = metrics.clone();
         Arc::new(move |outcome: &inject::Outcome| {
             metrics
@@ -86,10 +87,25 @@ async fn main() -> anyhow::Result<()> {
                 .inc()
         })
     };
+    let observe_validation = {
+        let metrics = metrics.clone();
+        Arc::new(move |verdict: &validate::Verdict| {
+            metrics
+                .validations
+                .with_label_values(&[verdict.label()])
+                .inc()
+        })
+    };
     tasks.spawn(tls::serve_tls(
         listen(args.webhook_listen, "--webhook-listen").await?,
         server_tls.clone(),
-        move |_peer| inject::webhook_service(inject_config.clone(), observe.clone()),
+        move |_peer| {
+            admission::service(
+                inject_config.clone(),
+                observe_injection.clone(),
+                observe_validation.clone(),
+            )
+        },
         shutdown_rx.clone(),
     ));
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     /// Pods seen by the injection webhook, by outcome.
     pub injections: IntCounterVec,
+    pub validations: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +121,13 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            validations: IntCounterVec::new(
+                Opts::new(
+                    "bulwark_operator_validations_total",
+                    "Resources reviewed by the validating webhook, by verdict.",
+                ),
+                &["verdict"],
+            )?,
             registry,
         };
         let r = &metrics.registry;
@@ -136,6 +144,7 @@ impl Metrics {
         r.register(Box::new(metrics.stream_auth_failures.clone()))?;
         r.register(Box::new(metrics.status_writes.clone()))?;
         r.register(Box::new(metrics.injections.clone()))?;
+        r.register(Box::new(metrics.validations.clone()))?;
         Ok(metrics)
     }
 

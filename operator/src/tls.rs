@@ -6,7 +6,8 @@
 //!   the same CA: created when missing (a racing replica's Secret wins), serving certificate
 //!   re-issued by the same CA when it expires within 30 days or lacks a name (updates carry the
 //!   `resourceVersion`, so two replicas never clobber each other).
-//! - [`patch_ca_bundle`] puts the CA into every webhook of the MutatingWebhookConfiguration.
+//! - [`patch_ca_bundle`] puts the CA into every webhook of the Mutating- and
+//!   ValidatingWebhookConfiguration.
 //! - [`run_rotation`] does both every hour and hot-swaps the served certificate in the
 //!   [`CertResolver`] (rustls reads it per handshake, from an `ArcSwap`).
 //! - [`server_config`] and [`serve_tls`]: HTTP/1.1 and HTTP/2 over rustls, with graceful shutdown;
@@ -25,7 +26,11 @@ use std::{
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use k8s_openapi::{
-    ByteString, api::admissionregistration::v1::MutatingWebhookConfiguration, api::core::v1::Secret,
+    ByteString,
+    api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    },
+    api::core::v1::Secret,
 };
 use kube::{
     Api, Client,
@@ -88,6 +93,7 @@ pub struct TlsConfig {
     pub extra_sans: Vec<String>,
     pub secret_name: String,
     pub webhook_configuration: String,
+    pub validating_webhook_configuration: String,
 }
 
 impl TlsConfig {
@@ -98,6 +104,7 @@ impl TlsConfig {
             extra_sans: args.tls_extra_sans.clone(),
             secret_name: args.tls_secret.clone(),
             webhook_configuration: args.webhook_configuration.clone(),
+            validating_webhook_configuration: args.validating_webhook_configuration.clone(),
         }
     }
 
@@ -516,33 +523,77 @@ pub enum CaBundleOutcome {
     Missing,
 }
 
+/// A kind of webhook configuration whose webhooks' `caBundle` the operator keeps current: the
+/// MutatingWebhookConfiguration (injection) and the ValidatingWebhookConfiguration (validation).
+pub trait WebhookConfiguration:
+    kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + fmt::Debug
+{
+    /// Each webhook's name and current `caBundle`, in order.
+    fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)>;
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)> {
+        self.webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                (
+                    w.name.as_str(),
+                    w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]),
+                )
+            })
+            .collect()
+    }
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)> {
+        self.webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                (
+                    w.name.as_str(),
+                    w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]),
+                )
+            })
+            .collect()
+    }
+}
+
 /// The JSON patch that sets `webhooks[i].clientConfig.caBundle` to `ca_pem` wherever it differs,
 /// each guarded by a `test` of the webhook's name (so a concurrent reorder fails the patch rather
 /// than writing the wrong entry). Empty when nothing differs.
-pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> json_patch::Patch {
+pub fn ca_bundle_patch<C: WebhookConfiguration>(config: &C, ca_pem: &str) -> json_patch::Patch {
     let encoded = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
     let mut ops = Vec::new();
-    for (i, webhook) in config.webhooks.iter().flatten().enumerate() {
-        let current = webhook.client_config.ca_bundle.as_ref().map(|b| &b.0[..]);
+    for (i, (name, current)) in config.ca_bundles().into_iter().enumerate() {
         if current == Some(ca_pem.as_bytes()) {
             continue;
         }
-        ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": webhook.name}));
+        ops.push(
+            serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}),
+        );
         ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": encoded}));
     }
     serde_json::from_value(serde_json::Value::Array(ops)).expect("well-formed JSON patch")
 }
 
-/// Sets the `caBundle` of every webhook in the MutatingWebhookConfiguration `name` to `ca_pem`,
+/// Sets the `caBundle` of every webhook in the configuration `name` of kind `C` to `ca_pem`,
 /// if it differs. A missing configuration is not an error (it may be installed later).
-pub async fn patch_ca_bundle(
+pub async fn patch_ca_bundle<C: WebhookConfiguration>(
     client: &Client,
     name: &str,
     ca_pem: &str,
 ) -> Result<CaBundleOutcome, TlsError> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let kind = C::kind(&());
+    let api: Api<C> = Api::all(client.clone());
     let Some(config) = api.get_opt(name).await? else {
-        tracing::warn!(configuration = %name, "MutatingWebhookConfiguration not found; will set its caBundle when it exists");
+        tracing::warn!(configuration = %name, %kind, "webhook configuration not found; will set its caBundle when it exists");
         return Ok(CaBundleOutcome::Missing);
     };
     let patch = ca_bundle_patch(&config, ca_pem);
@@ -552,16 +603,12 @@ pub async fn patch_ca_bundle(
     let patched = patch.0.len() / 2;
     // kube's typed `Patch::Json` needs a feature the workspace does not enable; the request is
     // simple enough to send as it is.
-    let request = http::Request::patch(format!(
-        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
-    ))
-    .header(http::header::CONTENT_TYPE, "application/json-patch+json")
-    .body(serde_json::to_vec(&patch).expect("a patch serialises"))
-    .map_err(|e| TlsError::Parse(format!("building the caBundle patch: {e}")))?;
-    client
-        .request::<MutatingWebhookConfiguration>(request)
-        .await?;
-    tracing::info!(configuration = %name, webhooks = patched, "set the webhooks' caBundle");
+    let request = http::Request::patch(format!("{}/{name}", C::url_path(&(), None)))
+        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(serde_json::to_vec(&patch).expect("a patch serialises"))
+        .map_err(|e| TlsError::Parse(format!("building the caBundle patch: {e}")))?;
+    client.request::<C>(request).await?;
+    tracing::info!(configuration = %name, %kind, webhooks = patched, "set the webhooks' caBundle");
     Ok(CaBundleOutcome::Patched(patched))
 }
 
@@ -647,12 +694,34 @@ pub async fn run_rotation(
         }
         first = false;
         let ca = resolver.current().ca_pem.clone();
-        match patch_ca_bundle(&client, &cfg.webhook_configuration, &ca).await {
-            Ok(CaBundleOutcome::Missing) => healthy = false,
-            Ok(_) => {}
-            Err(e) => {
-                healthy = false;
-                tracing::warn!(error = %e, configuration = %cfg.webhook_configuration, "setting the caBundle failed; will retry");
+        let outcomes = [
+            (
+                &cfg.webhook_configuration,
+                patch_ca_bundle::<MutatingWebhookConfiguration>(
+                    &client,
+                    &cfg.webhook_configuration,
+                    &ca,
+                )
+                .await,
+            ),
+            (
+                &cfg.validating_webhook_configuration,
+                patch_ca_bundle::<ValidatingWebhookConfiguration>(
+                    &client,
+                    &cfg.validating_webhook_configuration,
+                    &ca,
+                )
+                .await,
+            ),
+        ];
+        for (configuration, outcome) in outcomes {
+            match outcome {
+                Ok(CaBundleOutcome::Missing) => healthy = false,
+                Ok(_) => {}
+                Err(e) => {
+                    healthy = false;
+                    tracing::warn!(error = %e, %configuration, "setting the caBundle failed; will retry");
+                }
             }
         }
         let wait = if healthy {

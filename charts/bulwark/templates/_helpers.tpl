@@ -7,6 +7,7 @@ cluster-scoped objects (ClusterRole, webhook configuration) admit one Bulwark pe
 {{- define "bulwark.leaseName" -}}bulwark-operator{{- end -}}
 {{- define "bulwark.tlsSecretName" -}}bulwark-operator-tls{{- end -}}
 {{- define "bulwark.webhookConfigurationName" -}}bulwark-sidecar-injector{{- end -}}
+{{- define "bulwark.validatingWebhookConfigurationName" -}}bulwark-validation{{- end -}}
 {{- define "bulwark.redisSecretName" -}}bulwark-redis{{- end -}}
 
 {{/* Chart name and version, as the helm.sh/chart label wants them. */}}

@@ -136,6 +136,7 @@ fn secret_data_round_trips() {
         extra_sans: vec![],
         secret_name: "bulwark-operator-tls".into(),
         webhook_configuration: "x".into(),
+        validating_webhook_configuration: "y".into(),
     };
     let secret = new_secret(&cfg, &certs);
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));

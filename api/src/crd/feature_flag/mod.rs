@@ -102,9 +102,9 @@ pub struct FeatureFlagSpec {
 /// One flag, in flagd's format.
 ///
 /// CEL cannot see inside `variants` (their values are untyped JSON, which Kubernetes hides from
-/// CEL), so the apiserver does not check that `defaultVariant` names a variant or that variants
-/// share one type. Standalone sidecars refuse such a flag; the operator's validating webhook
-/// for these checks is planned, and until it exists the apiserver accepts such a flag.
+/// CEL), so that `defaultVariant` names a variant, that variants share one type and that
+/// `targeting` is valid JsonLogic are checked by the operator's validating webhook (and by
+/// standalone sidecars), which refuses the flag naming the field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Flag {
