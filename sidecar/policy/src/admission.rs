@@ -1,10 +1,10 @@
 //! The one place that decides what happens to a request, in a fixed order:
 //!
 //! 0. headers the policy reads must be unambiguous ([`crate::request::headers`]),
-//! 1. gates (feature flags: next),
+//! 1. feature-flag gates,
 //! 2. rate limits,
 //! 3. quotas,
-//! 4. what to add to the upstream request (flag header injection: next),
+//! 4. what to set on the upstream request (flag variants in headers),
 //! 5. where it goes (routes and failover: next),
 //! 6. what to add to the response, and what to charge once it is sent.
 //!
@@ -14,6 +14,8 @@
 //! (outbound) pass through the same pipeline, where failover will decide their route.
 
 use std::time::Instant;
+
+use http::HeaderName;
 
 use crate::{
     quota::{engine::RequestQuotas, usage::UsageStore},
@@ -37,6 +39,8 @@ pub enum Direction {
 pub struct Admission {
     /// `Some`: the sidecar answers with this instead of forwarding the request.
     pub reply: Option<Reply>,
+    /// Headers to set on the request to the app; `None` removes any the client sent.
+    pub request_headers: Vec<(HeaderName, Option<String>)>,
     /// What the response carries, and what is charged after it.
     pub response: ResponseEffects,
 }
@@ -101,6 +105,14 @@ impl Runtime {
         if let Some(why) = policy.read_headers.ambiguity(req.headers) {
             admission.reply = Some(Reply::new(Reason::BadRequest, Some(&why)));
             return admission;
+        }
+        if !policy.flag_gates.is_empty() {
+            let gated = policy.flag_gates.decide(req, (now / 1_000_000_000) as i64);
+            if gated.reply.is_some() {
+                admission.reply = gated.reply;
+                return admission;
+            }
+            admission.request_headers = gated.request_headers;
         }
         if !policy.rate_limits.is_empty() {
             let started = Instant::now();

@@ -10,7 +10,7 @@ use bulwark_api::snapshot::{PolicySource, Snapshot};
 
 use crate::{
     compile::{CompileEnv, CompileError},
-    flags::FlagSet,
+    flags::{FlagGates, FlagSet},
     quota::engine::Quotas,
     ratelimit::engine::RateLimits,
     redis_client::RedisClient,
@@ -25,6 +25,8 @@ pub struct CompiledPolicy {
     pub rate_limits: Arc<RateLimits>,
     pub quotas: Arc<Quotas>,
     pub flags: Arc<FlagSet>,
+    /// What the flags do to proxied requests (gates, injected headers).
+    pub flag_gates: Arc<FlagGates>,
     /// The headers the policies read: each must be sent once, and not also with `_`.
     pub read_headers: ReadHeaders,
     /// The long-lived states this policy uses (the registry holds exactly these once installed).
@@ -74,6 +76,12 @@ impl CompiledPolicy {
                 error,
             },
         )?;
+        let flag_gates = FlagGates::compile(&snapshot.feature_flags, &snapshot.jwt_keys, &env)
+            .map_err(|(source, error)| PolicyError {
+                kind: "FeatureFlag",
+                source,
+                error,
+            })?;
         for (kind, count) in [
             ("FailoverPolicy", snapshot.failover.len()),
             ("WebhookEndpoint", snapshot.webhooks.len()),
@@ -86,13 +94,18 @@ impl CompiledPolicy {
                 );
             }
         }
-        let read_headers =
-            ReadHeaders::new(rate_limits.headers_read().chain(quotas.headers_read()));
+        let read_headers = ReadHeaders::new(
+            rate_limits
+                .headers_read()
+                .chain(quotas.headers_read())
+                .chain(flag_gates.headers_read()),
+        );
         Ok(Self {
             snapshot,
             rate_limits: Arc::new(rate_limits),
             quotas: Arc::new(quotas),
             flags: Arc::new(flags),
+            flag_gates: Arc::new(flag_gates),
             read_headers,
             state: env.state.into_used(),
             redis: env.redis.cloned(),
@@ -108,6 +121,7 @@ impl CompiledPolicy {
             rate_limits: self.rate_limits.clone(),
             quotas: self.quotas.clone(),
             flags: self.flags.clone(),
+            flag_gates: self.flag_gates.clone(),
             read_headers: self.read_headers.clone(),
             state: self.state.clone(),
             redis: self.redis.clone(),
@@ -120,6 +134,7 @@ impl CompiledPolicy {
             rate_limits: Arc::default(),
             quotas: Arc::default(),
             flags: Arc::default(),
+            flag_gates: Arc::default(),
             read_headers: ReadHeaders::default(),
             state: StateSet::default(),
             redis: None,

@@ -41,11 +41,14 @@ pub enum Reason {
     HeaderTooLarge,
     /// The request header was not complete within `--request-header-timeout` (408).
     HeaderTimeout,
+    /// A feature-flag gate did not allow the request's variant (404 unless the gate says
+    /// otherwise).
+    FlagGated,
 }
 
 impl Reason {
     /// Every reason (metrics resolve one series per reason up front).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Self::RateLimited,
         Self::QuotaExhausted,
         Self::BadRequest,
@@ -57,6 +60,7 @@ impl Reason {
         Self::PathRedirect,
         Self::HeaderTooLarge,
         Self::HeaderTimeout,
+        Self::FlagGated,
     ];
 
     /// Its position in [`Reason::ALL`].
@@ -77,6 +81,7 @@ impl Reason {
             Self::PathRedirect => "path_redirect",
             Self::HeaderTooLarge => "request_header_too_large",
             Self::HeaderTimeout => "request_header_timeout",
+            Self::FlagGated => "flag_gated",
         }
     }
 
@@ -92,6 +97,7 @@ impl Reason {
             Self::PathRedirect => 307,
             Self::HeaderTooLarge => 431,
             Self::HeaderTimeout => 408,
+            Self::FlagGated => 404,
         }
     }
 
@@ -109,6 +115,7 @@ impl Reason {
             Self::PathRedirect => "The path holds escaped slashes: follow Location.",
             Self::HeaderTooLarge => "The request header is larger than the sidecar accepts.",
             Self::HeaderTimeout => "The request header did not arrive in time.",
+            Self::FlagGated => "Not found.",
         }
     }
 }

@@ -110,6 +110,8 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 /// Per-request state: what admission decided, for the later phases.
 pub struct RequestCtx {
     timing: Timing,
+    /// Headers to set (or, `None`, remove) on the request to the app.
+    request_headers: Vec<(http::HeaderName, Option<String>)>,
     response: ResponseEffects,
 }
 
@@ -120,6 +122,7 @@ impl ProxyHttp for InboundProxy {
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             timing: Timing::start(&self.metrics.inbound),
+            request_headers: Vec::new(),
             response: ResponseEffects::default(),
         }
     }
@@ -149,6 +152,7 @@ impl ProxyHttp for InboundProxy {
                 .await
         };
         ctx.response = admission.response;
+        ctx.request_headers = admission.request_headers;
         match admission.reply {
             Some(reply) => {
                 ctx.timing.answer(session, &reply).await?;
@@ -171,8 +175,15 @@ impl ProxyHttp for InboundProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // Flag variants for the app; a client-sent header of that name never reaches it.
+        for (name, value) in ctx.request_headers.drain(..) {
+            match value {
+                Some(value) => upstream_request.insert_header(name, value)?,
+                None => drop(upstream_request.remove_header(&name)),
+            }
+        }
         // The app sees the client the sidecar trusted, not 127.0.0.1 (docs/security.md).
         if let Some(peer) = peer_ip(session) {
             let value = forwarded_for(&upstream_request.headers, peer, self.trusted_hops);

@@ -88,6 +88,17 @@ impl FlagSet {
         })
     }
 
+    /// One flag of `spec`, compiled as [`FlagSet::compile`] compiles it (for the gates, which
+    /// evaluate their own resource's definition); an error names `flags[KEY]`.
+    pub fn compile_one(
+        key: &str,
+        flag: &Flag,
+        spec: &FeatureFlagSpec,
+        source: &PolicySource,
+    ) -> Result<CompiledFlag, CompileError> {
+        compile_flag(key, flag, spec, source).map_err(|e| e.under(&format!("flags[{key}]")))
+    }
+
     /// Counts an evaluation of `flag` (`bulwark_flag_evaluations_total`).
     pub fn record(&self, flag: &CompiledFlag, resolution: &Resolution<'_>) {
         if let Some(evaluations) = &self.evaluations {

@@ -77,6 +77,11 @@ impl<'a> Context<'a> {
         Self { entries: &[] }
     }
 
+    /// A context of these entries.
+    pub fn from_entries(entries: &'a [(&'a str, DataValue<'a>)]) -> Self {
+        Self { entries }
+    }
+
     /// `value` as a context: it must be an object.
     pub fn from_value(value: &DataValue<'a>) -> Option<Self> {
         value.as_object().map(|entries| Self { entries })

@@ -9,6 +9,8 @@ use crate::metrics::registry::registered;
 pub struct FlagMetrics {
     /// Evaluations by flag, variant (empty when there is none) and reason.
     pub evaluations: IntCounterVec,
+    /// Gate decisions by gate and decision (`allowed`, `denied`).
+    pub gate_decisions: IntCounterVec,
     /// OFREP requests by endpoint (`single`, `bulk`) and HTTP status.
     pub ofrep_requests: IntCounterVec,
     /// Time to answer an OFREP request (parse, evaluate, serialise), by endpoint.
@@ -26,6 +28,16 @@ impl FlagMetrics {
                         "Feature-flag evaluations by flag, variant and reason.",
                     ),
                     &["flag", "variant", "reason"],
+                )?,
+            )?,
+            gate_decisions: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bulwark_flag_gate_decisions_total",
+                        "Requests a feature-flag gate decided, by gate and decision (allowed, denied).",
+                    ),
+                    &["gate", "decision"],
                 )?,
             )?,
             ofrep_requests: registered(

@@ -5,11 +5,13 @@
 //! - [`compile`]: `FeatureFlag` specs into a [`FlagSet`], targeting parsed once.
 //! - [`evaluate`]: one flag against one context.
 //! - [`ofrep`]: the OFREP API's answers.
+//! - [`gating`]: what flags do to proxied requests (gates, injected headers).
 //! - [`operators`]: flagd's JsonLogic operators; [`semver`] and [`go_text`] reproduce the Go
 //!   behaviour they depend on.
 
 pub mod compile;
 pub mod evaluate;
+pub mod gating;
 mod go_text;
 pub mod metrics;
 pub mod ofrep;
@@ -18,6 +20,7 @@ mod semver;
 
 pub use compile::{CompiledFlag, FlagSet, Targeting};
 pub use evaluate::{Context, ErrorCode, Reason, Resolution};
+pub use gating::{FlagGates, GateDecision};
 
 #[cfg(test)]
 mod tests;

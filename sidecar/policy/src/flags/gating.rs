@@ -1,0 +1,454 @@
+//! What `FeatureFlag`s do to proxied requests, for apps with no OpenFeature SDK: **gates** (a
+//! matching request is let through only when its flag resolves to an allowed variant, else the
+//! gate's deny answer) and **injected headers** (a flag's variant name passed to the app).
+//!
+//! Each resource's evaluation context is built from the request by the rate limits' key
+//! sources (`context.targetingKey`, `context.attributes`, JWT claims verified when
+//! `context.jwt.verification` says so). A source with no value (or an empty one) leaves its
+//! attribute out. Each flag a request needs is evaluated once, whether a gate and a header both
+//! use it. A flag that resolves to no variant (disabled, or an error) fails its gates closed and
+//! removes its header, so a client can never supply either.
+
+use std::sync::Arc;
+
+use bulwark_api::{
+    crd::{
+        FeatureFlagSpec,
+        common::{DenyResponse, KeySource},
+    },
+    snapshot::{PolicySource, Sourced},
+};
+use datalogic_rs::{DataValue, bumpalo::Bump};
+use http::HeaderName;
+use prometheus::IntCounterVec;
+
+use super::{CompiledFlag, Context, FlagSet};
+use crate::{
+    compile::{CompileEnv, CompileError},
+    jwt::{JwtKeys, TokenClaims},
+    keys::KeyBuilder,
+    matching::CompiledMatch,
+    request::RequestView,
+    respond::{DenyTemplate, Reason, Reply},
+};
+
+/// The gates and injected headers of a snapshot's `FeatureFlag`s.
+#[derive(Default)]
+pub struct FlagGates {
+    resources: Vec<Resource>,
+    gate_decisions: Option<IntCounterVec>,
+    evaluations: Option<IntCounterVec>,
+}
+
+/// One `FeatureFlag`'s rules, evaluating its own definitions of its flags.
+struct Resource {
+    targeting_key: Option<KeyBuilder>,
+    attributes: Vec<(String, KeyBuilder)>,
+    /// The flags its gates and headers use, each once.
+    flags: Vec<CompiledFlag>,
+    gates: Vec<Gate>,
+    headers: Vec<(usize, HeaderName)>,
+}
+
+struct Gate {
+    name: String,
+    matcher: CompiledMatch,
+    /// Index into the resource's `flags`.
+    flag: usize,
+    allowed: Vec<String>,
+    deny: DenyTemplate,
+}
+
+/// What the gates decided for one request.
+#[derive(Debug, Default, PartialEq)]
+pub struct GateDecision {
+    /// `Some`: a gate refused the request with this answer.
+    pub reply: Option<Reply>,
+    /// Headers to set on the request to the app (`None`: remove any the client sent).
+    pub request_headers: Vec<(HeaderName, Option<String>)>,
+}
+
+impl FlagGates {
+    /// Compiles the gates and injected headers of every spec; an error names the resource and
+    /// the field (`gates[0].match.path`).
+    pub fn compile(
+        specs: &[Sourced<FeatureFlagSpec>],
+        jwt_keys: &JwtKeys,
+        env: &CompileEnv<'_>,
+    ) -> Result<Self, (PolicySource, CompileError)> {
+        let mut resources = Vec::new();
+        for Sourced { source, spec } in specs {
+            if spec.gates.is_empty() && spec.inject_headers.is_empty() {
+                continue;
+            }
+            let resource =
+                compile_resource(source, spec, jwt_keys, env).map_err(|e| (source.clone(), e))?;
+            resources.push(resource);
+        }
+        Ok(Self {
+            resources,
+            gate_decisions: Some(env.metrics.flags.gate_decisions.clone()),
+            evaluations: Some(env.metrics.flags.evaluations.clone()),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// The request headers the contexts read (they must be unambiguous).
+    pub fn headers_read(&self) -> impl Iterator<Item = &HeaderName> {
+        self.resources.iter().flat_map(|r| {
+            r.targeting_key
+                .iter()
+                .chain(r.attributes.iter().map(|(_, b)| b))
+                .flat_map(KeyBuilder::headers_read)
+        })
+    }
+
+    /// Decides `req` at `now` (Unix seconds, `$flagd.timestamp`).
+    pub fn decide(&self, req: &RequestView<'_>, now: i64) -> GateDecision {
+        let mut decision = GateDecision::default();
+        let arena = Bump::new();
+        let mut value = String::new();
+        for resource in &self.resources {
+            let needed = resource.needed(req);
+            if needed.iter().all(|n| !n) {
+                continue;
+            }
+            let context = resource.context(req, &arena, &mut value);
+            let variants: Vec<Option<&str>> = resource
+                .flags
+                .iter()
+                .zip(&needed)
+                .map(|(flag, needed)| {
+                    needed
+                        .then(|| self.evaluate(flag, context, &arena, now))
+                        .flatten()
+                })
+                .collect();
+            for gate in &resource.gates {
+                if !gate.matcher.matches(req) {
+                    continue;
+                }
+                let allowed =
+                    variants[gate.flag].is_some_and(|v| gate.allowed.iter().any(|a| a == v));
+                self.count(&gate.name, allowed);
+                if !allowed {
+                    decision.reply = Some(gate.deny.reply(Reason::FlagGated, Vec::new()));
+                    return decision;
+                }
+            }
+            for (flag, header) in &resource.headers {
+                decision
+                    .request_headers
+                    .push((header.clone(), variants[*flag].map(str::to_owned)));
+            }
+        }
+        decision
+    }
+
+    fn evaluate<'f>(
+        &self,
+        flag: &'f CompiledFlag,
+        context: Context<'_>,
+        arena: &Bump,
+        now: i64,
+    ) -> Option<&'f str> {
+        let resolution = flag.evaluate(context, arena, now);
+        if let Some(evaluations) = &self.evaluations {
+            evaluations
+                .with_label_values(&[
+                    flag.key.as_str(),
+                    resolution.variant.unwrap_or(""),
+                    resolution.reason.as_str(),
+                ])
+                .inc();
+        }
+        resolution.variant
+    }
+
+    fn count(&self, gate: &str, allowed: bool) {
+        if let Some(decisions) = &self.gate_decisions {
+            decisions
+                .with_label_values(&[gate, if allowed { "allowed" } else { "denied" }])
+                .inc();
+        }
+    }
+}
+
+impl Resource {
+    /// Which flags this request needs: those of headers (every request) and of matching gates.
+    fn needed(&self, req: &RequestView<'_>) -> Vec<bool> {
+        let mut needed = vec![false; self.flags.len()];
+        for (flag, _) in &self.headers {
+            needed[*flag] = true;
+        }
+        for gate in &self.gates {
+            if !needed[gate.flag] && gate.matcher.matches(req) {
+                needed[gate.flag] = true;
+            }
+        }
+        needed
+    }
+
+    /// The request's evaluation context: `targetingKey` and the attributes that have a value.
+    fn context<'a>(
+        &self,
+        req: &RequestView<'_>,
+        arena: &'a Bump,
+        value: &mut String,
+    ) -> Context<'a> {
+        let mut entries = Vec::with_capacity(self.attributes.len() + 1);
+        let sources = self
+            .targeting_key
+            .iter()
+            .map(|b| ("targetingKey", b))
+            .chain(self.attributes.iter().map(|(name, b)| (name.as_str(), b)));
+        for (name, builder) in sources {
+            value.clear();
+            builder.write_key(req, value);
+            if !value.is_empty() {
+                entries.push((
+                    &*arena.alloc_str(name),
+                    DataValue::String(arena.alloc_str(value)),
+                ));
+            }
+        }
+        Context::from_entries(arena.alloc_slice_clone(&entries))
+    }
+}
+
+fn compile_resource(
+    source: &PolicySource,
+    spec: &FeatureFlagSpec,
+    jwt_keys: &JwtKeys,
+    env: &CompileEnv<'_>,
+) -> Result<Resource, CompileError> {
+    let context = spec.context.clone().unwrap_or_default();
+    let claims = Arc::new(
+        TokenClaims::compile(context.jwt.as_ref(), source, jwt_keys, env)
+            .map_err(|e| e.under("context"))?,
+    );
+    let source_of = |from: &KeySource, field: String| {
+        KeyBuilder::compile(std::slice::from_ref(from), &claims)
+            .map_err(|e| CompileError::new(field, e.message))
+    };
+    let targeting_key = context
+        .targeting_key
+        .as_ref()
+        .map(|from| source_of(from, "context.targetingKey".into()))
+        .transpose()?;
+    let attributes = context
+        .attributes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Ok((
+                a.name.clone(),
+                source_of(&a.from, format!("context.attributes[{i}].from"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, CompileError>>()?;
+
+    let mut flags: Vec<CompiledFlag> = Vec::new();
+    let mut flag_index = |key: &str, field: String| -> Result<usize, CompileError> {
+        if let Some(i) = flags.iter().position(|f| f.key == key) {
+            return Ok(i);
+        }
+        let flag = spec
+            .flags
+            .get(key)
+            .ok_or_else(|| CompileError::new(field.clone(), format!("no flag {key:?} in flags")))?;
+        flags.push(FlagSet::compile_one(key, flag, spec, source)?);
+        Ok(flags.len() - 1)
+    };
+    let mut gates = Vec::new();
+    for (i, gate) in spec.gates.iter().enumerate() {
+        let at = format!("gates[{i}]");
+        if gate.route_to.is_some() {
+            return Err(CompileError::new(
+                format!("{at}.routeTo"),
+                "routing to an upstream needs failover, which this sidecar version does not have yet; use deny",
+            ));
+        }
+        let default_deny = DenyResponse {
+            status_code: Some(404),
+            body: Some(String::new()),
+            ..DenyResponse::default()
+        };
+        gates.push(Gate {
+            name: gate.name.clone(),
+            matcher: CompiledMatch::compile(&gate.match_, &env.regexes)
+                .map_err(|e| e.under(&format!("{at}.match")))?,
+            flag: flag_index(&gate.flag, format!("{at}.flag"))?,
+            allowed: gate.allowed_variants.clone(),
+            deny: DenyTemplate::compile(Some(gate.deny.as_ref().unwrap_or(&default_deny)), 404)
+                .map_err(|e| e.under(&format!("{at}.deny")))?,
+        });
+    }
+    let mut headers = Vec::new();
+    for (i, inject) in spec.inject_headers.iter().enumerate() {
+        let at = format!("injectHeaders[{i}]");
+        let name = HeaderName::try_from(inject.header.as_str())
+            .map_err(|_| CompileError::new(format!("{at}.header"), "not a valid header name"))?;
+        headers.push((flag_index(&inject.flag, format!("{at}.flag"))?, name));
+    }
+    Ok(Resource {
+        targeting_key,
+        attributes,
+        flags,
+        gates,
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::PolicyMetrics, request::testing::TestRequest};
+
+    fn compile(yaml: &str) -> Result<FlagGates, (PolicySource, CompileError)> {
+        let metrics = PolicyMetrics::unregistered();
+        FlagGates::compile(
+            &[Sourced {
+                source: PolicySource {
+                    namespace: "shop".into(),
+                    name: "flags".into(),
+                    generation: 1,
+                },
+                spec: serde_yaml::from_str(yaml).unwrap(),
+            }],
+            &JwtKeys::new(),
+            &CompileEnv::local(&metrics),
+        )
+    }
+
+    const ROLLOUT: &str = r#"
+flags:
+  new-checkout:
+    state: ENABLED
+    variants: {"on": true, "off": false}
+    defaultVariant: "off"
+    targeting:
+      if:
+      - {"==": [{"var": "plan"}, "pro"]}
+      - "on"
+      - {"fractional": [["on", 50], ["off", 50]]}
+  retired:
+    state: DISABLED
+    variants: {"on": true}
+    defaultVariant: "on"
+context:
+  targetingKey: {type: Header, name: X-User-Id}
+  attributes:
+  - name: plan
+    from: {type: Cookie, name: plan}
+gates:
+- name: checkout-v2
+  match: {path: {type: PathPrefix, value: /checkout/v2}}
+  flag: new-checkout
+  allowedVariants: ["on"]
+- name: old-admin
+  match: {path: {type: PathPrefix, value: /admin}}
+  flag: retired
+  allowedVariants: ["on"]
+  deny: {statusCode: 403, body: "no\n"}
+injectHeaders:
+- flag: new-checkout
+  header: X-Flag-New-Checkout
+"#;
+
+    fn decide(gates: &FlagGates, path: &str, headers: &[(&'static str, &str)]) -> GateDecision {
+        gates.decide(
+            &TestRequest::new(path).headers(headers).view(),
+            1_764_900_000,
+        )
+    }
+
+    fn variant(d: &GateDecision) -> Option<&str> {
+        d.request_headers
+            .iter()
+            .find(|(n, _)| n == "x-flag-new-checkout")
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    #[test]
+    fn gates_let_allowed_variants_through_and_deny_the_rest() {
+        let gates = compile(ROLLOUT).unwrap();
+        // The cookie attribute targets: a pro user is "on" whatever the bucket.
+        let pro = decide(
+            &gates,
+            "/checkout/v2/cart",
+            &[("cookie", "plan=pro"), ("x-user-id", "u1")],
+        );
+        assert_eq!(pro.reply, None);
+        assert_eq!(variant(&pro), Some("on"));
+        // Others are split by their targeting key; the same user always lands the same way.
+        let mut seen = std::collections::BTreeMap::new();
+        for user in 0..200 {
+            let user = format!("user-{user}");
+            let d = decide(&gates, "/checkout/v2/cart", &[("x-user-id", &user)]);
+            let again = decide(&gates, "/checkout/v2/cart", &[("x-user-id", &user)]);
+            assert_eq!(d, again);
+            match (&d.reply, variant(&d)) {
+                (None, v) => assert_eq!(v, Some("on")),
+                (Some(reply), None) => {
+                    assert_eq!(reply.status, 404);
+                    assert_eq!(reply.header("bulwark-reason"), Some("flag_gated"));
+                    assert!(reply.body.is_empty());
+                }
+                other => panic!("{other:?}"),
+            }
+            *seen.entry(d.reply.is_none()).or_insert(0) += 1;
+        }
+        assert!(seen[&true] > 60 && seen[&false] > 60, "{seen:?}");
+        // Routes no gate matches pass, with the header.
+        let other = decide(&gates, "/catalog", &[("x-user-id", "user-1")]);
+        assert_eq!(other.reply, None);
+        assert!(variant(&other).is_some());
+    }
+
+    #[test]
+    fn a_flag_without_a_variant_fails_closed_and_removes_its_header() {
+        let gates = compile(ROLLOUT).unwrap();
+        let admin = decide(&gates, "/admin/users", &[]);
+        let reply = admin.reply.expect("a disabled flag denies");
+        assert_eq!((reply.status, reply.body.as_str()), (403, "no\n"));
+
+        let disabled_header = compile(&ROLLOUT.replace(
+            "    state: ENABLED\n    variants: {\"on\": true, \"off\": false}",
+            "    state: DISABLED\n    variants: {\"on\": true, \"off\": false}",
+        ))
+        .unwrap();
+        let d = decide(
+            &disabled_header,
+            "/catalog",
+            &[("x-flag-new-checkout", "on")],
+        );
+        assert_eq!(d.reply, None);
+        assert_eq!(
+            d.request_headers,
+            vec![(HeaderName::from_static("x-flag-new-checkout"), None)]
+        );
+    }
+
+    #[test]
+    fn the_context_reads_headers_the_ambiguity_check_must_cover() {
+        let gates = compile(ROLLOUT).unwrap();
+        let read: Vec<&str> = gates.headers_read().map(HeaderName::as_str).collect();
+        // As for rate-limit keys: named headers (not `Cookie`, which HTTP/2 splits by design).
+        assert_eq!(read, ["x-user-id"]);
+    }
+
+    #[test]
+    fn route_to_is_refused_until_failover_exists() {
+        let err = compile(&ROLLOUT.replace(
+            "  deny: {statusCode: 403, body: \"no\\n\"}",
+            "  routeTo: canary",
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(err.1.field, "gates[1].routeTo");
+    }
+}
