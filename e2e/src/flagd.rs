@@ -12,23 +12,13 @@ use std::{
 use crate::{
     free_ports,
     process::{Running, wait_for_status},
-    repo_root,
+    script_output,
 };
 
 /// The cached flagd binary; built on first use (`make peers` builds it ahead).
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let script = repo_root().join("e2e/peers/build-flagd.sh");
-        let out = Command::new("bash").arg(&script).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
+    BINARY.get_or_init(|| PathBuf::from(script_output("e2e/peers/build-flagd.sh").trim()))
 }
 
 /// A flagd serving one flag file. It listens on all interfaces (flagd has no bind option); the

@@ -37,6 +37,30 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a script of the repository (`e2e/peers/build-flagd.sh`) with bash and returns its
+/// stdout; panics with its stderr when it fails.
+pub fn script_output(relative: &str) -> String {
+    let script = repo_root().join(relative);
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A fixture's expectations: the `# expect: <substring>` lines at its top.
+pub fn fixture_expectations(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# expect:").map(|e| e.trim().to_owned()))
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
 /// A built binary of this workspace (`make test` builds them before the e2e tests run).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::repo_root;
+use crate::{repo_root, script_output};
 
 struct Installed {
     /// The venv's interpreter: openfeature-sdk and its OFREP and flagd providers import.
@@ -23,15 +23,7 @@ struct Installed {
 fn installed() -> &'static Installed {
     static INSTALLED: OnceLock<Installed> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let script = repo_root().join("e2e/peers/install-sdks.sh");
-        let out = Command::new("bash").arg(&script).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stdout = script_output("e2e/peers/install-sdks.sh");
         let mut lines = stdout.lines();
         let venv = PathBuf::from(lines.next().expect("the venv directory"));
         let prefix = PathBuf::from(lines.next().expect("the npm prefix"));

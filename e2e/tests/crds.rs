@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fs, path::PathBuf, sync::Once};
 
-use bulwark_e2e::{ControlPlane, repo_root, squash_whitespace};
+use bulwark_e2e::{ControlPlane, fixture_expectations, repo_root, squash_whitespace};
 
 fn cp() -> &'static ControlPlane {
     static CRDS: Once = Once::new();
@@ -76,16 +76,6 @@ fn every_example_is_accepted() {
     );
 }
 
-/// A fixture's expectations: `# expect: <substring>` lines at the top of the file.
-fn expectations(path: &std::path::Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# expect:").map(|e| e.trim().to_owned()))
-        .filter(|e| !e.is_empty())
-        .collect()
-}
-
 #[test]
 fn every_invalid_fixture_is_rejected_naming_the_field() {
     let ns = cp().namespace("invalid");
@@ -98,7 +88,7 @@ fn every_invalid_fixture_is_rejected_naming_the_field() {
         .filter(|p| p.is_dir())
     {
         for file in yaml_files(&dir) {
-            let expect = expectations(&file);
+            let expect = fixture_expectations(&file);
             assert!(
                 !expect.is_empty(),
                 "{} has no `# expect:` line",

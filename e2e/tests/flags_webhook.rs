@@ -9,22 +9,13 @@
 use std::{fs, time::Duration};
 
 use bulwark_e2e::{
-    ControlPlane, eventually,
+    ControlPlane, eventually, fixture_expectations,
     operator::{Operator, OperatorPorts, service_account_kubeconfig},
     process::http_get,
     repo_root,
 };
 
 const RELEASE_NS: &str = "bulwark-system";
-/// A fixture's expectations: `# expect: <substring>` lines at the top of the file.
-fn expectations(path: &std::path::Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# expect:").map(|e| e.trim().to_owned()))
-        .filter(|e| !e.is_empty())
-        .collect()
-}
 
 #[test]
 fn the_operator_refuses_invalid_feature_flags_naming_the_field() {
@@ -80,7 +71,7 @@ fn the_operator_refuses_invalid_feature_flags_naming_the_field() {
     assert!(files.len() >= 8, "{} fixtures; at least 8", files.len());
     let mut failures = Vec::new();
     for file in &files {
-        let expect = expectations(file);
+        let expect = fixture_expectations(file);
         assert!(
             !expect.is_empty(),
             "{} has no `# expect:` line",

@@ -535,35 +535,21 @@ pub trait WebhookConfiguration:
     fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)>;
 }
 
-impl WebhookConfiguration for MutatingWebhookConfiguration {
-    fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)> {
-        self.webhooks
-            .iter()
-            .flatten()
-            .map(|w| {
-                (
-                    w.name.as_str(),
-                    w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]),
-                )
-            })
-            .collect()
-    }
+// The two kinds' webhooks are different types with the same `name` and `clientConfig`.
+macro_rules! webhook_configuration {
+    ($($kind:ty),*) => {$(
+        impl WebhookConfiguration for $kind {
+            fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)> {
+                self.webhooks
+                    .iter()
+                    .flatten()
+                    .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref().map(|b| &b.0[..])))
+                    .collect()
+            }
+        }
+    )*};
 }
-
-impl WebhookConfiguration for ValidatingWebhookConfiguration {
-    fn ca_bundles(&self) -> Vec<(&str, Option<&[u8]>)> {
-        self.webhooks
-            .iter()
-            .flatten()
-            .map(|w| {
-                (
-                    w.name.as_str(),
-                    w.client_config.ca_bundle.as_ref().map(|b| &b.0[..]),
-                )
-            })
-            .collect()
-    }
-}
+webhook_configuration!(MutatingWebhookConfiguration, ValidatingWebhookConfiguration);
 
 /// The JSON patch that sets `webhooks[i].clientConfig.caBundle` to `ca_pem` wherever it differs,
 /// each guarded by a `test` of the webhook's name (so a concurrent reorder fails the patch rather

@@ -14,7 +14,7 @@ use prometheus::IntCounterVec;
 
 use super::{
     Resolution,
-    metrics::FlagMetrics,
+    metrics::{FlagMetrics, count_evaluation},
     operators::{ENGINE, dialect},
 };
 use crate::compile::CompileError;
@@ -102,13 +102,7 @@ impl FlagSet {
     /// Counts an evaluation of `flag` (`bulwark_flag_evaluations_total`).
     pub fn record(&self, flag: &CompiledFlag, resolution: &Resolution<'_>) {
         if let Some(evaluations) = &self.evaluations {
-            evaluations
-                .with_label_values(&[
-                    flag.key.as_str(),
-                    resolution.variant.unwrap_or(""),
-                    resolution.reason.as_str(),
-                ])
-                .inc();
+            count_evaluation(evaluations, &flag.key, resolution);
         }
     }
 

@@ -22,7 +22,7 @@ use datalogic_rs::{DataValue, bumpalo::Bump};
 use http::HeaderName;
 use prometheus::IntCounterVec;
 
-use super::{CompiledFlag, Context, FlagSet};
+use super::{CompiledFlag, Context, FlagSet, metrics::count_evaluation};
 use crate::{
     compile::{CompileEnv, CompileError},
     jwt::{JwtKeys, TokenClaims},
@@ -157,13 +157,7 @@ impl FlagGates {
     ) -> Option<&'f str> {
         let resolution = flag.evaluate(context, arena, now);
         if let Some(evaluations) = &self.evaluations {
-            evaluations
-                .with_label_values(&[
-                    flag.key.as_str(),
-                    resolution.variant.unwrap_or(""),
-                    resolution.reason.as_str(),
-                ])
-                .inc();
+            count_evaluation(evaluations, &flag.key, &resolution);
         }
         resolution.variant
     }

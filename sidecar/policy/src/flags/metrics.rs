@@ -4,6 +4,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+use super::Resolution;
 use crate::metrics::registry::registered;
 
 pub struct FlagMetrics {
@@ -66,4 +67,15 @@ impl FlagMetrics {
             )?,
         })
     }
+}
+
+/// Counts one evaluation (`bulwark_flag_evaluations_total`), wherever it was made (OFREP, gates).
+pub fn count_evaluation(evaluations: &IntCounterVec, flag: &str, resolution: &Resolution<'_>) {
+    evaluations
+        .with_label_values(&[
+            flag,
+            resolution.variant.unwrap_or(""),
+            resolution.reason.as_str(),
+        ])
+        .inc();
 }
