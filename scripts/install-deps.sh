@@ -13,6 +13,7 @@ declare -A packages=(
   [redis-server]=redis-server  # Global rate limits and quotas in e2e tests (and redis-cli)
   [prometheus]=promtool    # `promtool check metrics` on the sidecar's and operator's /metrics
   [gcc]=gcc                # C parts of Rust dependencies (zstd, ring)
+  [protobuf-compiler]=protoc  # the flagd evaluation API's protobuf, compiled by tonic-prost-build
   [make]=make
   [git]=git
 )
@@ -23,6 +24,9 @@ done
 # python3-venv: without it Debian's python3 has no ensurepip and cannot make the venv that
 # e2e/peers/install-sdks.sh installs the OpenFeature SDKs into.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# libprotobuf-dev: the well-known types (google/protobuf/struct.proto) the flagd evaluation API
+# imports; protoc alone does not ship them.
+[ -f /usr/include/google/protobuf/struct.proto ] || missing+=(libprotobuf-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[deps] installing Debian packages: ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

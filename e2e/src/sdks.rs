@@ -61,11 +61,12 @@ fn run(mut cmd: Command, evaluations: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// `e2e/sdk/ofrep_client.py`: the Python SDK with its OFREP provider against `base_url`.
-pub fn python_ofrep(base_url: &str, evaluations: &Value) -> Vec<Value> {
+/// `e2e/sdk/python_client.py`: the Python SDK with `provider` (`ofrep` against a base URL,
+/// `flagd-rpc` against `host:port`).
+pub fn python(provider: &str, address: &str, evaluations: &Value) -> Vec<Value> {
     let mut cmd = Command::new(&installed().python);
-    cmd.arg(repo_root().join("e2e/sdk/ofrep_client.py"))
-        .arg(base_url);
+    cmd.arg(repo_root().join("e2e/sdk/python_client.py"))
+        .args([provider, address]);
     run(cmd, evaluations)
 }
 

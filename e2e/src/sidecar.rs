@@ -156,16 +156,19 @@ pub struct Listeners {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// flagd's evaluation API.
+    pub flagd: SocketAddr,
 }
 
 impl Listeners {
-    /// Free loopback ports for all three.
+    /// Free loopback ports for all four.
     pub fn free() -> Listeners {
-        let [inbound, outbound, admin] = free_ports().map(loopback);
+        let [inbound, outbound, admin, flagd] = free_ports().map(loopback);
         Listeners {
             inbound,
             outbound,
             admin,
+            flagd,
         }
     }
 }
@@ -175,6 +178,7 @@ pub struct Sidecar {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    pub flagd: SocketAddr,
     pub state_dir: PathBuf,
     pub process: Running,
     /// Its stdout and stderr.
@@ -199,6 +203,7 @@ impl Sidecar {
             .args(["--outbound-listen", &at.outbound.to_string()])
             .args(["--app", &app.to_string()])
             .args(["--admin-listen", &at.admin.to_string()])
+            .args(["--flagd-listen", &at.flagd.to_string()])
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra);
@@ -207,6 +212,7 @@ impl Sidecar {
             inbound: at.inbound,
             outbound: at.outbound,
             admin: at.admin,
+            flagd: at.flagd,
             state_dir: state_dir.to_path_buf(),
             process: Running::spawn("bulwark-sidecar", cmd, &log),
             log,
@@ -247,6 +253,7 @@ impl Sidecar {
             inbound: self.inbound,
             outbound: self.outbound,
             admin: self.admin,
+            flagd: self.flagd,
         }
     }
 }

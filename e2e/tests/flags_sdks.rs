@@ -1,6 +1,7 @@
 //! Real OpenFeature SDKs (pinned in e2e/peers/versions.env) evaluating flags against the real
 //! sidecar, as an app in the pod would: the Python SDK and the JavaScript server SDK, each with
-//! its OFREP provider, over the admin listener. Every value type, targeting, a default, a
+//! its OFREP provider over the admin listener, and the Python flagd provider in RPC mode over
+//! gRPC (flagd's evaluation API). Every value type, targeting, a default, a
 //! disabled flag, a missing flag and a type mismatch.
 
 use std::time::Duration;
@@ -61,7 +62,7 @@ fn evaluations() -> Value {
 }
 
 #[test]
-fn python_and_javascript_ofrep_providers_evaluate_against_the_sidecar() {
+fn ofrep_and_flagd_rpc_providers_evaluate_against_the_sidecar() {
     let s = Standalone::new(FLAGS, &[("index.html", b"app\n")]);
     let sidecar = Sidecar::start(
         s.app.addr,
@@ -95,11 +96,8 @@ fn python_and_javascript_ofrep_providers_evaluate_against_the_sidecar() {
         json!(["price", 9.5, "STATIC", "low", null]),
         json!(["theme", {"bg": "#000"}, "TARGETING_MATCH", "dark", null]),
         json!(["theme", {"bg": "#fff"}, "DEFAULT", "light", null]),
-        // A disabled flag gives the app its code default. The sidecar answers as flagd and
-        // the OFREP spec's code-default response do (reason DISABLED, no value); these
-        // provider versions predate that response and report it as an error, with the same
-        // value (docs/feature-flags.md).
-        json!(["retired", false, "ERROR", null, "GENERAL"]),
+        // A disabled flag: see `disabled` below.
+        json!(["retired", false, "DISABLED", null, null]),
         json!(["missing", true, "ERROR", null, "FLAG_NOT_FOUND"]),
         // A boolean flag asked for as a string: the code default and TYPE_MISMATCH.
         json!([
@@ -110,15 +108,32 @@ fn python_and_javascript_ofrep_providers_evaluate_against_the_sidecar() {
             "TYPE_MISMATCH"
         ]),
     ];
-    for (sdk, answers) in [
-        ("python", sdks::python_ofrep(&base_url, &evaluations())),
+    // A disabled flag gives the app its code default everywhere. The sidecar answers as flagd
+    // and the OFREP spec's code-default response do (reason DISABLED, no value); the OFREP
+    // provider versions pinned here predate that response and report it as an error, with the
+    // same value (docs/feature-flags.md). The flagd RPC provider reports DISABLED.
+    let disabled_over_ofrep = json!(["retired", false, "ERROR", null, "GENERAL"]);
+    let flagd = sidecar.flagd.to_string();
+    for (sdk, answers, disabled) in [
         (
-            "javascript",
+            "python ofrep",
+            sdks::python("ofrep", &base_url, &evaluations()),
+            &disabled_over_ofrep,
+        ),
+        (
+            "javascript ofrep",
             sdks::javascript_ofrep(&base_url, &evaluations()),
+            &disabled_over_ofrep,
+        ),
+        (
+            "python flagd rpc",
+            sdks::python("flagd-rpc", &flagd, &evaluations()),
+            &expected[7],
         ),
     ] {
         assert_eq!(answers.len(), expected.len(), "{sdk}: {answers:?}");
-        for (answer, expected) in answers.iter().zip(&expected) {
+        for (i, (answer, expected)) in answers.iter().zip(&expected).enumerate() {
+            let expected = if i == 7 { disabled } else { expected };
             let got = json!([
                 answer["key"],
                 answer["value"],

@@ -367,13 +367,16 @@ fn outbound_listener_forwards_the_apps_calls_to_the_service_named() {
         502,
         "upstream_unreachable",
     );
-    let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
-    for signal in [
+    // A request is counted done in its logging phase, which runs after the client has the
+    // answer: wait for the last one.
+    let signals = [
         "bulwark_upstream_errors_total{kind=\"connect\",listener=\"outbound\"} 3",
         "bulwark_request_duration_seconds_count{listener=\"outbound\",outcome=\"upstream\"} 4",
         "bulwark_request_duration_seconds_count{listener=\"outbound\",outcome=\"loop_detected\"} 2",
         "bulwark_requests_in_flight{listener=\"outbound\"} 0",
-    ] {
-        assert!(metrics.contains(signal), "{signal}:\n{metrics}");
-    }
+    ];
+    bulwark_e2e::eventually(Duration::from_secs(5), "the outbound signals", || {
+        let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
+        signals.iter().all(|s| metrics.contains(s)).then_some(())
+    });
 }

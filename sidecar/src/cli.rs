@@ -35,6 +35,12 @@ pub struct Args {
     #[arg(long, env = "BULWARK_ADMIN_LISTEN", default_value = "127.0.0.1:15090")]
     pub admin_listen: SocketAddr,
 
+    /// Address of flagd's evaluation API (gRPC, `flagd.evaluation.v1` and `v2`): point an
+    /// OpenFeature flagd provider in RPC mode here. 8013 is flagd's own port. Keep it on
+    /// loopback: the app shares the pod's network.
+    #[arg(long, env = "BULWARK_FLAGD_LISTEN", default_value = "127.0.0.1:8013")]
+    pub flagd_listen: SocketAddr,
+
     /// Standalone mode: a directory of Bulwark custom resources (the same YAML as for
     /// Kubernetes), watched and hot-reloaded. An invalid change is rejected and the last good
     /// policy keeps serving.

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod flagd_api;
 pub mod listener;
 pub mod metrics;
 pub mod services;

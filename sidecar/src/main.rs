@@ -20,6 +20,7 @@ use bulwark_sidecar::{
     admin::Admin,
     cli,
     config::{Installer, persist, stream::OperatorStream, watch::ConfigWatcher},
+    flagd_api::EvaluationServer,
     listener::{edge::Guarded, inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
     services::Tasks,
@@ -195,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         "bulwark admin".to_owned(),
         Admin::new(metrics.clone(), runtime.clone())
             .with_quota(runtime.clone())
-            .with_flags(runtime),
+            .with_flags(runtime.clone()),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 
@@ -203,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         inbound = %args.inbound_listen,
         outbound = %args.outbound_listen,
         admin = %args.admin_listen,
+        flagd = %args.flagd_listen,
         app = %args.app,
         config_dir = ?args.config_dir,
         operator = ?args.operator_url,
@@ -211,6 +213,13 @@ fn main() -> anyhow::Result<()> {
     server.add_service(inbound);
     server.add_service(outbound);
     server.add_service(admin);
+    server.add_service(background_service(
+        "bulwark flagd evaluation API",
+        EvaluationServer {
+            listen: args.flagd_listen,
+            runtime: runtime.clone(),
+        },
+    ));
     let quiesce = Arc::new(Quiesce {
         in_flight: [
             metrics.inbound.in_flight.clone(),

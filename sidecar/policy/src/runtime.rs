@@ -71,6 +71,8 @@ pub struct Runtime {
     pub fast: Arc<FastSync>,
     /// Local quota usage (persisted by the flusher, reported by `/quota`).
     pub quota_usage: Arc<UsageStore>,
+    /// Counts installs that changed the flags (flagd's EventStream follows it).
+    flag_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Runtime {
@@ -90,6 +92,7 @@ impl Runtime {
             counters: Arc::new(LocalStore::new(COUNTER_SHARDS, limits.max_counters)),
             fast: Arc::new(FastSync::new(flags_redis)),
             quota_usage: Arc::new(UsageStore::with_max_keys(limits.max_quota_keys)),
+            flag_changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -110,6 +113,11 @@ impl Runtime {
     /// The policy enforced now; requests keep the one they started with.
     pub fn policy(&self) -> Arc<CompiledPolicy> {
         self.current.load_full()
+    }
+
+    /// Changes whenever an install changes the flags.
+    pub fn flag_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.flag_changes.subscribe()
     }
 
     /// The long-lived feature states the installed policy uses.
@@ -188,8 +196,12 @@ impl Runtime {
         self.metrics
             .snapshot_version
             .set(i64::try_from(policy.snapshot.version).unwrap_or(i64::MAX));
+        let flags_changed = !Arc::ptr_eq(&self.current.load().flags, &policy.flags);
         self.current.store(Arc::new(policy));
         self.ready.store(true, Ordering::Release);
+        if flags_changed {
+            self.flag_changes.send_modify(|n| *n += 1);
+        }
     }
 }
 

@@ -106,6 +106,32 @@ impl FlagSet {
         }
     }
 
+    /// Evaluates `keys` (every flag when `None`) for a context given as the text of a JSON
+    /// object, parsed once; `None` when it is not one. Each evaluation is counted.
+    pub fn evaluate_json<'f>(
+        &'f self,
+        keys: Option<&str>,
+        context: &str,
+        now: i64,
+    ) -> Option<Vec<(&'f CompiledFlag, Resolution<'f>)>> {
+        let arena = datalogic_rs::bumpalo::Bump::new();
+        let context = super::Context::parse(context, &arena)?;
+        let flags: Vec<&CompiledFlag> = match keys {
+            Some(key) => self.get(key).into_iter().collect(),
+            None => self.iter().collect(),
+        };
+        Some(
+            flags
+                .into_iter()
+                .map(|flag| {
+                    let resolution = flag.evaluate(context, &arena, now);
+                    self.record(flag, &resolution);
+                    (flag, resolution)
+                })
+                .collect(),
+        )
+    }
+
     pub fn get(&self, key: &str) -> Option<&CompiledFlag> {
         self.flags.get(key)
     }

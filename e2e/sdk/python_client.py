@@ -1,6 +1,8 @@
-"""Evaluates flags through the OpenFeature Python SDK and its OFREP provider, as an app would.
+"""Evaluates flags through the OpenFeature Python SDK, as an app would, with its OFREP provider
+or its flagd provider in RPC mode (gRPC, flagd's evaluation API).
 
-    python ofrep_client.py BASE_URL < evaluations.json
+    python python_client.py ofrep http://HOST:PORT < evaluations.json
+    python python_client.py flagd-rpc HOST:PORT < evaluations.json
 
 stdin: a JSON list of {"key", "type" (boolean|string|number|object), "default", "context"}.
 stdout: one JSON object per evaluation: key, value, reason, variant, errorCode.
@@ -9,6 +11,8 @@ import json
 import sys
 
 from openfeature import api
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import CacheType, ResolverType
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 
@@ -19,7 +23,16 @@ def plain(value):
 
 
 def main():
-    api.set_provider_and_wait(OFREPProvider(base_url=sys.argv[1]))
+    kind, address = sys.argv[1], sys.argv[2]
+    if kind == "ofrep":
+        provider = OFREPProvider(base_url=address)
+    else:
+        host, port = address.rsplit(":", 1)
+        # No cache: each evaluation is a call, so the test sees every answer the server gives.
+        provider = FlagdProvider(
+            resolver_type=ResolverType.RPC, host=host, port=int(port), cache=CacheType.DISABLED
+        )
+    api.set_provider_and_wait(provider)
     client = api.get_client()
     for e in json.load(sys.stdin):
         context = dict(e.get("context", {}))
