@@ -28,6 +28,8 @@ use serde_json::{Map, Value, json};
 
 const FLAG_FILE: &str = include_str!("flagd/differential.flagd.json");
 const CONTEXTS: usize = 10_000;
+/// Contexts for the typed calls of the evaluation API (each flag times five types).
+const RPC_CONTEXTS: usize = 60;
 const BULK: &str = "/ofrep/v1/evaluate/flags";
 /// The flags of the file whose answer does not depend on the context.
 const CONSTANT: &[&str] = &[
@@ -406,4 +408,70 @@ fn sidecar_answers_as_flagd_does_over_ten_thousand_contexts() {
         "{CONTEXTS} contexts, {} flags each: no differences; ref-nested: flagd errored on {nested_ref_flagd_errors}; documented deviations: {deviations:?}",
         outcomes.len()
     );
+
+    // The evaluation API (Connect with JSON, v1, on flagd's main port and --flagd-listen):
+    // every flag resolved as each type, so a flag asked for as another type shows the
+    // TYPE_MISMATCH answer of each.
+    let mut to_flagd = KeepAlive::connect(flagd.rpc);
+    let mut to_sidecar = KeepAlive::connect(sidecar.flagd);
+    let keys: Vec<String> = outcomes.keys().cloned().collect();
+    let mut rpc_differences: BTreeMap<String, (usize, String, String)> = BTreeMap::new();
+    let mut calls = 0;
+    for _ in 0..RPC_CONTEXTS {
+        let context = strategy.new_tree(&mut runner).unwrap().current();
+        for key in &keys {
+            if key == "ref-nested" || flagd_fails_where_sidecar_answers(key, &context).is_some() {
+                continue; // the deviations above
+            }
+            for method in [
+                "ResolveBoolean",
+                "ResolveString",
+                "ResolveFloat",
+                "ResolveInt",
+                "ResolveObject",
+            ] {
+                let path = format!("/flagd.evaluation.v1.Service/{method}");
+                let body =
+                    serde_json::to_vec(&json!({"flagKey": key, "context": context})).unwrap();
+                let theirs = to_flagd.post_json(&path, body.clone());
+                let ours = to_sidecar.post_json(&path, body);
+                calls += 1;
+                let (theirs, ours) = (rpc_answer(theirs), rpc_answer(ours));
+                let expected = if key == "targeting-json-null" {
+                    theirs.replace("\"DEFAULT\"", "\"STATIC\"")
+                } else {
+                    theirs.clone()
+                };
+                if ours != expected {
+                    rpc_differences
+                        .entry(format!("{key} {method}"))
+                        .or_insert((0, theirs, ours))
+                        .0 += 1;
+                }
+            }
+        }
+    }
+    let report: Vec<String> = rpc_differences
+        .iter()
+        .map(|(call, (n, theirs, ours))| {
+            format!("{call}: {n}×\n  flagd   {theirs}\n  sidecar {ours}")
+        })
+        .collect();
+    assert!(
+        report.is_empty(),
+        "{} calls differ:\n{}",
+        report.len(),
+        report.join("\n")
+    );
+    eprintln!("evaluation API: {calls} typed calls, no differences");
+}
+
+/// A Connect answer as status and body, with an error's free-text message left out.
+fn rpc_answer((status, body): (u16, bytes::Bytes)) -> String {
+    let mut value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    if let Some(map) = value.as_object_mut() {
+        map.remove("message");
+    }
+    format!("{status} {value}")
 }

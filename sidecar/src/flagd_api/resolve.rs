@@ -169,11 +169,22 @@ fn from_proto(value: &prost_types::Value) -> Value {
     match &value.kind {
         None | Some(ProtoKind::NullValue(_)) => Value::Null,
         Some(ProtoKind::BoolValue(b)) => Value::Bool(*b),
-        Some(ProtoKind::NumberValue(n)) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        Some(ProtoKind::NumberValue(n)) => json_number(*n),
         Some(ProtoKind::StringValue(s)) => Value::String(s.clone()),
         Some(ProtoKind::ListValue(list)) => {
             Value::Array(list.values.iter().map(from_proto).collect())
         }
         Some(ProtoKind::StructValue(s)) => Value::Object(from_struct(s)),
+    }
+}
+
+/// A protobuf number (always a double) as JSON: a whole number as an integer (`3`, not `3.0`),
+/// as Go's encoders print it and as a JSON client most likely sent it.
+pub fn json_number(n: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: larger doubles are not exact integers
+    if n.fract() == 0.0 && n.abs() < EXACT {
+        Value::Number(Number::from(n as i64))
+    } else {
+        Number::from_f64(n).map_or(Value::Null, Value::Number)
     }
 }

@@ -26,11 +26,19 @@ impl EvaluationApi {
         Self { runtime }
     }
 
-    fn resolve(&self, key: &str, kind: Kind, context: Option<&Struct>) -> Result<Answer, Status> {
+    pub(super) fn resolve(
+        &self,
+        key: &str,
+        kind: Kind,
+        context: Option<&Struct>,
+    ) -> Result<Answer, Status> {
         resolve::resolve(&self.runtime.policy().flags, key, kind, context, now())
     }
 
-    fn resolve_all(&self, context: Option<&Struct>) -> Result<Vec<(String, Answer)>, Status> {
+    pub(super) fn resolve_all(
+        &self,
+        context: Option<&Struct>,
+    ) -> Result<Vec<(String, Answer)>, Status> {
         resolve::resolve_all(&self.runtime.policy().flags, context, now())
     }
 
