@@ -3,7 +3,9 @@
 # chart's ServiceAccount; a namespace labelled for injection; a pod created there (the apiserver
 # calls the webhook, the stored pod has the sidecar); that pod's sidecar run here in front of a
 # real app; a rate limit and a quota applied: 429s with headers, quota usage growing, status
-# Accepted and Programmed 1/1; then every example, kubectl explain and bad input rejected. All
+# Accepted and Programmed 1/1; a percentage rollout gating a route and telling the app its variant
+# (no SDK), and the same flag over OFREP; then every example, kubectl explain and bad input
+# rejected (by the schema, and by the operator's validating webhook). All
 # narrated. The plane keeps running for you to explore (the operator and sidecar stop with the
 # script); `make down` stops it.
 set -euo pipefail
@@ -28,12 +30,13 @@ work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-say "Installing Bulwark with Helm: CRDs, the operator Deployment, least-privilege RBAC, the injection webhook"
+say "Installing Bulwark with Helm: CRDs, the operator Deployment, least-privilege RBAC, the injection and validation webhooks"
 echo "(No kubelet runs here, so the Deployment's pods are stored but never run: the operator runs"
-echo " below as a local process with the chart's ServiceAccount token, and webhook.url points the"
-echo " apiserver's webhook calls at it.)"
+echo " below as a local process with the chart's ServiceAccount token, and webhook.url and"
+echo " validation.url point the apiserver's webhook calls at it.)"
 run helm upgrade --install bulwark charts/bulwark --namespace bulwark-system --create-namespace \
-  --set "webhook.url=https://127.0.0.1:$webhook_port/mutate"
+  --set "webhook.url=https://127.0.0.1:$webhook_port/mutate" \
+  --set "validation.url=https://127.0.0.1:$webhook_port/validate"
 kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
 run kubectl get deployment,service,poddisruptionbudget,mutatingwebhookconfiguration -n bulwark-system
 
@@ -94,15 +97,29 @@ kubectl create token default -n shop --audience bulwark --bound-object-kind Pod 
   --bound-object-name storefront-api-0 --duration 1h >"$work/token"
 kubectl get pod -n shop storefront-api-0 \
   -o jsonpath='{.spec.initContainers[?(@.name=="bulwark-sidecar")].env[?(@.name=="BULWARK_OPERATOR_CA")].value}' >"$work/ca.pem"
-mkdir -p "$work/www/api"
-echo '{"items":[]}' >"$work/www/api/items"
-app_port=$(free_port); in_port=$(free_port); out_port=$(free_port); sc_admin=$(free_port)
-python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$work/www" >"$work/app.log" 2>&1 &
+app_port=$(free_port); in_port=$(free_port); out_port=$(free_port); sc_admin=$(free_port); sc_flagd=$(free_port)
+# The app: answers every GET with the path and the flag header it received (it has no SDK).
+cat >"$work/app.py" <<'APP'
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class App(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "X-Flag-New-Checkout": self.headers.get("X-Flag-New-Checkout")}).encode() + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), App).serve_forever()
+APP
+python3 "$work/app.py" "$app_port" >"$work/app.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -fs "127.0.0.1:$app_port/api/items" >/dev/null 2>&1 && break; sleep 0.2; done
 ./target/debug/bulwark-sidecar --operator-url "https://127.0.0.1:$stream_port" \
   --operator-ca-file "$work/ca.pem" --token-file "$work/token" --app "127.0.0.1:$app_port" \
-  --inbound-listen "127.0.0.1:$in_port" --outbound-listen "127.0.0.1:$out_port" --admin-listen "127.0.0.1:$sc_admin" --state-dir "$work/state" \
+  --inbound-listen "127.0.0.1:$in_port" --outbound-listen "127.0.0.1:$out_port" --admin-listen "127.0.0.1:$sc_admin" --flagd-listen "127.0.0.1:$sc_flagd" --state-dir "$work/state" \
   >"$cp_dir/logs/demo-sidecar.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "127.0.0.1:$sc_admin/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -148,6 +165,40 @@ say "Status and events, as kubectl shows them"
 run kubectl describe ratelimitpolicy -n shop api-per-client-ip
 run kubectl get events.events.k8s.io -n shop
 
+say "A percentage rollout: 20% of users get the new checkout; its routes are gated; the app sees the variant"
+echo "(The limits are removed first, so the rollout's traffic is not counted against them. The"
+echo " example selects app=shop; here it is pointed at this pod's label.)"
+run kubectl delete -n shop ratelimitpolicy,quotapolicy --all
+sed 's/app: shop$/app: storefront-api/' examples/featureflag-percentage-rollout.yaml | kubectl apply -n shop -f -
+for _ in $(seq 50); do
+  [ "$(kubectl get ff -n shop checkout-rollout -o jsonpath='{.status.programmedPods}')" = 1 ] && break
+  sleep 0.2
+done
+run kubectl get featureflags -n shop
+echo "Five users, each asking twice for the new checkout's route (X-User-Id is the targeting key):"
+for u in alice bob mallory rupert trent; do
+  a=$(curl -s -o /dev/null -w '%{http_code}' -H "X-User-Id: $u" "127.0.0.1:$in_port/checkout/v2/cart")
+  b=$(curl -s -o /dev/null -w '%{http_code}' -H "X-User-Id: $u" "127.0.0.1:$in_port/checkout/v2/cart")
+  echo "    $u: $a $b"
+done
+echo "Any route: the app is told each user's variant, whatever header the client sent:"
+for u in alice bob; do
+  printf '$ curl -H "X-User-Id: %s" -H "X-Flag-New-Checkout: on" 127.0.0.1:%s/catalog\n' "$u" "$in_port"
+  curl -s -H "X-User-Id: $u" -H "X-Flag-New-Checkout: on" "127.0.0.1:$in_port/catalog" | sed 's/^/    /'
+done
+on=0
+for i in $(seq 500); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-User-Id: user-$i" "127.0.0.1:$in_port/checkout/v2/cart")" = 200 ] && on=$((on + 1))
+done
+echo "500 users: $on let through ($((on * 100 / 500))%; the flag's weights say 20%)"
+echo "An app with an SDK asks the same flag over OFREP (or flagd's gRPC API on 127.0.0.1:$sc_flagd):"
+run curl -s -X POST -H 'Content-Type: application/json' -d '{"context":{"targetingKey":"mallory"}}' \
+  "127.0.0.1:$sc_admin/ofrep/v1/evaluate/flags/new-checkout"
+echo
+run curl -s -H 'Content-Type: application/json' -d '{"flagKey":"new-checkout","context":{"targetingKey":"mallory"}}' \
+  "127.0.0.1:$sc_flagd/flagd.evaluation.v2.Service/ResolveBoolean"
+echo
+
 say "Applying every example into namespace 'examples' (no injected pods there)"
 kubectl create namespace examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 run kubectl apply -n examples -f examples/
@@ -163,6 +214,13 @@ for bad in e2e/fixtures/invalid/ratelimitpolicy/02-window-too-long.yaml \
            e2e/fixtures/invalid/featureflag/06-gate-unknown-flag.yaml; do
   [ -f "$bad" ] || continue
   grep '^# Rejected because:' "$bad" || true
+  printf '$ kubectl apply -n examples -f %s\n' "$bad"
+  kubectl apply -n examples -f "$bad" 2>&1 | sed 's/^/    /' || true
+done
+say "What the schema cannot see (a flag's variants and targeting), the operator's validating webhook refuses"
+for bad in e2e/fixtures/webhook/featureflag/01-default-variant-not-a-variant.yaml \
+           e2e/fixtures/webhook/featureflag/05-unknown-operator.yaml; do
+  grep '^# Refused because:' "$bad" || true
   printf '$ kubectl apply -n examples -f %s\n' "$bad"
   kubectl apply -n examples -f "$bad" 2>&1 | sed 's/^/    /' || true
 done
