@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bulwark_e2e::{
-    process::{http_post, wait_for_status},
+    process::{http_get, http_post, wait_for_status},
     sdks,
     sidecar::{Sidecar, Standalone},
 };
@@ -143,5 +143,14 @@ fn ofrep_and_flagd_rpc_providers_evaluate_against_the_sidecar() {
             ]);
             assert_eq!(&got, expected, "{sdk}");
         }
+    }
+    // The RPC provider's calls, counted by method and status.
+    let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
+    for line in [
+        "bulwark_flagd_api_calls_total{code=\"NotFound\",method=\"ResolveBoolean\"} 1",
+        "bulwark_flagd_api_calls_total{code=\"InvalidArgument\",method=\"ResolveString\"} 1",
+        "bulwark_flagd_api_calls_total{code=\"Ok\",method=\"ResolveObject\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 }

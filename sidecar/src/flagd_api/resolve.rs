@@ -18,6 +18,19 @@ pub enum Kind {
     Object,
 }
 
+impl Kind {
+    /// The evaluation API's method for this type.
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Boolean => "ResolveBoolean",
+            Kind::String => "ResolveString",
+            Kind::Float => "ResolveFloat",
+            Kind::Int => "ResolveInt",
+            Kind::Object => "ResolveObject",
+        }
+    }
+}
+
 /// A typed value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Typed {

@@ -2,7 +2,11 @@
 //! the two versions differ only in v2's optional value and variant (unset for DISABLED), which
 //! v1 sends as zero values.
 
-use std::{pin::Pin, sync::Arc, time::SystemTime};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use bulwark_policy::runtime::Runtime;
 use futures::Stream;
@@ -32,14 +36,34 @@ impl EvaluationApi {
         kind: Kind,
         context: Option<&Struct>,
     ) -> Result<Answer, Status> {
-        resolve::resolve(&self.runtime.policy().flags, key, kind, context, now())
+        let started = Instant::now();
+        let result = resolve::resolve(&self.runtime.policy().flags, key, kind, context, now());
+        self.observe(kind.method(), result.as_ref().err(), started);
+        result
     }
 
     pub(super) fn resolve_all(
         &self,
         context: Option<&Struct>,
     ) -> Result<Vec<(String, Answer)>, Status> {
-        resolve::resolve_all(&self.runtime.policy().flags, context, now())
+        let started = Instant::now();
+        let result = resolve::resolve_all(&self.runtime.policy().flags, context, now());
+        self.observe("ResolveAll", result.as_ref().err(), started);
+        result
+    }
+
+    /// Counts a call (`bulwark_flagd_api_*`).
+    fn observe(&self, method: &str, error: Option<&Status>, started: Instant) {
+        let metrics = &self.runtime.metrics.flags;
+        let code = match error {
+            None => "Ok".to_owned(),
+            Some(status) => format!("{:?}", status.code()),
+        };
+        metrics.api_calls.with_label_values(&[method, &code]).inc();
+        metrics
+            .api_seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// `provider_ready` at once, then `configuration_change` whenever the flags change.

@@ -7,6 +7,11 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use super::Resolution;
 use crate::metrics::registry::registered;
 
+/// From 10 µs (a static flag) to 25 ms (a bulk answer under load).
+const LATENCY_BUCKETS: [f64; 9] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025,
+];
+
 pub struct FlagMetrics {
     /// Evaluations by flag, variant (empty when there is none) and reason.
     pub evaluations: IntCounterVec,
@@ -16,6 +21,10 @@ pub struct FlagMetrics {
     pub ofrep_requests: IntCounterVec,
     /// Time to answer an OFREP request (parse, evaluate, serialise), by endpoint.
     pub ofrep_seconds: HistogramVec,
+    /// Calls of flagd's evaluation API by method and gRPC status code (`Ok`, `NotFound`, ...).
+    pub api_calls: IntCounterVec,
+    /// Time to resolve a call of the evaluation API, by method.
+    pub api_seconds: HistogramVec,
 }
 
 impl FlagMetrics {
@@ -58,11 +67,29 @@ impl FlagMetrics {
                         "bulwark_ofrep_request_duration_seconds",
                         "Time to answer an OFREP request, by endpoint.",
                     )
-                    .buckets(vec![
-                        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
-                        0.025,
-                    ]),
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                     &["endpoint"],
+                )?,
+            )?,
+            api_calls: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bulwark_flagd_api_calls_total",
+                        "Calls of flagd's evaluation API (gRPC and Connect), by method and status code.",
+                    ),
+                    &["method", "code"],
+                )?,
+            )?,
+            api_seconds: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "bulwark_flagd_api_call_duration_seconds",
+                        "Time to resolve a call of flagd's evaluation API, by method.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["method"],
                 )?,
             )?,
         })
