@@ -3,7 +3,7 @@
 //! `TYPE_MISMATCH`), with flagd's gRPC status per error code. Values cross as protobuf
 //! `Struct`s.
 
-use bulwark_policy::flags::{ErrorCode, FlagSet, Reason, Resolution};
+use bulwark_policy::flags::{ErrorCode, FlagSet, Resolution};
 use prost_types::{ListValue, Struct, value::Kind as ProtoKind};
 use serde_json::{Map, Number, Value};
 use tonic::{Code, Status};
@@ -144,11 +144,6 @@ fn status(code: ErrorCode, message: &str) -> Status {
         ErrorCode::General => Code::Unknown,
     };
     Status::new(grpc, format!("{}: {message}", code.as_str()))
-}
-
-/// Whether a DISABLED answer: used by the v1 messages, which have no "unset".
-pub fn is_disabled(answer: &Answer) -> bool {
-    answer.reason == Reason::Disabled.as_str()
 }
 
 pub fn to_struct(map: &Map<String, Value>) -> Struct {

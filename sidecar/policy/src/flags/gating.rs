@@ -112,8 +112,18 @@ impl FlagGates {
         let arena = Bump::new();
         let mut value = String::new();
         for resource in &self.resources {
-            let needed = resource.needed(req);
-            if needed.iter().all(|n| !n) {
+            // Each gate's match runs once; the flags needed are the headers' and these gates'.
+            let gates: Vec<&Gate> = resource
+                .gates
+                .iter()
+                .filter(|g| g.matcher.matches(req))
+                .collect();
+            let mut needed = vec![false; resource.flags.len()];
+            let flags_used = resource.headers.iter().map(|(flag, _)| *flag);
+            flags_used
+                .chain(gates.iter().map(|g| g.flag))
+                .for_each(|flag| needed[flag] = true);
+            if !needed.contains(&true) {
                 continue;
             }
             let context = resource.context(req, &arena, &mut value);
@@ -127,10 +137,7 @@ impl FlagGates {
                         .flatten()
                 })
                 .collect();
-            for gate in &resource.gates {
-                if !gate.matcher.matches(req) {
-                    continue;
-                }
+            for gate in gates {
                 let allowed =
                     variants[gate.flag].is_some_and(|v| gate.allowed.iter().any(|a| a == v));
                 self.count(&gate.name, allowed);
@@ -172,23 +179,10 @@ impl FlagGates {
 }
 
 impl Resource {
-    /// Which flags this request needs: those of headers (every request) and of matching gates.
-    fn needed(&self, req: &RequestView<'_>) -> Vec<bool> {
-        let mut needed = vec![false; self.flags.len()];
-        for (flag, _) in &self.headers {
-            needed[*flag] = true;
-        }
-        for gate in &self.gates {
-            if !needed[gate.flag] && gate.matcher.matches(req) {
-                needed[gate.flag] = true;
-            }
-        }
-        needed
-    }
-
     /// The request's evaluation context: `targetingKey` and the attributes that have a value.
+    /// Attribute names are the compiled policy's; only the values go into the arena.
     fn context<'a>(
-        &self,
+        &'a self,
         req: &RequestView<'_>,
         arena: &'a Bump,
         value: &mut String,
@@ -203,10 +197,7 @@ impl Resource {
             value.clear();
             builder.write_key(req, value);
             if !value.is_empty() {
-                entries.push((
-                    &*arena.alloc_str(name),
-                    DataValue::String(arena.alloc_str(value)),
-                ));
+                entries.push((name, DataValue::String(arena.alloc_str(value))));
             }
         }
         Context::from_entries(arena.alloc_slice_clone(&entries))
