@@ -1,7 +1,7 @@
 -- The load of bench/flags.sh: OFREP POSTs to the path in OFREP_PATH, each with one of 64
 -- contexts (targetingKey user-0 … user-63, an email and a version), built once, so flagd and
 -- the sidecar answer exactly the same requests and the per-request Lua cost is a counter.
--- done() prints the same BENCH line as bench.lua.
+-- done() is report.lua's, as for bench.lua.
 
 local reqs = {}
 local n = 0
@@ -22,13 +22,5 @@ function request()
    return reqs[n % COUNT]
 end
 
-function done(summary, latency, requests)
-   local secs = summary.duration / 1e6
-   io.write(string.format(
-      "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d p999_us=%d non2xx=%d " ..
-      "connect_errors=%d read_errors=%d write_errors=%d timeouts=%d\n",
-      summary.requests, summary.duration, summary.requests / secs,
-      latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-      summary.errors.status, summary.errors.connect, summary.errors.read,
-      summary.errors.write, summary.errors.timeout))
-end
+-- done(): the BENCH line, shared with the other scripts (report.lua, beside this file).
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "report.lua")
