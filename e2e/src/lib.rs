@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub mod fault_upstream;
 pub mod flagd;
 pub mod keep_alive;
 pub mod operator;

@@ -20,7 +20,9 @@ use bulwark_sidecar::{
     admin::Admin,
     cli,
     config::{Installer, persist, stream::OperatorStream, watch::ConfigWatcher},
+    dns::DnsCache,
     flagd_api::EvaluationServer,
+    health::HealthChecker,
     listener::{edge::Guarded, inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
     services::Tasks,
@@ -136,7 +138,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The features' long-lived work, started once: quota usage (loaded from disk before
-    // serving, flushed in the background), fast global syncs, idle-counter sweeps.
+    // serving, flushed in the background), fast global syncs, idle-counter sweeps, the failover
+    // upstreams' health checks.
     server.add_service(tasks.service(
         "bulwark quota flusher",
         QuotaFlusher::new(
@@ -162,6 +165,15 @@ fn main() -> anyhow::Result<()> {
         },
     ));
 
+    let dns = Arc::new(DnsCache::default());
+    server.add_service(tasks.service(
+        "bulwark failover health checks",
+        HealthChecker {
+            runtime: runtime.clone(),
+            dns: dns.clone(),
+        },
+    ));
+
     let mut inbound = Service::new(
         "bulwark inbound".to_owned(),
         Guarded::new(
@@ -183,7 +195,12 @@ fn main() -> anyhow::Result<()> {
         Guarded::new(
             pingora::proxy::http_proxy(
                 &server.configuration,
-                OutboundProxy::new(args.outbound_listen, runtime.clone(), metrics.clone()),
+                OutboundProxy::new(
+                    args.outbound_listen,
+                    runtime.clone(),
+                    metrics.clone(),
+                    dns.clone(),
+                ),
             ),
             edge_limits,
             metrics.outbound.edge.clone(),

@@ -5,19 +5,20 @@
 //! 2. rate limits,
 //! 3. quotas,
 //! 4. what to set on the upstream request (flag variants in headers),
-//! 5. where it goes (routes and failover: next),
+//! 5. where it goes (outbound: the failover upstream the call matches),
 //! 6. what to add to the response, and what to charge once it is sent.
 //!
 //! Each listener builds one [`RequestView`] per request and calls [`Runtime::admit`]; the proxy
 //! phases only carry out the [`Admission`]. Rate limits and quotas select pods and govern the
 //! traffic that comes in to the app, so they apply to the inbound listener; the app's own calls
-//! (outbound) pass through the same pipeline, where failover will decide their route.
+//! (outbound) pass through the same pipeline, where failover decides their route.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use http::HeaderName;
 
 use crate::{
+    failover::upstream::Upstream,
     quota::{engine::RequestQuotas, usage::UsageStore},
     ratelimit::engine::AppliedLimit,
     request::RequestView,
@@ -43,6 +44,8 @@ pub struct Admission {
     pub request_headers: Vec<(HeaderName, Option<String>)>,
     /// What the response carries, and what is charged after it.
     pub response: ResponseEffects,
+    /// The failover upstream that takes the call (outbound); `None`: the destination it names.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 /// A header to set on the app's response.
@@ -98,10 +101,11 @@ impl Runtime {
     /// Decides `req` at `now` (Unix nanoseconds) against the installed policy.
     pub async fn admit(&self, direction: Direction, req: &RequestView<'_>, now: u64) -> Admission {
         let mut admission = Admission::default();
+        let policy = self.policy();
         if direction == Direction::Outbound {
+            admission.upstream = policy.failover.route(req).cloned();
             return admission;
         }
-        let policy = self.policy();
         if let Some(why) = policy.read_headers.ambiguity(req.headers) {
             admission.reply = Some(Reply::new(Reason::BadRequest, Some(&why)));
             return admission;

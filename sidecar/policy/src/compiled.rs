@@ -10,6 +10,7 @@ use bulwark_api::snapshot::{PolicySource, Snapshot};
 
 use crate::{
     compile::{CompileEnv, CompileError},
+    failover::Failover,
     flags::{FlagGates, FlagSet},
     quota::engine::Quotas,
     ratelimit::engine::RateLimits,
@@ -27,6 +28,8 @@ pub struct CompiledPolicy {
     pub flags: Arc<FlagSet>,
     /// What the flags do to proxied requests (gates, injected headers).
     pub flag_gates: Arc<FlagGates>,
+    /// Where outbound calls go (rebuilt, not recompiled, when only endpoints change).
+    pub failover: Arc<Failover>,
     /// The headers the policies read: each must be sent once, and not also with `_`.
     pub read_headers: ReadHeaders,
     /// The long-lived states this policy uses (the registry holds exactly these once installed).
@@ -82,23 +85,26 @@ impl CompiledPolicy {
                 source,
                 error,
             })?;
-        for (kind, count) in [
-            ("FailoverPolicy", snapshot.failover.len()),
-            ("WebhookEndpoint", snapshot.webhooks.len()),
-        ] {
-            if count > 0 {
-                tracing::warn!(
-                    kind,
-                    count,
-                    "policies of this kind are accepted but not enforced by this sidecar version"
-                );
-            }
+        let failover = Failover::compile(&snapshot.failover, &snapshot.endpoints, &env).map_err(
+            |(source, error)| PolicyError {
+                kind: "FailoverPolicy",
+                source,
+                error,
+            },
+        )?;
+        if !snapshot.webhooks.is_empty() {
+            tracing::warn!(
+                kind = "WebhookEndpoint",
+                count = snapshot.webhooks.len(),
+                "policies of this kind are accepted but not enforced by this sidecar version"
+            );
         }
         let read_headers = ReadHeaders::new(
             rate_limits
                 .headers_read()
                 .chain(quotas.headers_read())
-                .chain(flag_gates.headers_read()),
+                .chain(flag_gates.headers_read())
+                .chain(failover.headers_read()),
         );
         Ok(Self {
             snapshot,
@@ -106,6 +112,7 @@ impl CompiledPolicy {
             quotas: Arc::new(quotas),
             flags: Arc::new(flags),
             flag_gates: Arc::new(flag_gates),
+            failover: Arc::new(failover),
             read_headers,
             state: env.state.into_used(),
             redis: env.redis.cloned(),
@@ -116,12 +123,14 @@ impl CompiledPolicy {
     /// compiled parts and state with the new endpoints and version, compiling nothing.
     pub fn with_endpoints_of(&self, snapshot: Snapshot) -> Self {
         debug_assert!(self.snapshot.same_policies(&snapshot));
+        let failover = Arc::new(self.failover.with_endpoints(&snapshot.endpoints));
         Self {
             snapshot,
             rate_limits: self.rate_limits.clone(),
             quotas: self.quotas.clone(),
             flags: self.flags.clone(),
             flag_gates: self.flag_gates.clone(),
+            failover,
             read_headers: self.read_headers.clone(),
             state: self.state.clone(),
             redis: self.redis.clone(),
@@ -135,6 +144,7 @@ impl CompiledPolicy {
             quotas: Arc::default(),
             flags: Arc::default(),
             flag_gates: Arc::default(),
+            failover: Arc::default(),
             read_headers: ReadHeaders::default(),
             state: StateSet::default(),
             redis: None,

@@ -19,6 +19,7 @@ pub mod admission;
 pub mod clock;
 pub mod compile;
 pub mod compiled;
+pub mod failover;
 pub mod flags;
 pub mod jwt;
 pub mod keys;

@@ -1,5 +1,5 @@
 //! Every response the sidecar makes itself, instead of the app or an upstream: limits, quotas,
-//! (next) gate denials, a full bulkhead, fallbacks, timeouts, no upstream, loops. All of them
+//! gate denials, a full bulkhead, fallbacks, timeouts, no upstream, loops. All of them
 //! are built here, so they look alike: the policy's `response` template where the policy has
 //! one, otherwise a small JSON body; and always the `bulwark-reason` header, which says that
 //! the sidecar answered and why (docs/responses.md lists the reasons). The proxy phases only
@@ -44,11 +44,18 @@ pub enum Reason {
     /// A feature-flag gate did not allow the request's variant (404 unless the gate says
     /// otherwise).
     FlagGated,
+    /// No endpoint of the upstream can take the call: every one unhealthy or ejected (503, or
+    /// the upstream's `fallback`).
+    NoHealthyUpstream,
+    /// The upstream's circuit breaker is open (503, or the upstream's `fallback`).
+    CircuitOpen,
+    /// The upstream's bulkhead is full: too many calls in flight and queued (503).
+    BulkheadFull,
 }
 
 impl Reason {
     /// Every reason (metrics resolve one series per reason up front).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 15] = [
         Self::RateLimited,
         Self::QuotaExhausted,
         Self::BadRequest,
@@ -61,6 +68,9 @@ impl Reason {
         Self::HeaderTooLarge,
         Self::HeaderTimeout,
         Self::FlagGated,
+        Self::NoHealthyUpstream,
+        Self::CircuitOpen,
+        Self::BulkheadFull,
     ];
 
     /// Its position in [`Reason::ALL`].
@@ -82,6 +92,9 @@ impl Reason {
             Self::HeaderTooLarge => "request_header_too_large",
             Self::HeaderTimeout => "request_header_timeout",
             Self::FlagGated => "flag_gated",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::CircuitOpen => "circuit_open",
+            Self::BulkheadFull => "bulkhead_full",
         }
     }
 
@@ -98,6 +111,7 @@ impl Reason {
             Self::HeaderTooLarge => 431,
             Self::HeaderTimeout => 408,
             Self::FlagGated => 404,
+            Self::NoHealthyUpstream | Self::CircuitOpen | Self::BulkheadFull => 503,
         }
     }
 
@@ -116,6 +130,9 @@ impl Reason {
             Self::HeaderTooLarge => "The request header is larger than the sidecar accepts.",
             Self::HeaderTimeout => "The request header did not arrive in time.",
             Self::FlagGated => "Not found.",
+            Self::NoHealthyUpstream => "No endpoint of the upstream is available.",
+            Self::CircuitOpen => "The upstream is failing: calls are paused (circuit open).",
+            Self::BulkheadFull => "Too many calls to the upstream are in flight.",
         }
     }
 }

@@ -193,6 +193,7 @@ impl Runtime {
             }
         }
         self.state.reconcile(&policy.state);
+        policy.failover.prune_endpoints();
         self.metrics
             .snapshot_version
             .set(i64::try_from(policy.snapshot.version).unwrap_or(i64::MAX));

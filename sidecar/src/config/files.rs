@@ -286,11 +286,15 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
                 let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
                 loaded.snapshot.feature_flags.push(sourced);
             }
-            // Accepted so that one directory can hold a whole policy set; enforcing these
-            // (and resolving their references) arrives with their policy modules.
+            // Standalone has no Services to resolve: only `address` backends have endpoints
+            // (a `service` backend's group stays empty, docs/failover.md).
             "FailoverPolicy" => {
-                let _: FailoverPolicy = typed_object(origin, typed())?;
+                let object: FailoverPolicy = typed_object(origin, typed())?;
+                let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
+                loaded.snapshot.failover.push(sourced);
             }
+            // Accepted so that one directory can hold a whole policy set; enforcing it (and
+            // resolving its Secret) arrives with its policy module.
             "WebhookEndpoint" => {
                 let _: WebhookEndpoint = typed_object(origin, typed())?;
             }

@@ -1,23 +1,30 @@
 //! The outbound listener's `ProxyHttp`: the app's plain-HTTP calls to other services, sent to
 //! the sidecar as to an HTTP proxy (`HTTP_PROXY=http://127.0.0.1:15001`, absolute-form
 //! `GET http://host/…`) or straight at it with a `Host` header. Today it forwards to the
-//! destination the request names, resolved by DNS ([`crate::dns`], cached); it is where failover
-//! (upstream sets, health, retries) plugs in.
+//! destination the request names, resolved by DNS ([`crate::dns`], cached), unless a
+//! `FailoverPolicy` upstream matches it: then the call goes to that upstream's endpoints, try by
+//! try, as [`bulwark_policy::failover::call`] decides (endpoint, retries, backoff, timeouts);
+//! this module only carries the decisions out in Pingora's phases.
 //! `CONNECT` (HTTPS through a proxy) is refused (Pingora answers it 405 itself; [`destination`]
 //! refuses it too): the sidecar does not tunnel TLS yet.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bulwark_policy::{
     admission::Direction,
     clock::unix_nanos,
+    failover::{
+        call::{Call, Next},
+        endpoint::Address,
+        outlier::CallResult,
+    },
     respond::{Reason, Reply},
     runtime::Runtime,
 };
 use http::{Method, Uri, header::HOST};
 use pingora::{
-    Result,
+    Error, ErrorSource, ErrorType, Result, RetryType,
     http::{RequestHeader, ResponseHeader},
     prelude::HttpPeer,
     proxy::{FailToProxy, ProxyHttp, Session},
@@ -31,26 +38,54 @@ pub struct OutboundProxy {
     metrics: Arc<Metrics>,
     /// This listener's own address: a request naming it would loop through the sidecar.
     listen: SocketAddr,
-    dns: DnsCache,
+    dns: Arc<DnsCache>,
 }
 
 impl OutboundProxy {
-    pub fn new(listen: SocketAddr, runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
+    /// `dns`: the cache shared with the health checks.
+    pub fn new(
+        listen: SocketAddr,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        dns: Arc<DnsCache>,
+    ) -> Self {
         Self {
             runtime,
             metrics,
             listen,
-            dns: DnsCache::default(),
+            dns,
         }
     }
 
-    /// Where the call goes, or the sidecar's answer when it cannot go anywhere.
-    async fn route(&self, request: &RequestHeader) -> std::result::Result<Route, Reply> {
+    /// Where the call goes, or the sidecar's answer when it cannot go anywhere: the failover
+    /// `call` when an upstream took it, else the destination the request names.
+    async fn route(
+        &self,
+        request: &RequestHeader,
+        call: Option<Call>,
+    ) -> std::result::Result<Route, Reply> {
         let to = destination(request)
             .map_err(|why| Reply::new(Reason::BadRequest, Some(&why.to_string())))?;
-        let addr = self.dns.resolve(&to.host, to.port).await.map_err(|e| {
+        if let Some(call) = call {
+            return Ok(Route {
+                target: Target::Failover(Box::new(call)),
+                host: to.host,
+                rewrite: to.rewrite,
+            });
+        }
+        let addr = self.resolve(&to.host, to.port).await?;
+        Ok(Route {
+            target: Target::Direct(addr),
+            host: to.host,
+            rewrite: to.rewrite,
+        })
+    }
+
+    /// `host:port` through the DNS cache, refusing this listener's own address.
+    async fn resolve(&self, host: &str, port: u16) -> std::result::Result<SocketAddr, Reply> {
+        let addr = self.dns.resolve(host, port).await.map_err(|e| {
             self.metrics.outbound.upstream_error(UpstreamError::Connect);
-            let why = format!("cannot resolve {}:{}: {e}", to.host, to.port);
+            let why = format!("cannot resolve {host}:{port}: {e}");
             Reply::new(Reason::UpstreamUnreachable, Some(&why))
         })?;
         if addr == self.listen || (addr.port() == self.listen.port() && addr.ip().is_loopback()) {
@@ -59,25 +94,95 @@ impl OutboundProxy {
                 Some("the destination is this outbound listener"),
             ));
         }
-        Ok(Route {
-            addr,
-            host: to.host,
-            rewrite: to.rewrite,
-        })
+        Ok(addr)
+    }
+
+    /// The peer for the failover call's current try (after the backoff of a retry), with the
+    /// try's timeout on connecting and on each read and write.
+    async fn failover_peer(
+        &self,
+        call: &mut Call,
+        retry: Option<Duration>,
+        host: &str,
+    ) -> std::result::Result<HttpPeer, Reply> {
+        if let Some(delay) = retry {
+            tokio::time::sleep(delay).await;
+            call.next_try(unix_nanos())?;
+        }
+        let addr = match &call.endpoint().state.address {
+            Address::Socket(addr) => *addr,
+            Address::Name { host, port } => self.resolve(host, *port).await?,
+        };
+        let mut peer = HttpPeer::new(addr, false, host.to_owned());
+        let timeout = Some(call.try_timeout(unix_nanos()));
+        peer.options.connection_timeout = timeout;
+        peer.options.total_connection_timeout = timeout;
+        peer.options.read_timeout = timeout;
+        peer.options.write_timeout = timeout;
+        Ok(peer)
     }
 }
 
 /// A call's resolved destination, from `request_filter` to the later phases.
 struct Route {
-    addr: SocketAddr,
+    target: Target,
     host: String,
     /// The origin-form rewrite of an absolute-form call.
     rewrite: Option<(String, Uri)>,
 }
 
+enum Target {
+    /// The address the request names.
+    Direct(SocketAddr),
+    /// A failover upstream's call.
+    Failover(Box<Call>),
+}
+
 pub struct RequestCtx {
     timing: Timing,
     route: Option<Route>,
+    /// Set when a failover try is to be retried after this delay.
+    retry: Option<Duration>,
+    /// The sidecar's answer when a retry found nothing to try (written by `fail_to_proxy`).
+    refusal: Option<Reply>,
+}
+
+impl RequestCtx {
+    fn call(&mut self) -> Option<&mut Call> {
+        match &mut self.route.as_mut()?.target {
+            Target::Failover(call) => Some(call),
+            Target::Direct(_) => None,
+        }
+    }
+
+    /// Records the current try's `result` and marks `e` retried or not, as the call decides.
+    fn finish_try(&mut self, session: &Session, result: CallResult, e: &mut Error) {
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let next = self
+            .call()
+            .map(|call| call.finish_try(result, None, replayable, unix_nanos()));
+        match next {
+            Some(Next::Retry(delay)) => {
+                self.retry = Some(delay);
+                e.set_retry(true);
+            }
+            Some(Next::Done) => e.set_retry(false),
+            None => {}
+        }
+    }
+}
+
+/// The error `upstream_response_filter` raises to retry a response's status (already recorded).
+const RETRY_STATUS: ErrorType = ErrorType::Custom("bulwark_retry_status");
+
+/// `Retry-After` in seconds (an HTTP date is not honoured: the backoff applies instead).
+fn retry_after(response: &ResponseHeader) -> Option<Duration> {
+    let value = response
+        .headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// Where a call goes.
@@ -154,6 +259,8 @@ impl ProxyHttp for OutboundProxy {
         RequestCtx {
             timing: Timing::start(&self.metrics.outbound),
             route: None,
+            retry: None,
+            refusal: None,
         }
     }
 
@@ -173,9 +280,14 @@ impl ProxyHttp for OutboundProxy {
                 .admit(Direction::Outbound, &view, unix_nanos())
                 .await
         };
-        let routed = match admission.reply {
-            Some(reply) => Err(reply),
-            None => self.route(session.req_header()).await,
+        let method = session.req_header().method.as_str();
+        let routed = match (admission.reply, admission.upstream) {
+            (Some(reply), _) => Err(reply),
+            (None, None) => self.route(session.req_header(), None).await,
+            (None, Some(upstream)) => match upstream.call(method, unix_nanos()).await {
+                Ok(call) => self.route(session.req_header(), Some(call)).await,
+                Err(reply) => Err(reply),
+            },
         };
         match routed {
             Ok(route) => {
@@ -194,15 +306,85 @@ impl ProxyHttp for OutboundProxy {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        let retry = ctx.retry.take();
         let route = ctx
             .route
-            .as_ref()
+            .as_mut()
             .expect("request_filter routes every request it lets through");
-        Ok(Box::new(HttpPeer::new(
-            route.addr,
-            false,
-            route.host.clone(),
-        )))
+        let peer = match &mut route.target {
+            Target::Direct(addr) => HttpPeer::new(*addr, false, route.host.clone()),
+            Target::Failover(call) => match self.failover_peer(call, retry, &route.host).await {
+                Ok(peer) => peer,
+                Err(reply) => {
+                    ctx.refusal = Some(reply);
+                    return Err(Error::new(ErrorType::ConnectNoRoute));
+                }
+            },
+        };
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let status = response.status.as_u16();
+        let wait = retry_after(response);
+        let Some(call) = ctx.call() else {
+            return Ok(());
+        };
+        match call.finish_try(CallResult::Status(status), wait, replayable, unix_nanos()) {
+            Next::Done => Ok(()),
+            Next::Retry(delay) => {
+                ctx.retry = Some(delay);
+                let mut e = Error::explain(RETRY_STATUS, format!("retrying a {status}"));
+                e.set_retry(true);
+                Err(e)
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.finish_try(session, CallResult::ConnectFailure, &mut e);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.etype() == &RETRY_STATUS {
+            return e; // the status was recorded and the retry decided
+        }
+        // A pooled connection the upstream had closed is the pool's failure, not the
+        // endpoint's: tried again on a new connection, as Pingora does, and not recorded.
+        let stale = matches!(e.retry, RetryType::ReusedOnly) && client_reused;
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if ctx.call().is_none() || stale || e.esource() == &ErrorSource::Downstream {
+            e.set_retry(stale && idempotent);
+            return e;
+        }
+        let result = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => CallResult::Timeout,
+            _ => CallResult::Reset,
+        };
+        ctx.finish_try(session, result, &mut e);
+        e
     }
 
     async fn upstream_request_filter(
@@ -235,6 +417,15 @@ impl ProxyHttp for OutboundProxy {
         e: &pingora::Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        if let Some(reply) = ctx.refusal.take() {
+            if let Err(write) = ctx.timing.answer(session, &reply).await {
+                tracing::debug!(error = %write, "cannot send the refusal");
+            }
+            return FailToProxy {
+                error_code: reply.status,
+                can_reuse_downstream: false,
+            };
+        }
         fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.outbound).await
     }
 

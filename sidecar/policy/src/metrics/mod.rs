@@ -9,8 +9,8 @@ use prometheus::{IntGauge, Registry};
 
 use self::{registry::registered, stores::StoreMetrics};
 use crate::{
-    flags::metrics::FlagMetrics, jwt::metrics::JwtMetrics, quota::metrics::QuotaMetrics,
-    ratelimit::metrics::RateLimitMetrics,
+    failover::metrics::FailoverMetrics, flags::metrics::FlagMetrics, jwt::metrics::JwtMetrics,
+    quota::metrics::QuotaMetrics, ratelimit::metrics::RateLimitMetrics,
 };
 
 /// Every policy feature's metrics.
@@ -20,6 +20,7 @@ pub struct PolicyMetrics {
     pub ratelimit: RateLimitMetrics,
     pub quota: QuotaMetrics,
     pub flags: FlagMetrics,
+    pub failover: FailoverMetrics,
     pub jwt: JwtMetrics,
     pub stores: StoreMetrics,
 }
@@ -37,6 +38,7 @@ impl PolicyMetrics {
             ratelimit: RateLimitMetrics::register(registry)?,
             quota: QuotaMetrics::register(registry)?,
             flags: FlagMetrics::register(registry)?,
+            failover: FailoverMetrics::register(registry)?,
             jwt: JwtMetrics::register(registry)?,
             stores: StoreMetrics::register(registry)?,
         })

@@ -1,0 +1,377 @@
+//! Failover under real failures: the real sidecar binary in standalone mode, the app's calls
+//! sent through its outbound listener to real backend processes (`fault_upstream.py`) that the
+//! tests kill (SIGKILL), slow down, make answer 5xx or reset. Assertions are on what the
+//! client saw (every status counted) and on the sidecar's metrics; waits are for conditions,
+//! never fixed sleeps as proof. Loopback only, bounded request counts.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use bulwark_e2e::{
+    eventually,
+    fault_upstream::FaultUpstream,
+    process::{HttpResponse, send_raw},
+    sidecar::Sidecar,
+};
+
+/// A standalone sidecar whose config holds `policy`; the app (inbound) is not used here.
+fn sidecar(dir: &Path, policy: &str) -> Sidecar {
+    let config = dir.join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("failover.yaml"), policy).unwrap();
+    let unused_app = "127.0.0.1:9".parse().unwrap();
+    Sidecar::start(
+        unused_app,
+        &dir.join("state"),
+        &["--config-dir", config.to_str().unwrap()],
+    )
+}
+
+/// The app's call `GET http://payments/<path>` through the outbound listener.
+fn call(sidecar: &Sidecar, method: &str) -> HttpResponse {
+    send_raw(
+        sidecar.outbound,
+        &format!(
+            "{method} http://payments/pay HTTP/1.1\r\nHost: payments\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .expect("the outbound listener answers")
+}
+
+/// Who served each response (the body names the backend), or `status reason` for the rest.
+fn tally(responses: &[HttpResponse]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in responses {
+        let key = if r.status == 200 {
+            r.body.clone()
+        } else {
+            format!("{} {}", r.status, r.header("bulwark-reason").unwrap_or("-"))
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+fn policy(backends: &[(&str, &[&FaultUpstream])], rest: &str) -> String {
+    let mut groups = String::new();
+    for (name, members) in backends {
+        groups.push_str(&format!("    - name: {name}\n      backends:\n"));
+        for m in *members {
+            groups.push_str(&format!("      - address: \"{}\"\n", m.addr));
+        }
+    }
+    format!(
+        "apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata:
+  name: payments
+spec:
+  upstreams:
+  - name: payments
+    match: {{hosts: [payments]}}
+    groups:
+{groups}{rest}"
+    )
+}
+
+#[test]
+fn a_killed_primary_group_moves_traffic_without_client_errors_and_fails_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p1 = FaultUpstream::start(dir.path(), "p1");
+    let mut p2 = FaultUpstream::start(dir.path(), "p2");
+    let s1 = FaultUpstream::start(dir.path(), "s1");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&p1, &p2]), ("secondary", &[&s1])],
+            "    failover: {failbackAfter: 2s}
+    healthCheck: {http: {path: /healthz}, interval: 200ms, timeout: 100ms, unhealthyThreshold: 2, healthyThreshold: 2}
+",
+        ),
+    );
+    let before: Vec<_> = (0..20).map(|_| call(&sidecar, "GET")).collect();
+    assert_eq!(
+        tally(&before),
+        BTreeMap::from([("p1".into(), 10), ("p2".into(), 10)])
+    );
+
+    // Load from another thread while the whole primary dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = thread::spawn({
+        let stop = stop.clone();
+        let outbound = sidecar.outbound;
+        move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) && seen.len() < 2000 {
+                seen.push(send_raw(outbound, "GET http://payments/pay HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n"));
+            }
+            seen
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    p1.kill();
+    p2.kill();
+    eventually(
+        Duration::from_secs(5),
+        "health checks to mark the primary down",
+        || (sidecar.metric_sum("bulwark_failover_active_group") == 1.0).then_some(()),
+    );
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let during: Vec<_> = load
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("an answer"))
+        .collect();
+    let counts = tally(&during);
+    assert_eq!(
+        counts
+            .keys()
+            .filter(|k| !k.starts_with('p') && !k.starts_with('s'))
+            .count(),
+        0,
+        "no client-visible error while the primary died: {counts:?}"
+    );
+    assert!(counts.get("s1").copied().unwrap_or(0) > 0, "{counts:?}");
+    assert!(
+        sidecar.metric_sum("bulwark_failover_retries_total") > 0.0,
+        "connect failures before the probes noticed were retried on the secondary"
+    );
+
+    // Back: the primary returns only once it has been healthy for failbackAfter.
+    p1.restart();
+    p2.restart();
+    let healthy = |u: &FaultUpstream| {
+        sidecar.metric_sum(&format!(
+            "bulwark_failover_endpoint_healthy{{endpoint=\"{}\"",
+            u.addr
+        ))
+    };
+    assert_eq!((healthy(&p1), healthy(&p2)), (0.0, 0.0));
+    eventually(
+        Duration::from_secs(3),
+        "the probes to see the primary healthy",
+        || (healthy(&p1) == 1.0 && healthy(&p2) == 1.0).then_some(()),
+    );
+    let right_after = call(&sidecar, "GET");
+    assert_eq!(right_after.body, "s1", "no failback before failbackAfter");
+    let back = eventually(Duration::from_secs(6), "traffic to fail back", || {
+        let r = call(&sidecar, "GET");
+        r.body.starts_with('p').then_some(r)
+    });
+    assert_eq!(back.status, 200);
+    assert_eq!(sidecar.metric_sum("bulwark_failover_active_group"), 0.0);
+}
+
+#[test]
+fn an_endpoint_answering_5xx_is_ejected_and_its_calls_retried_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = FaultUpstream::start(dir.path(), "bad");
+    let good = FaultUpstream::start(dir.path(), "good");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&bad, &good])],
+            "    outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 5s, maxEjectionPercent: 50}
+    retry: {retryOn: [GatewayError]}
+",
+        ),
+    );
+    bad.set_mode("status:503");
+    let responses: Vec<_> = (0..40).map(|_| call(&sidecar, "GET")).collect();
+    assert_eq!(
+        tally(&responses),
+        BTreeMap::from([("good".into(), 40)]),
+        "every 503 retried"
+    );
+    assert_eq!(
+        bad.count(),
+        3,
+        "ejected after 3 consecutive 5xx, then skipped"
+    );
+    assert_eq!(
+        sidecar.metric_sum(&format!(
+            "bulwark_failover_ejections_total{{endpoint=\"{}\"",
+            bad.addr
+        )),
+        1.0
+    );
+    bad.set_mode("ok");
+    eventually(Duration::from_secs(8), "the ejection to end", || {
+        (call(&sidecar, "GET").body == "bad").then_some(())
+    });
+}
+
+#[test]
+fn the_breaker_opens_answers_the_fallback_then_half_opens_and_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let only = FaultUpstream::start(dir.path(), "only");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&only])],
+            "    retry: {attempts: 0}
+    circuitBreaker: {minimumCalls: 5, windowSize: 5, failureRateThreshold: 60, openDuration: 1s, halfOpenCalls: 2}
+    fallback:
+      statusCode: 503
+      headers: [{name: Content-Type, value: application/json}]
+      body: '{\"error\":\"payments_unavailable\"}'
+",
+        ),
+    );
+    only.set_mode("status:500");
+    let failing: Vec<_> = (0..5).map(|_| call(&sidecar, "GET")).collect();
+    assert!(
+        failing.iter().all(|r| r.status == 500),
+        "the upstream's own 500s pass through"
+    );
+    let open: Vec<_> = (0..10).map(|_| call(&sidecar, "GET")).collect();
+    assert!(
+        open.iter()
+            .all(|r| r.status == 503 && r.header("bulwark-reason") == Some("circuit_open"))
+    );
+    assert_eq!(open[0].body, "{\"error\":\"payments_unavailable\"}");
+    assert_eq!(only.count(), 5, "no call reached the upstream while open");
+    assert_eq!(
+        sidecar.metric_sum("bulwark_failover_circuit_breaker_state"),
+        1.0
+    );
+
+    only.set_mode("ok");
+    let closed = eventually(Duration::from_secs(3), "the breaker to half-open", || {
+        let r = call(&sidecar, "GET");
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(closed.body, "only");
+    assert_eq!(call(&sidecar, "GET").status, 200);
+    assert_eq!(
+        call(&sidecar, "GET").status,
+        200,
+        "closed after 2 good half-open calls"
+    );
+    assert_eq!(
+        sidecar.metric_sum("bulwark_failover_circuit_breaker_state"),
+        0.0
+    );
+    assert_eq!(
+        sidecar.metric_sum("bulwark_failover_circuit_breaker_transitions_total{policy=\"default/payments\",state=\"closed\",upstream=\"payments\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn in_a_full_outage_the_retry_budget_caps_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FaultUpstream::start(dir.path(), "a");
+    let b = FaultUpstream::start(dir.path(), "b");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&a, &b])],
+            "    retry: {attempts: 3, retryOn: ['5xx'], budgetPercent: 20, minRetriesPerSecond: 1, backoffBase: 1ms, backoffMax: 2ms}
+",
+        ),
+    );
+    a.set_mode("status:503");
+    b.set_mode("status:503");
+    let calls = 200;
+    let responses: Vec<_> = (0..calls).map(|_| call(&sidecar, "GET")).collect();
+    assert!(
+        responses.iter().all(|r| r.status == 503),
+        "the upstream's answer passes through"
+    );
+    let retries = sidecar.metric_sum("bulwark_failover_retries_total");
+    let served = a.count() + b.count();
+    assert_eq!(
+        served as f64,
+        calls as f64 + retries,
+        "every retry reached a backend"
+    );
+    // Within the 10 s window: 20% of the calls plus 1 per second.
+    assert!(
+        retries <= 0.2 * calls as f64 + 10.0,
+        "{retries} retries for {calls} calls"
+    );
+    assert!(
+        retries >= 0.2 * calls as f64 - 1.0,
+        "{retries}: the budget was used"
+    );
+    assert!(sidecar.metric_sum("bulwark_failover_retry_budget_exhausted_total") > 0.0);
+}
+
+#[test]
+fn the_bulkhead_refuses_calls_beyond_its_limit_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = FaultUpstream::start(dir.path(), "slow");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&slow])],
+            "    bulkhead: {maxConcurrent: 2, maxQueue: 1, queueTimeout: 100ms}
+",
+        ),
+    );
+    slow.set_mode("slow:1500");
+    let outbound = sidecar.outbound;
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            thread::spawn(move || {
+                send_raw(outbound, "GET http://payments/pay HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n")
+                    .expect("an answer")
+            })
+        })
+        .collect();
+    let responses: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let counts = tally(&responses);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("slow".into(), 2), ("503 bulkhead_full".into(), 4)]),
+        "2 in flight; the queued one timed out after 100ms; 3 refused at once"
+    );
+    assert_eq!(slow.count(), 2);
+}
+
+#[test]
+fn a_slow_try_times_out_and_is_retried_on_another_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = FaultUpstream::start(dir.path(), "slow");
+    let fast = FaultUpstream::start(dir.path(), "fast");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&slow, &fast])],
+            "    retry: {retryOn: [Timeout, ConnectFailure, Reset]}
+    timeouts: {request: 5s, perTry: 300ms}
+",
+        ),
+    );
+    slow.set_mode("slow:2000");
+    let responses: Vec<_> = (0..6).map(|_| call(&sidecar, "GET")).collect();
+    assert_eq!(tally(&responses), BTreeMap::from([("fast".into(), 6)]));
+    assert_eq!(slow.count(), 3, "every other call tried the slow one first");
+    assert_eq!(
+        sidecar.metric_sum(&format!(
+            "bulwark_failover_tries_total{{endpoint=\"{}\",policy=\"default/payments\",result=\"timeout\",upstream=\"payments\"}}",
+            slow.addr
+        )),
+        3.0
+    );
+
+    // A reset before any answer is retried too; a POST is not retried on a timeout.
+    slow.set_mode("reset");
+    let resets: Vec<_> = (0..4).map(|_| call(&sidecar, "GET")).collect();
+    assert_eq!(tally(&resets), BTreeMap::from([("fast".into(), 4)]));
+    slow.set_mode("slow:2000");
+    let posts: Vec<_> = (0..2).map(|_| call(&sidecar, "POST")).collect();
+    let counts = tally(&posts);
+    assert_eq!(counts.get("504 upstream_timeout"), Some(&1), "{counts:?}");
+}

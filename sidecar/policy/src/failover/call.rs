@@ -1,0 +1,213 @@
+//! One outbound call through an upstream, try by try: a bulkhead slot, the circuit breaker,
+//! the endpoint of each try, and after each try whether to retry and after how long. The proxy
+//! carries out the tries; every decision is made here, so it is tested without one.
+//!
+//! Retries follow the upstream's `retry`: a retriable class of failure, tries left, an
+//! idempotent method (a connect failure excepted: nothing was sent), a request body the proxy
+//! still holds, time left before the request deadline, a breaker that is not open, and the
+//! retry budget. The backoff is exponential with full jitter (AWS's "full jitter": a uniform
+//! draw in `[0, min(max, base·2^n)]`), or the upstream's `Retry-After` on a 429 when it fits in
+//! the time left.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{
+    bulkhead::Full,
+    outlier::CallResult,
+    upstream::{Pick, Upstream},
+};
+use crate::{
+    lock::lock,
+    respond::{Reason, Reply},
+};
+
+/// What the proxy does after a try.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Try again (another endpoint when one is available) after this delay.
+    Retry(Duration),
+    /// Pass the try's result to the app.
+    Done,
+}
+
+pub struct Call {
+    upstream: Arc<Upstream>,
+    /// Unix nanoseconds by which the call must have its answer.
+    deadline: u64,
+    tried: Vec<Pick>,
+    try_started: u64,
+    idempotent: bool,
+    /// The bulkhead slot, freed when the call is dropped.
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Upstream {
+    /// Starts a call at `now` (Unix nanoseconds) and picks its first endpoint; or the sidecar's
+    /// answer when none can be tried (bulkhead full, circuit open, no endpoint available).
+    pub async fn call(self: &Arc<Self>, method: &str, now: u64) -> Result<Call, Reply> {
+        let compiled = &self.compiled;
+        let slot = match &compiled.bulkhead {
+            None => None,
+            Some(bulkhead) => match bulkhead.enter().await {
+                Ok(slot) => Some(slot),
+                Err(Full::Rejected | Full::QueueTimeout) => {
+                    compiled.metrics.refused(Reason::BulkheadFull);
+                    return Err(Reply::new(Reason::BulkheadFull, None));
+                }
+            },
+        };
+        // The deadline counts from the call's start: time waiting in the queue is spent, as it is
+        // for the app.
+        lock(&compiled.budget).record_request(now);
+        let mut call = Call {
+            upstream: self.clone(),
+            deadline: now.saturating_add(nanos(compiled.settings.timeouts.request)),
+            tried: Vec::with_capacity(1),
+            try_started: now,
+            idempotent: is_idempotent(method),
+            _slot: slot,
+        };
+        call.next_try(now)?;
+        Ok(call)
+    }
+}
+
+impl Call {
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// The endpoint of the current try.
+    pub fn endpoint(&self) -> &super::upstream::Endpoint {
+        let pick = *self.tried.last().expect("a call has a try from its start");
+        self.upstream.endpoint(pick)
+    }
+
+    /// Tries made so far, the current one included.
+    pub fn tries(&self) -> usize {
+        self.tried.len()
+    }
+
+    /// How long the current try may take: `perTry`, within what is left of the request's time.
+    pub fn try_timeout(&self, now: u64) -> Duration {
+        let left = Duration::from_nanos(self.deadline.saturating_sub(now));
+        self.upstream.compiled.settings.timeouts.per_try.min(left)
+    }
+
+    /// Starts the next try at `now`: the breaker must let it through, and an endpoint must be
+    /// available (another than those tried, when there is one).
+    pub fn next_try(&mut self, now: u64) -> Result<(), Reply> {
+        let compiled = &self.upstream.compiled;
+        if let Some(breaker) = &compiled.breaker {
+            let mut breaker = lock(breaker);
+            let before = breaker.state(now);
+            let admitted = breaker.try_acquire(now);
+            let after = breaker.state(now);
+            drop(breaker);
+            if after != before {
+                compiled.metrics.breaker_entered(after);
+            }
+            if admitted.is_err() {
+                return Err(compiled.fallback(Reason::CircuitOpen));
+            }
+        }
+        let pick = self
+            .upstream
+            .pick(now, &self.tried)
+            .ok_or_else(|| compiled.fallback(Reason::NoHealthyUpstream))?;
+        self.tried.push(pick);
+        self.try_started = now;
+        Ok(())
+    }
+
+    /// Records the current try's `result` at `now` and decides what follows. `replayable`: the
+    /// proxy still holds the whole request body. `retry_after`: a 429's `Retry-After`.
+    pub fn finish_try(
+        &mut self,
+        result: CallResult,
+        retry_after: Option<Duration>,
+        replayable: bool,
+        now: u64,
+    ) -> Next {
+        let compiled = &self.upstream.compiled;
+        let pick = *self.tried.last().expect("a call has a try from its start");
+        let elapsed = now.saturating_sub(self.try_started);
+        compiled
+            .metrics
+            .try_seconds
+            .observe(Duration::from_nanos(elapsed).as_secs_f64());
+        let failed = !matches!(result, CallResult::Status(s) if s < 500);
+        self.upstream.endpoint(pick).state.record_call(
+            result,
+            compiled.settings.outlier.as_ref(),
+            now,
+            || self.upstream.may_eject(pick.group, now),
+        );
+        if let Some(breaker) = &compiled.breaker
+            && let Some(state) = lock(breaker).record(failed, elapsed, now)
+        {
+            compiled.metrics.breaker_entered(state);
+        }
+        self.retry_decision(result, retry_after, replayable, now)
+    }
+
+    fn retry_decision(
+        &self,
+        result: CallResult,
+        retry_after: Option<Duration>,
+        replayable: bool,
+        now: u64,
+    ) -> Next {
+        let compiled = &self.upstream.compiled;
+        let retry = &compiled.settings.retry;
+        let retriable = match result {
+            CallResult::ConnectFailure => retry.on_connect_failure,
+            CallResult::Reset => retry.on_reset,
+            CallResult::Timeout => retry.on_timeout,
+            CallResult::Status(status) => retry.retries_status(status),
+        };
+        let retries = self.tried.len() as u32 - 1;
+        let method_allows =
+            self.idempotent || retry.non_idempotent || result == CallResult::ConnectFailure;
+        if !retriable || retries >= retry.attempts || !method_allows || !replayable {
+            return Next::Done;
+        }
+        let delay = match retry_after.filter(|_| result == CallResult::Status(429)) {
+            Some(delay) => delay,
+            None => {
+                let ceiling = retry
+                    .backoff_base_nanos
+                    .saturating_mul(1 << retries.min(32))
+                    .min(retry.backoff_max_nanos);
+                Duration::from_nanos(fastrand::u64(0..=ceiling))
+            }
+        };
+        if now.saturating_add(nanos(delay)) >= self.deadline {
+            return Next::Done;
+        }
+        if let Some(breaker) = &compiled.breaker
+            && lock(breaker).state(now) == super::breaker::BreakerState::Open
+        {
+            return Next::Done; // fail fast: the app gets this try's answer
+        }
+        if !lock(&compiled.budget).try_retry(now) {
+            compiled.metrics.budget_exhausted.inc();
+            return Next::Done;
+        }
+        compiled.metrics.retries.inc();
+        Next::Retry(delay)
+    }
+}

@@ -1,0 +1,448 @@
+//! Failover decisions end to end in the policy crate: a FailoverPolicy compiled, requests
+//! routed, endpoints picked and calls retried, with time passed in (no proxy, no sleeps).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use bulwark_api::snapshot::{Endpoint as SnapshotEndpoint, PolicySource, Sourced};
+
+use super::{
+    Failover,
+    call::Next,
+    endpoint::{Address, Health},
+    outlier::CallResult,
+    upstream::{Pick, Upstream},
+};
+use crate::{
+    compile::CompileEnv,
+    metrics::PolicyMetrics,
+    request::testing::TestRequest,
+    respond::Reason,
+    state::{StateClaims, StateRegistry},
+};
+
+const SECOND: u64 = 1_000_000_000;
+
+fn policy(upstreams: &str) -> Vec<Sourced<bulwark_api::crd::failover::FailoverPolicySpec>> {
+    vec![Sourced {
+        source: PolicySource {
+            namespace: "shop".into(),
+            name: "payments".into(),
+            generation: 1,
+        },
+        spec: serde_yaml::from_str(&format!("upstreams:\n{upstreams}")).unwrap(),
+    }]
+}
+
+fn compile_with(
+    upstreams: &str,
+    endpoints: &BTreeMap<String, Vec<SnapshotEndpoint>>,
+    registry: &StateRegistry,
+) -> Failover {
+    let metrics = PolicyMetrics::unregistered();
+    let env = CompileEnv {
+        state: StateClaims::new(registry),
+        ..CompileEnv::local(&metrics)
+    };
+    let failover = Failover::compile(&policy(upstreams), endpoints, &env).unwrap();
+    registry.reconcile(&env.state.into_used());
+    failover
+}
+
+fn compile(upstreams: &str) -> Failover {
+    compile_with(upstreams, &BTreeMap::new(), &StateRegistry::default())
+}
+
+const TWO_GROUPS: &str = "
+- name: payments
+  match: {hosts: [payments]}
+  groups:
+  - name: primary
+    backends: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]
+  - name: secondary
+    backends: [{address: '10.1.0.1:80'}]
+  failover: {failbackAfter: 10s}
+  outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 5s, maxEjectionPercent: 50}
+";
+
+fn upstream(failover: &Failover) -> Arc<Upstream> {
+    failover
+        .route(&TestRequest::new("/").host("payments").view())
+        .expect("the request matches")
+        .clone()
+}
+
+fn address(u: &Upstream, pick: Pick) -> String {
+    u.endpoint(pick).state.address.to_string()
+}
+
+fn set_health(u: &Upstream, group: usize, healthy: bool) {
+    for e in &u.groups[group].endpoints {
+        for _ in 0..3 {
+            e.state.record_probe(healthy, 1, 1);
+        }
+    }
+}
+
+#[test]
+fn requests_are_routed_by_match_and_others_go_where_they_name() {
+    let failover = compile(TWO_GROUPS);
+    assert!(
+        failover
+            .route(&TestRequest::new("/").host("payments").view())
+            .is_some()
+    );
+    assert!(
+        failover
+            .route(&TestRequest::new("/").host("orders").view())
+            .is_none()
+    );
+}
+
+#[test]
+fn active_passive_spills_to_the_next_group_and_fails_back_only_after_failback_after() {
+    let failover = compile(TWO_GROUPS);
+    let u = upstream(&failover);
+    let picks = |now| {
+        (0..4)
+            .map(|_| address(&u, u.pick(now, &[]).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        picks(SECOND),
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.2:80"]
+    );
+
+    set_health(&u, 0, false);
+    assert_eq!(
+        picks(2 * SECOND),
+        ["10.1.0.1:80"; 4],
+        "the whole primary is down"
+    );
+    set_health(&u, 0, true);
+    assert_eq!(
+        u.active_group(3 * SECOND),
+        1,
+        "healthy again, but not for 10s yet"
+    );
+    assert_eq!(u.active_group(12 * SECOND), 1);
+    assert_eq!(u.active_group(13 * SECOND), 0, "back after failbackAfter");
+}
+
+#[test]
+fn a_group_below_min_healthy_percent_spills_and_a_flap_restarts_the_failback_clock() {
+    let failover = compile(&TWO_GROUPS.replace(
+        "failbackAfter: 10s",
+        "failbackAfter: 10s, minHealthyPercent: 60",
+    ));
+    let u = upstream(&failover);
+    u.groups[0].endpoints[0].state.record_probe(false, 1, 1);
+    assert_eq!(u.active_group(SECOND), 1, "1 of 2 healthy is below 60%");
+    u.groups[0].endpoints[0].state.record_probe(true, 1, 1);
+    assert_eq!(u.active_group(2 * SECOND), 1);
+    u.groups[0].endpoints[0].state.record_probe(false, 1, 1);
+    assert_eq!(u.active_group(5 * SECOND), 1);
+    u.groups[0].endpoints[0].state.record_probe(true, 1, 1);
+    assert_eq!(u.active_group(6 * SECOND), 1);
+    assert_eq!(
+        u.active_group(15 * SECOND),
+        1,
+        "the clock restarted at 6s, not 2s"
+    );
+    assert_eq!(u.active_group(16 * SECOND), 0);
+}
+
+#[test]
+fn active_active_spreads_by_weight_over_every_group() {
+    let failover = compile(
+        "
+- name: billing
+  match: {hosts: [payments]}
+  groups:
+  - name: paris
+    backends: [{address: '10.0.0.1:80', weight: 3}, {address: '10.0.0.2:80', weight: 3}]
+  - name: frankfurt
+    backends: [{address: '10.1.0.1:80', weight: 2}]
+  failover: {mode: ActiveActive}
+",
+    );
+    let u = upstream(&failover);
+    let mut counts = BTreeMap::<String, u32>::new();
+    for _ in 0..800 {
+        *counts
+            .entry(address(&u, u.pick(SECOND, &[]).unwrap()))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        counts.into_values().collect::<Vec<_>>(),
+        [300, 300, 200],
+        "3:3:2"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_another_endpoint_and_then_to_the_next_group() {
+    let failover = compile(TWO_GROUPS);
+    let u = upstream(&failover);
+    let mut call = u.call("GET", SECOND).await.unwrap();
+    let first = call.endpoint().state.address.to_string();
+    let Next::Retry(delay) = call.finish_try(CallResult::ConnectFailure, None, true, SECOND) else {
+        panic!("a connect failure is retried");
+    };
+    assert!(
+        delay <= Duration::from_millis(25),
+        "the first backoff is within backoffBase"
+    );
+    call.next_try(SECOND).unwrap();
+    let second = call.endpoint().state.address.to_string();
+    assert_ne!(first, second);
+    assert!(matches!(
+        call.finish_try(CallResult::Status(503), None, true, SECOND),
+        Next::Retry(_)
+    ));
+    call.next_try(SECOND).unwrap();
+    assert_eq!(
+        call.endpoint().state.address.to_string(),
+        "10.1.0.1:80",
+        "the primary is spent"
+    );
+    assert_eq!(
+        call.finish_try(CallResult::Status(503), None, true, SECOND),
+        Next::Done,
+        "two retries by default"
+    );
+}
+
+#[tokio::test]
+async fn what_is_not_retried() {
+    let failover = compile(TWO_GROUPS);
+    let u = upstream(&failover);
+    let done = |method: &'static str, result, replayable| {
+        let u = u.clone();
+        async move {
+            let mut call = u.call(method, SECOND).await.unwrap();
+            call.finish_try(result, None, replayable, SECOND) == Next::Done
+        }
+    };
+    assert!(
+        done("POST", CallResult::Status(503), true).await,
+        "POST is not idempotent"
+    );
+    assert!(
+        !done("POST", CallResult::ConnectFailure, true).await,
+        "nothing was sent"
+    );
+    assert!(
+        done("GET", CallResult::Status(500), true).await,
+        "500 is not a gateway error"
+    );
+    assert!(done("GET", CallResult::Status(404), true).await);
+    assert!(
+        done("GET", CallResult::Timeout, true).await,
+        "Timeout is not in the default retryOn"
+    );
+    assert!(
+        done("GET", CallResult::Reset, false).await,
+        "the body is no longer held"
+    );
+}
+
+#[tokio::test]
+async fn a_429_waits_its_retry_after_when_it_fits_the_deadline() {
+    let failover = compile(
+        "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{address: '10.0.0.1:80'}]}]
+  retry: {retryOn: ['429']}
+  timeouts: {request: 3s}
+",
+    );
+    let u = upstream(&failover);
+    let mut call = u.call("GET", SECOND).await.unwrap();
+    assert_eq!(
+        call.finish_try(
+            CallResult::Status(429),
+            Some(Duration::from_secs(1)),
+            true,
+            SECOND
+        ),
+        Next::Retry(Duration::from_secs(1))
+    );
+    call.next_try(2 * SECOND).unwrap();
+    assert_eq!(
+        call.finish_try(
+            CallResult::Status(429),
+            Some(Duration::from_secs(2)),
+            true,
+            2 * SECOND
+        ),
+        Next::Done,
+        "2s more would pass the 3s deadline"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_during_an_outage() {
+    let failover = compile(
+        "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}]
+  retry: {attempts: 3, budgetPercent: 20, minRetriesPerSecond: 1}
+",
+    );
+    let u = upstream(&failover);
+    let (mut calls, mut retries) = (0u64, 0u64);
+    // 1,000 calls over 10 s, every try failing.
+    for i in 0..1000u64 {
+        let now = 100 * SECOND + i * SECOND / 100;
+        let mut call = u.call("GET", now).await.unwrap();
+        calls += 1;
+        while let Next::Retry(_) = call.finish_try(CallResult::ConnectFailure, None, true, now) {
+            retries += 1;
+            call.next_try(now).unwrap();
+        }
+    }
+    assert_eq!(calls, 1000);
+    assert!(
+        retries <= 200 + 10,
+        "{retries} retries: 20% of calls plus 1/s over 10 s at most"
+    );
+    assert!(
+        retries >= 150,
+        "{retries}: the budget is spent, not refused outright"
+    );
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_is_skipped_until_its_ejection_ends() {
+    let failover = compile(TWO_GROUPS);
+    let u = upstream(&failover);
+    let bad = Pick { group: 0, index: 0 };
+    for _ in 0..2 {
+        let mut call = u.call("GET", SECOND).await.unwrap();
+        while call.endpoint().state.address.to_string() != "10.0.0.1:80" {
+            call = u.call("GET", SECOND).await.unwrap();
+        }
+        call.finish_try(CallResult::Status(500), None, true, SECOND);
+    }
+    assert!(
+        u.endpoint(bad).state.is_ejected(SECOND),
+        "two 5xx in a row eject it"
+    );
+    let picks: Vec<_> = (0..4)
+        .map(|_| address(&u, u.pick(2 * SECOND, &[]).unwrap()))
+        .collect();
+    assert_eq!(picks, ["10.0.0.2:80"; 4]);
+    assert!(
+        !u.endpoint(bad).state.is_ejected(6 * SECOND),
+        "back after baseEjectionTime"
+    );
+    assert!(
+        !u.may_eject(0, 2 * SECOND),
+        "ejecting the other would exceed 50%"
+    );
+}
+
+#[tokio::test]
+async fn with_nothing_available_the_fallback_answers() {
+    let failover = compile(&format!(
+        "{TWO_GROUPS}  fallback: {{statusCode: 503, headers: [{{name: Content-Type, value: application/json}}], body: '{{\"error\":\"down\"}}'}}\n"
+    ));
+    let u = upstream(&failover);
+    set_health(&u, 0, false);
+    set_health(&u, 1, false);
+    let reply = u.call("GET", SECOND).await.err().unwrap();
+    assert_eq!(
+        (reply.status, reply.reason),
+        (503, Reason::NoHealthyUpstream)
+    );
+    assert_eq!(reply.body, r#"{"error":"down"}"#);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_open_breaker_refuses_calls_until_it_half_opens() {
+    let failover = compile(
+        "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{address: '10.0.0.1:80'}]}]
+  retry: {attempts: 0}
+  circuitBreaker: {minimumCalls: 4, windowSize: 4, failureRateThreshold: 50, openDuration: 5s, halfOpenCalls: 1}
+",
+    );
+    let u = upstream(&failover);
+    for _ in 0..4 {
+        let mut call = u.call("GET", SECOND).await.unwrap();
+        call.finish_try(CallResult::Status(503), None, true, SECOND);
+    }
+    let refused = u.call("GET", 2 * SECOND).await.err().unwrap();
+    assert_eq!(refused.reason, Reason::CircuitOpen);
+    let mut probe = u.call("GET", 7 * SECOND).await.unwrap();
+    probe.finish_try(CallResult::Status(200), None, true, 7 * SECOND);
+    assert!(
+        u.call("GET", 7 * SECOND).await.is_ok(),
+        "closed after a good probe"
+    );
+}
+
+#[test]
+fn endpoints_keep_their_state_across_snapshots_while_they_stay() {
+    let registry = StateRegistry::default();
+    let service = "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{service: {name: payments, port: 8080}}]}]
+";
+    let endpoints = |addresses: &[&str]| {
+        BTreeMap::from([(
+            "shop/payments:8080".to_owned(),
+            addresses
+                .iter()
+                .map(|a| SnapshotEndpoint {
+                    address: (*a).into(),
+                    zone: None,
+                    node_name: None,
+                })
+                .collect(),
+        )])
+    };
+    let first = compile_with(
+        service,
+        &endpoints(&["10.0.0.1:80", "10.0.0.2:80"]),
+        &registry,
+    );
+    let u = upstream(&first);
+    u.groups[0].endpoints[0].state.record_probe(false, 1, 1);
+    let second = first.with_endpoints(&endpoints(&["10.0.0.1:80", "10.0.0.3:80"]));
+    second.prune_endpoints();
+    let u = upstream(&second);
+    assert_eq!(
+        u.groups[0].endpoints[0].state.health(),
+        Health::Unhealthy,
+        "kept"
+    );
+    assert_eq!(
+        u.groups[0].endpoints[1].state.address,
+        Address::parse("10.0.0.3:80").unwrap()
+    );
+    assert_eq!(
+        u.groups[0].endpoints[1].state.health(),
+        Health::Unknown,
+        "new"
+    );
+    let recompiled = compile_with(service, &endpoints(&["10.0.0.1:80"]), &registry);
+    assert_eq!(
+        upstream(&recompiled).groups[0].endpoints[0].state.health(),
+        Health::Unhealthy
+    );
+}
