@@ -2,13 +2,14 @@
 //! The sidecar's own: `/healthz` (the process serves), `/readyz` (it enforces a policy, or has
 //! none to wait for), `/metrics`, `/config` (the snapshot being enforced, secrets redacted).
 //! The features': `/quota` (a key's quota usage: [`bulwark_policy::quota::admin`]), OFREP
-//! (`/ofrep/v1/evaluate/flags[/{key}]`: [`bulwark_policy::flags::ofrep`]); next, the webhook
+//! (`/ofrep/v1/evaluate/flags[/{key}]`: [`bulwark_policy::flags::ofrep`]), `/failover` (the
+//! upstreams' live state: [`bulwark_policy::failover::admin`]); next, the webhook
 //! API, each added with [`Admin::route`] or [`Admin::route_under`] calls in `main.rs`.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
-use bulwark_policy::{clock::unix_nanos, flags::ofrep, quota, runtime::Runtime};
+use bulwark_policy::{clock::unix_nanos, failover, flags::ofrep, quota, runtime::Runtime};
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode, header};
 use pingora::{apps::http_app::ServeHttp, protocols::http::ServerSession};
 
@@ -198,6 +199,14 @@ impl Admin {
                 ofrep::observe(&runtime.metrics.flags, "single", answer.status, started);
                 ofrep_answer(answer)
             }
+        })
+    }
+
+    /// `/failover`: the failover upstreams' live state.
+    pub fn with_failover(self, runtime: Arc<Runtime>) -> Self {
+        self.route("/failover", move |_| {
+            let body = failover::admin::report(&runtime.policy().failover, unix_nanos());
+            async move { AdminResponse::json(StatusCode::OK, &body) }
         })
     }
 

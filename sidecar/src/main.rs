@@ -213,7 +213,8 @@ fn main() -> anyhow::Result<()> {
         "bulwark admin".to_owned(),
         Admin::new(metrics.clone(), runtime.clone())
             .with_quota(runtime.clone())
-            .with_flags(runtime.clone()),
+            .with_flags(runtime.clone())
+            .with_failover(runtime.clone()),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 

@@ -5,6 +5,7 @@
 //! [`breaker`], [`budget`] (retries), [`outlier`] (ejection); [`settings`] says what an omitted
 //! field means.
 
+pub mod admin;
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
