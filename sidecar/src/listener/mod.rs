@@ -6,6 +6,7 @@
 //! ([`bulwark_policy::respond`]).
 
 pub mod edge;
+pub mod failover;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -8,29 +8,30 @@
 //! `CONNECT` (HTTPS through a proxy) is refused (Pingora answers it 405 itself; [`destination`]
 //! refuses it too): the sidecar does not tunnel TLS yet.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
 use bulwark_policy::{
     admission::Direction,
     clock::unix_nanos,
-    failover::{
-        call::{Call, Next},
-        endpoint::Address,
-        outlier::CallResult,
-    },
+    failover::call::Call,
     respond::{Reason, Reply},
     runtime::Runtime,
 };
 use http::{Method, Uri, header::HOST};
 use pingora::{
-    Error, ErrorSource, ErrorType, Result, RetryType,
+    Result,
     http::{RequestHeader, ResponseHeader},
     prelude::HttpPeer,
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, edge, fail_to_proxy, metrics::UpstreamError, request_view};
+use super::{
+    Timing, edge, fail_to_proxy,
+    failover::{Tries, default_retry},
+    metrics::UpstreamError,
+    request_view,
+};
 use crate::{dns::DnsCache, metrics::Metrics};
 
 pub struct OutboundProxy {
@@ -68,7 +69,7 @@ impl OutboundProxy {
             .map_err(|why| Reply::new(Reason::BadRequest, Some(&why.to_string())))?;
         if let Some(call) = call {
             return Ok(Route {
-                target: Target::Failover(Box::new(call)),
+                target: Target::Failover(Box::new(Tries::new(call))),
                 host: to.host,
                 rewrite: to.rewrite,
             });
@@ -96,31 +97,6 @@ impl OutboundProxy {
         }
         Ok(addr)
     }
-
-    /// The peer for the failover call's current try (after the backoff of a retry), with the
-    /// try's timeout on connecting and on each read and write.
-    async fn failover_peer(
-        &self,
-        call: &mut Call,
-        retry: Option<Duration>,
-        host: &str,
-    ) -> std::result::Result<HttpPeer, Reply> {
-        if let Some(delay) = retry {
-            tokio::time::sleep(delay).await;
-            call.next_try(unix_nanos())?;
-        }
-        let addr = match &call.endpoint().state.address {
-            Address::Socket(addr) => *addr,
-            Address::Name { host, port } => self.resolve(host, *port).await?,
-        };
-        let mut peer = HttpPeer::new(addr, false, host.to_owned());
-        let timeout = Some(call.try_timeout(unix_nanos()));
-        peer.options.connection_timeout = timeout;
-        peer.options.total_connection_timeout = timeout;
-        peer.options.read_timeout = timeout;
-        peer.options.write_timeout = timeout;
-        Ok(peer)
-    }
 }
 
 /// A call's resolved destination, from `request_filter` to the later phases.
@@ -135,54 +111,21 @@ enum Target {
     /// The address the request names.
     Direct(SocketAddr),
     /// A failover upstream's call.
-    Failover(Box<Call>),
+    Failover(Box<Tries>),
 }
 
 pub struct RequestCtx {
     timing: Timing,
     route: Option<Route>,
-    /// Set when a failover try is to be retried after this delay.
-    retry: Option<Duration>,
-    /// The sidecar's answer when a retry found nothing to try (written by `fail_to_proxy`).
-    refusal: Option<Reply>,
 }
 
 impl RequestCtx {
-    fn call(&mut self) -> Option<&mut Call> {
+    fn tries(&mut self) -> Option<&mut Tries> {
         match &mut self.route.as_mut()?.target {
-            Target::Failover(call) => Some(call),
+            Target::Failover(tries) => Some(tries),
             Target::Direct(_) => None,
         }
     }
-
-    /// Records the current try's `result` and marks `e` retried or not, as the call decides.
-    fn finish_try(&mut self, session: &Session, result: CallResult, e: &mut Error) {
-        let replayable = !session.as_ref().retry_buffer_truncated();
-        let next = self
-            .call()
-            .map(|call| call.finish_try(result, None, replayable, unix_nanos()));
-        match next {
-            Some(Next::Retry(delay)) => {
-                self.retry = Some(delay);
-                e.set_retry(true);
-            }
-            Some(Next::Done) => e.set_retry(false),
-            None => {}
-        }
-    }
-}
-
-/// The error `upstream_response_filter` raises to retry a response's status (already recorded).
-const RETRY_STATUS: ErrorType = ErrorType::Custom("bulwark_retry_status");
-
-/// `Retry-After` in seconds (an HTTP date is not honoured: the backoff applies instead).
-fn retry_after(response: &ResponseHeader) -> Option<Duration> {
-    let value = response
-        .headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// Where a call goes.
@@ -259,8 +202,6 @@ impl ProxyHttp for OutboundProxy {
         RequestCtx {
             timing: Timing::start(&self.metrics.outbound),
             route: None,
-            retry: None,
-            refusal: None,
         }
     }
 
@@ -306,20 +247,16 @@ impl ProxyHttp for OutboundProxy {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let retry = ctx.retry.take();
         let route = ctx
             .route
             .as_mut()
             .expect("request_filter routes every request it lets through");
         let peer = match &mut route.target {
             Target::Direct(addr) => HttpPeer::new(*addr, false, route.host.clone()),
-            Target::Failover(call) => match self.failover_peer(call, retry, &route.host).await {
-                Ok(peer) => peer,
-                Err(reply) => {
-                    ctx.refusal = Some(reply);
-                    return Err(Error::new(ErrorType::ConnectNoRoute));
-                }
-            },
+            Target::Failover(tries) => {
+                let resolve = |host: String, port| async move { self.resolve(&host, port).await };
+                tries.peer(&route.host, resolve).await?
+            }
         };
         Ok(Box::new(peer))
     }
@@ -330,20 +267,9 @@ impl ProxyHttp for OutboundProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let replayable = !session.as_ref().retry_buffer_truncated();
-        let status = response.status.as_u16();
-        let wait = retry_after(response);
-        let Some(call) = ctx.call() else {
-            return Ok(());
-        };
-        match call.finish_try(CallResult::Status(status), wait, replayable, unix_nanos()) {
-            Next::Done => Ok(()),
-            Next::Retry(delay) => {
-                ctx.retry = Some(delay);
-                let mut e = Error::explain(RETRY_STATUS, format!("retrying a {status}"));
-                e.set_retry(true);
-                Err(e)
-            }
+        match ctx.tries() {
+            Some(tries) => tries.response(session, response),
+            None => Ok(()),
         }
     }
 
@@ -352,9 +278,11 @@ impl ProxyHttp for OutboundProxy {
         session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Self::CTX,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        ctx.finish_try(session, CallResult::ConnectFailure, &mut e);
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        if let Some(tries) = ctx.tries() {
+            tries.connect_failed(session, &mut e);
+        }
         e
     }
 
@@ -362,28 +290,15 @@ impl ProxyHttp for OutboundProxy {
         &self,
         peer: &HttpPeer,
         session: &mut Session,
-        e: Box<Error>,
+        e: Box<pingora::Error>,
         ctx: &mut Self::CTX,
         client_reused: bool,
-    ) -> Box<Error> {
+    ) -> Box<pingora::Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if e.etype() == &RETRY_STATUS {
-            return e; // the status was recorded and the retry decided
+        match ctx.tries() {
+            Some(tries) => tries.failed(session, &mut e, client_reused),
+            None => default_retry(session, &mut e, client_reused),
         }
-        // A pooled connection the upstream had closed is the pool's failure, not the
-        // endpoint's: tried again on a new connection, as Pingora does, and not recorded.
-        let stale = matches!(e.retry, RetryType::ReusedOnly) && client_reused;
-        let idempotent = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        if ctx.call().is_none() || stale || e.esource() == &ErrorSource::Downstream {
-            e.set_retry(stale && idempotent);
-            return e;
-        }
-        let result = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => CallResult::Timeout,
-            _ => CallResult::Reset,
-        };
-        ctx.finish_try(session, result, &mut e);
         e
     }
 
@@ -417,7 +332,7 @@ impl ProxyHttp for OutboundProxy {
         e: &pingora::Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        if let Some(reply) = ctx.refusal.take() {
+        if let Some(reply) = ctx.tries().and_then(Tries::take_refusal) {
             if let Err(write) = ctx.timing.answer(session, &reply).await {
                 tracing::debug!(error = %write, "cannot send the refusal");
             }
