@@ -18,7 +18,7 @@ use std::{
 use bulwark_e2e::{
     eventually,
     fault_upstream::FaultUpstream,
-    process::{HttpResponse, http_get, send_raw},
+    process::{HttpResponse, http_get, send_raw, wait_for_status},
     sidecar::Sidecar,
 };
 
@@ -28,11 +28,13 @@ fn sidecar(dir: &Path, policy: &str) -> Sidecar {
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("failover.yaml"), policy).unwrap();
     let unused_app = "127.0.0.1:9".parse().unwrap();
-    Sidecar::start(
+    let sidecar = Sidecar::start(
         unused_app,
         &dir.join("state"),
         &["--config-dir", config.to_str().unwrap()],
-    )
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    sidecar
 }
 
 /// The app's call `GET http://payments/<path>` through the outbound listener.
@@ -385,4 +387,94 @@ fn a_slow_try_times_out_and_is_retried_on_another_endpoint() {
     let posts: Vec<_> = (0..2).map(|_| call(&sidecar, "POST")).collect();
     let counts = tally(&posts);
     assert_eq!(counts.get("504 upstream_timeout"), Some(&1), "{counts:?}");
+}
+
+/// A flag gate's `routeTo`: users outside the rollout are sent to the `canary` upstream (a
+/// FailoverPolicy's) instead of the app; each user lands where OFREP says their variant goes.
+#[test]
+fn a_gate_routes_users_outside_the_rollout_to_a_failover_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = FaultUpstream::start(dir.path(), "stable");
+    let canary = FaultUpstream::start(dir.path(), "canary");
+    let config = dir.path().join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("failover.yaml"),
+        format!(
+            "apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata:
+  name: canary
+spec:
+  upstreams:
+  - name: canary
+    match: {{hosts: [canary.internal]}}
+    groups: [{{name: only, backends: [{{address: \"{}\"}}]}}]
+",
+            canary.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        config.join("flag.yaml"),
+        r#"apiVersion: bulwark.dev/v1alpha1
+kind: FeatureFlag
+metadata:
+  name: stable-rollout
+spec:
+  flags:
+    stable:
+      state: ENABLED
+      variants: {"yes": true, "no": false}
+      defaultVariant: "no"
+      targeting: {"fractional": [["yes", 70], ["no", 30]]}
+  context:
+    targetingKey: {type: Header, name: X-User-Id}
+  gates:
+  - name: to-canary
+    match: {path: {type: PathPrefix, value: /pay}}
+    flag: stable
+    allowedVariants: ["yes"]
+    routeTo: canary
+"#,
+    )
+    .unwrap();
+    let sidecar = Sidecar::start(
+        app.addr,
+        &dir.path().join("state"),
+        &["--config-dir", config.to_str().unwrap()],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    let mut to_canary = 0;
+    for i in 0..60 {
+        let user = format!("user-{i}");
+        let ofrep = bulwark_e2e::process::http_post(
+            sidecar.admin,
+            "/ofrep/v1/evaluate/flags/stable",
+            &format!(r#"{{"context":{{"targetingKey":"{user}"}}}}"#),
+            &[],
+        )
+        .unwrap();
+        let stays = ofrep.body.contains(r#""variant":"yes""#);
+        let response = bulwark_e2e::process::http_request(
+            sidecar.inbound,
+            "GET",
+            "/pay",
+            &[("X-User-Id", &user)],
+        )
+        .unwrap();
+        assert_eq!(response.status, 200, "{user}: {response:?}");
+        let expected = if stays { "stable" } else { "canary" };
+        assert_eq!(response.body, expected, "{user}: OFREP says {}", ofrep.body);
+        to_canary += usize::from(!stays);
+    }
+    assert!(
+        (5..=35).contains(&to_canary),
+        "30% of 60, roughly: {to_canary}"
+    );
+    assert_eq!(canary.count(), to_canary as u64);
+    assert_eq!(
+        sidecar.metric_sum("bulwark_flag_gate_decisions_total{decision=\"routed\""),
+        to_canary as f64
+    );
 }

@@ -180,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             pingora::proxy::http_proxy(
                 &server.configuration,
                 InboundProxy::new(args.app, runtime.clone(), metrics.clone())
+                    .with_dns(dns.clone())
                     .with_trusted_proxy_hops(args.trusted_proxy_hops)
                     .with_path_normalization(args.path_normalization()),
             ),

@@ -5,7 +5,8 @@
 //! 2. rate limits,
 //! 3. quotas,
 //! 4. what to set on the upstream request (flag variants in headers),
-//! 5. where it goes (outbound: the failover upstream the call matches),
+//! 5. where it goes (outbound: the failover upstream the call matches; inbound: the app, or
+//!    the upstream a gate's `routeTo` names),
 //! 6. what to add to the response, and what to charge once it is sent.
 //!
 //! Each listener builds one [`RequestView`] per request and calls [`Runtime::admit`]; the proxy
@@ -44,7 +45,8 @@ pub struct Admission {
     pub request_headers: Vec<(HeaderName, Option<String>)>,
     /// What the response carries, and what is charged after it.
     pub response: ResponseEffects,
-    /// The failover upstream that takes the call (outbound); `None`: the destination it names.
+    /// The failover upstream that takes the request: outbound, the one its `match` selects;
+    /// inbound, a flag gate's `routeTo`. `None`: the destination named, or the app.
     pub upstream: Option<Arc<Upstream>>,
 }
 
@@ -117,6 +119,18 @@ impl Runtime {
                 return admission;
             }
             admission.request_headers = gated.request_headers;
+            if let Some(to) = gated.route_to {
+                let Some(upstream) = policy.failover.named(&to.namespace, &to.name) else {
+                    // Fail closed, as a gate does: the rollout's other side is not defined.
+                    let why = format!(
+                        "the gate routes to upstream {:?}, which no FailoverPolicy of namespace {} defines for this pod",
+                        to.name, to.namespace
+                    );
+                    admission.reply = Some(Reply::new(Reason::FlagGated, Some(&why)));
+                    return admission;
+                };
+                admission.upstream = Some(upstream.clone());
+            }
         }
         if !policy.rate_limits.is_empty() {
             let started = Instant::now();

@@ -7,6 +7,8 @@ use std::{
     sync::Arc,
 };
 
+use bulwark_policy::respond::{Reason, Reply};
+
 use async_trait::async_trait;
 use bulwark_policy::{
     admission::{Direction, HeaderEdit, ResponseEffects},
@@ -22,8 +24,12 @@ use pingora::{
     proxy::{FailToProxy, ProxyHttp, Session},
 };
 
-use super::{Timing, edge, fail_to_proxy, normalize_path, peer_ip, refuse_ambiguous, request_view};
-use crate::metrics::Metrics;
+use super::{
+    Timing, edge, fail_to_proxy,
+    failover::{Tries, default_retry},
+    normalize_path, peer_ip, refuse_ambiguous, request_view,
+};
+use crate::{dns::DnsCache, metrics::Metrics};
 
 pub struct InboundProxy {
     app: SocketAddr,
@@ -33,6 +39,8 @@ pub struct InboundProxy {
     trusted_hops: usize,
     /// How paths are normalized before matching and forwarding.
     paths: PathNormalization,
+    /// For the DNS-named endpoints of an upstream a gate routes to.
+    dns: Arc<DnsCache>,
 }
 
 impl InboundProxy {
@@ -43,7 +51,14 @@ impl InboundProxy {
             metrics,
             trusted_hops: 0,
             paths: PathNormalization::default(),
+            dns: Arc::default(),
         }
+    }
+
+    /// Shares the outbound listener's DNS cache.
+    pub fn with_dns(mut self, dns: Arc<DnsCache>) -> Self {
+        self.dns = dns;
+        self
     }
 
     /// Normalizes paths as `paths` says.
@@ -113,6 +128,8 @@ pub struct RequestCtx {
     /// Headers to set (or, `None`, remove) on the request to the app.
     request_headers: Vec<(http::HeaderName, Option<String>)>,
     response: ResponseEffects,
+    /// A flag gate's `routeTo`: the request goes to this failover upstream, not the app.
+    routed: Option<Tries>,
 }
 
 #[async_trait]
@@ -124,6 +141,7 @@ impl ProxyHttp for InboundProxy {
             timing: Timing::start(&self.metrics.inbound),
             request_headers: Vec::new(),
             response: ResponseEffects::default(),
+            routed: None,
         }
     }
 
@@ -153,7 +171,21 @@ impl ProxyHttp for InboundProxy {
         };
         ctx.response = admission.response;
         ctx.request_headers = admission.request_headers;
-        match admission.reply {
+        let reply = match (admission.reply, admission.upstream) {
+            (Some(reply), _) => Some(reply),
+            (None, None) => None,
+            (None, Some(upstream)) => {
+                let method = session.req_header().method.as_str();
+                match upstream.call(method, unix_nanos()).await {
+                    Ok(call) => {
+                        ctx.routed = Some(Tries::new(call));
+                        None
+                    }
+                    Err(reply) => Some(reply),
+                }
+            }
+        };
+        match reply {
             Some(reply) => {
                 ctx.timing.answer(session, &reply).await?;
                 Ok(true)
@@ -164,11 +196,62 @@ impl ProxyHttp for InboundProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
-        Ok(Box::new(HttpPeer::new(self.app, false, String::new())))
+        let Some(tries) = ctx.routed.as_mut() else {
+            // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
+            return Ok(Box::new(HttpPeer::new(self.app, false, String::new())));
+        };
+        let host = request_view(session, 0).host.unwrap_or_default().to_owned();
+        let resolve = |host: String, port| async move {
+            self.dns.resolve(&host, port).await.map_err(|e| {
+                let why = format!("cannot resolve {host}:{port}: {e}");
+                Reply::new(Reason::UpstreamUnreachable, Some(&why))
+            })
+        };
+        Ok(Box::new(tries.peer(&host, resolve).await?))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        match ctx.routed.as_mut() {
+            Some(tries) => tries.response(session, response),
+            None => Ok(()),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        if let Some(tries) = ctx.routed.as_mut() {
+            tries.connect_failed(session, &mut e);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<pingora::Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<pingora::Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        match ctx.routed.as_mut() {
+            Some(tries) => tries.failed(session, &mut e, client_reused),
+            None => default_retry(session, &mut e, client_reused),
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -211,6 +294,15 @@ impl ProxyHttp for InboundProxy {
         e: &pingora::Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        if let Some(reply) = ctx.routed.as_mut().and_then(Tries::take_refusal) {
+            if let Err(write) = ctx.timing.answer(session, &reply).await {
+                tracing::debug!(error = %write, "cannot send the refusal");
+            }
+            return FailToProxy {
+                error_code: reply.status,
+                can_reuse_downstream: false,
+            };
+        }
         fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.inbound).await
     }
 

@@ -87,6 +87,14 @@ impl Failover {
         self.upstreams.iter().find(|u| u.compiled.matches(req))
     }
 
+    /// The upstream `name` of a FailoverPolicy in `namespace` (a flag gate's `routeTo`); the
+    /// first, in policy order, when several policies name one alike.
+    pub fn named(&self, namespace: &str, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .find(|u| u.compiled.name == name && u.compiled.namespace() == namespace)
+    }
+
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
     }

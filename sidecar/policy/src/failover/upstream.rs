@@ -225,6 +225,11 @@ impl CompiledUpstream {
         })
     }
 
+    /// The FailoverPolicy's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     pub fn matches(&self, req: &crate::request::RequestView<'_>) -> bool {
         self.matcher.matches(req)
     }

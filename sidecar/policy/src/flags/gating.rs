@@ -56,7 +56,23 @@ struct Gate {
     /// Index into the resource's `flags`.
     flag: usize,
     allowed: Vec<String>,
-    deny: DenyTemplate,
+    /// What a variant outside `allowed` gets.
+    otherwise: Otherwise,
+}
+
+enum Otherwise {
+    /// The gate's `deny` answer.
+    Deny(DenyTemplate),
+    /// The request goes to this upstream instead of the app (`routeTo`).
+    RouteTo(UpstreamRef),
+}
+
+/// A `FailoverPolicy` upstream named by a gate's `routeTo`: its name, in the namespace of the
+/// `FeatureFlag`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamRef {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 /// What the gates decided for one request.
@@ -66,6 +82,8 @@ pub struct GateDecision {
     pub reply: Option<Reply>,
     /// Headers to set on the request to the app (`None`: remove any the client sent).
     pub request_headers: Vec<(HeaderName, Option<String>)>,
+    /// `Some`: a gate with `routeTo` sends the request to this upstream instead of the app.
+    pub route_to: Option<UpstreamRef>,
 }
 
 impl FlagGates {
@@ -140,10 +158,21 @@ impl FlagGates {
             for gate in gates {
                 let allowed =
                     variants[gate.flag].is_some_and(|v| gate.allowed.iter().any(|a| a == v));
-                self.count(&gate.name, allowed);
-                if !allowed {
-                    decision.reply = Some(gate.deny.reply(Reason::FlagGated, Vec::new()));
-                    return decision;
+                if allowed {
+                    self.count(&gate.name, "allowed");
+                    continue;
+                }
+                match &gate.otherwise {
+                    Otherwise::Deny(deny) => {
+                        self.count(&gate.name, "denied");
+                        decision.reply = Some(deny.reply(Reason::FlagGated, Vec::new()));
+                        return decision;
+                    }
+                    // The first gate that routes wins; later gates may still deny.
+                    Otherwise::RouteTo(upstream) => {
+                        self.count(&gate.name, "routed");
+                        decision.route_to.get_or_insert_with(|| upstream.clone());
+                    }
                 }
             }
             for (flag, header) in &resource.headers {
@@ -169,11 +198,9 @@ impl FlagGates {
         resolution.variant
     }
 
-    fn count(&self, gate: &str, allowed: bool) {
+    fn count(&self, gate: &str, decision: &str) {
         if let Some(decisions) = &self.gate_decisions {
-            decisions
-                .with_label_values(&[gate, if allowed { "allowed" } else { "denied" }])
-                .inc();
+            decisions.with_label_values(&[gate, decision]).inc();
         }
     }
 }
@@ -251,12 +278,6 @@ fn compile_resource(
     let mut gates = Vec::new();
     for (i, gate) in spec.gates.iter().enumerate() {
         let at = format!("gates[{i}]");
-        if gate.route_to.is_some() {
-            return Err(CompileError::new(
-                format!("{at}.routeTo"),
-                "routing to an upstream needs failover, which this sidecar version does not have yet; use deny",
-            ));
-        }
         let default_deny = DenyResponse {
             status_code: Some(404),
             body: Some(String::new()),
@@ -268,8 +289,16 @@ fn compile_resource(
                 .map_err(|e| e.under(&format!("{at}.match")))?,
             flag: flag_index(&gate.flag, format!("{at}.flag"))?,
             allowed: gate.allowed_variants.clone(),
-            deny: DenyTemplate::compile(Some(gate.deny.as_ref().unwrap_or(&default_deny)), 404)
-                .map_err(|e| e.under(&format!("{at}.deny")))?,
+            otherwise: match &gate.route_to {
+                Some(name) => Otherwise::RouteTo(UpstreamRef {
+                    namespace: source.namespace.as_str().into(),
+                    name: name.as_str().into(),
+                }),
+                None => Otherwise::Deny(
+                    DenyTemplate::compile(Some(gate.deny.as_ref().unwrap_or(&default_deny)), 404)
+                        .map_err(|e| e.under(&format!("{at}.deny")))?,
+                ),
+            },
         });
     }
     let mut headers = Vec::new();
@@ -427,13 +456,22 @@ injectHeaders:
     }
 
     #[test]
-    fn route_to_is_refused_until_failover_exists() {
-        let err = compile(&ROLLOUT.replace(
+    fn a_gate_with_route_to_names_the_upstream_instead_of_denying() {
+        let gates = compile(&ROLLOUT.replace(
             "  deny: {statusCode: 403, body: \"no\\n\"}",
             "  routeTo: canary",
         ))
-        .err()
         .unwrap();
-        assert_eq!(err.1.field, "gates[1].routeTo");
+        let routed = decide(&gates, "/admin/users", &[("x-user-id", "u1")]);
+        assert_eq!(routed.reply, None, "routeTo never denies");
+        let to = routed
+            .route_to
+            .expect("the retired flag never allows: routed");
+        assert_eq!((&*to.namespace, &*to.name), ("shop", "canary"));
+        assert_eq!(
+            decide(&gates, "/other", &[("x-user-id", "u1")]).route_to,
+            None,
+            "only matching requests"
+        );
     }
 }

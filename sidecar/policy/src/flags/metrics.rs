@@ -15,7 +15,7 @@ const LATENCY_BUCKETS: [f64; 9] = [
 pub struct FlagMetrics {
     /// Evaluations by flag, variant (empty when there is none) and reason.
     pub evaluations: IntCounterVec,
-    /// Gate decisions by gate and decision (`allowed`, `denied`).
+    /// Gate decisions by gate and decision (`allowed`, `denied`, `routed`).
     pub gate_decisions: IntCounterVec,
     /// OFREP requests by endpoint (`single`, `bulk`) and HTTP status.
     pub ofrep_requests: IntCounterVec,
@@ -45,7 +45,7 @@ impl FlagMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "bulwark_flag_gate_decisions_total",
-                        "Requests a feature-flag gate decided, by gate and decision (allowed, denied).",
+                        "Requests a feature-flag gate decided, by gate and decision (allowed, denied, routed).",
                     ),
                     &["gate", "decision"],
                 )?,
