@@ -12,9 +12,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod,
-        Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-        ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+        HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+        ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
+        Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -262,6 +263,19 @@ pub fn sidecar_container(cfg: &InjectConfig, app_port: u16) -> Container {
                 format!("0.0.0.0:{}", cfg.admin_port),
             ),
             env("BULWARK_APP", format!("127.0.0.1:{app_port}")),
+            // The pod's zone, for zone-aware failover: the label Kubernetes' PodTopologyLabels
+            // admission copies from the node at binding (empty where it does not).
+            EnvVar {
+                name: "BULWARK_ZONE".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels['topology.kubernetes.io/zone']".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
         ]),
         ports: Some(vec![
             ContainerPort {

@@ -127,6 +127,13 @@ pub struct Args {
     #[arg(long, env = "BULWARK_TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
 
+    /// The zone this pod runs in (`topology.kubernetes.io/zone`): failover upstreams with
+    /// `zoneAware` prefer endpoints of this zone. The injector sets it from the pod's label of
+    /// that name (which Kubernetes' PodTopologyLabels admission copies from the node); empty or
+    /// unset: no zone preference.
+    #[arg(long, env = "BULWARK_ZONE")]
+    pub zone: Option<String>,
+
     /// Normalize request paths before policies match them, and forward the normalized path
     /// (RFC 3986: unreserved escapes decoded, dot segments removed), so a rule on `/api` also
     /// covers `/%61pi` and `/x/../api`, as the app would read them (docs/security.md).

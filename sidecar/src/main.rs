@@ -82,14 +82,17 @@ fn main() -> anyhow::Result<()> {
         // The Redis a snapshot names (operator mode), started when one is installed.
         None => RedisSource::FromSnapshot(redis_runtime.handle().clone()),
     };
-    let runtime = Arc::new(Runtime::new(
-        metrics.policy.clone(),
-        redis,
-        Limits {
-            max_counters: args.max_counters,
-            max_quota_keys: args.max_quota_keys,
-        },
-    ));
+    let runtime = Arc::new(
+        Runtime::new(
+            metrics.policy.clone(),
+            redis,
+            Limits {
+                max_counters: args.max_counters,
+                max_quota_keys: args.max_quota_keys,
+            },
+        )
+        .with_zone(args.zone.clone()),
+    );
     // Without a policy source there is nothing to wait for: pass-through is the intended state.
     if args.config_dir.is_none() && operator.is_none() {
         runtime.mark_ready();

@@ -88,6 +88,11 @@ pub struct Upstream {
     /// When traffic leaves a group and when it comes back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverSettings>,
+    /// How a group's endpoints share calls: `RoundRobin` (default, by `weight`) or
+    /// `LeastRequest` (of two endpoints drawn at random, the one with fewer calls in flight;
+    /// `weight` is not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
     /// Active health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
@@ -169,6 +174,17 @@ pub struct ServiceBackend {
     pub port: u16,
 }
 
+/// How a group's endpoints share calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LoadBalancer {
+    /// In turn, by `weight`.
+    #[default]
+    RoundRobin,
+    /// Power of two choices: of two endpoints drawn at random, the one with fewer calls in
+    /// flight (better than round robin when endpoints or calls differ in speed).
+    LeastRequest,
+}
+
 /// How traffic is spread across groups.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum FailoverMode {
@@ -197,6 +213,12 @@ pub struct FailoverSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = crate::duration::rule_at_most("failbackAfter", "1h"))]
     pub failback_after: Option<Duration>,
+    /// Within a group, prefer endpoints in the calling pod's own zone (the EndpointSlice
+    /// `zone`; the pod's from the sidecar's `--zone`). The share kept in the zone is bounded by
+    /// the zone's share of the group's endpoints times the number of zones, so a zone with few
+    /// endpoints is not overloaded by its callers (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zone_aware: bool,
 }
 
 /// An active health check, per endpoint.

@@ -26,6 +26,8 @@ pub struct CompileEnv<'a> {
     pub state: StateClaims<'a>,
     /// What the snapshot's regular expressions may take together.
     pub regexes: RegexBudget,
+    /// The zone this pod runs in (`--zone`), for zone-aware failover.
+    pub zone: Option<&'a str>,
 }
 
 impl<'a> CompileEnv<'a> {
@@ -36,6 +38,7 @@ impl<'a> CompileEnv<'a> {
             redis: None,
             state: StateClaims::fresh(),
             regexes: RegexBudget::default(),
+            zone: None,
         }
     }
 

@@ -73,6 +73,8 @@ pub struct Runtime {
     pub quota_usage: Arc<UsageStore>,
     /// Counts installs that changed the flags (flagd's EventStream follows it).
     flag_changes: tokio::sync::watch::Sender<u64>,
+    /// The zone this pod runs in, for zone-aware failover.
+    zone: Option<String>,
 }
 
 impl Runtime {
@@ -93,7 +95,14 @@ impl Runtime {
             fast: Arc::new(FastSync::new(flags_redis)),
             quota_usage: Arc::new(UsageStore::with_max_keys(limits.max_quota_keys)),
             flag_changes: tokio::sync::watch::Sender::new(0),
+            zone: None,
         }
+    }
+
+    /// The zone this pod runs in (`--zone`): zone-aware upstreams prefer its endpoints.
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone.filter(|z| !z.is_empty());
+        self
     }
 
     /// No Redis, default sizes: tests and tools.
@@ -145,6 +154,7 @@ impl Runtime {
                 redis: redis.as_ref(),
                 state: StateClaims::new(&self.state),
                 regexes: RegexBudget::default(),
+                zone: self.zone.as_deref(),
             },
         )
     }

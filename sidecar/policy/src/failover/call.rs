@@ -38,6 +38,8 @@ pub struct Call {
     deadline: u64,
     tried: Vec<Pick>,
     try_started: u64,
+    /// A try is in flight (counted in its endpoint's `in_flight`).
+    in_try: bool,
     idempotent: bool,
     /// The bulkhead slot, freed when the call is dropped.
     _slot: Option<OwnedSemaphorePermit>,
@@ -77,6 +79,7 @@ impl Upstream {
             deadline: now.saturating_add(nanos(compiled.settings.timeouts.request)),
             tried: Vec::with_capacity(1),
             try_started: now,
+            in_try: false,
             idempotent: is_idempotent(method),
             _slot: slot,
         };
@@ -130,6 +133,8 @@ impl Call {
             .ok_or_else(|| compiled.fallback(Reason::NoHealthyUpstream))?;
         self.tried.push(pick);
         self.try_started = now;
+        self.upstream.endpoint(pick).state.try_started();
+        self.in_try = true;
         Ok(())
     }
 
@@ -142,6 +147,7 @@ impl Call {
         replayable: bool,
         now: u64,
     ) -> Next {
+        self.end_try();
         let compiled = &self.upstream.compiled;
         let pick = *self.tried.last().expect("a call has a try from its start");
         let elapsed = now.saturating_sub(self.try_started);
@@ -162,6 +168,14 @@ impl Call {
             compiled.metrics.breaker_entered(state);
         }
         self.retry_decision(result, retry_after, replayable, now)
+    }
+
+    fn end_try(&mut self) {
+        if std::mem::take(&mut self.in_try)
+            && let Some(pick) = self.tried.last()
+        {
+            self.upstream.endpoint(*pick).state.try_ended();
+        }
     }
 
     fn retry_decision(
@@ -209,5 +223,12 @@ impl Call {
         }
         compiled.metrics.retries.inc();
         Next::Retry(delay)
+    }
+}
+
+impl Drop for Call {
+    /// A call dropped mid-try (the client went away) ends its try's count.
+    fn drop(&mut self) {
+        self.end_try();
     }
 }

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Mutex,
-        atomic::{AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -113,6 +113,8 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     /// When the health checker probes next (Unix nanoseconds; 0: at once).
     pub next_probe: AtomicU64,
+    /// Tries in flight (for `LeastRequest`).
+    in_flight: AtomicU32,
     /// Tries by [`RESULTS`].
     tries: [IntCounter; RESULTS.len()],
     ejections: IntCounter,
@@ -131,9 +133,23 @@ impl EndpointState {
             outlier: Mutex::default(),
             ejected_until: AtomicU64::new(0),
             next_probe: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
             tries,
             ejections,
         }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A try starts (paired with [`EndpointState::try_ended`]).
+    pub fn try_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn try_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn health(&self) -> Health {

@@ -52,6 +52,7 @@ impl Failover {
                     &env.metrics.failover,
                     &env.state,
                     &env.regexes,
+                    env.zone,
                 )
                 .map_err(|e| (source.clone(), e.under(&format!("upstreams[{i}]"))))?;
                 upstreams.push(Arc::new(Arc::new(compiled).with_endpoints(endpoints)));

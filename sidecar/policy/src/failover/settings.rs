@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bulwark_api::crd::failover::{
-    Bulkhead, CircuitBreaker, FailoverMode, HealthCheck, OutlierDetection, Retry, RetryOn,
-    Timeouts, Upstream,
+    Bulkhead, CircuitBreaker, FailoverMode, HealthCheck, LoadBalancer, OutlierDetection, Retry,
+    RetryOn, Timeouts, Upstream,
 };
 
 use super::{breaker::BreakerConfig, budget::BudgetConfig, outlier::OutlierConfig};
@@ -21,6 +21,8 @@ pub struct GroupSettings {
     pub mode: FailoverMode,
     pub min_healthy_percent: u8,
     pub failback_nanos: u64,
+    pub zone_aware: bool,
+    pub load_balancer: LoadBalancer,
 }
 
 /// An active health check.
@@ -117,6 +119,8 @@ impl Settings {
                 mode: failover.mode,
                 min_healthy_percent: failover.min_healthy_percent.unwrap_or(50),
                 failback_nanos: nanos(failover.failback_after, Duration::from_secs(30)),
+                zone_aware: failover.zone_aware,
+                load_balancer: upstream.load_balancer.unwrap_or_default(),
             },
             health: upstream.health_check.as_ref().map(health),
             outlier: upstream.outlier_detection.as_ref().map(outlier),

@@ -446,3 +446,88 @@ fn endpoints_keep_their_state_across_snapshots_while_they_stay() {
         Health::Unhealthy
     );
 }
+
+fn zoned(caller_zone: &str) -> Failover {
+    let metrics = PolicyMetrics::unregistered();
+    let env = CompileEnv {
+        zone: Some(caller_zone),
+        ..CompileEnv::local(&metrics)
+    };
+    // Zone a: 1 endpoint, b: 2, c: 3.
+    let endpoints = BTreeMap::from([(
+        "shop/payments:8080".to_owned(),
+        [
+            ("10.0.0.1", "a"),
+            ("10.0.1.1", "b"),
+            ("10.0.1.2", "b"),
+            ("10.0.2.1", "c"),
+            ("10.0.2.2", "c"),
+            ("10.0.2.3", "c"),
+        ]
+        .iter()
+        .map(|(ip, zone)| SnapshotEndpoint {
+            address: format!("{ip}:80"),
+            zone: Some((*zone).into()),
+            node_name: None,
+        })
+        .collect(),
+    )]);
+    let spec = "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{service: {name: payments, port: 8080}}]}]
+  failover: {zoneAware: true}
+";
+    Failover::compile(&policy(spec), &endpoints, &env).unwrap()
+}
+
+fn local_share(failover: &Failover, prefix: &str) -> f64 {
+    let u = upstream(failover);
+    let picks = 6000;
+    let local = (0..picks)
+        .filter(|_| address(&u, u.pick(SECOND, &[]).unwrap()).starts_with(prefix))
+        .count();
+    local as f64 / picks as f64
+}
+
+#[test]
+fn zone_aware_picks_stay_in_the_zone_up_to_its_share_of_the_endpoints() {
+    // b and c hold at least their fair share (1/3 of 6 endpoints): every call stays local.
+    assert_eq!(local_share(&zoned("b"), "10.0.1."), 1.0);
+    assert_eq!(local_share(&zoned("c"), "10.0.2."), 1.0);
+    // a holds 1 of 6: half its callers' calls stay (1 × 3 zones / 6), the rest go elsewhere,
+    // so a's one endpoint is not sent all of zone a's traffic.
+    let a = local_share(&zoned("a"), "10.0.0.");
+    assert!((0.46..0.54).contains(&a), "{a}");
+}
+
+#[tokio::test]
+async fn least_request_sends_calls_to_the_endpoint_with_fewer_in_flight() {
+    let failover = compile(
+        "
+- name: payments
+  match: {hosts: [payments]}
+  loadBalancer: LeastRequest
+  groups: [{name: primary, backends: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}]
+",
+    );
+    let u = upstream(&failover);
+    // Ten calls held open on whichever endpoint they got: with two endpoints, power of two
+    // choices always compares both, so the calls alternate and never pile up.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(u.call("GET", SECOND).await.unwrap());
+    }
+    let on_first = held
+        .iter()
+        .filter(|c| c.endpoint().state.address.to_string() == "10.0.0.1:80")
+        .count();
+    assert_eq!(on_first, 5, "in flight: 5 and 5");
+    assert_eq!(u.groups[0].endpoints[0].state.in_flight(), 5);
+    drop(held);
+    assert_eq!(
+        u.groups[0].endpoints[0].state.in_flight(),
+        0,
+        "dropped calls end their tries"
+    );
+}

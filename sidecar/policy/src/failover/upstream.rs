@@ -14,7 +14,7 @@ use std::{
 use bulwark_api::{
     crd::{
         common::{DenyResponse, HttpHeader},
-        failover::{FailoverMode, Upstream as UpstreamSpec},
+        failover::{FailoverMode, LoadBalancer, Upstream as UpstreamSpec},
     },
     snapshot::{Endpoint as SnapshotEndpoint, service_port_id},
 };
@@ -66,6 +66,8 @@ pub struct CompiledUpstream {
     pub bulkhead: Option<Arc<Bulkhead>>,
     active: Arc<ActiveGroup>,
     fallback: DenyTemplate,
+    /// This pod's zone, when known (for `zoneAware`).
+    local_zone: Option<String>,
     pub(super) metrics: UpstreamMetrics,
 }
 
@@ -156,6 +158,7 @@ impl CompiledUpstream {
         metrics: &FailoverMetrics,
         state: &StateClaims<'_>,
         regexes: &RegexBudget,
+        local_zone: Option<&str>,
     ) -> Result<Self, CompileError> {
         let policy = format!("{namespace}/{policy_name}");
         let matcher =
@@ -221,6 +224,7 @@ impl CompiledUpstream {
             bulkhead,
             active,
             fallback,
+            local_zone: local_zone.map(str::to_owned),
             metrics,
         })
     }
@@ -450,7 +454,7 @@ impl Upstream {
 
     /// The endpoint for a try at `now`, avoiding those already `tried` when another is
     /// available. `ActivePassive`: the active group first, then the groups after it in order;
-    /// `ActiveActive`: every group's endpoints by weight. `None`: nothing is available.
+    /// `ActiveActive`: every group's endpoints together. `None`: nothing is available.
     pub fn pick(&self, now: u64, tried: &[Pick]) -> Option<Pick> {
         let order: Vec<usize> = match self.compiled.settings.groups.mode {
             FailoverMode::ActivePassive => {
@@ -459,20 +463,25 @@ impl Upstream {
             }
             FailoverMode::ActiveActive => Vec::new(),
         };
+        let members = |group: usize| {
+            (0..self.groups[group].endpoints.len()).map(move |index| Pick { group, index })
+        };
         let usable = |p: &Pick, avoid: bool| {
             self.endpoint(*p).state.is_available(now) && !(avoid && tried.contains(p))
         };
+        // A retry does not advance round robin: otherwise a retry after every failing first try
+        // would keep the calls' first tries on the same endpoint.
+        let advance = tried.is_empty();
         for avoid in [true, false] {
             let found = if order.is_empty() {
-                let all = (0..self.groups.len()).flat_map(|group| {
-                    (0..self.groups[group].endpoints.len()).map(move |index| Pick { group, index })
-                });
-                self.weighted(all.filter(|p| usable(p, avoid)), tried.is_empty())
+                let all = (0..self.groups.len()).flat_map(members);
+                self.choose(all.filter(|p| usable(p, avoid)).collect(), advance)
             } else {
                 order.iter().find_map(|&group| {
-                    let members =
-                        (0..self.groups[group].endpoints.len()).map(|index| Pick { group, index });
-                    self.weighted(members.filter(|p| usable(p, avoid)), tried.is_empty())
+                    self.choose(
+                        members(group).filter(|p| usable(p, avoid)).collect(),
+                        advance,
+                    )
                 })
             };
             if found.is_some() {
@@ -482,30 +491,81 @@ impl Upstream {
         None
     }
 
-    /// Weighted round robin over `candidates`. A retry (`advance` false) does not move the
-    /// position: otherwise a retry after every failing first try would keep the calls' first
-    /// tries on the same endpoint.
-    fn weighted(&self, candidates: impl Iterator<Item = Pick>, advance: bool) -> Option<Pick> {
-        let candidates: Vec<(Pick, u32)> = candidates
-            .map(|p| (p, self.endpoint(p).weight.max(1)))
-            .collect();
-        let total: u64 = candidates.iter().map(|(_, w)| u64::from(*w)).sum();
-        if total == 0 {
+    /// One of `candidates`: in this pod's zone first when zone-aware, then by the upstream's
+    /// load balancer.
+    fn choose(&self, candidates: Vec<Pick>, advance: bool) -> Option<Pick> {
+        if candidates.is_empty() {
             return None;
         }
+        let candidates = self.zone_preferred(candidates);
+        Some(match self.compiled.settings.groups.load_balancer {
+            LoadBalancer::RoundRobin => self.round_robin(&candidates, advance),
+            LoadBalancer::LeastRequest => self.least_request(&candidates),
+        })
+    }
+
+    /// With `zoneAware`, the candidates in this pod's zone, for a bounded share of calls: the
+    /// zone's share of the candidates times the number of zones (1 or more: every call stays
+    /// in the zone, which has at least its fair share of endpoints; below 1, the rest go to the
+    /// other zones, so the zone's few endpoints are not loaded by every caller in it). Envoy's
+    /// zone-aware routing, with callers assumed spread over the zones as evenly as endpoints.
+    fn zone_preferred(&self, candidates: Vec<Pick>) -> Vec<Pick> {
+        let zone = match &self.compiled.local_zone {
+            Some(zone) if self.compiled.settings.groups.zone_aware => zone.as_str(),
+            _ => return candidates,
+        };
+        let zone_of = |p: &Pick| self.endpoint(*p).zone.as_deref();
+        let (local, remote): (Vec<Pick>, Vec<Pick>) =
+            candidates.iter().partition(|p| zone_of(p) == Some(zone));
+        if local.is_empty() || remote.is_empty() {
+            return candidates;
+        }
+        let zones = candidates
+            .iter()
+            .map(zone_of)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let keep = (local.len() * zones) as f64 / candidates.len() as f64;
+        if keep >= 1.0 || fastrand::f64() < keep {
+            local
+        } else {
+            remote
+        }
+    }
+
+    /// Weighted round robin.
+    fn round_robin(&self, candidates: &[Pick], advance: bool) -> Pick {
+        let weight = |p: &Pick| u64::from(self.endpoint(*p).weight.max(1));
+        let total: u64 = candidates.iter().map(weight).sum();
         let position = if advance {
             self.next.fetch_add(1, Ordering::Relaxed)
         } else {
             self.next.load(Ordering::Relaxed)
         };
         let mut n = position as u64 % total;
-        for (pick, weight) in candidates {
-            if n < u64::from(weight) {
-                return Some(pick);
+        for pick in candidates {
+            if n < weight(pick) {
+                return *pick;
             }
-            n -= u64::from(weight);
+            n -= weight(pick);
         }
-        None
+        candidates[0]
+    }
+
+    /// Power of two choices: of two candidates drawn at random, the one with fewer calls in
+    /// flight.
+    fn least_request(&self, candidates: &[Pick]) -> Pick {
+        if candidates.len() == 1 {
+            return candidates[0];
+        }
+        let first = fastrand::usize(..candidates.len());
+        let mut second = fastrand::usize(..candidates.len() - 1);
+        if second >= first {
+            second += 1;
+        }
+        let (a, b) = (candidates[first], candidates[second]);
+        let load = |p: Pick| self.endpoint(p).state.in_flight();
+        if load(b) < load(a) { b } else { a }
     }
 
     /// Whether outlier detection may eject one more endpoint of `group` (its
