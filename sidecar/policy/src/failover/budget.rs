@@ -85,8 +85,7 @@ impl RetryBudget {
         let second = self.latest.max(now / SECOND);
         let mut totals = (0u64, 0u64);
         for i in 0..BUCKETS {
-            // `seconds[i] ≤ latest ≤ second`: no underflow.
-            if second - self.seconds[i] < BUCKETS as u64 {
+            if second.saturating_sub(self.seconds[i]) < BUCKETS as u64 {
                 totals.0 = totals.0.saturating_add(self.requests[i]);
                 totals.1 = totals.1.saturating_add(self.retries[i]);
             }
@@ -161,13 +160,8 @@ mod tests {
         let mut b = budget(0, 0);
         (0..100).for_each(|_| b.record_request(5));
         assert!(!b.try_retry(5));
-        assert_eq!(
-            BudgetConfig::default(),
-            BudgetConfig {
-                percent: 20,
-                min_per_second: 10
-            }
-        );
+        let d = BudgetConfig::default();
+        assert_eq!((d.percent, d.min_per_second), (20, 10));
     }
 
     // Property tests: events a few hundred milliseconds apart, so windows slide often.

@@ -39,7 +39,7 @@ pub struct OutlierConfig {
 }
 
 impl Default for OutlierConfig {
-    /// Istio's defaults, with the gateway detector off as in Envoy.
+    /// The CRD's defaults: Istio's (gateway detector off), but a 50 % cap (Istio's is 10 %).
     fn default() -> Self {
         Self {
             consecutive_5xx: 5,
