@@ -4,7 +4,8 @@
 # calls the webhook, the stored pod has the sidecar); that pod's sidecar run here in front of a
 # real app; a rate limit and a quota applied: 429s with headers, quota usage growing, status
 # Accepted and Programmed 1/1; a percentage rollout gating a route and telling the app its variant
-# (no SDK), and the same flag over OFREP; then every example, kubectl explain and bad input
+# (no SDK), and the same flag over OFREP; the app's outbound calls failing over from a killed
+# primary to a standby Service with no client error, and failing back; then every example, kubectl explain and bad input
 # rejected (by the schema, and by the operator's validating webhook). All
 # narrated. The plane keeps running for you to explore (the operator and sidecar stop with the
 # script); `make down` stops it.
@@ -198,6 +199,79 @@ echo
 run curl -s -H 'Content-Type: application/json' -d '{"flagKey":"new-checkout","context":{"targetingKey":"mallory"}}' \
   "127.0.0.1:$sc_flagd/flagd.evaluation.v2.Service/ResolveBoolean"
 echo
+
+say "Failover: the app's calls to 'payments' through the sidecar's outbound listener, primary and standby"
+echo "(Two Services: 'payments' with two backends, 'payments-dr' with one; their EndpointSlices point at"
+echo " real processes here. The example policy, pointed at this pod and the standby Service here, with"
+echo " a 1s health-check interval and a 10s failback so the demo is short.)"
+declare -A backend_pid backend_port
+for b in payments-a payments-b payments-dr; do
+  backend_port[$b]=$(free_port)
+  python3 e2e/src/fault_upstream.py "${backend_port[$b]}" "$b" >"$work/$b.log" 2>&1 &
+  backend_pid[$b]=$!
+  pids+=($!)
+done
+for b in payments-a payments-b payments-dr; do
+  for _ in $(seq 50); do curl -fs "127.0.0.1:${backend_port[$b]}/__count" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+slice() { # slice NAME SERVICE BACKEND: one ready endpoint (loopback is only accepted as an FQDN address)
+  printf 'apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: %s, namespace: shop, labels: {kubernetes.io/service-name: %s}}\naddressType: FQDN\nports: [{name: http, port: %s, protocol: TCP}]\nendpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]\n' \
+    "$1" "$2" "${backend_port[$3]}"
+}
+{
+  for s in payments payments-dr; do
+    printf -- '---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: shop}\nspec: {ports: [{name: http, port: 8080}]}\n' "$s"
+  done
+  printf -- '---\n'; slice payments-a payments payments-a
+  printf -- '---\n'; slice payments-b payments payments-b
+  printf -- '---\n'; slice payments-dr payments-dr payments-dr
+} | kubectl apply -f - >/dev/null
+sed -e 's/app: checkout$/app: storefront-api/' -e '/namespace: payments-dr/d' \
+  -e 's/name: payments$/&/' -e 's/failbackAfter: 1m/failbackAfter: 10s/' -e 's/interval: 5s/interval: 1s/' \
+  examples/failoverpolicy-active-passive.yaml |
+  awk '/- name: secondary/ {sec=1} sec && /name: payments$/ {sub(/name: payments$/, "name: payments-dr"); sec=0} {print}' |
+  kubectl apply -n shop -f -
+for _ in $(seq 100); do
+  [ "$(kubectl get fop -n shop payments-failover -o jsonpath='{.status.programmedPods}')" = 1 ] && break
+  sleep 0.2
+done
+run kubectl get fop -n shop
+call() { curl -s -o /dev/null -w '%{http_code}' --max-time 12 -H 'Host: payments:8080' "127.0.0.1:$out_port/v1/pay"; }
+load() { # load SECONDS: the app's calls, 4 at a time; one status per line in $work/load.txt
+  : >"$work/load.txt"
+  local end=$((SECONDS + $1))
+  for w in 1 2 3 4; do
+    (while [ $SECONDS -lt $end ]; do call >>"$work/load.txt"; echo >>"$work/load.txt"; done) &
+  done
+  wait
+}
+served() { for b in payments-a payments-b payments-dr; do printf '%s=%s ' "$b" "$(curl -s "127.0.0.1:${backend_port[$b]}/__count")"; done; echo; }
+echo "Calls served so far: $(served)"
+echo "Now 6 seconds of calls, 4 at a time; after 2 seconds both primary backends are killed (kill -9):"
+load 6 &
+loader=$!
+sleep 2
+kill -9 "${backend_pid[payments-a]}" "${backend_pid[payments-b]}"
+wait "$loader"
+echo "    client-visible answers: $(sort "$work/load.txt" | grep . | uniq -c | tr '\n' ' ')"
+echo "    served: $(served)(the standby took over; retries moved the calls that hit a dead backend)"
+run curl -s "127.0.0.1:$sc_admin/failover"
+echo
+echo "The primary comes back; traffic returns only after it has been healthy for failbackAfter (10s):"
+for b in payments-a payments-b; do
+  python3 e2e/src/fault_upstream.py "${backend_port[$b]}" "$b" >"$work/$b.log" 2>&1 &
+  pids+=($!)
+done
+start=$SECONDS
+before=$(curl -s "127.0.0.1:${backend_port[payments-a]}/__count")
+while [ $((SECONDS - start)) -lt 30 ]; do
+  [ "$(call)" = 200 ] || echo "    a call failed"
+  now=$(curl -s "127.0.0.1:${backend_port[payments-a]}/__count" 2>/dev/null || echo 0)
+  [ "${now:-0}" -gt "${before:-0}" ] && break
+  sleep 0.2
+done
+echo "    traffic back on the primary after $((SECONDS - start))s: $(served)"
+curl -s "127.0.0.1:$sc_admin/metrics" | grep -E '^bulwark_failover_(active_group|retries_total|tries_total\{.*result="connect_failure")' | sed 's/^/    /'
 
 say "Applying every example into namespace 'examples' (no injected pods there)"
 kubectl create namespace examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null

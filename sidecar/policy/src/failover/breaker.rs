@@ -23,8 +23,8 @@
 //! Edge cases: a rate threshold of 0 disables that detector (not: trips on anything), above
 //! 100 reads as 100; `window_size` is clamped to `1..=`[`MAX_WINDOW`], `minimum_calls` to
 //! `1..=window_size` (as Resilience4j); `half_open_calls` 0 reads as 1, `slow_call_nanos` 0
-//! as no call slow. Caller contract: each `Ok` from `try_acquire` gets exactly one `record`
-//! (a cancelled call as failed), or the breaker may stay half-open. A HalfOpen record with no
+//! as no call slow. Caller contract: each `Ok` from `try_acquire` gets exactly one `record`,
+//! or one `release` for a call that ended with no outcome, or the breaker may stay half-open. A HalfOpen record with no
 //! permit outstanding (a late call admitted while Closed) is ignored.
 
 /// The largest window, in calls: the ring costs one byte per call.
@@ -167,6 +167,14 @@ impl Breaker {
                 Ok(())
             }
             BreakerState::HalfOpen => Err(Rejected::default()),
+        }
+    }
+
+    /// Gives back an `Ok` of `try_acquire` whose call ended with no outcome (the client went
+    /// away): a half-open trial permit is freed for another call; nothing is counted.
+    pub fn release(&mut self) {
+        if self.state == BreakerState::HalfOpen && self.permits > self.successes {
+            self.permits -= 1;
         }
     }
 

@@ -1,5 +1,8 @@
-//! One outbound call through an upstream, try by try: a bulkhead slot, the circuit breaker,
-//! the endpoint of each try, and after each try whether to retry and after how long. The proxy
+//! One outbound call through an upstream, try by try: a bulkhead slot, the circuit breaker's
+//! permission, the endpoint of each try, and after each try whether to retry and after how
+//! long. The breaker judges calls, not tries: a call that failed over and succeeded is a
+//! success (single endpoints' failures are outlier detection's to judge; the breaker stops
+//! calls when the upstream as a whole fails). The proxy
 //! carries out the tries; every decision is made here, so it is tested without one.
 //!
 //! Retries follow the upstream's `retry`: a retriable class of failure, tries left, an
@@ -40,6 +43,10 @@ pub struct Call {
     try_started: u64,
     /// A try is in flight (counted in its endpoint's `in_flight`).
     in_try: bool,
+    /// Unix nanoseconds the call started.
+    started: u64,
+    /// The breaker let this call through and has not had its outcome yet.
+    breaker_permit: bool,
     idempotent: bool,
     /// The bulkhead slot, freed when the call is dropped.
     _slot: Option<OwnedSemaphorePermit>,
@@ -80,9 +87,25 @@ impl Upstream {
             tried: Vec::with_capacity(1),
             try_started: now,
             in_try: false,
+            started: now,
+            breaker_permit: false,
             idempotent: is_idempotent(method),
             _slot: slot,
         };
+        if let Some(breaker) = &compiled.breaker {
+            let mut breaker = lock(breaker);
+            let before = breaker.state(now);
+            let admitted = breaker.try_acquire(now);
+            let after = breaker.state(now);
+            drop(breaker);
+            if after != before {
+                compiled.metrics.breaker_entered(after);
+            }
+            if admitted.is_err() {
+                return Err(compiled.fallback(Reason::CircuitOpen));
+            }
+            call.breaker_permit = true;
+        }
         call.next_try(now)?;
         Ok(call)
     }
@@ -110,23 +133,10 @@ impl Call {
         self.upstream.compiled.settings.timeouts.per_try.min(left)
     }
 
-    /// Starts the next try at `now`: the breaker must let it through, and an endpoint must be
-    /// available (another than those tried, when there is one).
+    /// Starts the next try at `now`: an endpoint must be available (another than those tried,
+    /// when there is one).
     pub fn next_try(&mut self, now: u64) -> Result<(), Reply> {
         let compiled = &self.upstream.compiled;
-        if let Some(breaker) = &compiled.breaker {
-            let mut breaker = lock(breaker);
-            let before = breaker.state(now);
-            let admitted = breaker.try_acquire(now);
-            let after = breaker.state(now);
-            drop(breaker);
-            if after != before {
-                compiled.metrics.breaker_entered(after);
-            }
-            if admitted.is_err() {
-                return Err(compiled.fallback(Reason::CircuitOpen));
-            }
-        }
         let pick = self
             .upstream
             .pick(now, &self.tried)
@@ -162,12 +172,22 @@ impl Call {
             now,
             || self.upstream.may_eject(pick.group, now),
         );
-        if let Some(breaker) = &compiled.breaker
-            && let Some(state) = lock(breaker).record(failed, elapsed, now)
+        let next = self.retry_decision(result, retry_after, replayable, now);
+        if next == Next::Done {
+            self.record_outcome(failed, now);
+        }
+        next
+    }
+
+    /// The call's outcome, for the breaker (once).
+    fn record_outcome(&mut self, failed: bool, now: u64) {
+        let compiled = &self.upstream.compiled;
+        if std::mem::take(&mut self.breaker_permit)
+            && let Some(breaker) = &compiled.breaker
+            && let Some(state) = lock(breaker).record(failed, now.saturating_sub(self.started), now)
         {
             compiled.metrics.breaker_entered(state);
         }
-        self.retry_decision(result, retry_after, replayable, now)
     }
 
     fn end_try(&mut self) {
@@ -227,8 +247,14 @@ impl Call {
 }
 
 impl Drop for Call {
-    /// A call dropped mid-try (the client went away) ends its try's count.
+    /// A call dropped mid-try (the client went away, or a retry found nothing to try) ends its
+    /// try's count and gives the breaker's permission back.
     fn drop(&mut self) {
         self.end_try();
+        if std::mem::take(&mut self.breaker_permit)
+            && let Some(breaker) = &self.upstream.compiled.breaker
+        {
+            lock(breaker).release();
+        }
     }
 }

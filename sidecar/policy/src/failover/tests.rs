@@ -531,3 +531,55 @@ async fn least_request_sends_calls_to_the_endpoint_with_fewer_in_flight() {
         "dropped calls end their tries"
     );
 }
+
+const BREAKER: &str = "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}]
+  circuitBreaker: {minimumCalls: 4, windowSize: 4, failureRateThreshold: 50, openDuration: 5s, halfOpenCalls: 1}
+";
+
+#[tokio::test]
+async fn the_breaker_judges_calls_so_a_call_that_failed_over_is_a_success() {
+    let failover = compile(BREAKER);
+    let u = upstream(&failover);
+    for _ in 0..10 {
+        let mut call = u.call("GET", SECOND).await.unwrap();
+        if call.endpoint().state.address.to_string() == "10.0.0.1:80" {
+            // The first endpoint is dead: its try fails, the retry lands on the other.
+            assert!(matches!(
+                call.finish_try(CallResult::ConnectFailure, None, true, SECOND),
+                Next::Retry(_)
+            ));
+            call.next_try(SECOND).unwrap();
+        }
+        assert_eq!(
+            call.finish_try(CallResult::Status(200), None, true, SECOND),
+            Next::Done
+        );
+    }
+    assert!(u.call("GET", 2 * SECOND).await.is_ok(), "still closed");
+}
+
+#[tokio::test]
+async fn a_half_open_permit_of_an_abandoned_call_goes_back() {
+    let failover = compile(&BREAKER.replace("10.0.0.2", "10.0.0.1"));
+    let u = upstream(&failover);
+    for _ in 0..4 {
+        let mut call = u.call("GET", SECOND).await.unwrap();
+        while let Next::Retry(_) = call.finish_try(CallResult::Status(503), None, true, SECOND) {
+            call.next_try(SECOND).unwrap();
+        }
+    }
+    assert!(u.call("GET", 2 * SECOND).await.is_err(), "open");
+    let abandoned = u.call("GET", 7 * SECOND).await.unwrap();
+    assert!(
+        u.call("GET", 7 * SECOND).await.is_err(),
+        "the one trial permit is taken"
+    );
+    drop(abandoned);
+    assert!(
+        u.call("GET", 7 * SECOND).await.is_ok(),
+        "given back when the call was dropped"
+    );
+}
