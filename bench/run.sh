@@ -4,7 +4,8 @@
 # that rejects about half of the requests, and (bulwark only: the peers have no shared store)
 # a global limit through Redis in exact and in fast mode that never triggers, and (bulwark only:
 # the peers have no pooled forward-proxy mode) the app's outbound call through the sidecar's
-# outbound listener. Prints a Markdown table and writes it to
+# outbound listener, plain (f) and through a FailoverPolicy upstream that never fails (g).
+# Prints a Markdown table and writes it to
 # bench/results/latest.md. bench/README.md explains the method.
 #
 # Usage: bash bench/run.sh            (or: make bench)
@@ -14,7 +15,7 @@
 #   BENCH_CONNECTIONS wrk connections (default 32; wrk always runs 1 thread)
 #   BENCH_TARGETS     subset of "direct nginx haproxy pingora bulwark" (default: all, in that order;
 #                     pingora is Pingora alone, no Bulwark code: scenario a only)
-#   BENCH_SCENARIOS   subset of "a b c d e f" (default: all)
+#   BENCH_SCENARIOS   subset of "a b c d e f g" (default: all)
 #   BENCH_SKIP_BUILD  1: do not run cargo build, use the sidecar binary as it is
 #   BENCH_KEEP_TMP    1: keep the temp dir with the generated configs and logs
 #   CARGO_TARGET_DIR  where cargo builds (default: target/); the sidecar is read from its release/
@@ -33,7 +34,7 @@ DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy pingora bulwark}
-SCENARIOS=${BENCH_SCENARIOS:-a b c d e f}
+SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g}
 OUT="$BENCH_DIR/results/latest.md"
 
 for v in DURATION WARMUP CONNECTIONS; do
@@ -47,7 +48,7 @@ for t in $TARGETS; do
   case $t in direct | nginx | haproxy | pingora | bulwark) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 for s in $SCENARIOS; do
-  case $s in a | b | c | d | e | f) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
+  case $s in a | b | c | d | e | f | g) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
 done
 
 # --- Dependencies and the sidecar binary ----------------------------------------------------
@@ -136,6 +137,7 @@ start_target() {
   mkdir -p "$dir"
   NA="" TARGET_PID="" TARGET_URL="" HOST_HEADER=""
   [ "$scenario" != f ] || HOST_HEADER="127.0.0.1:$UPSTREAM_PORT"
+  [ "$scenario" != g ] || HOST_HEADER="payments"
   LOG_FILE="$dir/stderr.log"
   case $target in
     direct)
@@ -147,7 +149,7 @@ start_target() {
         NA="n/a (no shared counter store; compare with its local limit in b)"
         return 1
       fi
-      if [ "$scenario" = f ]; then
+      if [ "$scenario" = f ] || [ "$scenario" = g ]; then
         NA="n/a (no forward-proxy mode with pooled upstream connections; compare with its row in a)"
         return 1
       fi
@@ -202,12 +204,14 @@ start_target() {
           c) cp "$BENCH_DIR/policies/half.yaml" "$dir/policies/" ;;
           d) cp "$BENCH_DIR/policies/global-exact.yaml" "$dir/policies/" ;;
           e) cp "$BENCH_DIR/policies/global-fast.yaml" "$dir/policies/" ;;
+          g) render "$BENCH_DIR/policies/failover.yaml.in" "$dir/policies/failover.yaml" \
+            "UPSTREAM_PORT=$UPSTREAM_PORT" ;;
         esac
         args+=(--config-dir "$dir/policies")
         [ -z "$REDIS_URL" ] || args+=(--redis-url "$REDIS_URL")
       fi
       start_bg "$SIDECAR" "${args[@]}"
-      [ "$scenario" != f ] || port=$outbound
+      if [ "$scenario" = f ] || [ "$scenario" = g ]; then port=$outbound; fi
       ;;
   esac
   TARGET_PID=$STARTED_PID
@@ -352,6 +356,7 @@ scenario_name() {
     d) echo "d: global exact (Redis), never triggers" ;;
     e) echo "e: global fast (Redis), never triggers" ;;
     f) echo "f: outbound (the app's call through the sidecar), no policy" ;;
+    g) echo "g: outbound through a FailoverPolicy upstream, nothing fails" ;;
   esac
 }
 target_name() {
@@ -387,7 +392,7 @@ row() {
   fi
   # Global rows compare with nginx's local limit (b): nginx has no shared store.
   local ref=$s
-  case $s in d | e) ref=b ;; f) ref=a ;; esac
+  case $s in d | e) ref=b ;; f | g) ref=a ;; esac
   if [ "$t" != direct ] && [ -n "${R[$ref,nginx,rps]:-}" ]; then
     rps_ratio=$(awk -v a="$rps" -v b="${R[$ref,nginx,rps]}" 'BEGIN {printf "%.2f", a / b}')
     if [ -n "${R[$ref,direct,p99_us]:-}" ]; then
@@ -455,6 +460,10 @@ report() {
   echo "  service the Host names (as an app's client would call it); its ratios compare with nginx's"
   echo "  reverse-proxy row in a (nginx and haproxy pool upstream connections only for configured"
   echo "  upstreams, not as forward proxies)."
+  echo "- g: as f, with \`Host: payments\` matching a FailoverPolicy upstream (bench/policies/failover.yaml.in:"
+  echo "  the upstream nginx as its one static backend, health checks every second, outlier detection,"
+  echo "  a circuit breaker, retries with a budget, timeouts): failover's cost when nothing fails is"
+  echo "  its CPU µs/req against f's."
   echo
   echo "## Machine"
   echo
