@@ -27,6 +27,9 @@ python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # libprotobuf-dev: the well-known types (google/protobuf/struct.proto) the flagd evaluation API
 # imports; protoc alone does not ship them.
 [ -f /usr/include/google/protobuf/struct.proto ] || missing+=(libprotobuf-dev)
+# ca-certificates: the system roots the sidecar verifies `https` failover upstreams with when no
+# CA bundle is given (Pingora's rustls connector loads them at start).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[deps] installing Debian packages: ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

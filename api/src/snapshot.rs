@@ -58,6 +58,10 @@ pub struct Snapshot {
     /// Secrets, by [`secret_key_id`]. Only the keys this pod's policies name are sent.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub jwt_keys: BTreeMap<String, SecretString>,
+    /// The CA bundles (PEM) that `tls.caSecretRef`s of the FailoverPolicies above name, by
+    /// [`secret_key_id`]: certificates are public, so they are shown as they are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ca_bundles: BTreeMap<String, String>,
 }
 
 /// How a Secret key is named in [`Snapshot::jwt_keys`]: `namespace/secret/key`.
@@ -210,6 +214,7 @@ impl Snapshot {
             webhooks,
             redis,
             jwt_keys,
+            ca_bundles,
         } = self;
         *schema == other.schema
             && *pod == other.pod
@@ -220,6 +225,7 @@ impl Snapshot {
             && *webhooks == other.webhooks
             && *redis == other.redis
             && *jwt_keys == other.jwt_keys
+            && *ca_bundles == other.ca_bundles
     }
 
     /// An empty snapshot of the current schema: a sidecar with it passes traffic through.

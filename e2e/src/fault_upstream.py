@@ -9,9 +9,10 @@ sets how it behaves with `POST /__mode` and a body of:
   truncate      sends the header and half the body, then closes
 and reads the number of requests it has served (any mode, control calls excluded) with
 `GET /__count`. Killing the process is the hard failure.
-Usage: python3 fault_upstream.py PORT NAME
+Usage: python3 fault_upstream.py PORT NAME [CERT_PEM KEY_PEM]   (with a certificate: HTTPS)
 """
 import http.server
+import ssl
 import sys
 import threading
 import time
@@ -79,4 +80,9 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 128
 
 
-Server(("127.0.0.1", PORT), Handler).serve_forever()
+server = Server(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 4:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -18,6 +18,8 @@ pub struct FaultUpstream {
     pub name: String,
     pub addr: SocketAddr,
     dir: PathBuf,
+    /// Its certificate and key files, when it serves HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
     process: Option<Running>,
 }
 
@@ -29,6 +31,28 @@ impl FaultUpstream {
             name: name.to_owned(),
             addr: ([127, 0, 0, 1], port).into(),
             dir: dir.to_path_buf(),
+            tls: None,
+            process: None,
+        };
+        upstream.restart();
+        upstream
+    }
+
+    /// As [`FaultUpstream::start`], serving HTTPS with `cert_pem` (the chain) and `key_pem`.
+    /// The control calls (`set_mode`, `count`) speak plain HTTP: not for these.
+    pub fn start_tls(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> FaultUpstream {
+        let [port] = free_ports();
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        let mut upstream = FaultUpstream {
+            name: name.to_owned(),
+            addr: ([127, 0, 0, 1], port).into(),
+            dir: dir.to_path_buf(),
+            tls: Some((cert, key)),
             process: None,
         };
         upstream.restart();
@@ -41,9 +65,20 @@ impl FaultUpstream {
         cmd.arg(crate::repo_root().join("e2e/src/fault_upstream.py"))
             .arg(self.addr.port().to_string())
             .arg(&self.name);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg(cert).arg(key);
+        }
         let log = self.dir.join(format!("{}.log", self.name));
         self.process = Some(Running::spawn(&self.name, cmd, &log));
-        wait_for_status(self.addr, "/__count", 200, Duration::from_secs(10));
+        if self.tls.is_some() {
+            crate::eventually(
+                Duration::from_secs(10),
+                "the HTTPS upstream to listen",
+                || std::net::TcpStream::connect(self.addr).ok(),
+            );
+        } else {
+            wait_for_status(self.addr, "/__count", 200, Duration::from_secs(10));
+        }
     }
 
     /// SIGKILL: connections refused from now on.

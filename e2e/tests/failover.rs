@@ -478,3 +478,82 @@ spec:
         to_canary as f64
     );
 }
+
+/// A CA, and a certificate it signs for `name`: (CA PEM, certificate PEM, key PEM).
+fn certificate_for(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `https` upstreams: the sidecar verifies the backend's certificate against the CA bundle of
+/// a Secret and the upstream's SNI; a backend whose certificate another CA signed, or that
+/// shows another name, is refused (the app gets 502 `upstream_unreachable`, nothing is sent).
+#[test]
+fn an_https_upstream_is_verified_against_its_ca_bundle_and_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificate_for("payments.test");
+    let secure = FaultUpstream::start_tls(dir.path(), "secure", &cert, &key);
+    let (_, rogue_cert, rogue_key) = certificate_for("payments.test");
+    let rogue = FaultUpstream::start_tls(dir.path(), "rogue", &rogue_cert, &rogue_key);
+    let indent = |pem: &str| pem.replace('\n', "\n    ");
+    let upstream = |name: &str, backend: &FaultUpstream, sni: &str| {
+        format!(
+            "  - name: {name}
+    match: {{hosts: [{name}]}}
+    groups: [{{name: only, backends: [{{address: \"{}\"}}]}}]
+    retry: {{attempts: 0}}
+    tls: {{sni: {sni}, caSecretRef: {{name: payments-ca, key: ca.crt}}}}
+",
+            backend.addr
+        )
+    };
+    let policy = format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: payments-ca}}
+stringData:
+  ca.crt: |
+    {}
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata:
+  name: payments
+spec:
+  upstreams:
+{}{}{}",
+        indent(ca.trim_end()),
+        upstream("payments", &secure, "payments.test"),
+        upstream("impostor", &rogue, "payments.test"),
+        upstream("misnamed", &secure, "billing.test"),
+    );
+    let sidecar = sidecar(dir.path(), &policy);
+    let get = |host: &str| {
+        send_raw(
+            sidecar.outbound,
+            &format!("GET http://{host}/pay HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .expect("the outbound listener answers")
+    };
+    let ok = get("payments");
+    assert_eq!((ok.status, ok.body.as_str()), (200, "secure"), "{ok:?}");
+    for host in ["impostor", "misnamed"] {
+        let refused = get(host);
+        assert_eq!(refused.status, 502, "{host}: {refused:?}");
+        assert_eq!(
+            refused.header("bulwark-reason"),
+            Some("upstream_unreachable"),
+            "{host}"
+        );
+    }
+}

@@ -102,6 +102,17 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
         }
         Spec::Failover(spec) => {
             for upstream in &spec.upstreams {
+                if let Some(ca) = upstream.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref())
+                    && let Err(message) = secret_value(index, &key.namespace, ca)
+                {
+                    return Verdict::Rejected {
+                        reason: "RefNotFound",
+                        message: format!(
+                            "upstream {:?}: tls.caSecretRef: {message}",
+                            upstream.name
+                        ),
+                    };
+                }
                 for group in &upstream.groups {
                     for backend in group.backends.iter().filter_map(|b| b.service.as_ref()) {
                         let namespace = backend.namespace.as_deref().unwrap_or(&key.namespace);
@@ -271,6 +282,17 @@ pub fn pod_snapshot(
             }
             Spec::Failover(spec) => {
                 service_endpoints(index, &key.namespace, spec, &mut snapshot.endpoints);
+                let cas = spec
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.tls.as_ref()?.ca_secret_ref.as_ref());
+                for ca in cas {
+                    if let Ok(pem) = secret_value(index, &key.namespace, ca) {
+                        snapshot
+                            .ca_bundles
+                            .insert(secret_key_id(&key.namespace, ca), pem);
+                    }
+                }
                 snapshot.failover.push(Sourced {
                     source,
                     spec: spec.clone(),
@@ -599,6 +621,45 @@ spec:
             .map(|(id, value)| (id.as_str(), value.expose()))
             .collect();
         assert_eq!(keys, [("shop/idp/public.pem", "PEM")]);
+    }
+
+    #[test]
+    fn an_https_upstream_waits_for_its_ca_bundle_which_travels_with_the_snapshot() {
+        let policy: FailoverPolicy = object(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {name: pay, namespace: shop, generation: 1}
+spec:
+  selector: {matchLabels: {app: api}}
+  upstreams:
+  - name: payments
+    match: {hosts: [payments]}
+    groups: [{name: primary, backends: [{address: "10.9.9.9:443"}]}]
+    tls: {caSecretRef: {name: payments-ca, key: ca.crt}}
+"#,
+        );
+        let mut index = index_with(vec![pod("api-0", "api"), policy.into_object()]);
+        let key = PolicyKey {
+            kind: Kind::FailoverPolicy,
+            namespace: "shop".into(),
+            name: "pay".into(),
+        };
+        assert!(matches!(
+            &verdicts_in(&index, "shop")[&key],
+            Verdict::Rejected { reason: "RefNotFound", message }
+                if message.contains("tls.caSecretRef") && message.contains("shop/payments-ca")
+        ));
+        // "CA" base64-encoded.
+        let secret: Secret =
+            object("metadata: {name: payments-ca, namespace: shop}\ndata: {ca.crt: Q0E=}");
+        index.apply(Change::Upsert(secret.into_object()));
+        assert_eq!(verdicts_in(&index, "shop")[&key], Verdict::Accepted);
+        let snapshot = snapshot_of(&index, "api-0").snapshot;
+        assert_eq!(
+            snapshot.ca_bundles,
+            BTreeMap::from([("shop/payments-ca/ca.crt".to_owned(), "CA".to_owned())])
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{HttpHeader, PolicyStatus, RequestMatch};
+use super::common::{HttpHeader, PolicyStatus, RequestMatch, SecretKeyRef};
 use crate::Duration;
 
 /// FailoverPolicy routes the selected pods' outbound calls (made through the sidecar's outbound
@@ -114,6 +114,28 @@ pub struct Upstream {
     /// The answer when no backend is available, instead of a bare 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Call the backends over TLS (`https`), verifying their certificates. Without it, plain
+    /// HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS from the sidecar to an upstream's backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// The server name sent (SNI) and verified in the backends' certificates (default: the
+    /// host the app called, without its port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub sni: Option<String>,
+    /// The CA certificates (PEM) the backends' certificates must chain to: a key of a Secret
+    /// in the policy's namespace (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A priority group of backends.

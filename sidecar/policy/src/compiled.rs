@@ -85,13 +85,17 @@ impl CompiledPolicy {
                 source,
                 error,
             })?;
-        let failover = Failover::compile(&snapshot.failover, &snapshot.endpoints, &env).map_err(
-            |(source, error)| PolicyError {
-                kind: "FailoverPolicy",
-                source,
-                error,
-            },
-        )?;
+        let failover = Failover::compile(
+            &snapshot.failover,
+            &snapshot.endpoints,
+            &snapshot.ca_bundles,
+            &env,
+        )
+        .map_err(|(source, error)| PolicyError {
+            kind: "FailoverPolicy",
+            source,
+            error,
+        })?;
         if !snapshot.webhooks.is_empty() {
             tracing::warn!(
                 kind = "WebhookEndpoint",

@@ -15,7 +15,8 @@ use std::{
 use bulwark_api::{
     crd::{
         FailoverPolicy, FeatureFlag, QuotaPolicy, RateLimitPolicy, WebhookEndpoint,
-        common::ReadsBearerTokens, feature_flag::checks as flag_checks,
+        common::{ReadsBearerTokens, SecretKeyRef},
+        feature_flag::checks as flag_checks,
     },
     snapshot::{ObjectRef, PolicySource, SecretString, Snapshot, Sourced, secret_key_id},
     validation::bounds::Bounds,
@@ -115,6 +116,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
         load_text(&path.display().to_string(), &text, &mut loaded)?;
     }
     loaded.resolve_jwt_keys()?;
+    loaded.resolve_ca_bundles()?;
     Ok(loaded)
 }
 
@@ -144,29 +146,8 @@ impl Loaded {
             let Some(secret) = verification.map(|v| &v.key_secret_ref) else {
                 continue;
             };
-            let found = self
-                .secrets
-                .get(&ObjectRef {
-                    namespace: source.namespace.clone(),
-                    name: secret.name.clone(),
-                })
-                .and_then(|data| data.get(&secret.key));
-            let value = found
-                .and_then(|bytes| String::from_utf8(bytes.clone()).ok())
-                .ok_or_else(|| ConfigError {
-                    location: self.origin(kind, source),
-                    field: Some("spec.jwt.verification.keySecretRef".into()),
-                    message: match found {
-                        Some(_) => format!(
-                            "key {:?} of Secret {} is not UTF-8 text",
-                            secret.key, secret.name
-                        ),
-                        None => format!(
-                            "no Secret {}/{} with key {:?} in the configuration directory",
-                            source.namespace, secret.name, secret.key
-                        ),
-                    },
-                })?;
+            let value =
+                self.secret_text(kind, source, secret, "spec.jwt.verification.keySecretRef")?;
             keys.insert(
                 secret_key_id(&source.namespace, secret),
                 SecretString::new(value),
@@ -174,6 +155,58 @@ impl Loaded {
         }
         self.snapshot.jwt_keys = keys;
         Ok(())
+    }
+
+    /// Puts the CA bundle every FailoverPolicy upstream's `tls.caSecretRef` names into the
+    /// snapshot, from the Secrets read.
+    fn resolve_ca_bundles(&mut self) -> Result<(), ConfigError> {
+        let mut bundles = BTreeMap::new();
+        for policy in &self.snapshot.failover {
+            for (i, upstream) in policy.spec.upstreams.iter().enumerate() {
+                let Some(ca) = upstream.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) else {
+                    continue;
+                };
+                let field = format!("spec.upstreams[{i}].tls.caSecretRef");
+                let pem = self.secret_text("FailoverPolicy", &policy.source, ca, &field)?;
+                bundles.insert(secret_key_id(&policy.source.namespace, ca), pem);
+            }
+        }
+        self.snapshot.ca_bundles = bundles;
+        Ok(())
+    }
+
+    /// The text of `secret`'s key, from the Secrets read; a missing Secret or key is an error
+    /// at the file of `kind` `source`, naming `field`.
+    fn secret_text(
+        &self,
+        kind: &str,
+        source: &PolicySource,
+        secret: &SecretKeyRef,
+        field: &str,
+    ) -> Result<String, ConfigError> {
+        let found = self
+            .secrets
+            .get(&ObjectRef {
+                namespace: source.namespace.clone(),
+                name: secret.name.clone(),
+            })
+            .and_then(|data| data.get(&secret.key));
+        found
+            .and_then(|bytes| String::from_utf8(bytes.clone()).ok())
+            .ok_or_else(|| ConfigError {
+                location: self.origin(kind, source),
+                field: Some(field.into()),
+                message: match found {
+                    Some(_) => format!(
+                        "key {:?} of Secret {} is not UTF-8 text",
+                        secret.key, secret.name
+                    ),
+                    None => format!(
+                        "no Secret {}/{} with key {:?} in the configuration directory",
+                        source.namespace, secret.name, secret.key
+                    ),
+                },
+            })
     }
 }
 

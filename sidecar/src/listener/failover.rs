@@ -5,7 +5,7 @@
 //! `upstream_response_filter` → [`Tries::response`] (a retriable status becomes a retry),
 //! `fail_to_connect` / `error_while_proxy` → [`Tries::connect_failed`] / [`Tries::failed`].
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bulwark_policy::{
     clock::unix_nanos,
@@ -13,12 +13,17 @@ use bulwark_policy::{
         call::{Call, Next},
         endpoint::Address,
         outlier::CallResult,
+        upstream::UpstreamTls,
     },
     respond::Reply,
 };
 use pingora::{
-    Error, ErrorSource, ErrorType, Result, RetryType, http::ResponseHeader, prelude::HttpPeer,
+    Error, ErrorSource, ErrorType, Result, RetryType,
+    http::ResponseHeader,
+    prelude::HttpPeer,
+    protocols::tls::CaType,
     proxy::Session,
+    utils::tls::{WrappedX509, parse_x509},
 };
 
 /// The error `Tries::response` raises to retry a response's status (already recorded).
@@ -74,7 +79,14 @@ impl Tries {
             Address::Socket(addr) => *addr,
             Address::Name { host, port } => resolve(host.clone(), *port).await?,
         };
-        let mut peer = HttpPeer::new(addr, false, host.to_owned());
+        let tls = self.call.upstream().compiled.tls.as_ref();
+        // SNI, and the name the certificate must show: the upstream's `tls.sni`, else the
+        // host the app called.
+        let sni = tls
+            .and_then(|t| t.sni.clone())
+            .unwrap_or_else(|| host.to_owned());
+        let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
+        peer.options.ca = tls.and_then(proxy_ca);
         let timeout = Some(self.call.try_timeout(unix_nanos()));
         peer.options.connection_timeout = timeout;
         peer.options.total_connection_timeout = timeout;
@@ -143,6 +155,21 @@ impl Tries {
             Next::Done => e.set_retry(false),
         }
     }
+}
+
+/// The upstream's CA bundle as Pingora takes it, made once per compiled upstream.
+fn proxy_ca(tls: &UpstreamTls) -> Option<Arc<CaType>> {
+    let der = tls.ca.as_ref()?;
+    let made = tls.proxy_ca.get_or_init(|| {
+        // The policy crate checked that each certificate parses (`parse_x509` panics if not).
+        let ca: Arc<CaType> = der
+            .iter()
+            .map(|d| WrappedX509::new(d.clone(), parse_x509))
+            .collect::<Vec<_>>()
+            .into();
+        Arc::new(ca)
+    });
+    made.downcast_ref::<Arc<CaType>>().cloned()
 }
 
 /// The proxy still holds the whole request body, so a try can be repeated.

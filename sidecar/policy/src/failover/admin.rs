@@ -80,9 +80,13 @@ mod tests {
             )
             .unwrap(),
         }];
-        let failover =
-            Failover::compile(&policies, &Default::default(), &CompileEnv::local(&metrics))
-                .unwrap();
+        let failover = Failover::compile(
+            &policies,
+            &Default::default(),
+            &Default::default(),
+            &CompileEnv::local(&metrics),
+        )
+        .unwrap();
         failover.upstreams()[0].groups[0].endpoints[0]
             .state
             .record_probe(false, 1, 1);

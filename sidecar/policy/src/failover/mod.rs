@@ -36,25 +36,19 @@ pub struct Failover {
 }
 
 impl Failover {
+    /// `ca_bundles`: the snapshot's, for upstreams with `tls.caSecretRef`.
     pub fn compile(
         policies: &[Sourced<FailoverPolicySpec>],
         endpoints: &BTreeMap<String, Vec<SnapshotEndpoint>>,
+        ca_bundles: &BTreeMap<String, String>,
         env: &CompileEnv<'_>,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let mut upstreams = Vec::new();
         for policy in policies {
             let source = &policy.source;
             for (i, spec) in policy.spec.upstreams.iter().enumerate() {
-                let compiled = CompiledUpstream::compile(
-                    &source.namespace,
-                    &source.name,
-                    spec,
-                    &env.metrics.failover,
-                    &env.state,
-                    &env.regexes,
-                    env.zone,
-                )
-                .map_err(|e| (source.clone(), e.under(&format!("upstreams[{i}]"))))?;
+                let compiled = CompiledUpstream::compile(source, spec, env, ca_bundles)
+                    .map_err(|e| (source.clone(), e.under(&format!("upstreams[{i}]"))))?;
                 upstreams.push(Arc::new(Arc::new(compiled).with_endpoints(endpoints)));
             }
         }

@@ -43,7 +43,8 @@ fn compile_with(
         state: StateClaims::new(registry),
         ..CompileEnv::local(&metrics)
     };
-    let failover = Failover::compile(&policy(upstreams), endpoints, &env).unwrap();
+    let failover =
+        Failover::compile(&policy(upstreams), endpoints, &BTreeMap::new(), &env).unwrap();
     registry.reconcile(&env.state.into_used());
     failover
 }
@@ -478,7 +479,7 @@ fn zoned(caller_zone: &str) -> Failover {
   groups: [{name: primary, backends: [{service: {name: payments, port: 8080}}]}]
   failover: {zoneAware: true}
 ";
-    Failover::compile(&policy(spec), &endpoints, &env).unwrap()
+    Failover::compile(&policy(spec), &endpoints, &BTreeMap::new(), &env).unwrap()
 }
 
 fn local_share(failover: &Failover, prefix: &str) -> f64 {
@@ -582,4 +583,32 @@ async fn a_half_open_permit_of_an_abandoned_call_goes_back() {
         u.call("GET", 7 * SECOND).await.is_ok(),
         "given back when the call was dropped"
     );
+}
+
+#[test]
+fn a_ca_bundle_that_is_not_pem_certificates_is_refused_naming_the_field() {
+    let metrics = PolicyMetrics::unregistered();
+    let spec = "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{address: '10.0.0.1:443'}]}]
+  tls: {caSecretRef: {name: ca, key: ca.crt}}
+";
+    let compile = |pem: &str| {
+        let bundles = BTreeMap::from([("shop/ca/ca.crt".to_owned(), pem.to_owned())]);
+        Failover::compile(
+            &policy(spec),
+            &BTreeMap::new(),
+            &bundles,
+            &CompileEnv::local(&metrics),
+        )
+        .err()
+        .map(|(_, e)| (e.field, e.message))
+    };
+    let (field, message) = compile("not a certificate").unwrap();
+    assert_eq!(field, "upstreams[0].tls.caSecretRef");
+    assert!(message.contains("no PEM certificate"), "{message}");
+    let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let (_, message) = compile(garbage).unwrap();
+    assert!(message.contains("not X.509"), "{message}");
 }

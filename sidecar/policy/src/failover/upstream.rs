@@ -16,7 +16,7 @@ use bulwark_api::{
         common::{DenyResponse, HttpHeader},
         failover::{FailoverMode, LoadBalancer, Upstream as UpstreamSpec},
     },
-    snapshot::{Endpoint as SnapshotEndpoint, service_port_id},
+    snapshot::{Endpoint as SnapshotEndpoint, PolicySource, service_port_id},
 };
 use prometheus::{Histogram, IntCounter, IntGauge};
 
@@ -25,16 +25,14 @@ use super::{
     budget::RetryBudget,
     bulkhead::Bulkhead,
     endpoint::{Address, EndpointState, RESULTS},
-    metrics::FailoverMetrics,
     outlier::ejection_allowed,
     settings::Settings,
 };
 use crate::{
-    compile::CompileError,
+    compile::{CompileEnv, CompileError},
     lock::lock,
-    matching::{CompiledMatch, RegexBudget},
+    matching::CompiledMatch,
     respond::{DenyTemplate, Reason, Reply},
-    state::StateClaims,
 };
 
 /// The endpoints an upstream has known, by address: an endpoint that stays across snapshots
@@ -68,6 +66,8 @@ pub struct CompiledUpstream {
     fallback: DenyTemplate,
     /// This pod's zone, when known (for `zoneAware`).
     local_zone: Option<String>,
+    /// TLS to the backends (`tls`); `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
     pub(super) metrics: UpstreamMetrics,
 }
 
@@ -151,20 +151,31 @@ fn hash(parts: &[&str]) -> u64 {
 }
 
 impl CompiledUpstream {
+    /// `spec`, an upstream of the FailoverPolicy `source`; `ca_bundles`: the snapshot's.
     pub fn compile(
-        namespace: &str,
-        policy_name: &str,
+        source: &PolicySource,
         spec: &UpstreamSpec,
-        metrics: &FailoverMetrics,
-        state: &StateClaims<'_>,
-        regexes: &RegexBudget,
-        local_zone: Option<&str>,
+        env: &CompileEnv<'_>,
+        ca_bundles: &std::collections::BTreeMap<String, String>,
     ) -> Result<Self, CompileError> {
-        let policy = format!("{namespace}/{policy_name}");
+        let (namespace, metrics, state, regexes) = (
+            source.namespace.as_str(),
+            &env.metrics.failover,
+            &env.state,
+            &env.regexes,
+        );
+        let local_zone = env.zone;
+        let policy = format!("{namespace}/{}", source.name);
         let matcher =
             CompiledMatch::compile(&spec.match_, regexes).map_err(|e| e.under("match"))?;
         let settings = Settings::of(spec);
         let fallback = compile_fallback(spec.fallback.as_ref())?;
+        let tls = spec
+            .tls
+            .as_ref()
+            .map(|tls| UpstreamTls::compile(tls, namespace, ca_bundles))
+            .transpose()
+            .map_err(|e| e.under("tls"))?;
         // Each part of the state lives as long as what makes it valid: endpoints' health while
         // the health check is the same, the breaker while its settings are, and so on.
         let id = |part: &str, settings: String| hash(&[&policy, &spec.name, part, &settings]);
@@ -225,6 +236,7 @@ impl CompiledUpstream {
             active,
             fallback,
             local_zone: local_zone.map(str::to_owned),
+            tls,
             metrics,
         })
     }
@@ -322,6 +334,61 @@ impl CompiledUpstream {
         self.metrics.refused(reason);
         self.fallback.reply(reason, Vec::new())
     }
+}
+
+/// TLS from the sidecar to the backends, compiled.
+pub struct UpstreamTls {
+    /// The name sent (SNI) and verified; `None`: the host the app called.
+    pub sni: Option<String>,
+    /// The CA certificates (DER) the backends' must chain to; `None`: the system's roots.
+    pub ca: Option<Vec<Vec<u8>>>,
+    /// The proxy's own form of `ca`, made once by the proxy on first use (this crate does not
+    /// know its type).
+    pub proxy_ca: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl UpstreamTls {
+    /// The CA bundle comes from the snapshot's `caBundles` (resolved from the Secret); errors
+    /// name `caSecretRef`.
+    fn compile(
+        tls: &bulwark_api::crd::failover::UpstreamTls,
+        namespace: &str,
+        ca_bundles: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, CompileError> {
+        let ca = tls
+            .ca_secret_ref
+            .as_ref()
+            .map(|secret| {
+                let id = bulwark_api::snapshot::secret_key_id(namespace, secret);
+                let pem = ca_bundles.get(&id).ok_or_else(|| {
+                    CompileError::new("caSecretRef", format!("the snapshot has no CA bundle {id}"))
+                })?;
+                ca_certificates(pem).map_err(|message| CompileError::new("caSecretRef", message))
+            })
+            .transpose()?;
+        Ok(Self {
+            sni: tls.sni.clone(),
+            ca,
+            proxy_ca: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+/// The certificates of a PEM bundle, as DER, each checked to parse as X.509.
+fn ca_certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the CA bundle is not valid PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err("the CA bundle holds no PEM certificate".into());
+    }
+    for (i, der) in certificates.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("certificate {i} of the CA bundle is not X.509: {e}"))?;
+    }
+    Ok(certificates)
 }
 
 /// `fallback` as a response template: a `Content-Type` among its headers is the body's type.
