@@ -227,7 +227,8 @@ slice() { # slice NAME SERVICE BACKEND: one ready endpoint (loopback is only acc
   printf -- '---\n'; slice payments-dr payments-dr payments-dr
 } | kubectl apply -f - >/dev/null
 sed -e 's/app: checkout$/app: storefront-api/' -e '/namespace: payments-dr/d' \
-  -e 's/name: payments$/&/' -e 's/failbackAfter: 1m/failbackAfter: 10s/' -e 's/interval: 5s/interval: 1s/' \
+  -e 's/failbackAfter: 1m/failbackAfter: 10s/' \
+  -e 's/interval: 5s/interval: 1s/' -e 's/timeout: 1s/timeout: 500ms/' \
   examples/failoverpolicy-active-passive.yaml |
   awk '/- name: secondary/ {sec=1} sec && /name: payments$/ {sub(/name: payments$/, "name: payments-dr"); sec=0} {print}' |
   kubectl apply -n shop -f -
@@ -241,11 +242,16 @@ load() { # load SECONDS: the app's calls, 4 at a time; one status per line in $w
   : >"$work/load.txt"
   local end=$((SECONDS + $1))
   for w in 1 2 3 4; do
-    (while [ $SECONDS -lt $end ]; do call >>"$work/load.txt"; echo >>"$work/load.txt"; done) &
+    (while [ $SECONDS -lt $end ]; do printf '%s\n' "$(call)" >>"$work/load.txt"; done) &
   done
   wait
 }
-served() { for b in payments-a payments-b payments-dr; do printf '%s=%s ' "$b" "$(curl -s "127.0.0.1:${backend_port[$b]}/__count")"; done; echo; }
+served() {
+  for b in payments-a payments-b payments-dr; do
+    printf '%s=%s ' "$b" "$(curl -s "127.0.0.1:${backend_port[$b]}/__count" || echo down)"
+  done
+  echo
+}
 echo "Calls served so far: $(served)"
 echo "Now 6 seconds of calls, 4 at a time; after 2 seconds both primary backends are killed (kill -9):"
 load 6 &
@@ -253,25 +259,36 @@ loader=$!
 sleep 2
 kill -9 "${backend_pid[payments-a]}" "${backend_pid[payments-b]}"
 wait "$loader"
-echo "    client-visible answers: $(sort "$work/load.txt" | grep . | uniq -c | tr '\n' ' ')"
+echo "    client-visible answers (count, status): $(sort "$work/load.txt" | grep . | uniq -c | tr -s ' \n' ' ')"
 echo "    served: $(served)(the standby took over; retries moved the calls that hit a dead backend)"
-run curl -s "127.0.0.1:$sc_admin/failover"
-echo
+echo "The sidecar's view (GET /failover on its admin listener):"
+curl -s "127.0.0.1:$sc_admin/failover" | python3 -c '
+import json, sys
+for u in json.load(sys.stdin)["upstreams"]:
+    print("    upstream %s: active group %s, circuit breaker %s" % (u["name"], u["activeGroup"], u["circuitBreaker"]))
+    for g in u["groups"]:
+        for e in g["endpoints"]:
+            print("      %-9s %-21s %s%s" % (g["name"], e["address"], e["health"], ", ejected" if e["ejectedForSeconds"] else ""))
+'
 echo "The primary comes back; traffic returns only after it has been healthy for failbackAfter (10s):"
 for b in payments-a payments-b; do
   python3 e2e/src/fault_upstream.py "${backend_port[$b]}" "$b" >"$work/$b.log" 2>&1 &
   pids+=($!)
 done
+for b in payments-a payments-b; do
+  for _ in $(seq 50); do curl -fs "127.0.0.1:${backend_port[$b]}/__count" >/dev/null 2>&1 && break; sleep 0.1; done
+done
 start=$SECONDS
-before=$(curl -s "127.0.0.1:${backend_port[payments-a]}/__count")
-while [ $((SECONDS - start)) -lt 30 ]; do
-  [ "$(call)" = 200 ] || echo "    a call failed"
-  now=$(curl -s "127.0.0.1:${backend_port[payments-a]}/__count" 2>/dev/null || echo 0)
-  [ "${now:-0}" -gt "${before:-0}" ] && break
+# Each answer's body names the backend that served it (the health probes are counted by the
+# backends too, so their counts cannot tell).
+failed=0
+while [ $((SECONDS - start)) -lt 40 ]; do
+  who=$(curl -s --max-time 12 -H 'Host: payments:8080' "127.0.0.1:$out_port/v1/pay" || true)
+  case $who in payments-a | payments-b) break ;; payments-dr) ;; *) failed=$((failed + 1)) ;; esac
   sleep 0.2
 done
-echo "    traffic back on the primary after $((SECONDS - start))s: $(served)"
-curl -s "127.0.0.1:$sc_admin/metrics" | grep -E '^bulwark_failover_(active_group|retries_total|tries_total\{.*result="connect_failure")' | sed 's/^/    /'
+echo "    served by $who again after $((SECONDS - start))s (calls failed meanwhile: $failed)"
+curl -s "127.0.0.1:$sc_admin/metrics" | grep -E '^bulwark_failover_(active_group|retries_total|tries_total\{.*result="connect_failure"[^}]*\} [1-9])' | sed 's/^/    /'
 
 say "Applying every example into namespace 'examples' (no injected pods there)"
 kubectl create namespace examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null

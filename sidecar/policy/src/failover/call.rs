@@ -8,7 +8,7 @@
 //! Retries follow the upstream's `retry`: a retriable class of failure, tries left, an
 //! idempotent method (a connect failure excepted: nothing was sent), a request body the proxy
 //! still holds, time left before the request deadline, a breaker that is not open, and the
-//! retry budget. The backoff is exponential with full jitter (AWS's "full jitter": a uniform
+//! retry budget (not charged for a connect failure: see `retry_decision`). The backoff is exponential with full jitter (AWS's "full jitter": a uniform
 //! draw in `[0, min(max, base·2^n)]`), or the upstream's `Retry-After` on a 429 when it fits in
 //! the time left.
 
@@ -237,7 +237,13 @@ impl Call {
         {
             return Next::Done; // fail fast: the app gets this try's answer
         }
-        if !lock(&compiled.budget).try_retry(now) {
+        // A connect failure is a requeue, as Finagle calls it: the request never reached the
+        // upstream, so trying another endpoint adds no load to the failing one, and the budget
+        // (which exists to stop retries from piling load on a struggling upstream) is not
+        // charged. Without this, a killed primary group would spend the budget in a second and
+        // fail calls that the standby group could serve.
+        let requeue = result == CallResult::ConnectFailure;
+        if !requeue && !lock(&compiled.budget).try_retry(now) {
             compiled.metrics.budget_exhausted.inc();
             return Next::Done;
         }

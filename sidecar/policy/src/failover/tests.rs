@@ -294,12 +294,12 @@ async fn the_retry_budget_caps_retries_during_an_outage() {
     );
     let u = upstream(&failover);
     let (mut calls, mut retries) = (0u64, 0u64);
-    // 1,000 calls over 10 s, every try failing.
+    // 1,000 calls over 10 s, every try answered 503.
     for i in 0..1000u64 {
         let now = 100 * SECOND + i * SECOND / 100;
         let mut call = u.call("GET", now).await.unwrap();
         calls += 1;
-        while let Next::Retry(_) = call.finish_try(CallResult::ConnectFailure, None, true, now) {
+        while let Next::Retry(_) = call.finish_try(CallResult::Status(503), None, true, now) {
             retries += 1;
             call.next_try(now).unwrap();
         }
@@ -313,6 +313,43 @@ async fn the_retry_budget_caps_retries_during_an_outage() {
         retries >= 150,
         "{retries}: the budget is spent, not refused outright"
     );
+}
+
+#[tokio::test]
+async fn connect_failures_are_requeues_the_budget_does_not_charge() {
+    let failover = compile(
+        "
+- name: payments
+  match: {hosts: [payments]}
+  groups:
+  - {name: primary, backends: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}
+  - {name: standby, backends: [{address: '10.1.0.1:80'}]}
+  retry: {attempts: 2, budgetPercent: 1, minRetriesPerSecond: 1}
+",
+    );
+    let u = upstream(&failover);
+    // The primary is dead: every call is refused twice, then the standby answers.
+    for i in 0..300u64 {
+        let now = 100 * SECOND + i * SECOND / 100;
+        let mut call = u.call("GET", now).await.unwrap();
+        let mut served = false;
+        for _ in 0..3 {
+            let standby = call.endpoint().state.address.to_string() == "10.1.0.1:80";
+            let result = if standby {
+                CallResult::Status(200)
+            } else {
+                CallResult::ConnectFailure
+            };
+            match call.finish_try(result, None, true, now) {
+                Next::Retry(_) => call.next_try(now).unwrap(),
+                Next::Done => {
+                    served = standby;
+                    break;
+                }
+            }
+        }
+        assert!(served, "call {i} reached the standby despite a 1% budget");
+    }
 }
 
 #[tokio::test]
