@@ -383,6 +383,16 @@ fn a_slow_try_times_out_and_is_retried_on_another_endpoint() {
     slow.set_mode("reset");
     let resets: Vec<_> = (0..4).map(|_| call(&sidecar, "GET")).collect();
     assert_eq!(tally(&resets), BTreeMap::from([("fast".into(), 4)]));
+    // A body that breaks off after its header went out cannot be retried: the client gets the
+    // one truncated response, never a second one on the same connection.
+    slow.set_mode("truncate");
+    fast.set_mode("truncate");
+    for _ in 0..2 {
+        let cut = call(&sidecar, "GET");
+        assert_eq!(cut.status, 200);
+        assert!(cut.body == "slow" || cut.body == "fast", "{cut:?}");
+    }
+    fast.set_mode("ok");
     slow.set_mode("slow:2000");
     let posts: Vec<_> = (0..2).map(|_| call(&sidecar, "POST")).collect();
     let counts = tally(&posts);

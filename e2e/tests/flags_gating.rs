@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bulwark_e2e::{
-    process::{http_post, http_request, wait_for_status},
+    process::{http_post, http_request, send_raw, wait_for_status},
     repo_root,
     sidecar::{RecordingUpstream, Sidecar},
 };
@@ -95,4 +95,86 @@ fn the_rollout_example_gates_its_route_and_tells_the_app_the_variant() {
         );
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
+}
+
+/// Rules with `direction: Outbound` act on the app's own calls (the outbound listener): the
+/// variant header travels with the app's call to another service, and an outbound gate refuses
+/// the calls of users outside its rollout; inbound requests are untouched by them.
+#[test]
+fn outbound_rules_act_on_the_apps_own_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("policies");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(
+        config.join("flag.yaml"),
+        r#"apiVersion: bulwark.dev/v1alpha1
+kind: FeatureFlag
+metadata:
+  name: outbound
+spec:
+  flags:
+    new-pricing:
+      state: ENABLED
+      variants: {"on": true, "off": false}
+      defaultVariant: "off"
+      targeting: {"if": [{"==": [{"var": "targetingKey"}, "alice"]}, "on", "off"]}
+  context:
+    targetingKey: {type: Header, name: X-User-Id}
+  gates:
+  - name: pricing-v2-calls
+    direction: Outbound
+    match: {path: {type: PathPrefix, value: /v2/prices}}
+    flag: new-pricing
+    allowedVariants: ["on"]
+  injectHeaders:
+  - flag: new-pricing
+    header: X-Flag-New-Pricing
+    direction: Outbound
+"#,
+    )
+    .unwrap();
+    let pricing = RecordingUpstream::start(dir.path());
+    let sidecar = Sidecar::start(
+        pricing.addr,
+        &dir.path().join("state"),
+        &["--config-dir", config.to_str().unwrap()],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    // The app's call to the pricing service, named in Host.
+    let call = |user: &str, path: &str| {
+        send_raw(
+            sidecar.outbound,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nX-User-Id: {user}\r\nConnection: close\r\n\r\n",
+                pricing.addr
+            ),
+        )
+        .unwrap()
+    };
+    pricing.clear();
+    assert_eq!(call("alice", "/v2/prices").status, 200);
+    assert_eq!(call("bob", "/v1/prices").status, 200);
+    let refused = call("bob", "/v2/prices");
+    assert_eq!(refused.status, 404);
+    assert_eq!(refused.header("bulwark-reason"), Some("flag_gated"));
+    let received = pricing.received();
+    assert_eq!(received.len(), 2, "bob's /v2 call never left the pod");
+    assert_eq!(received[0].header_values("x-flag-new-pricing"), ["on"]);
+    assert_eq!(received[1].header_values("x-flag-new-pricing"), ["off"]);
+
+    // Inbound (the same recording app behind the inbound listener): no outbound rule applies.
+    pricing.clear();
+    let inbound = http_request(
+        sidecar.inbound,
+        "GET",
+        "/v2/prices",
+        &[("X-User-Id", "bob")],
+    )
+    .unwrap();
+    assert_eq!(inbound.status, 200);
+    assert!(
+        pricing.received()[0]
+            .header_values("x-flag-new-pricing")
+            .is_empty()
+    );
 }

@@ -12,6 +12,7 @@ use bulwark_api::{
     snapshot::{PolicySource, Sourced},
 };
 use bulwark_policy::{
+    admission::Direction,
     compile::CompileEnv,
     flags::{Context, FlagGates, FlagSet},
     jwt::JwtKeys,
@@ -106,10 +107,10 @@ fn gate(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("gate per request");
     group.bench_function("gate and header", |b| {
-        b.iter(|| black_box(gates.decide(&req, 1_764_900_000)))
+        b.iter(|| black_box(gates.decide(&req, Direction::Inbound, 1_764_900_000)))
     });
     group.bench_function("no flags", |b| {
-        b.iter(|| black_box(none.decide(&req, 1_764_900_000)))
+        b.iter(|| black_box(none.decide(&req, Direction::Inbound, 1_764_900_000)))
     });
     group.finish();
 }

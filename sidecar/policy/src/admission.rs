@@ -12,7 +12,8 @@
 //! Each listener builds one [`RequestView`] per request and calls [`Runtime::admit`]; the proxy
 //! phases only carry out the [`Admission`]. Rate limits and quotas select pods and govern the
 //! traffic that comes in to the app, so they apply to the inbound listener; the app's own calls
-//! (outbound) pass through the same pipeline, where failover decides their route.
+//! (outbound) pass through the same pipeline: the gates and headers whose `direction` is
+//! `Outbound`, then failover decides their route.
 
 use std::{sync::Arc, time::Instant};
 
@@ -104,16 +105,18 @@ impl Runtime {
     pub async fn admit(&self, direction: Direction, req: &RequestView<'_>, now: u64) -> Admission {
         let mut admission = Admission::default();
         let policy = self.policy();
-        if direction == Direction::Outbound {
-            admission.upstream = policy.failover.route(req).cloned();
-            return admission;
-        }
-        if let Some(why) = policy.read_headers.ambiguity(req.headers) {
+        // The app's own calls are not second-guessed: a client's duplicated header is what
+        // could make the app read a request differently from the policy.
+        if direction == Direction::Inbound
+            && let Some(why) = policy.read_headers.ambiguity(req.headers)
+        {
             admission.reply = Some(Reply::new(Reason::BadRequest, Some(&why)));
             return admission;
         }
         if !policy.flag_gates.is_empty() {
-            let gated = policy.flag_gates.decide(req, (now / 1_000_000_000) as i64);
+            let gated = policy
+                .flag_gates
+                .decide(req, direction, (now / 1_000_000_000) as i64);
             if gated.reply.is_some() {
                 admission.reply = gated.reply;
                 return admission;
@@ -131,6 +134,13 @@ impl Runtime {
                 };
                 admission.upstream = Some(upstream.clone());
             }
+        }
+        if direction == Direction::Outbound {
+            // Rate limits and quotas select pods and govern the app's inbound traffic.
+            if admission.upstream.is_none() {
+                admission.upstream = policy.failover.route(req).cloned();
+            }
+            return admission;
         }
         if !policy.rate_limits.is_empty() {
             let started = Instant::now();

@@ -36,6 +36,9 @@ pub struct Tries {
     retry: Option<Duration>,
     /// The sidecar's answer when a retry found nothing to try (for `fail_to_proxy`).
     refusal: Option<Reply>,
+    /// The last try's response header is on its way to the client: the call can no longer be
+    /// retried (Pingora would send a second response on the same stream).
+    answered: bool,
 }
 
 impl Tries {
@@ -44,6 +47,7 @@ impl Tries {
             call,
             retry: None,
             refusal: None,
+            answered: false,
         }
     }
 
@@ -111,7 +115,10 @@ impl Tries {
             unix_nanos(),
         );
         match next {
-            Next::Done => Ok(()),
+            Next::Done => {
+                self.answered = true;
+                Ok(())
+            }
             Next::Retry(delay) => {
                 self.retry = Some(delay);
                 let mut e = Error::explain(RETRY_STATUS, format!("retrying a {status}"));
@@ -130,6 +137,13 @@ impl Tries {
     /// by [`Tries::response`].
     pub fn failed(&mut self, session: &Session, e: &mut Error, client_reused: bool) {
         if e.etype() == &RETRY_STATUS {
+            return;
+        }
+        if self.answered {
+            // The body broke off after its header went out: the app gets a truncated response
+            // (as from any proxy), counted by the listener as an upstream error; the try itself
+            // was recorded with its status.
+            e.set_retry(false);
             return;
         }
         if e.esource() == &ErrorSource::Downstream || stale_connection(e, client_reused) {

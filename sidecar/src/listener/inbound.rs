@@ -27,7 +27,7 @@ use pingora::{
 use super::{
     Timing, edge, fail_to_proxy,
     failover::{Tries, default_retry},
-    normalize_path, peer_ip, refuse_ambiguous, request_view,
+    normalize_path, peer_ip, refuse_ambiguous, request_view, set_request_headers,
 };
 use crate::{dns::DnsCache, metrics::Metrics};
 
@@ -261,12 +261,7 @@ impl ProxyHttp for InboundProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Flag variants for the app; a client-sent header of that name never reaches it.
-        for (name, value) in ctx.request_headers.drain(..) {
-            match value {
-                Some(value) => upstream_request.insert_header(name, value)?,
-                None => drop(upstream_request.remove_header(&name)),
-            }
-        }
+        set_request_headers(upstream_request, &ctx.request_headers)?;
         // The app sees the client the sidecar trusted, not 127.0.0.1 (docs/security.md).
         if let Some(peer) = peer_ip(session) {
             let value = forwarded_for(&upstream_request.headers, peer, self.trusted_hops);

@@ -57,6 +57,21 @@ pub fn request_view(session: &Session, trusted_hops: usize) -> RequestView<'_> {
     }
 }
 
+/// Sets (or, `None`, removes) `headers` on the request to the upstream. Read, not taken: a
+/// retried try builds its upstream request again.
+pub fn set_request_headers(
+    upstream_request: &mut pingora::http::RequestHeader,
+    headers: &[(http::HeaderName, Option<String>)],
+) -> pingora::Result<()> {
+    for (name, value) in headers {
+        match value {
+            Some(value) => upstream_request.insert_header(name.clone(), value.as_str())?,
+            None => drop(upstream_request.remove_header(name)),
+        }
+    }
+    Ok(())
+}
+
 /// What the inbound listener refuses before any policy looks at a request, as a client could
 /// otherwise make the app read it differently from the policy (docs/security.md): a standard
 /// method in another case, an HTTP/1.1 request without `Host` (RFC 9112 §3.2), and a

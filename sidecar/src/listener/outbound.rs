@@ -117,6 +117,8 @@ enum Target {
 pub struct RequestCtx {
     timing: Timing,
     route: Option<Route>,
+    /// Headers outbound flag rules set (or, `None`, remove) on the call.
+    request_headers: Vec<(http::HeaderName, Option<String>)>,
 }
 
 impl RequestCtx {
@@ -202,6 +204,7 @@ impl ProxyHttp for OutboundProxy {
         RequestCtx {
             timing: Timing::start(&self.metrics.outbound),
             route: None,
+            request_headers: Vec::new(),
         }
     }
 
@@ -221,6 +224,7 @@ impl ProxyHttp for OutboundProxy {
                 .admit(Direction::Outbound, &view, unix_nanos())
                 .await
         };
+        ctx.request_headers = admission.request_headers;
         let method = session.req_header().method.as_str();
         let routed = match (admission.reply, admission.upstream) {
             (Some(reply), _) => Err(reply),
@@ -313,7 +317,7 @@ impl ProxyHttp for OutboundProxy {
             upstream_request.set_uri(origin_form.clone());
             upstream_request.insert_header(HOST, host.as_str())?;
         }
-        Ok(())
+        super::set_request_headers(upstream_request, &ctx.request_headers)
     }
 
     async fn response_filter(

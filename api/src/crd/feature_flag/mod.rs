@@ -226,6 +226,10 @@ pub struct RouteGate {
     /// The answer to a request whose variant is not allowed (default: 404, empty body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny: Option<DenyResponse>,
+    /// Which requests: `Inbound` (default: clients calling the app) or `Outbound` (the app's
+    /// own calls through the sidecar's outbound listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<TrafficDirection>,
     /// Instead of denying, send the request to this outbound upstream (a `FailoverPolicy`
     /// upstream name), e.g. a canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +253,20 @@ pub struct InjectHeader {
         regex(pattern = r"^[A-Za-z0-9!#$%&*+.^_`|~-]+$")
     )]
     pub header: String,
+    /// Which requests carry it: `Inbound` (default: to the app) or `Outbound` (the app's own
+    /// calls to other services, so they see the variant too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<TrafficDirection>,
+}
+
+/// Which of the sidecar's listeners a gate or header applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TrafficDirection {
+    /// Requests to the app (the inbound listener).
+    #[default]
+    Inbound,
+    /// The app's calls to other services (the outbound listener).
+    Outbound,
 }
 
 impl super::common::ReadsBearerTokens for FeatureFlagSpec {

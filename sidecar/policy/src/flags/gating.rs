@@ -15,6 +15,7 @@ use bulwark_api::{
     crd::{
         FeatureFlagSpec,
         common::{DenyResponse, KeySource},
+        feature_flag::TrafficDirection,
     },
     snapshot::{PolicySource, Sourced},
 };
@@ -24,6 +25,7 @@ use prometheus::IntCounterVec;
 
 use super::{CompiledFlag, Context, FlagSet, metrics::count_evaluation};
 use crate::{
+    admission::Direction,
     compile::{CompileEnv, CompileError},
     jwt::{JwtKeys, TokenClaims},
     keys::KeyBuilder,
@@ -47,11 +49,13 @@ struct Resource {
     /// The flags its gates and headers use, each once.
     flags: Vec<CompiledFlag>,
     gates: Vec<Gate>,
-    headers: Vec<(usize, HeaderName)>,
+    /// Injected headers: the flag (index into `flags`), the header, and the requests.
+    headers: Vec<(usize, HeaderName, Direction)>,
 }
 
 struct Gate {
     name: String,
+    direction: Direction,
     matcher: CompiledMatch,
     /// Index into the resource's `flags`.
     flag: usize,
@@ -125,7 +129,7 @@ impl FlagGates {
     }
 
     /// Decides `req` at `now` (Unix seconds, `$flagd.timestamp`).
-    pub fn decide(&self, req: &RequestView<'_>, now: i64) -> GateDecision {
+    pub fn decide(&self, req: &RequestView<'_>, direction: Direction, now: i64) -> GateDecision {
         let mut decision = GateDecision::default();
         let arena = Bump::new();
         let mut value = String::new();
@@ -134,10 +138,11 @@ impl FlagGates {
             let gates: Vec<&Gate> = resource
                 .gates
                 .iter()
-                .filter(|g| g.matcher.matches(req))
+                .filter(|g| g.direction == direction && g.matcher.matches(req))
                 .collect();
+            let headers = || resource.headers.iter().filter(|(.., d)| *d == direction);
             let mut needed = vec![false; resource.flags.len()];
-            let flags_used = resource.headers.iter().map(|(flag, _)| *flag);
+            let flags_used = headers().map(|(flag, ..)| *flag);
             flags_used
                 .chain(gates.iter().map(|g| g.flag))
                 .for_each(|flag| needed[flag] = true);
@@ -175,7 +180,7 @@ impl FlagGates {
                     }
                 }
             }
-            for (flag, header) in &resource.headers {
+            for (flag, header, _) in headers() {
                 decision
                     .request_headers
                     .push((header.clone(), variants[*flag].map(str::to_owned)));
@@ -285,6 +290,7 @@ fn compile_resource(
         };
         gates.push(Gate {
             name: gate.name.clone(),
+            direction: direction_of(gate.direction),
             matcher: CompiledMatch::compile(&gate.match_, &env.regexes)
                 .map_err(|e| e.under(&format!("{at}.match")))?,
             flag: flag_index(&gate.flag, format!("{at}.flag"))?,
@@ -306,7 +312,8 @@ fn compile_resource(
         let at = format!("injectHeaders[{i}]");
         let name = HeaderName::try_from(inject.header.as_str())
             .map_err(|_| CompileError::new(format!("{at}.header"), "not a valid header name"))?;
-        headers.push((flag_index(&inject.flag, format!("{at}.flag"))?, name));
+        let flag = flag_index(&inject.flag, format!("{at}.flag"))?;
+        headers.push((flag, name, direction_of(inject.direction)));
     }
     Ok(Resource {
         targeting_key,
@@ -315,6 +322,13 @@ fn compile_resource(
         gates,
         headers,
     })
+}
+
+fn direction_of(d: Option<TrafficDirection>) -> Direction {
+    match d.unwrap_or_default() {
+        TrafficDirection::Inbound => Direction::Inbound,
+        TrafficDirection::Outbound => Direction::Outbound,
+    }
 }
 
 #[cfg(test)]
@@ -376,6 +390,7 @@ injectHeaders:
     fn decide(gates: &FlagGates, path: &str, headers: &[(&'static str, &str)]) -> GateDecision {
         gates.decide(
             &TestRequest::new(path).headers(headers).view(),
+            Direction::Inbound,
             1_764_900_000,
         )
     }
@@ -453,6 +468,29 @@ injectHeaders:
         let read: Vec<&str> = gates.headers_read().map(HeaderName::as_str).collect();
         // As for rate-limit keys: named headers (not `Cookie`, which HTTP/2 splits by design).
         assert_eq!(read, ["x-user-id"]);
+    }
+
+    #[test]
+    fn rules_apply_to_their_direction_only() {
+        let gates = compile(&ROLLOUT.replace(
+            "  header: X-Flag-New-Checkout",
+            "  header: X-Flag-New-Checkout\n  direction: Outbound",
+        ))
+        .unwrap();
+        let req = TestRequest::new("/catalog").header("x-user-id", "u1");
+        let inbound = gates.decide(&req.view(), Direction::Inbound, 1_764_900_000);
+        assert!(
+            inbound.request_headers.is_empty(),
+            "the header is outbound only"
+        );
+        let outbound = gates.decide(&req.view(), Direction::Outbound, 1_764_900_000);
+        assert_eq!(outbound.request_headers.len(), 1);
+        let admin = TestRequest::new("/admin/x").header("x-user-id", "u1");
+        let gated = gates.decide(&admin.view(), Direction::Outbound, 1_764_900_000);
+        assert_eq!(
+            gated.reply, None,
+            "the /admin gate is inbound (the default)"
+        );
     }
 
     #[test]
