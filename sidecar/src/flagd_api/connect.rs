@@ -4,7 +4,8 @@
 //! `curl` included. Fields use proto3's JSON names (`flagKey`, `boolValue`); an int64 value is a
 //! string, as proto3 JSON writes it. v1 writes zero values where v2 leaves a field out. Errors
 //! are Connect's: the HTTP status of the code and `{"code", "message"}`. EventStream, a server
-//! stream, is gRPC only.
+//! stream, uses Connect's streaming form ([`event_stream`]): `application/connect+json`, each
+//! message in a 5-byte envelope (flags, big-endian length), as flagd's web provider reads it.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -44,6 +45,47 @@ fn method(path: &str) -> Option<(u8, &str)> {
             | "ResolveObject"
     )
     .then_some((version, method))
+}
+
+/// Whether `path` is EventStream (either version), which Connect serves as a server stream.
+pub fn is_event_stream(path: &str) -> bool {
+    matches!(
+        path,
+        "/flagd.evaluation.v1.Service/EventStream" | "/flagd.evaluation.v2.Service/EventStream"
+    )
+}
+
+/// EventStream over Connect: `provider_ready` at once, then `configuration_change` whenever the
+/// flags change, each `{"type", "data"}` in an envelope; the stream ends when the client goes.
+pub fn event_stream(api: &EvaluationApi) -> Response<tonic::body::Body> {
+    use futures::StreamExt;
+    let frames = api
+        .events(|kind, data| (kind, data))
+        .filter_map(|event| async move {
+            let (kind, data) = event.ok()?;
+            let mut message = json!({ "type": kind });
+            if let Some(data) = data {
+                message["data"] = Value::Object(from_struct(&data));
+            }
+            let frame = hyper::body::Frame::data(envelope(0, &message.to_string().into_bytes()));
+            Some(Ok::<_, std::convert::Infallible>(frame))
+        });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/connect+json")
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+            frames,
+        )))
+        .expect("a valid response")
+}
+
+/// A Connect streaming envelope: `flags`, the length (big-endian u32), the message.
+fn envelope(flags: u8, message: &[u8]) -> Bytes {
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(flags);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed.into()
 }
 
 /// Answers one Connect call with a JSON body.

@@ -6,7 +6,8 @@
 //!
 //! - [`resolve`]: typed resolution and flagd's error statuses, over the policy crate's flags.
 //! - [`service`]: the two generated services, answered by one implementation.
-//! - [`connect`]: the unary calls over Connect with JSON, on the same port.
+//! - [`connect`]: the unary calls over Connect with JSON, and EventStream as a Connect server
+//!   stream, on the same port.
 //! - [`EvaluationServer`]: the listener, run as a background service of the sidecar.
 
 pub mod connect;
@@ -108,6 +109,9 @@ async fn route(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc && connect::is_event_stream(req.uri().path()) {
+        return connect::event_stream(api);
+    }
     if is_grpc || !connect::is_connect_call(req.uri().path()) {
         let response = tower::ServiceExt::oneshot(grpc.clone(), req).await;
         return match response {

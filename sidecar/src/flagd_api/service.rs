@@ -67,7 +67,7 @@ impl EvaluationApi {
     }
 
     /// `provider_ready` at once, then `configuration_change` whenever the flags change.
-    fn events<E: Send + 'static>(
+    pub fn events<E: Send + 'static>(
         &self,
         event: fn(&'static str, Option<Struct>) -> E,
     ) -> Pin<Box<dyn Stream<Item = Result<E, Status>> + Send>> {
