@@ -264,12 +264,14 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             continue; // an empty document, e.g. after a trailing `---`
         }
         let doc_location = || format!("{} (document {})", origin.file, index + 1);
-        // Where the document starts (its `---`), for checks that see values, not their lines.
-        let doc_start = || {
+        // Where a field found wrong in the values is (its key's line), or else where the
+        // document starts (its `---`).
+        let field_at = |field: &str| {
+            let line = super::field_line::line_of(text, field).unwrap_or(1);
             format!(
                 "{}:{} (document {})",
                 origin.file,
-                origin.lines_before + 1,
+                origin.lines_before + line,
                 index + 1
             )
         };
@@ -311,7 +313,7 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
                 // What the apiserver's schema cannot check (variant values are untyped JSON).
                 if let Some(e) = flag_checks::check(&object.spec).into_iter().next() {
                     return Err(ConfigError {
-                        location: doc_start(),
+                        location: field_at(&e.field),
                         field: Some(e.field),
                         message: e.message,
                     });
@@ -366,7 +368,7 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
             let spec = serde_json::to_value(value.get("spec")).unwrap_or_default();
             if let Some(e) = bounds.check(&spec).into_iter().next() {
                 return Err(ConfigError {
-                    location: doc_start(),
+                    location: field_at(&format!("spec.{}", e.field.trim_start_matches("spec."))),
                     field: Some(e.field),
                     message: e.message,
                 });
@@ -571,7 +573,16 @@ spec:
             &format!("    rates: [{{limit: 10, window: 1s}}]\n  response: {{body: {body}}}\n"),
         );
         let err = load(&big_body).unwrap_err();
-        assert_eq!(err.location, "policies/api.yaml:1 (document 1)");
+        // The line of the field's key.
+        let line = big_body
+            .lines()
+            .position(|l| l.starts_with("  response:"))
+            .unwrap()
+            + 1;
+        assert_eq!(
+            err.location,
+            format!("policies/api.yaml:{line} (document 1)")
+        );
         assert_eq!(err.field.as_deref(), Some("spec.response.body"));
         assert!(err.message.contains("may not be longer than 4096"), "{err}");
 
@@ -602,11 +613,15 @@ spec:
 ";
         let text = format!("{GOOD}---\n{flags}");
         let err = load(&text).unwrap_err();
-        // Its `---` line.
-        let first_line = GOOD.lines().count() + 1;
+        // The line of `defaultVariant`, found again in the document by saphyr's parser.
+        let line = text
+            .lines()
+            .position(|l| l.contains("defaultVariant: \"of\""))
+            .unwrap()
+            + 1;
         assert_eq!(
             err.location,
-            format!("policies/api.yaml:{first_line} (document 3)")
+            format!("policies/api.yaml:{line} (document 3)")
         );
         assert_eq!(
             err.field.as_deref(),

@@ -3,6 +3,7 @@
 //! pod its snapshot (`stream`). The last good snapshot is kept on disk (`persist`) so a restarted
 //! sidecar enforces before any source answers.
 
+pub mod field_line;
 pub mod files;
 pub mod persist;
 pub mod stream;
