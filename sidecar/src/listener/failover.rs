@@ -2,8 +2,10 @@
 //! `FailoverPolicy` upstream; inbound requests a flag gate routes to one). Every decision is
 //! [`bulwark_policy::failover::call::Call`]'s; this module maps phases to it:
 //! `upstream_peer` → [`Tries::peer`] (the backoff, the next endpoint, the try's timeouts),
-//! `upstream_response_filter` → [`Tries::response`] (a retriable status becomes a retry),
-//! `fail_to_connect` / `error_while_proxy` → [`Tries::connect_failed`] / [`Tries::failed`].
+//! `upstream_response_filter` → [`on_response`] (a retriable status becomes a retry),
+//! `fail_to_connect` / `error_while_proxy` → [`on_connect_failure`] / [`on_error`], and
+//! `fail_to_proxy` writes [`Tries::take_refusal`]'s answer. The `on_*` functions take the
+//! listener's optional call, so a request that is not one gets Pingora's own behaviour.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -171,6 +173,44 @@ impl Tries {
     }
 }
 
+/// `upstream_response_filter` of a listener whose request may be a failover call.
+pub fn on_response(
+    tries: Option<&mut Tries>,
+    session: &Session,
+    response: &ResponseHeader,
+) -> Result<()> {
+    tries.map_or(Ok(()), |tries| tries.response(session, response))
+}
+
+/// `fail_to_connect` of a listener whose request may be a failover call.
+pub fn on_connect_failure(
+    tries: Option<&mut Tries>,
+    session: &Session,
+    mut e: Box<Error>,
+) -> Box<Error> {
+    if let Some(tries) = tries {
+        tries.connect_failed(session, &mut e);
+    }
+    e
+}
+
+/// `error_while_proxy` of a listener whose request may be a failover call: the call decides,
+/// else Pingora's own rule.
+pub fn on_error(
+    tries: Option<&mut Tries>,
+    peer: &HttpPeer,
+    session: &Session,
+    e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
+    let mut e = e.more_context(format!("Peer: {peer}"));
+    match tries {
+        Some(tries) => tries.failed(session, &mut e, client_reused),
+        None => default_retry(session, &mut e, client_reused),
+    }
+    e
+}
+
 /// The upstream's CA bundle as Pingora takes it, made once per compiled upstream.
 fn proxy_ca(tls: &UpstreamTls) -> Option<Arc<CaType>> {
     let der = tls.ca.as_ref()?;
@@ -199,7 +239,7 @@ fn stale_connection(e: &Error, client_reused: bool) -> bool {
 /// Pingora's own retry rule, for what is not a failover try's failure (a request to the app, a
 /// stale pooled connection, the client's error): an idempotent request whose body is still
 /// held is retried when the error allows it on a reused connection.
-pub fn default_retry(session: &Session, e: &mut Error, client_reused: bool) {
+fn default_retry(session: &Session, e: &mut Error, client_reused: bool) {
     if !session.req_header().method.is_idempotent() || !replayable(session) {
         e.set_retry(false);
     } else {

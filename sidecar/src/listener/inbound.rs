@@ -26,7 +26,7 @@ use pingora::{
 
 use super::{
     Timing, edge, fail_to_proxy,
-    failover::{Tries, default_retry},
+    failover::{Tries, on_connect_failure, on_error, on_response},
     normalize_path, peer_ip, refuse_ambiguous, request_view, set_request_headers,
 };
 use crate::{dns::DnsCache, metrics::Metrics};
@@ -219,10 +219,7 @@ impl ProxyHttp for InboundProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        match ctx.routed.as_mut() {
-            Some(tries) => tries.response(session, response),
-            None => Ok(()),
-        }
+        on_response(ctx.routed.as_mut(), session, response)
     }
 
     fn fail_to_connect(
@@ -230,12 +227,9 @@ impl ProxyHttp for InboundProxy {
         session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Self::CTX,
-        mut e: Box<pingora::Error>,
+        e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
-        if let Some(tries) = ctx.routed.as_mut() {
-            tries.connect_failed(session, &mut e);
-        }
-        e
+        on_connect_failure(ctx.routed.as_mut(), session, e)
     }
 
     fn error_while_proxy(
@@ -246,12 +240,7 @@ impl ProxyHttp for InboundProxy {
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<pingora::Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        match ctx.routed.as_mut() {
-            Some(tries) => tries.failed(session, &mut e, client_reused),
-            None => default_retry(session, &mut e, client_reused),
-        }
-        e
+        on_error(ctx.routed.as_mut(), peer, session, e, client_reused)
     }
 
     async fn upstream_request_filter(
@@ -289,16 +278,8 @@ impl ProxyHttp for InboundProxy {
         e: &pingora::Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        if let Some(reply) = ctx.routed.as_mut().and_then(Tries::take_refusal) {
-            if let Err(write) = ctx.timing.answer(session, &reply).await {
-                tracing::debug!(error = %write, "cannot send the refusal");
-            }
-            return FailToProxy {
-                error_code: reply.status,
-                can_reuse_downstream: false,
-            };
-        }
-        fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.inbound).await
+        let refusal = ctx.routed.as_mut().and_then(Tries::take_refusal);
+        fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.inbound, refusal).await
     }
 
     async fn logging(

@@ -232,16 +232,20 @@ fn upstream_error_kind(kind: &ErrorType) -> UpstreamError {
 
 /// Both listeners' `fail_to_proxy`: counts an upstream failure and answers through
 /// [`write_reply`] instead of Pingora's default error page.
+/// `refusal`: the sidecar's own answer already decided (a failover retry found nothing to try).
 pub async fn fail_to_proxy(
     session: &mut Session,
     e: &pingora::Error,
     timing: &mut Timing,
     metrics: &ListenerMetrics,
+    refusal: Option<Reply>,
 ) -> FailToProxy {
-    if e.esource() == &ErrorSource::Upstream {
+    if refusal.is_none() && e.esource() == &ErrorSource::Upstream {
         metrics.upstream_error(upstream_error_kind(e.etype()));
     }
-    let reply = failure_reply(e).filter(|_| session.response_written().is_none());
+    let reply = refusal
+        .or_else(|| failure_reply(e))
+        .filter(|_| session.response_written().is_none());
     let error_code = match reply {
         Some(reply) => {
             if let Err(write) = timing.answer(session, &reply).await {

@@ -28,7 +28,7 @@ use pingora::{
 
 use super::{
     Timing, edge, fail_to_proxy,
-    failover::{Tries, default_retry},
+    failover::{Tries, on_connect_failure, on_error, on_response},
     metrics::UpstreamError,
     request_view,
 };
@@ -271,10 +271,7 @@ impl ProxyHttp for OutboundProxy {
         response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        match ctx.tries() {
-            Some(tries) => tries.response(session, response),
-            None => Ok(()),
-        }
+        on_response(ctx.tries(), session, response)
     }
 
     fn fail_to_connect(
@@ -282,12 +279,9 @@ impl ProxyHttp for OutboundProxy {
         session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Self::CTX,
-        mut e: Box<pingora::Error>,
+        e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
-        if let Some(tries) = ctx.tries() {
-            tries.connect_failed(session, &mut e);
-        }
-        e
+        on_connect_failure(ctx.tries(), session, e)
     }
 
     fn error_while_proxy(
@@ -298,12 +292,7 @@ impl ProxyHttp for OutboundProxy {
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<pingora::Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        match ctx.tries() {
-            Some(tries) => tries.failed(session, &mut e, client_reused),
-            None => default_retry(session, &mut e, client_reused),
-        }
-        e
+        on_error(ctx.tries(), peer, session, e, client_reused)
     }
 
     async fn upstream_request_filter(
@@ -336,16 +325,8 @@ impl ProxyHttp for OutboundProxy {
         e: &pingora::Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        if let Some(reply) = ctx.tries().and_then(Tries::take_refusal) {
-            if let Err(write) = ctx.timing.answer(session, &reply).await {
-                tracing::debug!(error = %write, "cannot send the refusal");
-            }
-            return FailToProxy {
-                error_code: reply.status,
-                can_reuse_downstream: false,
-            };
-        }
-        fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.outbound).await
+        let refusal = ctx.tries().and_then(Tries::take_refusal);
+        fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.outbound, refusal).await
     }
 
     async fn logging(
