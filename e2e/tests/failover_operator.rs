@@ -2,10 +2,14 @@
 //! process with the chart's ServiceAccount, an injected pod's sidecar (its token bound to the
 //! pod) whose FailoverPolicy names two Services. Their endpoints are EndpointSlices the test
 //! writes with kubectl, pointing at real backends (`fault_upstream.py`) on loopback: deleting
-//! and recreating slices moves the app's outbound calls between the groups, with no call lost.
+//! and recreating slices moves the app's outbound calls between the groups, with no call lost;
+//! with `zoneAware`, the slices' zones and the sidecar's `--zone` bound the calls kept in the
+//! pod's zone, and a dead local endpoint spills its calls to the other zones.
 
 use std::{
     collections::BTreeMap,
+    path::Path,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -53,6 +57,19 @@ fn service(ns: &str, name: &str) -> String {
 /// they are, whatever the type, and the sidecar parses `127.0.0.1:port` as a socket address:
 /// so the backends stay on loopback.
 fn slice(ns: &str, name: &str, service: &str, backend: &FaultUpstream) -> String {
+    zoned_slice(ns, name, service, backend, None)
+}
+
+/// As [`slice`], its endpoint in `zone` when given (`endpoints[].zone`, which the operator
+/// sends with the address: what `zoneAware` compares with the sidecar's `--zone`).
+fn zoned_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    backend: &FaultUpstream,
+    zone: Option<&str>,
+) -> String {
+    let zone = zone.map(|z| format!("  zone: {z}\n")).unwrap_or_default();
     format!(
         r#"apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -65,7 +82,7 @@ ports: [{{name: http, port: {port}, protocol: TCP}}]
 endpoints:
 - addresses: ["{ip}"]
   conditions: {{ready: true}}
-"#,
+{zone}"#,
         ip = backend.addr.ip(),
         port = backend.addr.port(),
     )
@@ -95,9 +112,17 @@ spec:
 /// The app's call `GET http://payments:8080/pay` through the sidecar's outbound listener:
 /// the backend that served it (the body), or `status <code>` / `no answer` otherwise.
 fn call(sidecar: &Sidecar) -> String {
+    call_service(sidecar, "payments", "/pay")
+}
+
+/// The app's call `GET http://<service>:8080<path>` through the sidecar's outbound listener,
+/// as [`call`].
+fn call_service(sidecar: &Sidecar, service: &str, path: &str) -> String {
     match send_raw(
         sidecar.outbound,
-        "GET http://payments:8080/pay HTTP/1.1\r\nHost: payments:8080\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET http://{service}:8080{path} HTTP/1.1\r\nHost: {service}:8080\r\nConnection: close\r\n\r\n"
+        ),
     ) {
         Some(r) if r.status == 200 => r.body,
         Some(r) => format!("status {}: {}", r.status, r.body),
@@ -113,49 +138,69 @@ fn tally(served: &[String]) -> BTreeMap<&str, usize> {
     counts
 }
 
-#[test]
-fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
-    let cp = ControlPlane::shared();
-    let work = tempfile::tempdir().unwrap();
-    let primary_a = FaultUpstream::start(work.path(), "primary-a");
-    let primary_b = FaultUpstream::start(work.path(), "primary-b");
-    let secondary = FaultUpstream::start(work.path(), "secondary");
+/// The chart, installed once per test binary, and the operator as its ServiceAccount: the
+/// release's cluster-scoped objects (the webhook configurations, the ClusterRoles) exist once per
+/// cluster, so the tests of this file, which cargo runs in parallel on the one shared control
+/// plane, share it, each in namespaces of its own.
+struct Install {
+    ports: OperatorPorts,
+    _operator: Operator,
+}
 
-    // --- The chart, and the operator as its ServiceAccount. -----------------------------------
-    let ports = OperatorPorts::free();
-    let chart = repo_root().join("charts/bulwark");
-    cp.helm_ok(&[
-        "install",
-        "bulwark",
-        chart.to_str().unwrap(),
-        "--namespace",
-        RELEASE_NS,
-        "--create-namespace",
-        "--set",
-        &format!("webhook.url=https://{}/mutate", ports.webhook),
-    ]);
-    let sa_kubeconfig = service_account_kubeconfig(cp, RELEASE_NS, "bulwark-operator");
-    let _operator = Operator::start(
-        &sa_kubeconfig,
-        RELEASE_NS,
-        "op-a",
-        ports,
-        &cp.dir.join("logs"),
-        &[],
-    );
-    wait_for_status(ports.admin, "/readyz", 200, Duration::from_secs(30));
-    eventually(Duration::from_secs(20), "the webhook's caBundle", || {
-        let ca = cp.kubectl_ok(&[
-            "get",
-            "mutatingwebhookconfiguration/bulwark-sidecar-injector",
-            "-o",
-            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+fn install(cp: &ControlPlane) -> &'static Install {
+    static INSTALL: OnceLock<Install> = OnceLock::new();
+    INSTALL.get_or_init(|| {
+        let ports = OperatorPorts::free();
+        let chart = repo_root().join("charts/bulwark");
+        cp.helm_ok(&[
+            "install",
+            "bulwark",
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--set",
+            &format!("webhook.url=https://{}/mutate", ports.webhook),
         ]);
-        (!ca.is_empty()).then_some(())
-    });
+        let sa_kubeconfig = service_account_kubeconfig(cp, RELEASE_NS, "bulwark-operator");
+        let operator = Operator::start(
+            &sa_kubeconfig,
+            RELEASE_NS,
+            "op-a",
+            ports,
+            &cp.dir.join("logs"),
+            &[],
+        );
+        // A static is never dropped: the operator ends with this process instead.
+        operator.process.kill_when_this_process_exits();
+        wait_for_status(ports.admin, "/readyz", 200, Duration::from_secs(30));
+        eventually(Duration::from_secs(20), "the webhook's caBundle", || {
+            let ca = cp.kubectl_ok(&[
+                "get",
+                "mutatingwebhookconfiguration/bulwark-sidecar-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ]);
+            (!ca.is_empty()).then_some(())
+        });
+        Install {
+            ports,
+            _operator: operator,
+        }
+    })
+}
 
-    // --- An injected pod, and its sidecar with a token bound to it. ---------------------------
-    let ns = cp.namespace("checkout");
+/// A namespace (named after `app`) with injection on, a pod `<app>-0` labelled `app: <app>`
+/// that the webhook injects, and that pod's sidecar run locally with a token bound to the pod,
+/// `extra` flags and its files in `work`; ready.
+fn injected_sidecar<'a>(
+    cp: &'a ControlPlane,
+    work: &Path,
+    app: &str,
+    extra: &[&str],
+) -> (Namespace<'a>, Sidecar) {
+    let ports = install(cp).ports;
+    let ns = cp.namespace(app);
     cp.kubectl_ok(&["label", "namespace", &ns.name, "bulwark.dev/inject=enabled"]);
     eventually(
         Duration::from_secs(20),
@@ -167,17 +212,18 @@ fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
                 .then_some(())
         },
     );
+    let pod = format!("{app}-0");
     apply(
         cp,
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: checkout-0, namespace: {}, labels: {{app: checkout}}}}\nspec:\n  containers: [{{name: app, image: registry.example/checkout:1}}]\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {}, labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: app, image: registry.example/{app}:1}}]\n",
             ns.name
         ),
     );
     let ca = ns.kubectl_ok(&[
         "get",
         "pod",
-        "checkout-0",
+        &pod,
         "-o",
         "jsonpath={.spec.initContainers[?(@.name==\"bulwark-sidecar\")].env[?(@.name==\"BULWARK_OPERATOR_CA\")].value}",
     ]);
@@ -185,7 +231,7 @@ fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
         ca.contains("BEGIN CERTIFICATE"),
         "the pod is injected: {ca:?}"
     );
-    let ca_path = work.path().join("operator-ca.pem");
+    let ca_path = work.join("operator-ca.pem");
     std::fs::write(&ca_path, ca).unwrap();
     let token = ns.kubectl_ok(&[
         "create",
@@ -196,23 +242,53 @@ fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
         "--bound-object-kind",
         "Pod",
         "--bound-object-name",
-        "checkout-0",
+        &pod,
     ]);
-    let token_path = work.path().join("token");
+    let token_path = work.join("token");
     std::fs::write(&token_path, token.trim()).unwrap();
+    let operator_url = format!("https://{}", ports.distribution);
+    let mut args = vec![
+        "--operator-url",
+        &operator_url,
+        "--operator-ca-file",
+        ca_path.to_str().unwrap(),
+        "--token-file",
+        token_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
     let sidecar = Sidecar::start(
         "127.0.0.1:9".parse().unwrap(), // the app (inbound) is not used here
-        &work.path().join("sidecar"),
-        &[
-            "--operator-url",
-            &format!("https://{}", ports.distribution),
-            "--operator-ca-file",
-            ca_path.to_str().unwrap(),
-            "--token-file",
-            token_path.to_str().unwrap(),
-        ],
+        &work.join("sidecar"),
+        &args,
     );
     wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(20));
+    (ns, sidecar)
+}
+
+/// Waits until FailoverPolicy `name` is Accepted and programmed in the one pod it selects.
+fn wait_programmed(ns: &Namespace<'_>, name: &str) {
+    let fop = format!("failoverpolicy/{name}");
+    eventually(Duration::from_secs(20), "Accepted, Programmed 1/1", || {
+        let status = jsonpath(
+            ns,
+            &fop,
+            "{.status.programmedPods}/{.status.selectedPods} {.status.conditions[*].type}={.status.conditions[*].status}",
+        );
+        (status == "1/1 Accepted Programmed=True True").then_some(())
+    });
+}
+
+#[test]
+fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
+    let cp = ControlPlane::shared();
+    let work = tempfile::tempdir().unwrap();
+    let primary_a = FaultUpstream::start(work.path(), "primary-a");
+    let primary_b = FaultUpstream::start(work.path(), "primary-b");
+    let secondary = FaultUpstream::start(work.path(), "secondary");
+
+    // --- The chart and the operator (once per binary); an injected pod, and its sidecar with a
+    // token bound to it. ------------------------------------------------------------------------
+    let (ns, sidecar) = injected_sidecar(cp, work.path(), "checkout", &[]);
 
     // --- Two selector-less Services; payments' two backends listen on different ports, so
     // each has its own slice. -----------------------------------------------------------------
@@ -245,15 +321,7 @@ fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
 
     // --- The policy: Accepted, and programmed in the one pod it selects. ----------------------
     apply(cp, &failover_policy(n));
-    let fop = "failoverpolicy/payments-failover";
-    eventually(Duration::from_secs(20), "Accepted, Programmed 1/1", || {
-        let status = jsonpath(
-            &ns,
-            fop,
-            "{.status.programmedPods}/{.status.selectedPods} {.status.conditions[*].type}={.status.conditions[*].status}",
-        );
-        (status == "1/1 Accepted Programmed=True True").then_some(())
-    });
+    wait_programmed(&ns, "payments-failover");
 
     // Every call of the test, in order: each must be served.
     let mut served: Vec<String> = Vec::new();
@@ -333,4 +401,160 @@ fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
             backend.name
         );
     }
+}
+
+/// One Service, `catalog`, over every zone: a zone-aware policy's group.
+fn zone_aware_policy(ns: &str) -> String {
+    format!(
+        r#"apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: catalog-failover, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: storefront}}}}
+  upstreams:
+  - name: catalog
+    match: {{hosts: [catalog, "catalog:8080"]}}
+    groups:
+    - name: all-zones
+      backends: [{{service: {{name: catalog, port: 8080}}}}]
+    failover: {{zoneAware: true}}
+    retry: {{attempts: 2}}
+"#
+    )
+}
+
+#[test]
+fn zone_aware_calls_stay_in_the_pods_zone_up_to_its_share_and_spill_when_it_fails() {
+    let cp = ControlPlane::shared();
+    let work = tempfile::tempdir().unwrap();
+    // Each backend answers with its name; zone-a holds 1 of the 4 endpoints, zone-b 2, zone-c 1.
+    let mut local = FaultUpstream::start(work.path(), "zone-a");
+    let remote = [
+        (FaultUpstream::start(work.path(), "zone-b-1"), "zone-b"),
+        (FaultUpstream::start(work.path(), "zone-b-2"), "zone-b"),
+        (FaultUpstream::start(work.path(), "zone-c"), "zone-c"),
+    ];
+    let remote_names: Vec<&str> = remote.iter().map(|(b, _)| b.name.as_str()).collect();
+
+    // --- The pod runs in zone-a (what the injector passes from its topology label). ----------
+    let (ns, sidecar) = injected_sidecar(cp, work.path(), "storefront", &["--zone", "zone-a"]);
+
+    // --- Service catalog: one slice per backend, each endpoint with its zone. ----------------
+    let n = ns.name.as_str();
+    let mut objects = vec![
+        service(n, "catalog"),
+        zoned_slice(n, "catalog-a", "catalog", &local, Some("zone-a")),
+    ];
+    for (backend, zone) in &remote {
+        let name = format!("catalog-{}", backend.name.trim_start_matches("zone-"));
+        objects.push(zoned_slice(n, &name, "catalog", backend, Some(zone)));
+    }
+    apply(cp, &objects.join("---\n"));
+    let stored = ns.kubectl_ok(&[
+        "get",
+        "endpointslices",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.endpoints[*].zone} {end}",
+    ]);
+    assert_eq!(
+        stored,
+        "catalog-a=zone-a catalog-b-1=zone-b catalog-b-2=zone-b catalog-c=zone-c "
+    );
+
+    // --- The policy, programmed; the sidecar holds the four endpoints with their zones. -------
+    apply(cp, &zone_aware_policy(n));
+    wait_programmed(&ns, "catalog-failover");
+    let mut expected: Vec<(String, String)> = std::iter::once((&local, "zone-a"))
+        .chain(remote.iter().map(|(b, z)| (b, *z)))
+        .map(|(b, z)| (b.addr.to_string(), z.to_string()))
+        .collect();
+    expected.sort();
+    eventually(
+        Duration::from_secs(20),
+        "the sidecar's four zoned endpoints",
+        || {
+            let report = bulwark_e2e::process::http_get(sidecar.admin, "/failover")?;
+            let report: serde_json::Value = serde_json::from_str(&report.body).ok()?;
+            let mut endpoints: Vec<(String, String)> =
+                report["upstreams"][0]["groups"][0]["endpoints"]
+                    .as_array()?
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["address"].as_str().unwrap_or_default().to_string(),
+                            e["zone"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+            endpoints.sort();
+            (endpoints == expected).then_some(())
+        },
+    );
+
+    // --- 400 calls: zone-a keeps min(1, 1 endpoint × 3 zones / 4 endpoints) = 75% of them, the
+    // other zones share the rest. ---------------------------------------------------------------
+    let started = Instant::now();
+    let calls: Vec<String> = (0..400)
+        .map(|_| call_service(&sidecar, "catalog", "/items"))
+        .collect();
+    let counts = tally(&calls);
+    eprintln!(
+        "400 zone-aware calls in {:?}: {counts:?}",
+        started.elapsed()
+    );
+    assert!(
+        counts
+            .keys()
+            .all(|k| *k == "zone-a" || remote_names.contains(k)),
+        "every call served: {counts:?}"
+    );
+    let share = counts.get("zone-a").copied().unwrap_or(0) as f64 / 400.0;
+    eprintln!("local share {share:.3} (expected 0.75)");
+    // 0.75 ± 0.10 is over 4.5 standard deviations (√(400 × 0.75 × 0.25) ≈ 8.7 calls) each way.
+    assert!(
+        (0.65..=0.85).contains(&share),
+        "zone-a's share {share}: {counts:?}"
+    );
+    for name in &remote_names {
+        assert!(
+            counts.get(name).copied().unwrap_or(0) > 0,
+            "{name} gets some of the spill: {counts:?}"
+        );
+    }
+    // The backends' own counts agree with what the app saw.
+    for backend in std::iter::once(&local).chain(remote.iter().map(|(b, _)| b)) {
+        assert_eq!(
+            backend.count() as usize,
+            counts.get(backend.name.as_str()).copied().unwrap_or(0),
+            "{}",
+            backend.name
+        );
+    }
+
+    // --- zone-a's backend dies: its calls' connect failures are retried in the other zones,
+    // and no call fails. -----------------------------------------------------------------------
+    let retries = sidecar.metric_sum("bulwark_failover_retries_total");
+    local.kill();
+    let after: Vec<String> = (0..50)
+        .map(|_| call_service(&sidecar, "catalog", "/items"))
+        .collect();
+    let after_counts = tally(&after);
+    eprintln!("50 calls with zone-a dead: {after_counts:?}");
+    assert!(
+        after.iter().all(|who| remote_names.contains(&who.as_str())),
+        "every call served by zone-b or zone-c: {after_counts:?}"
+    );
+    // Without health checks or outlier detection zone-a stays a candidate: about 3 in 4 calls
+    // try it first, fail to connect, and are retried elsewhere.
+    let connect_failures = sidecar.metric_sum(&format!(
+        "bulwark_failover_tries_total{{endpoint=\"{}\",policy=\"{n}/catalog-failover\",result=\"connect_failure\"",
+        local.addr
+    ));
+    let retried = sidecar.metric_sum("bulwark_failover_retries_total") - retries;
+    eprintln!("zone-a connect failures {connect_failures}, retries {retried}");
+    assert!(connect_failures > 0.0, "calls tried the dead zone-a first");
+    assert_eq!(
+        retried, connect_failures,
+        "each connect failure was retried once, elsewhere"
+    );
 }
