@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the pinned OpenFeature SDKs that the flag tests use as real clients, cached outside the
-# clone under a name that changes with the pinned versions, so a second run is free:
-#   - a Python venv with openfeature-sdk, the OFREP provider and the flagd (RPC) provider;
-#   - an npm prefix with @openfeature/server-sdk and the OFREP provider.
+# Installs the pinned OpenFeature SDKs that the flag tests use as real clients, and the Standard
+# Webhooks libraries the webhook receivers verify with, cached outside the clone under a name that
+# changes with the pinned versions, so a second run is free:
+#   - a Python venv with openfeature-sdk, the OFREP provider, the flagd (RPC) provider and
+#     standardwebhooks;
+#   - an npm prefix with @openfeature/server-sdk, the OFREP provider and standardwebhooks.
 #
 #   e2e/peers/install-sdks.sh   # prints two lines on stdout: the venv directory (its bin/python
 #                               # imports the packages), then the npm prefix (its node_modules)
@@ -28,12 +30,14 @@ py_pins=(
   "openfeature-provider-flagd==$PY_OPENFEATURE_PROVIDER_FLAGD"
   "grpcio==$PY_GRPCIO"
   "protobuf==$PY_PROTOBUF"
+  "standardwebhooks==$PY_STANDARDWEBHOOKS"
 )
 js_pins=(
   "@openfeature/server-sdk@$JS_OPENFEATURE_SERVER_SDK"
   "@openfeature/core@$JS_OPENFEATURE_CORE"
   "@openfeature/ofrep-provider@$JS_OPENFEATURE_OFREP_PROVIDER"
   "@openfeature/ofrep-core@$JS_OPENFEATURE_OFREP_CORE"
+  "standardwebhooks@$JS_STANDARDWEBHOOKS"
 )
 short_hash() { sha256sum | cut -c1-12; }
 # A venv belongs to one interpreter: its minor version is part of the name too.
@@ -46,12 +50,15 @@ py_check() {
 from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.contrib.provider.flagd import FlagdProvider
+from standardwebhooks import Webhook
 '
 }
 js_check() {
   (cd "$js_dir" && node -e '
 require("@openfeature/server-sdk");
 require("@openfeature/ofrep-provider");
+const { Webhook } = require("standardwebhooks");
+if (typeof Webhook !== "function") throw new Error("standardwebhooks exports no Webhook");
 ')
 }
 

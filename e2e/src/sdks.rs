@@ -1,10 +1,11 @@
 //! The OpenFeature SDKs the flag tests use as real clients, installed by
 //! `e2e/peers/install-sdks.sh` (pinned versions, cached outside the clone), and the small client
-//! programs in `e2e/sdk/` that drive them.
+//! programs in `e2e/sdk/` that drive them. The same venv and npm prefix hold the Standard Webhooks
+//! libraries the webhook receivers use ([`crate::webhook_receiver`]).
 
 use std::{
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
 };
@@ -14,9 +15,11 @@ use serde_json::Value;
 use crate::{repo_root, script_output};
 
 struct Installed {
-    /// The venv's interpreter: openfeature-sdk and its OFREP and flagd providers import.
+    /// The venv's interpreter: openfeature-sdk and its OFREP and flagd providers import, and
+    /// standardwebhooks.
     python: PathBuf,
-    /// The npm prefix's `node_modules`: @openfeature/server-sdk and the OFREP provider.
+    /// The npm prefix's `node_modules`: @openfeature/server-sdk, the OFREP provider and
+    /// standardwebhooks.
     node_modules: PathBuf,
 }
 
@@ -32,6 +35,16 @@ fn installed() -> &'static Installed {
             node_modules: prefix.join("node_modules"),
         }
     })
+}
+
+/// The venv's `bin/python` (installed on first use).
+pub fn python_interpreter() -> &'static Path {
+    &installed().python
+}
+
+/// The npm prefix's `node_modules`, for `NODE_PATH` (installed on first use).
+pub fn node_modules() -> &'static Path {
+    &installed().node_modules
 }
 
 /// Runs `cmd` with `evaluations` (a JSON list) on stdin; one JSON object per stdout line.

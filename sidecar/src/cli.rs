@@ -119,6 +119,17 @@ pub struct Args {
     #[arg(long, env = "BULWARK_QUOTA_FLUSH_MS", default_value_t = 1000)]
     pub quota_flush_ms: u64,
 
+    /// The largest `--state-dir/webhooks.redb` may grow, in MiB. Beyond it new webhook messages
+    /// are refused with 507 (the ones held are kept and delivered); delivered messages and
+    /// expired records make room again.
+    #[arg(long, env = "BULWARK_WEBHOOK_MAX_STORE_MB", default_value_t = 1024)]
+    pub webhook_max_store_mb: u64,
+
+    /// Webhook delivery attempts in flight at once, across all endpoints (each endpoint is
+    /// also bounded by its `maxConcurrency`).
+    #[arg(long, env = "BULWARK_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub webhook_max_in_flight: usize,
+
     /// How many proxies in front of this sidecar append the client's address to
     /// `X-Forwarded-For` (an ingress controller, a cloud load balancer): `ClientIP` keys then
     /// use the address that many entries from the right, as Envoy's `xff_num_trusted_hops`.

@@ -18,3 +18,4 @@ pub mod listener;
 pub mod metrics;
 pub mod services;
 pub mod shutdown;
+pub mod webhooks;

@@ -15,6 +15,11 @@ use bulwark_policy::{
     ratelimit::sweeper::{FastSyncer, Sweeper},
     redis_client::RedisClient,
     runtime::{Limits, RedisSource, Runtime},
+    webhooks::{
+        dispatch::Dispatcher,
+        outbox::{Outbox, OutboxConfig},
+        store::{FILE_NAME as WEBHOOK_FILE, Retention},
+    },
 };
 use bulwark_sidecar::{
     admin::Admin,
@@ -27,6 +32,7 @@ use bulwark_sidecar::{
     metrics::Metrics,
     services::Tasks,
     shutdown::{AfterHandover, Drain, Quiesce},
+    webhooks::{api as webhook_api, transport::HttpTransport},
 };
 use clap::Parser;
 use pingora::{
@@ -177,6 +183,20 @@ fn main() -> anyhow::Result<()> {
         },
     ));
 
+    // Webhook delivery: the store opens in the dispatcher (retrying while an old sidecar
+    // holds it during an upgrade); accepts wait for it.
+    let outbox = Outbox::new(
+        OutboxConfig {
+            path: args.state_dir.join(WEBHOOK_FILE),
+            max_bytes: args.webhook_max_store_mb.saturating_mul(1 << 20),
+            retention: Retention::default(),
+            max_in_flight: args.webhook_max_in_flight.max(1),
+        },
+        runtime.clone(),
+        Arc::new(HttpTransport::default()),
+    );
+    server.add_service(tasks.service("bulwark webhook dispatcher", Dispatcher(outbox.clone())));
+
     let mut inbound = Service::new(
         "bulwark inbound".to_owned(),
         Guarded::new(
@@ -215,10 +235,13 @@ fn main() -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "bulwark admin".to_owned(),
-        Admin::new(metrics.clone(), runtime.clone())
-            .with_quota(runtime.clone())
-            .with_flags(runtime.clone())
-            .with_failover(runtime.clone()),
+        webhook_api::routes(
+            Admin::new(metrics.clone(), runtime.clone())
+                .with_quota(runtime.clone())
+                .with_flags(runtime.clone())
+                .with_failover(runtime.clone()),
+            outbox,
+        ),
     );
     admin.add_tcp(&args.admin_listen.to_string());
 

@@ -17,6 +17,7 @@ use crate::{
     redis_client::RedisClient,
     request::headers::ReadHeaders,
     state::StateSet,
+    webhooks::Webhooks,
 };
 
 /// A snapshot and its compiled form. The compiled parts are shared (`Arc`), so a snapshot that
@@ -30,6 +31,8 @@ pub struct CompiledPolicy {
     pub flag_gates: Arc<FlagGates>,
     /// Where outbound calls go (rebuilt, not recompiled, when only endpoints change).
     pub failover: Arc<Failover>,
+    /// Where the app's events are delivered.
+    pub webhooks: Arc<Webhooks>,
     /// The headers the policies read: each must be sent once, and not also with `_`.
     pub read_headers: ReadHeaders,
     /// The long-lived states this policy uses (the registry holds exactly these once installed).
@@ -96,13 +99,12 @@ impl CompiledPolicy {
             source,
             error,
         })?;
-        if !snapshot.webhooks.is_empty() {
-            tracing::warn!(
-                kind = "WebhookEndpoint",
-                count = snapshot.webhooks.len(),
-                "policies of this kind are accepted but not enforced by this sidecar version"
-            );
-        }
+        let webhooks =
+            Webhooks::compile(&snapshot.webhooks).map_err(|(source, error)| PolicyError {
+                kind: "WebhookEndpoint",
+                source,
+                error,
+            })?;
         let read_headers = ReadHeaders::new(
             rate_limits
                 .headers_read()
@@ -117,6 +119,7 @@ impl CompiledPolicy {
             flags: Arc::new(flags),
             flag_gates: Arc::new(flag_gates),
             failover: Arc::new(failover),
+            webhooks: Arc::new(webhooks),
             read_headers,
             state: env.state.into_used(),
             redis: env.redis.cloned(),
@@ -135,6 +138,7 @@ impl CompiledPolicy {
             flags: self.flags.clone(),
             flag_gates: self.flag_gates.clone(),
             failover,
+            webhooks: self.webhooks.clone(),
             read_headers: self.read_headers.clone(),
             state: self.state.clone(),
             redis: self.redis.clone(),
@@ -149,6 +153,7 @@ impl CompiledPolicy {
             flags: Arc::default(),
             flag_gates: Arc::default(),
             failover: Arc::default(),
+            webhooks: Arc::default(),
             read_headers: ReadHeaders::default(),
             state: StateSet::default(),
             redis: None,

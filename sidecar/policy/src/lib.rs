@@ -11,7 +11,7 @@
 //!
 //! Shared parts: `request`, `matching`, `keys`, `jwt`, `compile`, `respond`, `state`,
 //! `redis_client`, `metrics`, `task`, `lock`, `clock`. Features, each in its folder:
-//! `ratelimit/`, `quota/`, `flags/` (next: `failover/`, `webhooks/`).
+//! `ratelimit/`, `quota/`, `flags/`, `failover/`, `webhooks/`.
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -34,3 +34,4 @@ pub mod respond;
 pub mod runtime;
 pub mod state;
 pub mod task;
+pub mod webhooks;

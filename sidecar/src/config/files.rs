@@ -18,7 +18,10 @@ use bulwark_api::{
         common::{ReadsBearerTokens, SecretKeyRef},
         feature_flag::checks as flag_checks,
     },
-    snapshot::{ObjectRef, PolicySource, SecretString, Snapshot, Sourced, secret_key_id},
+    snapshot::{
+        ObjectRef, PolicySource, ResolvedWebhookEndpoint, SecretString, SigningKey, Snapshot,
+        Sourced, secret_key_id,
+    },
     validation::bounds::Bounds,
 };
 use k8s_openapi::api::core::v1::Secret;
@@ -117,6 +120,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     }
     loaded.resolve_jwt_keys()?;
     loaded.resolve_ca_bundles()?;
+    loaded.resolve_signing_keys()?;
     Ok(loaded)
 }
 
@@ -172,6 +176,29 @@ impl Loaded {
             }
         }
         self.snapshot.ca_bundles = bundles;
+        Ok(())
+    }
+
+    /// Puts each WebhookEndpoint's signing key (`signing.secretRef`) into the snapshot. There
+    /// is no rotation in standalone mode: the key in the directory is the one that signs.
+    fn resolve_signing_keys(&mut self) -> Result<(), ConfigError> {
+        let mut keys = Vec::with_capacity(self.snapshot.webhooks.len());
+        for webhook in &self.snapshot.webhooks {
+            let secret = &webhook.spec.endpoint.signing.secret_ref;
+            let value = self.secret_text(
+                "WebhookEndpoint",
+                &webhook.source,
+                secret,
+                "spec.signing.secretRef",
+            )?;
+            keys.push(vec![SigningKey {
+                secret: SecretString::new(value),
+                not_after: None,
+            }]);
+        }
+        for (webhook, keys) in self.snapshot.webhooks.iter_mut().zip(keys) {
+            webhook.spec.signing_keys = keys;
+        }
         Ok(())
     }
 
@@ -328,10 +355,15 @@ pub fn load_text(origin: &str, text: &str, loaded: &mut Loaded) -> Result<(), Co
                 let sourced = sourced(origin.file, &kind, &object, object.spec.clone(), loaded)?;
                 loaded.snapshot.failover.push(sourced);
             }
-            // Accepted so that one directory can hold a whole policy set; enforcing it (and
-            // resolving its Secret) arrives with its policy module.
+            // Its signing key is read from the directory's Secrets once every file is loaded.
             "WebhookEndpoint" => {
-                let _: WebhookEndpoint = typed_object(origin, typed())?;
+                let object: WebhookEndpoint = typed_object(origin, typed())?;
+                let endpoint = ResolvedWebhookEndpoint {
+                    endpoint: object.spec.clone(),
+                    signing_keys: Vec::new(),
+                };
+                let sourced = sourced(origin.file, &kind, &object, endpoint, loaded)?;
+                loaded.snapshot.webhooks.push(sourced);
             }
             "Secret" => {
                 let object: Secret = typed_object(origin, typed())?;

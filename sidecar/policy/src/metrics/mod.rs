@@ -11,6 +11,7 @@ use self::{registry::registered, stores::StoreMetrics};
 use crate::{
     failover::metrics::FailoverMetrics, flags::metrics::FlagMetrics, jwt::metrics::JwtMetrics,
     quota::metrics::QuotaMetrics, ratelimit::metrics::RateLimitMetrics,
+    webhooks::metrics::WebhookMetrics,
 };
 
 /// Every policy feature's metrics.
@@ -21,6 +22,7 @@ pub struct PolicyMetrics {
     pub quota: QuotaMetrics,
     pub flags: FlagMetrics,
     pub failover: FailoverMetrics,
+    pub webhooks: WebhookMetrics,
     pub jwt: JwtMetrics,
     pub stores: StoreMetrics,
 }
@@ -39,6 +41,7 @@ impl PolicyMetrics {
             quota: QuotaMetrics::register(registry)?,
             flags: FlagMetrics::register(registry)?,
             failover: FailoverMetrics::register(registry)?,
+            webhooks: WebhookMetrics::register(registry)?,
             jwt: JwtMetrics::register(registry)?,
             stores: StoreMetrics::register(registry)?,
         })

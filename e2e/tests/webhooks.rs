@@ -1,0 +1,639 @@
+//! Webhook delivery end to end: the real sidecar binary (standalone) accepts the app's
+//! messages on its admin API and delivers them to real receiver processes that verify every
+//! signature with the official Standard Webhooks libraries (PyPI and npm). Receivers fail,
+//! rate-limit, go down and come back; the sidecar is killed with SIGKILL mid-burst. Assertions
+//! are on what receivers got (ids counted, signatures verified) and on the admin API.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use bulwark_e2e::{
+    eventually,
+    process::{HttpResponse, http_get, http_post, wait_for_status},
+    sidecar::Sidecar,
+    webhook_receiver::{Library, Received, WebhookReceiver},
+};
+use serde_json::{Value, json};
+
+const KEY_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const KEY_B: &str = "whsec_C2FtcGxlLXNlY3JldC1rZXktZm9yLWJ1bHdhcmstdGVzdHM=";
+
+/// A WebhookEndpoint to `url` with the key of Secret `secret` and the given extra spec lines.
+fn endpoint(name: &str, url: &str, secret: &str, key: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: {secret}}}
+stringData:
+  key: {key}
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: WebhookEndpoint
+metadata: {{name: {name}}}
+spec:
+  url: {url}
+  signing: {{secretRef: {{name: {secret}, key: key}}}}
+  network: {{allowInsecureHTTP: true, allowPrivateAddresses: true}}
+{extra}"
+    )
+}
+
+fn sidecar(dir: &Path, policy: &str) -> Sidecar {
+    let config = dir.join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("webhooks.yaml"), policy).unwrap();
+    let sidecar = Sidecar::start(
+        "127.0.0.1:9".parse().unwrap(),
+        &dir.join("state"),
+        &["--config-dir", config.to_str().unwrap()],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    sidecar
+}
+
+fn submit(sidecar: &Sidecar, message: &Value) -> HttpResponse {
+    http_post(
+        sidecar.admin,
+        "/webhooks/v1/messages",
+        &message.to_string(),
+        &[],
+    )
+    .expect("the admin listener answers")
+}
+
+/// Submits and returns the id of an accepted message.
+fn accepted_id(sidecar: &Sidecar, message: &Value) -> String {
+    let response = submit(sidecar, message);
+    assert_eq!(response.status, 202, "{}", response.body);
+    body(&response)["id"].as_str().unwrap().to_owned()
+}
+
+fn body(response: &HttpResponse) -> Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}
+
+fn get_json(sidecar: &Sidecar, path: &str) -> Value {
+    body(&http_get(sidecar.admin, path).expect("the admin listener answers"))
+}
+
+fn ids(received: &[Received]) -> Vec<String> {
+    received.iter().filter_map(|r| r.id.clone()).collect()
+}
+
+#[test]
+fn deliveries_are_signed_filtered_and_verified_by_both_official_libraries() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let node = WebhookReceiver::start(Library::Node, dir.path(), KEY_B);
+    let policy = [
+        endpoint(
+            "billing",
+            &python.url("/hooks/billing"),
+            "billing-key",
+            KEY_A,
+            "  eventTypes: [\"invoice.*\"]\n  headers: [{name: X-Tenant, value: acme}]\n",
+        ),
+        endpoint(
+            "audit",
+            &node.url("/audit"),
+            "audit-key",
+            KEY_B,
+            "  eventTypes: [\"invoice.paid\", \"user.*\"]\n",
+        ),
+    ]
+    .join("---\n");
+    let sidecar = sidecar(dir.path(), &policy);
+
+    // Payloads with odd spacing and key order: receivers must get them byte for byte.
+    let mut expected_billing = BTreeMap::new();
+    let mut expected_audit = BTreeMap::new();
+    for i in 0..30 {
+        let event_type = ["invoice.paid", "invoice.line.added", "user.created"][i % 3];
+        let payload = format!(r#"{{"z": {i},   "a": "é ✓", "nested": {{"b": [1, 2]}}}}"#);
+        let message = format!(r#"{{"eventType": "{event_type}", "payload": {payload}}}"#);
+        let response = http_post(sidecar.admin, "/webhooks/v1/messages", &message, &[]).unwrap();
+        assert_eq!(response.status, 202, "{}", response.body);
+        let answer = body(&response);
+        let id = answer["id"].as_str().unwrap().to_owned();
+        let endpoints: Vec<&str> = answer["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        if event_type.starts_with("invoice.") {
+            assert!(endpoints.contains(&"default/billing"), "{answer}");
+            expected_billing.insert(id.clone(), payload.clone());
+        }
+        if event_type == "invoice.paid" || event_type.starts_with("user.") {
+            assert!(endpoints.contains(&"default/audit"), "{answer}");
+            expected_audit.insert(id.clone(), payload.clone());
+        }
+    }
+    for (receiver, expected) in [(&python, &expected_billing), (&node, &expected_audit)] {
+        let received = receiver.wait_for_deliveries(expected.len(), Duration::from_secs(20));
+        assert_eq!(
+            received.len(),
+            expected.len(),
+            "{:?}: exactly the matching types",
+            receiver.library()
+        );
+        for r in &received {
+            assert!(r.verified, "{:?} did not verify {r:?}", receiver.library());
+            assert_eq!(r.status, 204);
+            let id = r.id.as_deref().unwrap();
+            assert_eq!(
+                Some(&r.body_text),
+                expected.get(id),
+                "payload of {id} byte for byte"
+            );
+        }
+    }
+    // The endpoint's own headers travel too; the path is the URL's.
+    assert!(python.received().iter().all(|r| r.path == "/hooks/billing"));
+
+    let report = get_json(&sidecar, "/webhooks/v1/endpoints");
+    let delivered: BTreeMap<&str, u64> = report["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"].as_str().unwrap(),
+                e["delivered"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(delivered["default/billing"], expected_billing.len() as u64);
+    assert_eq!(delivered["default/audit"], expected_audit.len() as u64);
+    assert_eq!(
+        sidecar.metric_sum(
+            "bulwark_webhook_deliveries_total{endpoint=\"default/billing\",outcome=\"delivered\"}"
+        ),
+        expected_billing.len() as f64
+    );
+}
+
+#[test]
+fn a_failing_or_rate_limiting_receiver_is_retried_until_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let policy = endpoint(
+        "orders",
+        &receiver.url("/in"),
+        "orders-key",
+        KEY_A,
+        "  retry: {schedule: [0s, 300ms, 300ms, 300ms, 300ms], jitterPercent: 0}\n",
+    );
+    let sidecar = sidecar(dir.path(), &policy);
+
+    receiver.set_mode(json!({"mode": "fail", "status": 503, "times": 2}));
+    let id = accepted_id(
+        &sidecar,
+        &json!({"eventType": "order.created", "payload": {"n": 1}}),
+    );
+    let received = receiver.wait_for_deliveries(3, Duration::from_secs(10));
+    let statuses: Vec<u16> = received.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 503, 204]);
+    assert!(
+        received
+            .iter()
+            .all(|r| r.verified && r.id.as_deref() == Some(&id))
+    );
+    // The same webhook-id on every attempt, a fresh timestamp signed each time.
+    let attempts = get_json(&sidecar, &format!("/webhooks/v1/messages/{id}/attempts"));
+    let results: Vec<&str> = attempts["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
+    eventually(Duration::from_secs(5), "three attempts recorded", || {
+        let a = get_json(&sidecar, &format!("/webhooks/v1/messages/{id}/attempts"));
+        (a["attempts"].as_array()?.len() == 3).then_some(())
+    });
+    assert!(
+        results.len() <= 3 && results.iter().take(2).all(|r| *r == "5xx"),
+        "{results:?}"
+    );
+
+    // 429 with Retry-After: 1 pushes the retry back by a second, not the schedule's 300 ms.
+    receiver.set_mode(json!({"mode": "ratelimit", "retryAfter": "1", "times": 1}));
+    let id = accepted_id(
+        &sidecar,
+        &json!({"eventType": "order.created", "payload": {"n": 2}}),
+    );
+    let received = receiver.wait_for_deliveries(5, Duration::from_secs(10));
+    let mine: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.id.as_deref() == Some(&id))
+        .collect();
+    assert_eq!(
+        mine.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [429, 204]
+    );
+    let waited = mine[1].received_at - mine[0].received_at;
+    assert!(
+        waited >= 0.95,
+        "the retry came {waited:.3}s after the 429, before Retry-After"
+    );
+
+    // A 4xx other than 408/409/425/429 is final: a dead letter at once, no second attempt.
+    receiver.set_mode(json!({"mode": "fail", "status": 422, "times": 1}));
+    let id = accepted_id(
+        &sidecar,
+        &json!({"eventType": "order.created", "payload": {"n": 3}}),
+    );
+    let letters = eventually(Duration::from_secs(5), "a dead letter", || {
+        let v = get_json(
+            &sidecar,
+            "/webhooks/v1/endpoints/default/orders/dead-letters",
+        );
+        let letters = v["deadLetters"].as_array()?.clone();
+        (!letters.is_empty()).then_some(letters)
+    });
+    assert_eq!(letters[0]["id"], id.as_str());
+    assert_eq!(letters[0]["attempts"], 1);
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("422"),
+        "{letters:?}"
+    );
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.id.as_deref() == Some(&id))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_receiver_down_past_the_schedule_ends_in_dead_letters_and_replay_delivers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = WebhookReceiver::start(Library::Node, dir.path(), KEY_B);
+    let policy = endpoint(
+        "crm",
+        &receiver.url("/events"),
+        "crm-key",
+        KEY_B,
+        "  retry: {schedule: [0s, 200ms, 200ms], jitterPercent: 0}\n",
+    );
+    let sidecar = sidecar(dir.path(), &policy);
+    receiver.kill();
+    let sent: BTreeSet<String> = (0..6)
+        .map(|i| {
+            accepted_id(
+                &sidecar,
+                &json!({"eventType": "contact.updated", "payload": {"i": i}}),
+            )
+        })
+        .collect();
+    let letters = eventually(Duration::from_secs(20), "six dead letters", || {
+        let v = get_json(&sidecar, "/webhooks/v1/endpoints/default/crm/dead-letters");
+        let letters = v["deadLetters"].as_array()?.clone();
+        (letters.len() == 6).then_some(letters)
+    });
+    let dead: BTreeSet<String> = letters
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(dead, sent);
+    for letter in &letters {
+        assert_eq!(letter["attempts"], 3, "{letter}");
+        assert_eq!(letter["eventType"], "contact.updated");
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .contains("schedule exhausted"),
+            "{letter}"
+        );
+    }
+    assert_eq!(
+        sidecar.metric_sum("bulwark_webhook_dead_letters{endpoint=\"default/crm\"}"),
+        6.0
+    );
+
+    // Back up: replay one by id, then the rest since a time before they were accepted.
+    receiver.restart();
+    let first = letters[0]["id"].as_str().unwrap();
+    let replay = http_post(
+        sidecar.admin,
+        "/webhooks/v1/endpoints/default/crm/dead-letters/replay",
+        &json!({"id": first}).to_string(),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(replay.status, 202, "{}", replay.body);
+    assert_eq!(body(&replay)["replayed"], json!([first]));
+    receiver.wait_for_deliveries(1, Duration::from_secs(10));
+    let replay = http_post(
+        sidecar.admin,
+        "/webhooks/v1/endpoints/default/crm/dead-letters/replay",
+        &json!({"since": "2020-01-01T00:00:00Z"}).to_string(),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(body(&replay)["replayed"].as_array().unwrap().len(), 5);
+    let received = receiver.wait_for_deliveries(6, Duration::from_secs(10));
+    assert!(received.iter().all(|r| r.verified && r.status == 204));
+    assert_eq!(ids(&received).into_iter().collect::<BTreeSet<_>>(), sent);
+    let v = get_json(&sidecar, "/webhooks/v1/endpoints/default/crm/dead-letters");
+    assert_eq!(v["deadLetters"], json!([]));
+}
+
+#[test]
+fn an_idempotency_key_delivers_once_however_often_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let policy = endpoint("payments", &receiver.url("/"), "payments-key", KEY_A, "");
+    let sidecar = Arc::new(sidecar(dir.path(), &policy));
+    let message = json!({"eventType": "payment.settled", "payload": {"amount": 5}, "idempotencyKey": "pay-42"});
+    // Eight at once, then more one by one: one id, one delivery.
+    let answers: Vec<Value> = (0..8)
+        .map(|_| {
+            let sidecar = sidecar.clone();
+            let message = message.clone();
+            thread::spawn(move || body(&submit(&sidecar, &message)))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .chain((0..4).map(|_| body(&submit(&sidecar, &message))))
+        .collect();
+    let distinct: BTreeSet<&str> = answers.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| a["duplicate"] == true).count(),
+        11
+    );
+    receiver.wait_for_deliveries(1, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(
+        sidecar.metric_sum("bulwark_webhook_messages_accepted_total{result=\"duplicate\"}"),
+        11.0
+    );
+}
+
+#[test]
+fn bad_submissions_get_a_status_naming_the_field_and_nothing_is_half_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let policy = endpoint("sink", &receiver.url("/"), "sink-key", KEY_A, "");
+    let sidecar = sidecar(dir.path(), &policy);
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/webhooks/v1/messages", "{not json", 400, ""),
+        (
+            "/webhooks/v1/messages",
+            r#"{"payload": {}}"#,
+            422,
+            "eventType",
+        ),
+        (
+            "/webhooks/v1/messages",
+            r#"{"eventType": "a b", "payload": {}}"#,
+            422,
+            "eventType",
+        ),
+        (
+            "/webhooks/v1/messages",
+            r#"{"eventType": "a", "payload": "text"}"#,
+            422,
+            "payload",
+        ),
+        (
+            "/webhooks/v1/messages",
+            r#"{"eventType": "a", "payload": {}, "idempotencyKey": 7}"#,
+            422,
+            "idempotencyKey",
+        ),
+        (
+            "/webhooks/v1/messages/batch",
+            r#"{"messages": [{"eventType": "a", "payload": {}}, {"eventType": "b"}]}"#,
+            422,
+            "messages[1].payload",
+        ),
+    ];
+    for (path, message, status, field) in cases {
+        let response = http_post(sidecar.admin, path, message, &[]).unwrap();
+        assert_eq!(response.status, *status, "{message}: {}", response.body);
+        assert_eq!(
+            body(&response)["field"].as_str().unwrap_or_default(),
+            *field,
+            "{message}"
+        );
+    }
+    let big = format!(
+        r#"{{"eventType": "a", "payload": {{"x": "{}"}}}}"#,
+        "y".repeat(300 * 1024)
+    );
+    let response = http_post(sidecar.admin, "/webhooks/v1/messages", &big, &[]).unwrap();
+    assert_eq!(
+        (response.status, body(&response)["field"].as_str()),
+        (413, Some("payload"))
+    );
+    // The valid first message of the refused batch was not delivered.
+    accepted_id(&sidecar, &json!({"eventType": "marker", "payload": {}}));
+    let received = receiver.wait_for_deliveries(1, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(receiver.received().len(), 1, "{received:?}");
+}
+
+#[test]
+fn private_and_loopback_targets_are_refused_unless_the_endpoint_allows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    // Loopback by address and by name, and the cloud metadata address: all refused.
+    let guarded = |name: &str, url: &str| {
+        endpoint(name, url, &format!("{name}-key"), KEY_A, "").replace(
+            "allowPrivateAddresses: true",
+            "allowPrivateAddresses: false",
+        )
+    };
+    let policy = [
+        guarded("by-address", &receiver.url("/")),
+        guarded("by-name", &format!("http://localhost:{}/", receiver.port())),
+        guarded("metadata", "http://169.254.169.254/latest/meta-data/"),
+    ]
+    .join("---\n");
+    let sidecar = sidecar(dir.path(), &policy);
+    accepted_id(&sidecar, &json!({"eventType": "probe", "payload": {}}));
+    for (endpoint, why) in [
+        ("by-address", "127.0.0.1 (loopback)"),
+        ("by-name", "(loopback)"),
+        ("metadata", "link-local"),
+    ] {
+        let letters = eventually(Duration::from_secs(10), endpoint, || {
+            let v = get_json(
+                &sidecar,
+                &format!("/webhooks/v1/endpoints/default/{endpoint}/dead-letters"),
+            );
+            let letters = v["deadLetters"].as_array()?.clone();
+            (!letters.is_empty()).then_some(letters)
+        });
+        let reason = letters[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("refused") && reason.contains(why),
+            "{endpoint}: {reason}"
+        );
+        assert_eq!(letters[0]["attempts"], 1, "a refusal is not retried");
+    }
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
+    assert_eq!(
+        sidecar.metric_sum(
+            "bulwark_webhook_attempts_total{endpoint=\"default/by-address\",result=\"refused\"}"
+        ),
+        1.0
+    );
+}
+
+/// SIGKILL in the middle of a burst, then a restart on the same state directory: every message
+/// that got a 202 reaches the receiver (at least once), and an idempotency key accepted before
+/// the crash still answers with the first id after it.
+#[test]
+fn kill_9_mid_burst_loses_no_accepted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let policy = endpoint(
+        "ledger",
+        &receiver.url("/"),
+        "ledger-key",
+        KEY_A,
+        "  retry: {schedule: [0s, 200ms], jitterPercent: 0}\n  maxConcurrency: 4\n",
+    );
+    let mut first = sidecar(dir.path(), &policy);
+    let before = accepted_id(
+        &first,
+        &json!({"eventType": "entry.posted", "payload": {"n": -1}, "idempotencyKey": "before-crash"}),
+    );
+
+    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let admin = first.admin;
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let (accepted, count, stop) = (accepted.clone(), count.clone(), stop.clone());
+            thread::spawn(move || {
+                for i in 0..2_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let message =
+                        json!({"eventType": "entry.posted", "payload": {"client": c, "i": i}});
+                    match http_post(admin, "/webhooks/v1/messages", &message.to_string(), &[]) {
+                        Some(r) if r.status == 202 => {
+                            let id: Value = serde_json::from_str(&r.body).unwrap();
+                            accepted
+                                .lock()
+                                .unwrap()
+                                .insert(id["id"].as_str().unwrap().to_owned());
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(r) => panic!("refused: {} {}", r.status, r.body),
+                        // Killed: no answer means not accepted.
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(60), "500 messages accepted", || {
+        (count.load(Ordering::Relaxed) >= 500).then_some(())
+    });
+    first.process.kill();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let delivered_before = receiver.received().len();
+
+    let second = sidecar(dir.path(), &policy);
+    let received = eventually(
+        Duration::from_secs(90),
+        "every accepted message delivered",
+        || {
+            let got: BTreeSet<String> = ids(&receiver.received()).into_iter().collect();
+            accepted.is_subset(&got).then_some(got)
+        },
+    );
+    assert!(received.contains(&before));
+    let log = receiver.received();
+    assert!(log.iter().all(|r| r.verified));
+    let duplicates = log.len() - received.len();
+    eprintln!(
+        "accepted {} before SIGKILL ({} delivered by then); after restart all delivered, {duplicates} delivered twice",
+        accepted.len(),
+        delivered_before
+    );
+    let again = body(&submit(
+        &second,
+        &json!({"eventType": "entry.posted", "payload": {"n": -1}, "idempotencyKey": "before-crash"}),
+    ));
+    assert_eq!(again["id"], before.as_str());
+    assert_eq!(again["duplicate"], true);
+}
+
+/// A receiver that is down trips the endpoint's breaker after 20 failed attempts: further due
+/// attempts wait (no schedule is spent on a receiver known to be down) until a trial attempt
+/// after 10 s finds it back; then everything is delivered.
+#[test]
+fn a_dead_receiver_opens_the_breaker_and_a_trial_closes_it_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let policy = endpoint(
+        "flaky",
+        &receiver.url("/"),
+        "flaky-key",
+        KEY_A,
+        "  retry: {schedule: [0s, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms, 100ms], jitterPercent: 0}\n",
+    );
+    let sidecar = sidecar(dir.path(), &policy);
+    receiver.kill();
+    let sent: BTreeSet<String> = (0..5)
+        .map(|i| accepted_id(&sidecar, &json!({"eventType": "tick", "payload": {"i": i}})))
+        .collect();
+    let series = "bulwark_webhook_attempts_total{endpoint=\"default/flaky\",result=\"network\"}";
+    eventually(Duration::from_secs(10), "the breaker open", || {
+        let report = get_json(&sidecar, "/webhooks/v1/endpoints");
+        (report["endpoints"][0]["circuitBreaker"] == "open").then_some(())
+    });
+    // Attempts in flight when it opened (up to maxConcurrency, 10) still finish.
+    thread::sleep(Duration::from_millis(300));
+    let when_opened = sidecar.metric_sum(series);
+    assert!(
+        (20.0..=30.0).contains(&when_opened),
+        "opened after {when_opened} failed attempts"
+    );
+    // While open, no attempt is made and none of the 50 scheduled ones is spent.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(sidecar.metric_sum(series), when_opened);
+    assert_eq!(
+        get_json(&sidecar, "/webhooks/v1/endpoints")["endpoints"][0]["pending"],
+        5
+    );
+
+    receiver.restart();
+    let received = receiver.wait_for_deliveries(5, Duration::from_secs(20));
+    assert_eq!(ids(&received).into_iter().collect::<BTreeSet<_>>(), sent);
+    assert!(received.iter().all(|r| r.verified));
+    eventually(Duration::from_secs(5), "the breaker closed", || {
+        let report = get_json(&sidecar, "/webhooks/v1/endpoints");
+        (report["endpoints"][0]["circuitBreaker"] == "closed").then_some(())
+    });
+}
