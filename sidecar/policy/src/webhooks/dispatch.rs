@@ -318,14 +318,11 @@ async fn attempt(outbox: Arc<Outbox>, endpoint: Arc<Endpoint>, id: u128, number:
         lane.breaker
             .record(unhealthy, latency.as_nanos() as u64, now);
         match &after {
-            AfterAttempt::Delivered => lane.delivered += 1,
-            AfterAttempt::Retry { at_ms } => {
-                lane.queue.push(id, *at_ms, number);
-            }
+            AfterAttempt::Delivered => {}
+            AfterAttempt::Retry { at_ms } => lane.queue.push(id, *at_ms, number),
             AfterAttempt::Dead { .. } => lane.dead_letters += 1,
         }
         if !sent.result.is_success() {
-            lane.failed_attempts += 1;
             lane.last_failure = Some(LastFailure {
                 at_unix_ms: now_ms,
                 status,

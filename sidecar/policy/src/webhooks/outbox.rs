@@ -4,7 +4,7 @@
 //! endpoints exist.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
     time::Instant,
@@ -18,7 +18,7 @@ use super::{
     message::{InvalidMessage, NewMessage, format_id, id_time_ms},
     metrics::WebhookMetrics,
     queue::EndpointQueue,
-    store::{Accepted, DeadLetter, Pending, ReplaySelector, Retention, Store, StoreError},
+    store::{Accepted, Counts, DeadLetter, Pending, ReplaySelector, Retention, Store, StoreError},
 };
 use crate::{
     clock::unix_nanos,
@@ -113,8 +113,6 @@ pub(super) struct Lane {
     pub in_flight: u32,
     pub rate: algorithm::State,
     pub breaker: Breaker,
-    pub delivered: u64,
-    pub failed_attempts: u64,
     pub dead_letters: u64,
     pub last_failure: Option<LastFailure>,
 }
@@ -126,8 +124,6 @@ impl Default for Lane {
             in_flight: 0,
             rate: algorithm::State::default(),
             breaker: Breaker::new(BREAKER),
-            delivered: 0,
-            failed_attempts: 0,
             dead_letters: 0,
             last_failure: None,
         }
@@ -327,14 +323,26 @@ impl Outbox {
             .map_err(|e| AcceptError::Unavailable(e.to_string()))
     }
 
+    /// Each endpoint's delivery counts on this sidecar (kept across restarts), for the
+    /// WebhookEndpoint's status; empty until the store is open.
+    pub fn counts(&self) -> BTreeMap<String, Counts> {
+        self.store
+            .get()
+            .and_then(|s| s.counts().ok())
+            .unwrap_or_default()
+    }
+
     pub fn is_open(&self) -> bool {
         self.store.get().is_some()
     }
 
     /// Every endpoint of the installed policy, and any other the store still holds work for.
+    /// `delivered` and `failedAttempts` are the store's counts (as recorded: up to
+    /// [`super::store::SYNC_EVERY`] behind).
     pub fn report(&self) -> Vec<EndpointReport> {
         let policy = self.runtime.policy();
         let now_ms = unix_nanos() / 1_000_000;
+        let counts = self.counts();
         let lanes = lock(&self.lanes);
         let mut ids: Vec<&str> = policy.webhooks.iter().map(|e| e.id.as_str()).collect();
         ids.extend(lanes.keys().map(String::as_str));
@@ -353,8 +361,8 @@ impl Outbox {
                     oldest_pending_seconds: lane
                         .and_then(|l| l.queue.oldest())
                         .map(|o| now_ms.saturating_sub(id_time_ms(o)) / 1000),
-                    delivered: lane.map_or(0, |l| l.delivered),
-                    failed_attempts: lane.map_or(0, |l| l.failed_attempts),
+                    delivered: counts.get(id).map_or(0, |c| c.delivered),
+                    failed_attempts: counts.get(id).map_or(0, |c| c.failed_attempts),
                     dead_letters: lane.map_or(0, |l| l.dead_letters),
                     circuit_breaker: lane
                         .map_or(BreakerState::Closed, |l| l.breaker.state(unix_nanos()))

@@ -15,7 +15,8 @@
 //! - `deliveries`: (id, endpoint) → attempts made, next attempt, dead-letter time and last error;
 //! - `dead`: (endpoint, id), the dead letters of each endpoint in acceptance order;
 //! - `attempts`: (id, endpoint, n) → what attempt n got (kept [`Retention::attempts`]);
-//! - `idempotency`, `idempotency_by_id`: key ↔ first id (kept [`Retention::idempotency`]).
+//! - `idempotency`, `idempotency_by_id`: key ↔ first id (kept [`Retention::idempotency`]);
+//! - `counts`: each endpoint's delivered, failed-attempt and dead-letter counts (kept for good).
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +43,10 @@ const ATTEMPTS: TableDefinition<'_, (u128, &str, u32), &[u8]> =
 const IDEMPOTENCY: TableDefinition<'_, &str, u128> = TableDefinition::new("webhook_idempotency_v1");
 const IDEMPOTENCY_BY_ID: TableDefinition<'_, u128, &str> =
     TableDefinition::new("webhook_idempotency_by_id_v1");
+/// endpoint → (delivered, failed attempts, dead-lettered), since the endpoint's first message
+/// on this sidecar: what it reports to the operator for the WebhookEndpoint's status.
+const COUNTS: TableDefinition<'_, &str, (u64, u64, u64)> =
+    TableDefinition::new("webhook_counts_v1");
 
 /// The file name in `--state-dir`.
 pub const FILE_NAME: &str = "webhooks.redb";
@@ -193,6 +198,15 @@ pub struct AttemptDone {
     pub after: AfterAttempt,
 }
 
+/// An endpoint's delivery counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    pub dead_lettered: u64,
+}
+
 /// Which dead letters of an endpoint to replay.
 #[derive(Clone, Copy, Debug)]
 pub enum ReplaySelector {
@@ -290,6 +304,7 @@ impl Store {
             txn.open_table(ATTEMPTS)?;
             txn.open_table(IDEMPOTENCY)?;
             txn.open_table(IDEMPOTENCY_BY_ID)?;
+            txn.open_table(COUNTS)?;
         }
         txn.commit()?;
         let recovered = recover(&db)?;
@@ -417,6 +432,26 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Delivery counts, by endpoint.
+    pub fn counts(&self) -> Result<BTreeMap<String, Counts>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COUNTS)?;
+        let mut counts = BTreeMap::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (delivered, failed_attempts, dead_lettered) = value.value();
+            counts.insert(
+                key.value().to_owned(),
+                Counts {
+                    delivered,
+                    failed_attempts,
+                    dead_lettered,
+                },
+            );
+        }
+        Ok(counts)
     }
 
     /// Dead letters kept, by endpoint.
@@ -634,6 +669,18 @@ fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
     )?;
     state.attempts = done.number;
     state.last_error = done.record.error.clone();
+    let mut counts_table = txn.open_table(COUNTS)?;
+    let (mut delivered, mut failed, mut dead) =
+        counts_table.get(endpoint)?.map_or((0, 0, 0), |v| v.value());
+    match done.after {
+        AfterAttempt::Delivered => delivered += 1,
+        AfterAttempt::Retry { .. } => failed += 1,
+        AfterAttempt::Dead { .. } => {
+            failed += 1;
+            dead += 1;
+        }
+    }
+    counts_table.insert(endpoint, (delivered, failed, dead))?;
     match done.after {
         AfterAttempt::Delivered => {
             deliveries.remove((done.id, endpoint))?;

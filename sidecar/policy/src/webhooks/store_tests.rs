@@ -259,3 +259,41 @@ fn a_full_store_refuses_new_messages_and_keeps_the_old_ones() {
     });
     assert!(store.message(id(1_000, 0)).unwrap().is_some());
 }
+
+#[test]
+fn counts_add_up_each_endpoints_attempts_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.redb");
+    let (a, b) = (id(1_000, 0), id(1_000, 1));
+    runtime().block_on(async {
+        let (store, _) = Store::open(&path, 64 * MB, Retention::default()).unwrap();
+        store
+            .accept(vec![
+                pending(a, None, &["ns/x"]),
+                pending(b, None, &["ns/x"]),
+            ])
+            .await
+            .unwrap();
+        store.record(attempt(a, "ns/x", 1, AfterAttempt::Retry { at_ms: 3_000 }));
+        store.record(attempt(a, "ns/x", 2, AfterAttempt::Delivered));
+        store.record(attempt(
+            b,
+            "ns/x",
+            1,
+            AfterAttempt::Dead {
+                reason: "410".into(),
+            },
+        ));
+        store.flush().await.unwrap();
+    });
+    let (store, _) = Store::open(&path, 64 * MB, Retention::default()).unwrap();
+    let counts = store.counts().unwrap();
+    assert_eq!(
+        counts["ns/x"],
+        super::store::Counts {
+            delivered: 1,
+            failed_attempts: 2,
+            dead_lettered: 1
+        }
+    );
+}
