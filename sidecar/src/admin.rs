@@ -3,8 +3,9 @@
 //! none to wait for), `/metrics`, `/config` (the snapshot being enforced, secrets redacted).
 //! The features': `/quota` (a key's quota usage: [`bulwark_policy::quota::admin`]), OFREP
 //! (`/ofrep/v1/evaluate/flags[/{key}]`: [`bulwark_policy::flags::ofrep`]), `/failover` (the
-//! upstreams' live state: [`bulwark_policy::failover::admin`]); next, the webhook
-//! API, each added with [`Admin::route`] or [`Admin::route_under`] calls in `main.rs`.
+//! upstreams' live state: [`bulwark_policy::failover::admin`]), the webhook API
+//! (`/webhooks/v1/...`: [`crate::webhooks::api`]), each added with [`Admin::route`] or
+//! [`Admin::route_under`].
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Instant};
 

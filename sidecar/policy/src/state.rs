@@ -1,8 +1,9 @@
 //! Long-lived state of the policy features, kept across snapshots by identity.
 //!
 //! A snapshot is compiled whole and swapped whole, but some of what the features hold must not
-//! start over with every policy change: a JWT policy's verified tokens, and next upstream
-//! health, ejections, circuit breakers, retry budgets and webhook queues. Each such state has an
+//! start over with every policy change: a JWT policy's verified tokens, upstream health,
+//! ejections, circuit breakers and retry budgets (webhook queues live in the outbox, one per
+//! process, not here: they outlive every policy). Each such state has an
 //! identity (a hash of whatever makes it valid: a policy's key material, an upstream's
 //! address); compiling a snapshot asks the registry for the state of each identity it needs
 //! (reusing what is held, creating what is not, changing nothing), and installing the compiled

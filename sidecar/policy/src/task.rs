@@ -1,5 +1,5 @@
 //! Long-lived background work of the policy features (sweeping counters, syncing with Redis,
-//! flushing usage; next: health probes and webhook delivery). Written against this trait, not
+//! flushing usage, webhook delivery). Written against this trait, not
 //! the proxy's, so it is tested without one; the sidecar binary runs each as a service started
 //! once, before it serves.
 
