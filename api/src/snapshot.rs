@@ -270,6 +270,7 @@ mod tests {
     fn webhook_snapshot() -> Snapshot {
         let endpoint: WebhookEndpointSpec = WebhookEndpointSpec {
             selector: Default::default(),
+            scope: Default::default(),
             url: "https://hooks.example.com/in".into(),
             signing: Signing {
                 secret_ref: SecretKeyRef {

@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{HttpHeader, PolicyStatus, SecretKeyRef};
+use super::common::{HttpHeader, PolicyStatus, Scope, SecretKeyRef};
 use crate::Duration;
 
 /// WebhookEndpoint is a subscriber: events that the selected pods' apps submit to their sidecar
@@ -57,11 +57,18 @@ use crate::Duration;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("isURL(self.url) && url(self.url).getScheme() in ['https', 'http'] && url(self.url).getHostname() != ''").message("url must be an absolute http(s) URL").field_path(".url"))]
 #[x_kube(validation = Rule::new("!isURL(self.url) || url(self.url).getScheme() != 'http' || (has(self.network) && self.network.allowInsecureHTTP)").message("url must use https unless network.allowInsecureHTTP is true").field_path(".url"))]
+#[x_kube(validation = Rule::new("!(has(self.ordered) && self.ordered) || !has(self.scope) || self.scope != 'Global'").message("ordered delivery needs scope: Local (one sidecar delivers in order; a shared queue is worked by several)").field_path(".ordered"))]
 pub struct WebhookEndpointSpec {
     /// Selects the pods, in this namespace, whose sidecars deliver to this endpoint. An empty
     /// selector selects every injected pod of the namespace.
     #[serde(default)]
     pub selector: LabelSelector,
+    /// Where the queue lives. `Local` (default): each sidecar's own on-disk store; a message is
+    /// delivered by the sidecar that accepted it. `Global`: one queue in Redis shared by every
+    /// selected pod (Redis Streams, one consumer group): any of them delivers, and one finishes
+    /// the work of another that died.
+    #[serde(default)]
+    pub scope: Scope,
     /// Where messages are POSTed. Must be https unless `network.allowInsecureHTTP` is set.
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,

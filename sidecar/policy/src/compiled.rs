@@ -100,7 +100,7 @@ impl CompiledPolicy {
             error,
         })?;
         let webhooks =
-            Webhooks::compile(&snapshot.webhooks).map_err(|(source, error)| PolicyError {
+            Webhooks::compile(&snapshot.webhooks, &env).map_err(|(source, error)| PolicyError {
                 kind: "WebhookEndpoint",
                 source,
                 error,

@@ -47,8 +47,11 @@ pub fn routes(admin: Admin, outbox: Arc<Outbox>) -> Admin {
             async move { below_messages_route(&outbox, request).await }
         })
         .route("/webhooks/v1/endpoints", move |_| {
-            let report = endpoints.report();
-            async move { AdminResponse::json(StatusCode::OK, &json!({ "endpoints": report })) }
+            let outbox = endpoints.clone();
+            async move {
+                let report = outbox.report().await;
+                AdminResponse::json(StatusCode::OK, &json!({ "endpoints": report }))
+            }
         })
         .route_under("/webhooks/v1/endpoints/", move |request| {
             let outbox = outbox.clone();
@@ -136,7 +139,7 @@ async fn endpoint_route(outbox: &Outbox, request: AdminRequest) -> AdminResponse
                     );
                 }
             };
-            match outbox.dead_letters(&endpoint, after, limit) {
+            match outbox.dead_letters(&endpoint, after, limit).await {
                 Ok(letters) => {
                     let next = (letters.len() == limit)
                         .then(|| letters.last().map(|l| format_id(l.id)))

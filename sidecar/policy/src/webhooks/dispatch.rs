@@ -15,14 +15,16 @@ use super::{
     endpoint::Endpoint,
     message::{format_id, id_time_ms},
     outbox::{LastFailure, Outbox},
+    shared::{self, Settle, Taken},
     retry::{AttemptResult, FailureKind, Next},
     signature,
-    store::{AfterAttempt, AttemptDone, AttemptRecord, Store},
+    store::{AfterAttempt, AttemptDone, AttemptRecord, Counts, Store},
 };
 use crate::{
     clock::unix_nanos,
     lock::lock,
     ratelimit::algorithm::{self, Algorithm, Rate},
+    redis_client::RedisClient,
     task::{BackgroundTask, Shutdown},
 };
 
@@ -41,6 +43,8 @@ pub trait Transport: Send + Sync + 'static {
     async fn post(&self, endpoint: &Endpoint, headers: HeaderMap, body: Vec<u8>) -> Sent;
 }
 
+/// How often a sidecar looks for work in the shared queues when it is not woken.
+const SHARED_POLL: Duration = Duration::from_millis(100);
 /// How often retention runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How long shutdown waits for attempts in flight to finish (their results are then made
@@ -63,7 +67,11 @@ impl BackgroundTask for Dispatcher {
                 next_sweep = Instant::now() + SWEEP_EVERY;
                 sweep(outbox, &store).await;
             }
-            let wait = start_due(outbox);
+            let mut wait = start_due(outbox);
+            if poll_shared(outbox).await {
+                // Shared queues are polled: other sidecars add work this one is not told of.
+                wait = wait.min(SHARED_POLL);
+            }
             tokio::select! {
                 _ = outbox.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -170,7 +178,7 @@ fn start_due(outbox: &Arc<Outbox>) -> Duration {
         let Some(endpoint) = policy.webhooks.get(id) else {
             continue;
         };
-        if endpoint.disabled {
+        if endpoint.disabled || endpoint.shared {
             continue;
         }
         while lane.in_flight < endpoint.max_concurrency && total < outbox.config.max_in_flight {
@@ -185,13 +193,13 @@ fn start_due(outbox: &Arc<Outbox>) -> Duration {
                 break;
             }
             if let Some(per_second) = endpoint.rate_per_second {
-                let rate = Rate {
-                    limit: u64::from(per_second),
-                    window_nanos: 1_000_000_000,
-                    burst: u64::from(per_second),
-                };
-                let (outcome, state) =
-                    algorithm::decide(Algorithm::TokenBucket, rate, lane.rate, now, 1);
+                let (outcome, state) = algorithm::decide(
+                    Algorithm::TokenBucket,
+                    per_second_rate(per_second),
+                    lane.rate,
+                    now,
+                    1,
+                );
                 if !outcome.allowed {
                     wait_ms = wait_ms.min(outcome.retry_after_nanos / 1_000_000 + 1);
                     break;
@@ -227,6 +235,7 @@ async fn attempt(outbox: Arc<Outbox>, endpoint: Arc<Endpoint>, id: u128, number:
             // Swept (retention) or never stored: nothing to deliver.
             if let Some(lane) = lock(&outbox.lanes).get_mut(&endpoint.id) {
                 lane.in_flight -= 1;
+                lane.breaker.release();
             }
             return;
         }
@@ -242,13 +251,61 @@ async fn attempt(outbox: Arc<Outbox>, endpoint: Arc<Endpoint>, id: u128, number:
             return;
         }
     };
+    let done = perform(&outbox, &endpoint, id, number, message.payload).await;
+    if let AfterAttempt::Retry { at_ms } = &done.after
+        && let Some(lane) = lock(&outbox.lanes).get_mut(&endpoint.id)
+    {
+        lane.queue.push(id, *at_ms, number);
+    }
+    store.record(done);
+    outbox.wake.notify_one();
+}
+
+/// One attempt of a shared endpoint's entry, settled in its Redis queue.
+async fn attempt_shared(
+    outbox: Arc<Outbox>,
+    endpoint: Arc<Endpoint>,
+    redis: RedisClient,
+    taken: Taken,
+) {
+    let number = taken.attempts + 1;
+    let done = perform(&outbox, &endpoint, taken.id, number, taken.payload.clone()).await;
+    let settle = match &done.after {
+        AfterAttempt::Delivered => Settle::Delivered,
+        AfterAttempt::Retry { at_ms } => Settle::Retry { at_ms: *at_ms },
+        AfterAttempt::Dead { reason } => Settle::Dead { reason },
+    };
+    match shared::settle(&redis, &endpoint.id, &taken, number, settle, done.record.at_ms).await {
+        Ok(true) => {
+            if let Some(store) = outbox.store.get() {
+                store.count(&endpoint.id, Counts::of(&done.after));
+            }
+        }
+        // Taken over by another sidecar (this attempt outlasted the idle bound): it settles.
+        Ok(false) => {}
+        // Left in this consumer's pending list: another sidecar (or this one) takes it again
+        // once it has been idle long enough, and attempts it again (at least once).
+        Err(e) => tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot settle a shared webhook delivery"),
+    }
+    outbox.wake.notify_one();
+}
+
+/// Signs and sends one attempt, decides what comes next, and updates the endpoint's lane
+/// (in-flight count, breaker, last failure) and metrics; the caller records the result.
+async fn perform(
+    outbox: &Outbox,
+    endpoint: &Endpoint,
+    id: u128,
+    number: u32,
+    payload: Vec<u8>,
+) -> AttemptDone {
     let webhook_id = format_id(id);
     let timestamp = (unix_nanos() / 1_000_000_000) as i64;
-    let headers = headers(&endpoint, &webhook_id, timestamp, &message.payload);
+    let headers = headers(endpoint, &webhook_id, timestamp, &payload);
     let started = Instant::now();
     let sent = match tokio::time::timeout(
         endpoint.timeout,
-        outbox.transport.post(&endpoint, headers, message.payload),
+        outbox.transport.post(endpoint, headers, payload),
     )
     .await
     {
@@ -317,10 +374,8 @@ async fn attempt(outbox: Arc<Outbox>, endpoint: Arc<Endpoint>, id: u128, number:
         };
         lane.breaker
             .record(unhealthy, latency.as_nanos() as u64, now);
-        match &after {
-            AfterAttempt::Delivered => {}
-            AfterAttempt::Retry { at_ms } => lane.queue.push(id, *at_ms, number),
-            AfterAttempt::Dead { .. } => lane.dead_letters += 1,
+        if matches!(after, AfterAttempt::Dead { .. }) && !endpoint.shared {
+            lane.dead_letters += 1;
         }
         if !sent.result.is_success() {
             lane.last_failure = Some(LastFailure {
@@ -330,7 +385,7 @@ async fn attempt(outbox: Arc<Outbox>, endpoint: Arc<Endpoint>, id: u128, number:
             });
         }
     }
-    store.record(AttemptDone {
+    AttemptDone {
         id,
         endpoint: endpoint.id.clone(),
         number,
@@ -343,8 +398,89 @@ async fn attempt(outbox: Arc<Outbox>, endpoint: Arc<Endpoint>, id: u128, number:
             response: sent.excerpt,
         },
         after,
-    });
-    outbox.wake.notify_one();
+    }
+}
+
+/// Takes work from the shared queues of `scope: Global` endpoints, as much as each endpoint's
+/// free slots (concurrency, rate, breaker) allow; returns whether there is any such endpoint.
+async fn poll_shared(outbox: &Arc<Outbox>) -> bool {
+    let policy = outbox.runtime.policy();
+    let Some(redis) = policy.redis.clone() else {
+        return false;
+    };
+    let mut any = false;
+    for endpoint in policy.webhooks.iter().filter(|e| e.shared) {
+        any = true;
+        if endpoint.disabled {
+            continue;
+        }
+        let now = unix_nanos();
+        let free = {
+            let mut lanes = lock(&outbox.lanes);
+            let total: u32 = lanes.values().map(|l| l.in_flight).sum();
+            let lane = lanes.entry(endpoint.id.clone()).or_default();
+            let mut free = endpoint
+                .max_concurrency
+                .saturating_sub(lane.in_flight)
+                .min((outbox.config.max_in_flight as u32).saturating_sub(total));
+            if let Some(per_second) = endpoint.rate_per_second {
+                // What the bucket holds now, without spending it: spent per attempt below.
+                let (outcome, _) =
+                    algorithm::decide(Algorithm::TokenBucket, per_second_rate(per_second), lane.rate, now, 0);
+                free = free.min(outcome.remaining as u32);
+            }
+            free
+        };
+        if free == 0 {
+            continue;
+        }
+        // An attempt can last `timeout`: an entry idle longer belongs to a sidecar that died.
+        let min_idle = endpoint.timeout + Duration::from_secs(15);
+        let taken = match shared::take(
+            &redis,
+            &endpoint.id,
+            &outbox.consumer,
+            now / 1_000_000,
+            free as usize,
+            min_idle,
+        )
+        .await
+        {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::debug!(endpoint = %endpoint.id, error = %e, "cannot read the shared webhook queue");
+                continue;
+            }
+        };
+        let mut lanes = lock(&outbox.lanes);
+        let lane = lanes.entry(endpoint.id.clone()).or_default();
+        for entry in taken {
+            // Over the breaker: the entry stays in this consumer's pending list until it is
+            // taken again (by any sidecar) once idle; nothing is lost.
+            if lane.breaker.try_acquire(now).is_err() {
+                continue;
+            }
+            if let Some(per_second) = endpoint.rate_per_second {
+                lane.rate = algorithm::consume(Algorithm::TokenBucket, per_second_rate(per_second), lane.rate, now, 1);
+            }
+            lane.in_flight += 1;
+            tokio::spawn(attempt_shared(
+                outbox.clone(),
+                endpoint.clone(),
+                redis.clone(),
+                entry,
+            ));
+        }
+    }
+    any
+}
+
+fn per_second_rate(per_second: u32) -> Rate {
+    Rate {
+        limit: u64::from(per_second),
+        window_nanos: 1_000_000_000,
+        burst: u64::from(per_second),
+    }
 }
 
 /// The request headers of one attempt: the endpoint's own, then the Standard Webhooks ones.

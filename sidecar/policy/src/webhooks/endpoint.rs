@@ -4,13 +4,13 @@
 use std::{sync::Arc, time::Duration};
 
 use bulwark_api::{
-    crd::webhook::WebhookEndpointSpec,
+    crd::{common::Scope, webhook::WebhookEndpointSpec},
     snapshot::{PolicySource, ResolvedWebhookEndpoint, Sourced},
 };
 use http::{HeaderName, HeaderValue, Uri};
 
 use super::{event_type::EventTypes, retry::Schedule, signature::SigningKey};
-use crate::compile::CompileError;
+use crate::compile::{CompileEnv, CompileError};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_MESSAGE_AGE: Duration = Duration::from_secs(72 * 3600);
@@ -32,6 +32,8 @@ pub struct Endpoint {
     pub max_concurrency: u32,
     pub ordered: bool,
     pub disabled: bool,
+    /// `scope: Global`: the queue is the endpoint's Redis Stream, shared by its sidecars.
+    pub shared: bool,
     pub allow_private_addresses: bool,
     pub follow_redirects: bool,
     /// The current key first; a previous one while its rotation grace period lasts.
@@ -42,8 +44,10 @@ impl Endpoint {
     pub fn compile(
         source: &PolicySource,
         resolved: &ResolvedWebhookEndpoint,
+        env: &CompileEnv<'_>,
     ) -> Result<Self, CompileError> {
         let spec: &WebhookEndpointSpec = &resolved.endpoint;
+        env.require_redis(spec.scope)?;
         let url: Uri = spec
             .url
             .parse()
@@ -110,6 +114,7 @@ impl Endpoint {
             max_concurrency: spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             ordered: spec.ordered,
             disabled: spec.disabled,
+            shared: spec.scope == Scope::Global,
             allow_private_addresses: network.allow_private_addresses,
             follow_redirects: network.follow_redirects,
             keys,
@@ -126,11 +131,12 @@ pub struct Webhooks {
 impl Webhooks {
     pub fn compile(
         webhooks: &[Sourced<ResolvedWebhookEndpoint>],
+        env: &CompileEnv<'_>,
     ) -> Result<Self, (PolicySource, CompileError)> {
         let mut endpoints = webhooks
             .iter()
             .map(|w| {
-                Endpoint::compile(&w.source, &w.spec)
+                Endpoint::compile(&w.source, &w.spec, env)
                     .map(Arc::new)
                     .map_err(|e| (w.source.clone(), e))
             })

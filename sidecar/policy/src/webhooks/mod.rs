@@ -5,7 +5,8 @@
 //!
 //! - [`endpoint`]: a snapshot's endpoints compiled (defaults, decoded keys);
 //! - [`message`]: reading submissions (errors name the field), message ids;
-//! - [`store`]: the durable queue (redb, group commit);
+//! - [`store`]: the durable queue (redb, group commit); [`shared`]: the queue of `scope: Global`
+//!   endpoints, shared by their sidecars (Redis Streams);
 //! - [`outbox`]: accept, dead letters, replay, status: what the admin API calls;
 //! - [`dispatch`]: the background task that attempts due deliveries, and the [`dispatch::Transport`]
 //!   the sidecar binary implements (HTTP, TLS, the SSRF guard);
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod queue;
 pub mod retry;
+pub mod shared;
 pub mod signature;
 pub mod ssrf;
 pub mod store;

@@ -18,13 +18,18 @@ use super::{
     message::{InvalidMessage, NewMessage, format_id, id_time_ms},
     metrics::WebhookMetrics,
     queue::EndpointQueue,
-    store::{Accepted, Counts, DeadLetter, Pending, ReplaySelector, Retention, Store, StoreError},
+    shared::{self, SharedAccept},
+    store::{
+        Accepted, Counts, DeadLetter, DeliveryState, Pending, ReplaySelector, Retention, Store,
+        StoreError,
+    },
 };
 use crate::{
     clock::unix_nanos,
     failover::breaker::{Breaker, BreakerConfig, BreakerState},
     lock::lock,
     ratelimit::algorithm,
+    redis_client::RedisClient,
     runtime::Runtime,
 };
 
@@ -86,6 +91,8 @@ pub struct EndpointReport {
     pub endpoint: String,
     pub url: String,
     pub disabled: bool,
+    /// `scope: Global`: the queue is shared by the endpoint's sidecars (Redis Streams).
+    pub shared: bool,
     pub pending: usize,
     pub in_flight: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,6 +148,9 @@ pub struct Outbox {
     pub(super) lanes: Mutex<HashMap<String, Lane>>,
     /// Wakes the dispatcher: new deliveries, a finished attempt, a replay.
     pub(super) wake: Notify,
+    /// This sidecar's consumer name in shared queues: the pod (host) name and a random part,
+    /// unique per process.
+    pub(super) consumer: String,
     ids: Mutex<ulid::Generator>,
 }
 
@@ -159,6 +169,11 @@ impl Outbox {
             store: OnceLock::new(),
             lanes: Mutex::default(),
             wake: Notify::new(),
+            consumer: format!(
+                "{}-{:08x}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into()),
+                fastrand::u32(..)
+            ),
             ids: Mutex::new(ulid::Generator::new()),
         })
     }
@@ -211,6 +226,7 @@ impl Outbox {
         let store = self.store()?;
         let policy = self.runtime.policy();
         let now_ms = unix_nanos() / 1_000_000;
+        let mut shared_endpoints: Vec<Vec<String>> = Vec::with_capacity(messages.len());
         let pending: Vec<Pending> = {
             let mut ids = lock(&self.ids);
             messages
@@ -221,9 +237,11 @@ impl Outbox {
                         Ok(u) => u.0,
                         Err(overflow) => overflow.commit_overflow_increment().0,
                     };
-                    let deliveries = policy
-                        .webhooks
-                        .matching(&m.event_type)
+                    let (shared, local): (Vec<_>, Vec<_>) =
+                        policy.webhooks.matching(&m.event_type).partition(|e| e.shared);
+                    shared_endpoints.push(shared.iter().map(|e| e.id.clone()).collect());
+                    let deliveries = local
+                        .iter()
                         .map(|e| {
                             let first = e.schedule.first(fastrand::f64()).as_millis() as u64;
                             (e.id.clone(), now_ms + first)
@@ -239,6 +257,45 @@ impl Outbox {
                 })
                 .collect()
         };
+        // Shared queues first: Redis being away refuses the submission before anything is
+        // stored here (a message may then be in some shared queues: an idempotency key makes
+        // the client's retry safe).
+        let mut shared_duplicates: Vec<Option<u128>> = vec![None; pending.len()];
+        if shared_endpoints.iter().any(|s| !s.is_empty()) {
+            let redis = policy.redis.as_ref().ok_or_else(|| {
+                AcceptError::Unavailable("no Redis for the shared webhook queue".into())
+            })?;
+            for ((message, endpoints), duplicate) in pending
+                .iter()
+                .zip(&shared_endpoints)
+                .zip(shared_duplicates.iter_mut())
+            {
+                for endpoint in endpoints {
+                    let key = message
+                        .idempotency_key
+                        .as_deref()
+                        .map(|k| (k, self.config.retention.idempotency));
+                    match shared::accept(
+                        redis,
+                        endpoint,
+                        message.id,
+                        &message.event_type,
+                        &message.payload,
+                        key,
+                    )
+                    .await
+                    {
+                        Ok(SharedAccept::New) => {}
+                        Ok(SharedAccept::Duplicate(first)) => *duplicate = Some(first),
+                        Err(e) => {
+                            return Err(AcceptError::Unavailable(format!(
+                                "the shared webhook queue did not take the message: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
         let accepted = store.accept(pending.clone()).await.map_err(|e| match e {
             StoreError::Full(m) => AcceptError::Full(m),
             StoreError::Failed(m) => AcceptError::Unavailable(m),
@@ -246,10 +303,16 @@ impl Outbox {
         let mut answers = Vec::with_capacity(accepted.len());
         {
             let mut lanes = lock(&self.lanes);
-            for (message, result) in pending.into_iter().zip(accepted) {
-                match result {
-                    Accepted::New(id) => {
-                        if message.deliveries.is_empty() {
+            for (((message, result), shared), shared_duplicate) in pending
+                .into_iter()
+                .zip(accepted)
+                .zip(shared_endpoints)
+                .zip(shared_duplicates)
+            {
+                let first = match (result, shared_duplicate) {
+                    (Accepted::Duplicate(first), _) | (Accepted::New(_), Some(first)) => first,
+                    (Accepted::New(id), None) => {
+                        if message.deliveries.is_empty() && shared.is_empty() {
                             self.metrics().unrouted.inc();
                         }
                         for (endpoint, due) in &message.deliveries {
@@ -259,18 +322,23 @@ impl Outbox {
                                 .queue
                                 .push(id, *due, 0);
                         }
+                        let mut endpoints: Vec<String> =
+                            message.deliveries.into_iter().map(|(e, _)| e).collect();
+                        endpoints.extend(shared);
+                        endpoints.sort();
                         answers.push(AcceptedMessage {
                             id: format_id(id),
-                            endpoints: message.deliveries.into_iter().map(|(e, _)| e).collect(),
+                            endpoints,
                             duplicate: false,
                         });
+                        continue;
                     }
-                    Accepted::Duplicate(first) => answers.push(AcceptedMessage {
-                        id: format_id(first),
-                        endpoints: Vec::new(),
-                        duplicate: true,
-                    }),
-                }
+                };
+                answers.push(AcceptedMessage {
+                    id: format_id(first),
+                    endpoints: Vec::new(),
+                    duplicate: true,
+                });
             }
         }
         self.wake.notify_one();
@@ -278,15 +346,46 @@ impl Outbox {
     }
 
     /// An endpoint's dead letters, oldest first, after `after`, at most `limit`.
-    pub fn dead_letters(
+    pub async fn dead_letters(
         &self,
         endpoint: &str,
         after: Option<u128>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, AcceptError> {
+        if let Some(redis) = self.shared_redis(endpoint)? {
+            let letters = shared::dead_letters(&redis, endpoint, after, limit)
+                .await
+                .map_err(|e| AcceptError::Unavailable(e.to_string()))?;
+            return Ok(letters
+                .into_iter()
+                .map(|l| DeadLetter {
+                    id: l.id,
+                    event_type: l.event_type,
+                    state: DeliveryState {
+                        attempts: l.attempts,
+                        next_at_ms: 0,
+                        dead_at_ms: Some(l.dead_at_ms),
+                        last_error: Some(l.reason),
+                    },
+                })
+                .collect());
+        }
         self.store()?
             .dead_letters(endpoint, after, limit)
             .map_err(|e| AcceptError::Unavailable(e.to_string()))
+    }
+
+    /// The Redis of `endpoint` when it is a shared one of the installed policy.
+    fn shared_redis(&self, endpoint: &str) -> Result<Option<RedisClient>, AcceptError> {
+        let policy = self.runtime.policy();
+        if !policy.webhooks.get(endpoint).is_some_and(|e| e.shared) {
+            return Ok(None);
+        }
+        policy
+            .redis
+            .clone()
+            .map(Some)
+            .ok_or_else(|| AcceptError::Unavailable("no Redis for the shared webhook queue".into()))
     }
 
     /// Delivers dead letters again (their schedule starts over); returns their ids.
@@ -295,6 +394,13 @@ impl Outbox {
         endpoint: &str,
         which: ReplaySelector,
     ) -> Result<Vec<String>, AcceptError> {
+        if let Some(redis) = self.shared_redis(endpoint)? {
+            let ids = shared::replay(&redis, endpoint, which)
+                .await
+                .map_err(|e| AcceptError::Unavailable(e.to_string()))?;
+            self.wake.notify_one();
+            return Ok(ids.into_iter().map(format_id).collect());
+        }
         let now_ms = unix_nanos() / 1_000_000;
         let ids = self
             .store()?
@@ -337,12 +443,21 @@ impl Outbox {
     }
 
     /// Every endpoint of the installed policy, and any other the store still holds work for.
-    /// `delivered` and `failedAttempts` are the store's counts (as recorded: up to
-    /// [`super::store::SYNC_EVERY`] behind).
-    pub fn report(&self) -> Vec<EndpointReport> {
+    /// `delivered` and `failedAttempts` are this sidecar's counts from its store (as recorded:
+    /// up to [`super::store::SYNC_EVERY`] behind); for a shared endpoint, `pending`,
+    /// `deadLetters` and the oldest message are the shared queue's.
+    pub async fn report(&self) -> Vec<EndpointReport> {
         let policy = self.runtime.policy();
         let now_ms = unix_nanos() / 1_000_000;
         let counts = self.counts();
+        let mut shared_stats = HashMap::new();
+        if let Some(redis) = &policy.redis {
+            for endpoint in policy.webhooks.iter().filter(|e| e.shared) {
+                if let Ok(stats) = shared::stats(redis, &endpoint.id).await {
+                    shared_stats.insert(endpoint.id.clone(), stats);
+                }
+            }
+        }
         let lanes = lock(&self.lanes);
         let mut ids: Vec<&str> = policy.webhooks.iter().map(|e| e.id.as_str()).collect();
         ids.extend(lanes.keys().map(String::as_str));
@@ -352,18 +467,29 @@ impl Outbox {
             .map(|id| {
                 let endpoint = policy.webhooks.get(id);
                 let lane = lanes.get(id);
+                let shared = shared_stats.get(id);
+                let oldest = match shared {
+                    Some(stats) => stats.oldest,
+                    None => lane.and_then(|l| l.queue.oldest()),
+                };
                 EndpointReport {
                     endpoint: id.to_owned(),
                     url: endpoint.map(|e| e.url.to_string()).unwrap_or_default(),
                     disabled: endpoint.is_none_or(|e| e.disabled),
-                    pending: lane.map_or(0, |l| l.queue.len()),
+                    shared: endpoint.is_some_and(|e| e.shared),
+                    pending: match shared {
+                        Some(stats) => (stats.ready + stats.waiting) as usize,
+                        None => lane.map_or(0, |l| l.queue.len()),
+                    },
                     in_flight: lane.map_or(0, |l| l.in_flight),
-                    oldest_pending_seconds: lane
-                        .and_then(|l| l.queue.oldest())
+                    oldest_pending_seconds: oldest
                         .map(|o| now_ms.saturating_sub(id_time_ms(o)) / 1000),
                     delivered: counts.get(id).map_or(0, |c| c.delivered),
                     failed_attempts: counts.get(id).map_or(0, |c| c.failed_attempts),
-                    dead_letters: lane.map_or(0, |l| l.dead_letters),
+                    dead_letters: match shared {
+                        Some(stats) => stats.dead,
+                        None => lane.map_or(0, |l| l.dead_letters),
+                    },
                     circuit_breaker: lane
                         .map_or(BreakerState::Closed, |l| l.breaker.state(unix_nanos()))
                         .as_str(),

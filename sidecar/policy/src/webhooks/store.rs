@@ -207,6 +207,27 @@ pub struct Counts {
     pub dead_lettered: u64,
 }
 
+impl Counts {
+    /// What one attempt adds.
+    pub fn of(after: &AfterAttempt) -> Self {
+        match after {
+            AfterAttempt::Delivered => Self {
+                delivered: 1,
+                ..Self::default()
+            },
+            AfterAttempt::Retry { .. } => Self {
+                failed_attempts: 1,
+                ..Self::default()
+            },
+            AfterAttempt::Dead { .. } => Self {
+                failed_attempts: 1,
+                dead_lettered: 1,
+                ..Self::default()
+            },
+        }
+    }
+}
+
 /// Which dead letters of an endpoint to replay.
 #[derive(Clone, Copy, Debug)]
 pub enum ReplaySelector {
@@ -235,6 +256,8 @@ pub struct Recovered {
 enum Write {
     Accept(Vec<Pending>, Reply<Vec<Accepted>>),
     Attempt(AttemptDone),
+    /// Counts of a shared endpoint's attempts this sidecar made (its queue is in Redis).
+    Count(String, Counts),
     Replay {
         endpoint: String,
         which: ReplaySelector,
@@ -340,6 +363,11 @@ impl Store {
     pub fn record(&self, done: AttemptDone) {
         // The writer stops only with the process.
         let _ = self.writes.send(Write::Attempt(done));
+    }
+
+    /// Adds to an endpoint's counts (durable within [`SYNC_EVERY`]).
+    pub fn count(&self, endpoint: &str, delta: Counts) {
+        let _ = self.writes.send(Write::Count(endpoint.to_owned(), delta));
     }
 
     /// Makes dead letters pending again (attempts start over, due now); returns their ids.
@@ -543,7 +571,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let durable = unsynced || batch.iter().any(|w| !matches!(w, Write::Attempt(_)));
+            let durable = unsynced
+                || batch
+                    .iter()
+                    .any(|w| !matches!(w, Write::Attempt(_) | Write::Count(..)));
             match self.apply(batch, durable) {
                 Ok(()) => unsynced = !durable,
                 Err(e) => tracing::warn!(error = %e, "webhook store write failed"),
@@ -591,6 +622,7 @@ impl Writer {
                         None => answers.push(on_commit(reply, accept(&txn, messages)?)),
                     },
                     Write::Attempt(done) => record(&txn, done)?,
+                    Write::Count(endpoint, delta) => add_counts(&txn, &endpoint, delta)?,
                     Write::Replay {
                         endpoint,
                         which,
@@ -669,18 +701,7 @@ fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
     )?;
     state.attempts = done.number;
     state.last_error = done.record.error.clone();
-    let mut counts_table = txn.open_table(COUNTS)?;
-    let (mut delivered, mut failed, mut dead) =
-        counts_table.get(endpoint)?.map_or((0, 0, 0), |v| v.value());
-    match done.after {
-        AfterAttempt::Delivered => delivered += 1,
-        AfterAttempt::Retry { .. } => failed += 1,
-        AfterAttempt::Dead { .. } => {
-            failed += 1;
-            dead += 1;
-        }
-    }
-    counts_table.insert(endpoint, (delivered, failed, dead))?;
+    add_counts(txn, endpoint, Counts::of(&done.after))?;
     match done.after {
         AfterAttempt::Delivered => {
             deliveries.remove((done.id, endpoint))?;
@@ -703,6 +724,20 @@ fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
             txn.open_table(DEAD)?.insert((endpoint, done.id), ())?;
         }
     }
+    Ok(())
+}
+
+fn add_counts(txn: &WriteTransaction, endpoint: &str, delta: Counts) -> Result<(), StoreError> {
+    let mut table = txn.open_table(COUNTS)?;
+    let (delivered, failed, dead) = table.get(endpoint)?.map_or((0, 0, 0), |v| v.value());
+    table.insert(
+        endpoint,
+        (
+            delivered + delta.delivered,
+            failed + delta.failed_attempts,
+            dead + delta.dead_lettered,
+        ),
+    )?;
     Ok(())
 }
 
