@@ -678,23 +678,34 @@ fn a_shared_queue_on_redis_is_worked_by_both_sidecars_and_survives_one_being_kil
     let mut sent = BTreeSet::new();
     for i in 0..40 {
         let via = if i % 2 == 0 { &a } else { &b };
-        sent.insert(accepted_id(via, &json!({"eventType": "job.done", "payload": {"i": i}})));
+        sent.insert(accepted_id(
+            via,
+            &json!({"eventType": "job.done", "payload": {"i": i}}),
+        ));
     }
     let received = receiver.wait_for_deliveries(40, Duration::from_secs(20));
     assert_eq!(ids(&received).into_iter().collect::<BTreeSet<_>>(), sent);
     assert_eq!(received.len(), 40, "each message delivered once");
     assert!(received.iter().all(|r| r.verified));
     let delivered = |s: &Sidecar| {
-        s.metric_sum("bulwark_webhook_deliveries_total{endpoint=\"default/shared\",outcome=\"delivered\"}")
+        s.metric_sum(
+            "bulwark_webhook_deliveries_total{endpoint=\"default/shared\",outcome=\"delivered\"}",
+        )
     };
     assert_eq!(delivered(&a) + delivered(&b), 40.0);
-    assert!(delivered(&a) > 0.0 && delivered(&b) > 0.0, "both sidecars deliver");
+    assert!(
+        delivered(&a) > 0.0 && delivered(&b) > 0.0,
+        "both sidecars deliver"
+    );
 
     // A slow receiver keeps attempts in flight; kill A with its share of them taken.
     receiver.set_mode(json!({"mode": "slow", "delaySeconds": 0.3}));
     let mut burst = BTreeSet::new();
     for i in 0..30 {
-        burst.insert(accepted_id(&a, &json!({"eventType": "job.done", "payload": {"burst": i}})));
+        burst.insert(accepted_id(
+            &a,
+            &json!({"eventType": "job.done", "payload": {"burst": i}}),
+        ));
     }
     eventually(Duration::from_secs(10), "A attempting", || {
         (a.metric_sum("bulwark_webhook_attempts_total{endpoint=\"default/shared\"") > 0.0
@@ -703,10 +714,14 @@ fn a_shared_queue_on_redis_is_worked_by_both_sidecars_and_survives_one_being_kil
     });
     a.process.kill();
     receiver.set_mode(json!({"mode": "ok"}));
-    let got = eventually(Duration::from_secs(60), "every burst message delivered by B", || {
-        let got: BTreeSet<String> = ids(&receiver.received()).into_iter().collect();
-        burst.is_subset(&got).then_some(got)
-    });
+    let got = eventually(
+        Duration::from_secs(60),
+        "every burst message delivered by B",
+        || {
+            let got: BTreeSet<String> = ids(&receiver.received()).into_iter().collect();
+            burst.is_subset(&got).then_some(got)
+        },
+    );
     assert!(sent.is_subset(&got));
     // What A had taken and not settled when it died (attempts the receiver may have seen) is
     // taken over by B once idle past the bound (timeout 1s + 15s), attempted again, and the
@@ -725,4 +740,131 @@ fn a_shared_queue_on_redis_is_worked_by_both_sidecars_and_survives_one_being_kil
         log.len(),
         log.len() - (sent.len() + burst.len())
     );
+}
+
+/// `ordered: true`: one at a time, in acceptance order; a message waiting for its retry holds
+/// back the ones after it. `rateLimitPerSecond` spaces deliveries out.
+#[test]
+fn ordered_endpoints_deliver_in_acceptance_order_and_rate_limits_space_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let ordered_receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let limited_receiver = WebhookReceiver::start(Library::Node, dir.path(), KEY_B);
+    let policy = [
+        endpoint(
+            "ordered",
+            &ordered_receiver.url("/"),
+            "ordered-key",
+            KEY_A,
+            "  eventTypes: [\"seq.*\"]\n  ordered: true\n  retry: {schedule: [0s, 300ms, 300ms, 300ms], jitterPercent: 0}\n",
+        ),
+        endpoint(
+            "limited",
+            &limited_receiver.url("/"),
+            "limited-key",
+            KEY_B,
+            "  eventTypes: [\"rate.*\"]\n  rateLimitPerSecond: 5\n",
+        ),
+    ]
+    .join("---\n");
+    let sidecar = sidecar(dir.path(), &policy);
+
+    // The first message fails twice; the others wait behind it.
+    ordered_receiver.set_mode(json!({"mode": "fail", "status": 503, "times": 2}));
+    let sent: Vec<String> = (0..6)
+        .map(|i| {
+            accepted_id(
+                &sidecar,
+                &json!({"eventType": "seq.step", "payload": {"i": i}}),
+            )
+        })
+        .collect();
+    let received = ordered_receiver.wait_for_deliveries(8, Duration::from_secs(15));
+    let order: Vec<&str> = received.iter().filter_map(|r| r.id.as_deref()).collect();
+    let mut expected: Vec<&str> = vec![&sent[0], &sent[0], &sent[0]];
+    expected.extend(sent[1..].iter().map(String::as_str));
+    assert_eq!(
+        order, expected,
+        "in order, the first retried before any other"
+    );
+
+    // 5 per second with a burst of 5: 15 messages take at least 2 s to arrive.
+    let limited: Vec<String> = (0..15)
+        .map(|i| {
+            accepted_id(
+                &sidecar,
+                &json!({"eventType": "rate.tick", "payload": {"i": i}}),
+            )
+        })
+        .collect();
+    let received = limited_receiver.wait_for_deliveries(15, Duration::from_secs(15));
+    assert_eq!(
+        ids(&received).into_iter().collect::<BTreeSet<_>>(),
+        limited.into_iter().collect::<BTreeSet<_>>()
+    );
+    let first = received
+        .iter()
+        .map(|r| r.received_at)
+        .fold(f64::MAX, f64::min);
+    let last = received.iter().map(|r| r.received_at).fold(0.0, f64::max);
+    assert!(
+        last - first >= 1.8,
+        "15 deliveries at 5/s (burst 5) took only {:.2}s",
+        last - first
+    );
+}
+
+/// A store at its size limit refuses new messages with 507 and keeps delivering the ones it
+/// holds.
+#[test]
+fn a_full_store_refuses_with_507_and_keeps_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let policy = endpoint("archive", &receiver.url("/"), "archive-key", KEY_A, "");
+    let config = dir.path().join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("webhooks.yaml"), &policy).unwrap();
+    let sidecar = Sidecar::start(
+        "127.0.0.1:9".parse().unwrap(),
+        &dir.path().join("state"),
+        &[
+            "--config-dir",
+            config.to_str().unwrap(),
+            "--webhook-max-store-mb",
+            "2",
+        ],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    receiver.kill();
+    let filler = "x".repeat(100 * 1024);
+    let mut kept = BTreeSet::new();
+    let refused = eventually(Duration::from_secs(30), "a 507", || {
+        let response = submit(
+            &sidecar,
+            &json!({"eventType": "blob.stored", "payload": {"data": filler}}),
+        );
+        match response.status {
+            202 => {
+                kept.insert(body(&response)["id"].as_str().unwrap().to_owned());
+                None
+            }
+            _ => Some(response),
+        }
+    });
+    assert_eq!(refused.status, 507, "{}", refused.body);
+    assert!(
+        body(&refused)["error"].as_str().unwrap().contains("full"),
+        "{}",
+        refused.body
+    );
+    assert!(kept.len() >= 5, "accepted {} before the limit", kept.len());
+    receiver.restart();
+    let received = eventually(
+        Duration::from_secs(60),
+        "every kept message delivered",
+        || {
+            let got: BTreeSet<String> = ids(&receiver.received()).into_iter().collect();
+            kept.is_subset(&got).then_some(got)
+        },
+    );
+    assert!(received.len() >= kept.len());
 }

@@ -237,8 +237,10 @@ impl Outbox {
                         Ok(u) => u.0,
                         Err(overflow) => overflow.commit_overflow_increment().0,
                     };
-                    let (shared, local): (Vec<_>, Vec<_>) =
-                        policy.webhooks.matching(&m.event_type).partition(|e| e.shared);
+                    let (shared, local): (Vec<_>, Vec<_>) = policy
+                        .webhooks
+                        .matching(&m.event_type)
+                        .partition(|e| e.shared);
                     shared_endpoints.push(shared.iter().map(|e| e.id.clone()).collect());
                     let deliveries = local
                         .iter()
@@ -297,7 +299,9 @@ impl Outbox {
             }
         }
         let accepted = store.accept(pending.clone()).await.map_err(|e| match e {
-            StoreError::Full(m) => AcceptError::Full(m),
+            StoreError::Full(m) => AcceptError::Full(format!(
+                "the webhook store is full ({m}); messages it holds are kept and delivered"
+            )),
             StoreError::Failed(m) => AcceptError::Unavailable(m),
         })?;
         let mut answers = Vec::with_capacity(accepted.len());
