@@ -320,13 +320,14 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 submit() { curl -s "127.0.0.1:$sc_admin/webhooks/v1/messages" -d "$1" | tr -d '\n '; }
-received() { # received: one line per delivery the receiver saw
+received() { # received [TEXT]: one line per delivery the receiver saw (whose body holds TEXT)
   python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    print("    %s  %s  verified=%s  %s" % (r["id"], r["status"], r["verified"], r["body"]))
-' "$work/hooks.jsonl"
+    if sys.argv[2] in r["body"]:
+        print("    %s  %s  verified=%s  %s" % (r["id"], r["status"], r["verified"], r["body"]))
+' "$work/hooks.jsonl" "${1:-}"
 }
 echo "The receiver is failing (503) for a while. The app submits three events to its sidecar:"
 curl -s -X POST "127.0.0.1:$hook_port/_control" -d '{"mode": "fail", "status": 503}' >/dev/null
@@ -367,7 +368,8 @@ for _ in $(seq 50); do
   [ "$(grep -c '"status": 204' "$work/hooks.jsonl")" -ge 5 ] && break
   sleep 0.2
 done
-received
+received in_4
+received in_5
 sleep 1
 run kubectl get whe -n shop
 
