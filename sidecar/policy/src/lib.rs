@@ -26,6 +26,7 @@ pub mod keys;
 pub mod lock;
 pub mod matching;
 pub mod metrics;
+pub mod private_db;
 pub mod quota;
 pub mod ratelimit;
 pub mod redis_client;

@@ -5,10 +5,7 @@
 //! [`super::usage::UsageStore`] (stable across restarts: policy, quota, its identity hash and a
 //! digest of the key value, never the value), values are `(period start, period end, used)`.
 
-use std::{
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
-};
+use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -30,17 +27,8 @@ impl QuotaDb {
     /// Opens (or creates) the store. Fails while another process holds it (e.g. the old
     /// sidecar during an upgrade).
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        // Mode 0600, like the saved snapshot: usage keys hold key values (API keys, users).
-        // Set on an existing file too, so files made by older versions are closed as well.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(redb::StorageError::from)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(redb::StorageError::from)?;
-        let db = Database::create(path)?;
+        // Private, like the saved snapshot: usage keys hold key values (API keys, users).
+        let db = crate::private_db::open(path)?;
         // Create the table so readers never meet a missing one, and adopt an older version's
         // rows in the same transaction, so no file holds both or neither.
         let txn = db.begin_write()?;
@@ -133,6 +121,7 @@ fn digested_legacy_key(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_file_is_readable_by_its_owner_only() {

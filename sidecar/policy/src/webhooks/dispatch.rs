@@ -15,8 +15,8 @@ use super::{
     endpoint::Endpoint,
     message::{format_id, id_time_ms},
     outbox::{LastFailure, Outbox},
-    shared::{self, Settle, Taken},
     retry::{AttemptResult, FailureKind, Next},
+    shared::{self, Settle, Taken},
     signature,
     store::{AfterAttempt, AttemptDone, AttemptRecord, Counts, Store},
 };
@@ -275,7 +275,16 @@ async fn attempt_shared(
         AfterAttempt::Retry { at_ms } => Settle::Retry { at_ms: *at_ms },
         AfterAttempt::Dead { reason } => Settle::Dead { reason },
     };
-    match shared::settle(&redis, &endpoint.id, &taken, number, settle, done.record.at_ms).await {
+    match shared::settle(
+        &redis,
+        &endpoint.id,
+        &taken,
+        number,
+        settle,
+        done.record.at_ms,
+    )
+    .await
+    {
         Ok(true) => {
             if let Some(store) = outbox.store.get() {
                 store.count(&endpoint.id, Counts::of(&done.after));
@@ -285,7 +294,9 @@ async fn attempt_shared(
         Ok(false) => {}
         // Left in this consumer's pending list: another sidecar (or this one) takes it again
         // once it has been idle long enough, and attempts it again (at least once).
-        Err(e) => tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot settle a shared webhook delivery"),
+        Err(e) => {
+            tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot settle a shared webhook delivery")
+        }
     }
     outbox.wake.notify_one();
 }
@@ -425,8 +436,13 @@ async fn poll_shared(outbox: &Arc<Outbox>) -> bool {
                 .min((outbox.config.max_in_flight as u32).saturating_sub(total));
             if let Some(per_second) = endpoint.rate_per_second {
                 // What the bucket holds now, without spending it: spent per attempt below.
-                let (outcome, _) =
-                    algorithm::decide(Algorithm::TokenBucket, per_second_rate(per_second), lane.rate, now, 0);
+                let (outcome, _) = algorithm::decide(
+                    Algorithm::TokenBucket,
+                    per_second_rate(per_second),
+                    lane.rate,
+                    now,
+                    0,
+                );
                 free = free.min(outcome.remaining as u32);
             }
             free
@@ -461,7 +477,13 @@ async fn poll_shared(outbox: &Arc<Outbox>) -> bool {
                 continue;
             }
             if let Some(per_second) = endpoint.rate_per_second {
-                lane.rate = algorithm::consume(Algorithm::TokenBucket, per_second_rate(per_second), lane.rate, now, 1);
+                lane.rate = algorithm::consume(
+                    Algorithm::TokenBucket,
+                    per_second_rate(per_second),
+                    lane.rate,
+                    now,
+                    1,
+                );
             }
             lane.in_flight += 1;
             tokio::spawn(attempt_shared(

@@ -78,7 +78,9 @@ pub async fn accept(
     idempotency: Option<(&str, Duration)>,
 ) -> Result<SharedAccept, CallError> {
     let payload = std::str::from_utf8(payload).unwrap_or_default();
-    let ttl = idempotency.map_or(0, |(_, ttl)| ttl.as_millis() as u64).to_string();
+    let ttl = idempotency
+        .map_or(0, |(_, ttl)| ttl.as_millis() as u64)
+        .to_string();
     let id_text = format_id(id);
     let reply: Vec<String> = call(
         redis,
@@ -219,13 +221,8 @@ pub async fn dead_letters(
     after: Option<u128>,
     limit: usize,
 ) -> Result<Vec<SharedDeadLetter>, CallError> {
-    let rows: Vec<Vec<String>> = call(
-        redis,
-        endpoint,
-        None,
-        &["dead", "-", &MAX_DEAD.to_string()],
-    )
-    .await?;
+    let rows: Vec<Vec<String>> =
+        call(redis, endpoint, None, &["dead", "-", &MAX_DEAD.to_string()]).await?;
     Ok(rows
         .into_iter()
         .filter_map(|row| {
@@ -253,9 +250,10 @@ pub async fn replay(
 ) -> Result<Vec<u128>, CallError> {
     let (want, from) = match which {
         ReplaySelector::One(id) => (format_id(id), String::new()),
-        ReplaySelector::Since { unix_ms } => {
-            (String::new(), format_id(super::message::first_id_at(unix_ms)))
-        }
+        ReplaySelector::Since { unix_ms } => (
+            String::new(),
+            format_id(super::message::first_id_at(unix_ms)),
+        ),
     };
     let ids: Vec<String> = call(redis, endpoint, None, &["replay", &want, &from]).await?;
     Ok(ids.iter().filter_map(|id| parse_id(id)).collect())

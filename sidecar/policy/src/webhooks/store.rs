@@ -20,7 +20,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     time::Duration,
@@ -309,16 +308,8 @@ impl Store {
         max_bytes: u64,
         retention: Retention,
     ) -> Result<(Self, Recovered), StoreError> {
-        // Mode 0600: payloads are the app's data.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(redb::StorageError::from)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(redb::StorageError::from)?;
-        let db = Arc::new(Database::create(path)?);
+        // Private: payloads are the app's data.
+        let db = Arc::new(crate::private_db::open(path)?);
         let txn = db.begin_write()?;
         {
             txn.open_table(MESSAGES)?;
