@@ -408,6 +408,10 @@ fn the_operator_pod_is_hardened_and_wired() {
     }
     for (name, value) in [
         ("BULWARK_TLS_SECRET", "bulwark-operator-tls"),
+        (
+            "BULWARK_SIGNING_KEYS_SECRET",
+            "bulwark-webhook-signing-keys",
+        ),
         ("BULWARK_WEBHOOK_CONFIGURATION", "bulwark-sidecar-injector"),
         ("BULWARK_LEASE_NAME", "bulwark-operator"),
         ("BULWARK_SERVICE_NAME", "bulwark-operator"),
@@ -601,6 +605,11 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         "secrets/bulwark-operator-tls",
         own,
     );
+    grant(
+        &["get", "update", "patch"],
+        "secrets/bulwark-webhook-signing-keys",
+        own,
+    );
     for kind in [
         "ratelimitpolicies",
         "quotapolicies",
@@ -665,6 +674,7 @@ fn installed_chart_grants_exactly_what_the_operator_needs() {
         ("create", "secrets", any),
         ("update", "secrets", any),
         ("patch", "secrets/bulwark-operator-tls", any),
+        ("patch", "secrets/bulwark-webhook-signing-keys", any),
         ("delete", "secrets", own),
         ("update", "secrets/someone-elses", own),
         ("patch", "secrets/someone-elses", own),
@@ -1003,6 +1013,45 @@ fn the_operator_works_with_only_the_charts_permissions() {
             let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             (!status.is_empty()).then_some(())
         },
+    );
+
+    // As leader it records WebhookEndpoint signing keys in its ledger Secret (created by
+    // server-side apply), and a rotation there (patched by name).
+    shop.kubectl_ok(&[
+        "apply",
+        "-f",
+        repo_root()
+            .join("examples/webhookendpoint-signed.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let ledger = |cp: &ControlPlane| -> Option<String> {
+        let out = cp.run_kubectl(&[
+            "get",
+            "secret/bulwark-webhook-signing-keys",
+            "-n",
+            release_ns,
+            "-o",
+            r#"go-template={{index .data "keys.json" | base64decode}}"#,
+        ]);
+        let json = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !json.is_empty()).then_some(json)
+    };
+    eventually(Duration::from_secs(30), "the signing-key ledger", || {
+        ledger(&cp).filter(|l| l.contains("partner-billing-events"))
+    });
+    shop.kubectl_ok(&[
+        "patch",
+        "secret/partner-billing-webhook-signing",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"stringData":{"signing-secret":"whsec_cm90YXRlZC1leGFtcGxlLWtleQ=="}}"#,
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "the rotation in the ledger",
+        || ledger(&cp).filter(|l| l.contains("notAfter")),
     );
 
     let status = operator.terminate(Duration::from_secs(10));

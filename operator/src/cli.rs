@@ -75,6 +75,16 @@ pub struct Args {
     )]
     pub tls_secret: String,
 
+    /// Secret in --namespace where the leader keeps each WebhookEndpoint's signing key and,
+    /// during a rotation's grace period, the previous one (created and written by the operator;
+    /// read by every replica).
+    #[arg(
+        long,
+        env = "BULWARK_SIGNING_KEYS_SECRET",
+        default_value = "bulwark-webhook-signing-keys"
+    )]
+    pub signing_keys_secret: String,
+
     /// MutatingWebhookConfiguration whose `caBundle` the operator keeps current.
     #[arg(
         long,
@@ -168,6 +178,14 @@ impl Args {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| format!("bulwark-operator-{}", std::process::id()))
         })
+    }
+
+    /// The signing-key ledger Secret.
+    pub fn signing_keys_secret(&self) -> bulwark_api::snapshot::ObjectRef {
+        bulwark_api::snapshot::ObjectRef {
+            namespace: self.namespace.clone(),
+            name: self.signing_keys_secret.clone(),
+        }
     }
 
     /// The Redis sidecars with Global policies are given, if any.

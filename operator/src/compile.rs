@@ -18,11 +18,14 @@ use bulwark_api::{
     crd::common::{Scope, SecretKeyRef},
     snapshot::{
         Endpoint, ObjectRef, PolicySource, RedisConnection, ResolvedWebhookEndpoint, SCHEMA,
-        SecretString, SigningKey, Snapshot, Sourced, secret_key_id, service_port_id,
+        SecretString, Snapshot, Sourced, secret_key_id, service_port_id,
     },
 };
 
-use crate::index::{Index, InjectedPod, Kind, Policy, PolicyKey, Spec};
+use crate::{
+    index::{Index, InjectedPod, Kind, Policy, PolicyKey, Spec},
+    signing,
+};
 
 /// Why a policy is, or is not, Accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +151,11 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
 }
 
 /// A Secret key's value, as UTF-8 text (signing keys, PEM keys, JWKS and HMAC secrets all are).
-fn secret_value(index: &Index, namespace: &str, secret: &SecretKeyRef) -> Result<String, String> {
+pub fn secret_value(
+    index: &Index,
+    namespace: &str,
+    secret: &SecretKeyRef,
+) -> Result<String, String> {
     let SecretKeyRef { name, key } = secret;
     let secret = index
         .secrets
@@ -269,14 +276,22 @@ pub fn pod_snapshot(
                 let Ok(value) = secret_value(index, &key.namespace, secret) else {
                     continue; // not Accepted: excluded above; kept as a guard
                 };
+                let id = signing::endpoint_id(&key.namespace, &key.name);
+                let signing_keys = signing::signing_keys(
+                    index.signing_ledger().get(&id),
+                    &value,
+                    signing::grace_of(spec),
+                    signing::unix_seconds(),
+                );
+                let mut endpoint = spec.clone();
+                // Disabled by the leader after failing too long (status.rs): the sidecars stop
+                // delivering until the spec changes.
+                endpoint.disabled |= policy.auto_disabled;
                 snapshot.webhooks.push(Sourced {
                     source,
                     spec: ResolvedWebhookEndpoint {
-                        endpoint: spec.clone(),
-                        signing_keys: vec![SigningKey {
-                            secret: SecretString::new(value),
-                            not_after: None,
-                        }],
+                        endpoint,
+                        signing_keys,
                     },
                 });
             }
@@ -573,6 +588,118 @@ spec:
         assert_eq!(
             webhooks[0].spec.signing_keys[0].secret.expose(),
             "whsec_c2VjcmV0"
+        );
+    }
+
+    #[test]
+    fn a_rotated_key_travels_with_the_previous_one_and_an_auto_disabled_endpoint_is_disabled() {
+        let webhook: WebhookEndpoint = object(
+            r#"
+apiVersion: bulwark.dev/v1alpha1
+kind: WebhookEndpoint
+metadata: {name: billing, namespace: shop, generation: 2}
+spec:
+  url: https://hooks.example.com/in
+  signing: {secretRef: {name: hook, key: secret}, rotationGracePeriod: 1h}
+"#,
+        );
+        let ledger_ref = ObjectRef {
+            namespace: "bulwark-system".into(),
+            name: "bulwark-webhook-signing-keys".into(),
+        };
+        let mut index = Index::with_signing_ledger(ledger_ref.clone());
+        for o in [pod("api-0", "api"), webhook.clone().into_object()] {
+            index.apply(Change::Upsert(o));
+        }
+        let secret = |value: &str| {
+            let mut s: Secret = object("metadata: {name: hook, namespace: shop}");
+            s.string_data = None;
+            s.data = Some(BTreeMap::from([(
+                "secret".to_string(),
+                k8s_openapi::ByteString(value.as_bytes().to_vec()),
+            )]));
+            s.into_object()
+        };
+        index.apply(Change::Upsert(secret("whsec_bmV3")));
+        let keys = |index: &Index| -> Vec<(String, Option<i64>)> {
+            snapshot_of(index, "api-0").snapshot.webhooks[0]
+                .spec
+                .signing_keys
+                .iter()
+                .map(|k| (k.secret.expose().to_owned(), k.not_after))
+                .collect()
+        };
+        assert_eq!(keys(&index), [("whsec_bmV3".to_string(), None)]);
+
+        // The leader's ledger says the key was rotated: the previous one travels second.
+        let ledger = signing::Ledger(BTreeMap::from([(
+            "shop/billing".to_string(),
+            signing::Entry {
+                current: SecretString::new("whsec_bmV3"),
+                previous: Some(signing::Previous {
+                    secret: SecretString::new("whsec_b2xk"),
+                    not_after: 1_900_000_000,
+                }),
+            },
+        )]));
+        let mut ledger_secret: Secret =
+            object("metadata: {name: bulwark-webhook-signing-keys, namespace: bulwark-system}");
+        ledger_secret.data = Some(BTreeMap::from([(
+            signing::LEDGER_KEY.to_string(),
+            k8s_openapi::ByteString(serde_json::to_vec(&ledger).unwrap()),
+        )]));
+        let affected = index.apply(Change::Upsert(ledger_secret.into_object()));
+        assert!(
+            matches!(&affected, crate::index::Affected::Only { namespaces, .. } if namespaces.contains("shop")),
+            "the ledger concerns the endpoint's namespace: {affected:?}"
+        );
+        assert_eq!(
+            keys(&index),
+            [
+                ("whsec_bmV3".to_string(), None),
+                ("whsec_b2xk".to_string(), Some(1_900_000_000))
+            ]
+        );
+        assert_eq!(index.signing_ledger(), &ledger);
+
+        // The leader disabled it (condition Delivering=False AutoDisabled at this generation):
+        // recompiled, and sent disabled.
+        assert!(
+            !snapshot_of(&index, "api-0").snapshot.webhooks[0]
+                .spec
+                .endpoint
+                .disabled
+        );
+        let mut disabled = webhook.clone();
+        disabled.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "conditions": [{
+                    "type": "Delivering", "status": "False", "reason": "AutoDisabled",
+                    "message": "", "observedGeneration": 2,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"
+                }]
+            }))
+            .unwrap(),
+        );
+        assert_ne!(
+            index.apply(Change::Upsert(disabled.into_object())),
+            crate::index::Affected::Nothing
+        );
+        assert!(
+            snapshot_of(&index, "api-0").snapshot.webhooks[0]
+                .spec
+                .endpoint
+                .disabled
+        );
+        // A spec change (generation 3) ends it.
+        let mut changed = webhook;
+        changed.metadata.generation = Some(3);
+        index.apply(Change::Upsert(changed.into_object()));
+        assert!(
+            !snapshot_of(&index, "api-0").snapshot.webhooks[0]
+                .spec
+                .endpoint
+                .disabled
         );
     }
 

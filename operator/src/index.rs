@@ -18,7 +18,8 @@ use bulwark_api::{
         FailoverPolicy, FailoverPolicySpec, FeatureFlag, FeatureFlagSpec, QuotaPolicy,
         QuotaPolicySpec, RateLimitPolicy, RateLimitPolicySpec, WebhookEndpoint,
         WebhookEndpointSpec,
-        common::{JwtVerification, PolicyStatus, ReadsBearerTokens},
+        common::{JwtVerification, PolicyStatus, ReadsBearerTokens, condition},
+        webhook::WebhookEndpointStatus,
     },
     snapshot::ObjectRef,
 };
@@ -34,6 +35,9 @@ use kube::{
     Resource, ResourceExt,
     core::{Selector, SelectorExt},
 };
+
+/// The reason of a WebhookEndpoint's `Delivering=False` condition once the leader disabled it.
+pub const AUTO_DISABLED: &str = "AutoDisabled";
 
 /// The five Bulwark kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,6 +128,12 @@ pub struct Policy {
     pub spec: Spec,
     /// The status as stored, so the status writer only writes what changed.
     pub status: Option<PolicyStatus>,
+    /// A WebhookEndpoint's whole stored status (delivery counts, last failure), for the status
+    /// writer; `None` for the other kinds.
+    pub webhook_status: Option<Box<WebhookEndpointStatus>>,
+    /// A WebhookEndpoint the leader disabled at this generation (condition `Delivering` is
+    /// `False`, reason `AutoDisabled`, for this generation): its snapshots say `disabled`.
+    pub auto_disabled: bool,
 }
 
 impl Policy {
@@ -279,6 +289,9 @@ pub struct Index {
     /// names as a backend, to those policies. Kept in step with `policies` by every change, so
     /// a Service or EndpointSlice change finds the pods it concerns without scanning policies.
     service_users: BTreeMap<ObjectRef, BTreeSet<PolicyKey>>,
+    /// The operator's signing-key ledger Secret (`signing`), when configured, and what it holds.
+    signing_secret: Option<ObjectRef>,
+    signing: crate::signing::Ledger,
     /// Types whose first list is complete.
     synced: BTreeSet<Watched>,
     /// Keys seen during a re-list in progress, per type.
@@ -310,6 +323,34 @@ impl Object {
 }
 
 impl Index {
+    /// An index that reads the WebhookEndpoint signing-key ledger from `secret` (the operator's
+    /// own Secret, see `signing`).
+    pub fn with_signing_ledger(secret: ObjectRef) -> Self {
+        Self {
+            signing_secret: Some(secret),
+            ..Self::default()
+        }
+    }
+
+    /// The signing-key ledger as last seen.
+    pub fn signing_ledger(&self) -> &crate::signing::Ledger {
+        &self.signing
+    }
+
+    /// After the ledger Secret changed: the namespaces whose endpoints' entries moved.
+    fn ledger_changed(&mut self, data: Option<&BTreeMap<String, Vec<u8>>>) -> Affected {
+        let ledger = data.map(crate::signing::Ledger::parse).unwrap_or_default();
+        let changed = ledger.changed_since(&self.signing);
+        self.signing = ledger;
+        let mut affected = Affected::Nothing;
+        for id in changed {
+            if let Some((namespace, _)) = id.split_once('/') {
+                affected.merge(Affected::namespace(namespace));
+            }
+        }
+        affected
+    }
+
     /// Whether every watched type has been listed once: before that, a snapshot could miss
     /// policies that exist, so none is served.
     pub fn is_synced(&self) -> bool {
@@ -341,12 +382,14 @@ impl Index {
     fn upsert(&mut self, object: Object) -> Affected {
         match object {
             Object::Policy(key, policy) => {
-                // A status-only update changes no snapshot.
+                // A status-only update changes no snapshot, unless it disables a WebhookEndpoint
+                // (or no longer does).
                 let before = self
                     .policies
                     .get(&key)
-                    .map(|p| (p.generation, p.uid.clone()));
-                let same = before == Some((policy.generation, policy.uid.clone()));
+                    .map(|p| (p.generation, p.uid.clone(), p.auto_disabled));
+                let same =
+                    before == Some((policy.generation, policy.uid.clone(), policy.auto_disabled));
                 let namespace = key.namespace.clone();
                 self.insert_policy(key, *policy);
                 if same {
@@ -382,10 +425,15 @@ impl Index {
             }
             Object::Secret(r, s) => {
                 let namespace = r.namespace.clone();
+                let ledger = self.signing_secret.as_ref() == Some(&r);
                 if self.secrets.insert(r, s.clone()).as_ref() == Some(&s) {
                     return Affected::Nothing;
                 }
-                Affected::namespace(&namespace)
+                let mut affected = Affected::namespace(&namespace);
+                if ledger {
+                    affected.merge(self.ledger_changed(Some(&s)));
+                }
+                affected
             }
         }
     }
@@ -409,7 +457,13 @@ impl Index {
                 None => Affected::Nothing,
             },
             Object::Secret(r, _) => match self.secrets.remove(r) {
-                Some(_) => Affected::namespace(&r.namespace),
+                Some(_) => {
+                    let mut affected = Affected::namespace(&r.namespace);
+                    if self.signing_secret.as_ref() == Some(r) {
+                        affected.merge(self.ledger_changed(None));
+                    }
+                    affected
+                }
                 None => Affected::Nothing,
             },
         }
@@ -620,8 +674,27 @@ fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
 }
 
 fn policy<K: Resource>(kind: Kind, obj: &K, spec: Spec, status: Option<PolicyStatus>) -> Object {
+    policy_with(kind, obj, spec, status, None)
+}
+
+fn policy_with<K: Resource>(
+    kind: Kind,
+    obj: &K,
+    spec: Spec,
+    status: Option<PolicyStatus>,
+    webhook_status: Option<WebhookEndpointStatus>,
+) -> Object {
     let meta = obj.meta();
     let selector = Selector::try_from(spec.selector().clone()).ok();
+    let generation = meta.generation.unwrap_or_default();
+    let auto_disabled = status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == condition::DELIVERING
+                && c.status == "False"
+                && c.reason == AUTO_DISABLED
+                && c.observed_generation == Some(generation)
+        })
+    });
     Object::Policy(
         PolicyKey {
             kind,
@@ -630,11 +703,13 @@ fn policy<K: Resource>(kind: Kind, obj: &K, spec: Spec, status: Option<PolicySta
         },
         Box::new(Policy {
             uid: meta.uid.clone().unwrap_or_default(),
-            generation: meta.generation.unwrap_or_default(),
+            generation,
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             selector,
             spec,
             status,
+            webhook_status: webhook_status.map(Box::new),
+            auto_disabled,
         }),
     )
 }
@@ -679,11 +754,12 @@ impl IntoObject for FeatureFlag {
 
 impl IntoObject for WebhookEndpoint {
     fn into_object(self) -> Object {
-        policy(
+        policy_with(
             Kind::WebhookEndpoint,
             &self,
             Spec::Webhook(self.spec.clone()),
             self.status.clone().map(|s| s.policy),
+            self.status.clone(),
         )
     }
 }

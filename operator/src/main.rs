@@ -16,7 +16,7 @@ use bulwark_operator::{
     distribution::{Distributor, acks, auth::Authenticator, server::StreamServer},
     index::Index,
     inject::{self, InjectConfig},
-    leader, metrics, status,
+    leader, metrics, signing, status,
     tls::{self, CertResolver, TlsConfig},
     validate,
     watch::{self as index_watch, Shared},
@@ -111,7 +111,9 @@ async fn main() -> anyhow::Result<()> {
 
     // The index and the policy stream.
     let shared = Arc::new(Shared {
-        index: Arc::new(RwLock::new(Index::default())),
+        index: Arc::new(RwLock::new(Index::with_signing_ledger(
+            args.signing_keys_secret(),
+        ))),
         distributor: Arc::new(Distributor::new()),
         acks: Arc::new(acks::AckBook::default()),
         metrics: metrics.clone(),
@@ -213,7 +215,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     tasks.spawn({
         let writer = status::StatusWriter::new(client.clone(), &identity);
-        let run = status::run(shared, reports, writer, leader_rx, shutdown_rx);
+        let ledger = signing::LedgerWriter::new(client.clone(), args.signing_keys_secret());
+        let run = status::run(shared, reports, writer, ledger, leader_rx, shutdown_rx);
         async move {
             run.await;
             Ok(())

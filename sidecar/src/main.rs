@@ -10,6 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bulwark_api::distribution::REPORT_SECONDS;
 use bulwark_policy::{
     quota::{flush::QuotaFlusher, store::FILE_NAME as QUOTA_FILE},
     ratelimit::sweeper::{FastSyncer, Sweeper},
@@ -24,7 +25,14 @@ use bulwark_policy::{
 use bulwark_sidecar::{
     admin::Admin,
     cli,
-    config::{Installer, persist, stream::OperatorStream, watch::ConfigWatcher},
+    config::{
+        Installer, persist,
+        stream::{
+            OperatorStream,
+            report::{DeliveryReporter, OutboxSource},
+        },
+        watch::ConfigWatcher,
+    },
     dns::DnsCache,
     flagd_api::EvaluationServer,
     health::HealthChecker,
@@ -138,14 +146,6 @@ fn main() -> anyhow::Result<()> {
         server.add_service(background_service("bulwark config watcher", watcher));
     }
 
-    if let Some((target, tls)) = operator {
-        metrics.enable_operator_stream()?;
-        // Created after the saved snapshot is installed: its etag goes in the first
-        // If-None-Match. Until a snapshot is installed, /readyz says the sidecar waits.
-        let stream = OperatorStream::new(target, tls, args.token_file.clone(), installer);
-        server.add_service(background_service("bulwark operator stream", stream));
-    }
-
     // The features' long-lived work, started once: quota usage (loaded from disk before
     // serving, flushed in the background), fast global syncs, idle-counter sweeps, the failover
     // upstreams' health checks.
@@ -196,6 +196,20 @@ fn main() -> anyhow::Result<()> {
         Arc::new(HttpTransport::default()),
     );
     server.add_service(tasks.service("bulwark webhook dispatcher", Dispatcher(outbox.clone())));
+
+    if let Some((target, tls)) = operator {
+        metrics.enable_operator_stream()?;
+        // Created after the saved snapshot is installed: its etag goes in the first
+        // If-None-Match. Until a snapshot is installed, /readyz says the sidecar waits. Its
+        // acknowledgements carry the outbox's delivery counts, for the endpoints' status.
+        let deliveries = Arc::new(DeliveryReporter::new(Arc::new(OutboxSource::new(
+            outbox.clone(),
+            runtime.clone(),
+        ))));
+        let stream = OperatorStream::new(target, tls, args.token_file.clone(), installer)
+            .with_webhook_report(deliveries, Duration::from_secs(REPORT_SECONDS));
+        server.add_service(background_service("bulwark operator stream", stream));
+    }
 
     let mut inbound = Service::new(
         "bulwark inbound".to_owned(),

@@ -11,6 +11,10 @@ pub mod condition {
     pub const ACCEPTED: &str = "Accepted";
     /// Every selected pod's sidecar enforces the current generation.
     pub const PROGRAMMED: &str = "Programmed";
+    /// WebhookEndpoint only: deliveries are not failing (`True`); `False` while every attempt
+    /// fails (`Failing`), when disabled by its spec (`Disabled`) or by the operator after
+    /// `disableAfterFailingFor` (`AutoDisabled`).
+    pub const DELIVERING: &str = "Delivering";
 }
 
 /// Observed state of a policy, written by the operator.

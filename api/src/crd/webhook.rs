@@ -39,6 +39,12 @@ use crate::Duration;
         description = "Messages whose attempts were exhausted"
     ),
     printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Delivering\")].reason",
+        description = "Delivering, Failing, Disabled or AutoDisabled"
+    ),
+    printcolumn(
         name = "Accepted",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
@@ -186,6 +192,10 @@ pub struct WebhookEndpointStatus {
     /// The most recent failed attempt (never includes secrets or full response bodies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<DeliveryFailure>,
+    /// The part of `deliveries` counted by sidecars whose pods are gone: the operator keeps it
+    /// so that `deliveries` does not drop when pods are replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_deliveries: Option<DeliveryCounts>,
 }
 
 /// Delivery counters.

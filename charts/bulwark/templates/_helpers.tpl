@@ -6,6 +6,7 @@ cluster-scoped objects (ClusterRole, webhook configuration) admit one Bulwark pe
 {{- define "bulwark.operatorName" -}}bulwark-operator{{- end -}}
 {{- define "bulwark.leaseName" -}}bulwark-operator{{- end -}}
 {{- define "bulwark.tlsSecretName" -}}bulwark-operator-tls{{- end -}}
+{{- define "bulwark.signingKeysSecretName" -}}bulwark-webhook-signing-keys{{- end -}}
 {{- define "bulwark.webhookConfigurationName" -}}bulwark-sidecar-injector{{- end -}}
 {{- define "bulwark.validatingWebhookConfigurationName" -}}bulwark-validation{{- end -}}
 {{- define "bulwark.redisSecretName" -}}bulwark-redis{{- end -}}

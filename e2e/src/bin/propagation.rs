@@ -283,6 +283,7 @@ async fn client_loop(
                     etag: tag.clone(),
                     accepted: true,
                     error: None,
+                    webhooks: None,
                 })
                 .unwrap();
                 let req = Request::post(target.uri(ACK_PATH))

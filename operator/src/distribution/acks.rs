@@ -4,11 +4,13 @@
 //! sidecar, but only the leader writes status. So each replica publishes its acknowledgements
 //! in its own ConfigMap (`bulwark-distribution-<replica>`, in the operator's namespace), and the
 //! leader merges all of them: the pattern Istio uses for its distribution reports. Writes are
-//! batched (at most one per [`FLUSH_INTERVAL`]) and skipped when nothing changed.
+//! batched (at most one per [`FLUSH_INTERVAL`]) and skipped when nothing changed. A record also
+//! carries the sidecar's webhook deliveries; a change of those alone is written within
+//! [`COUNTS_FLUSH_INTERVAL`].
 
 use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
-use bulwark_api::snapshot::ObjectRef;
+use bulwark_api::{distribution::WebhookDeliveries, snapshot::ObjectRef};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client,
@@ -21,6 +23,9 @@ use tokio::sync::{Notify, watch};
 pub const REPORT_LABEL: &str = "bulwark.dev/distribution-report";
 const REPORT_KEY: &str = "acks.json";
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// A change of nothing but webhook counts waits up to this long, so that sidecars reporting
+/// every few seconds do not rewrite the ConfigMap several times a second.
+pub const COUNTS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A sidecar's latest acknowledgement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +40,29 @@ pub struct AckRecord {
     pub sources: Vec<String>,
     /// Unix milliseconds: the newest acknowledgement of a pod wins across replicas.
     pub at: u64,
+    /// The sidecar's webhook deliveries, as its acknowledgement reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<BTreeMap<String, WebhookDeliveries>>,
+}
+
+impl AckRecord {
+    /// Whether `other` says the same about the snapshot (what `Programmed` needs): a change in
+    /// nothing but the webhook counts and the time is not urgent.
+    fn same_snapshot(&self, other: &AckRecord) -> bool {
+        (
+            &self.uid,
+            &self.etag,
+            self.accepted,
+            &self.error,
+            &self.sources,
+        ) == (
+            &other.uid,
+            &other.etag,
+            other.accepted,
+            &other.error,
+            &other.sources,
+        )
+    }
 }
 
 /// Acknowledgements keyed by `namespace/name`.
@@ -47,16 +75,32 @@ pub fn pod_key(pod: &ObjectRef) -> String {
 #[derive(Default)]
 pub struct AckBook {
     acks: Mutex<Report>,
+    /// Some acknowledgement says something new about a snapshot: publish soon.
     changed: Notify,
+    /// Only webhook counts changed: publish within [`COUNTS_FLUSH_INTERVAL`].
+    counted: Notify,
 }
 
 impl AckBook {
     pub fn record(&self, pod: &ObjectRef, record: AckRecord) {
+        let before = self
+            .acks
+            .lock()
+            .expect("ack book")
+            .insert(pod_key(pod), record.clone());
+        match before {
+            Some(before) if before.same_snapshot(&record) => self.counted.notify_one(),
+            _ => self.changed.notify_one(),
+        }
+    }
+
+    /// The acknowledgement recorded for `pod`, if any.
+    pub fn get(&self, pod: &ObjectRef) -> Option<AckRecord> {
         self.acks
             .lock()
             .expect("ack book")
-            .insert(pod_key(pod), record);
-        self.changed.notify_one();
+            .get(&pod_key(pod))
+            .cloned()
     }
 
     /// Drops the acknowledgement of a pod that no longer exists.
@@ -147,13 +191,23 @@ pub async fn run_reporter(
                 }
             }
         }
-        tokio::select! {
-            _ = book.changed.notified() => {}
+        let urgent = tokio::select! {
+            _ = book.changed.notified() => true,
+            _ = book.counted.notified() => false,
             // A periodic retry covers a failed write with no new acknowledgement behind it.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => true,
             _ = shutdown.changed() => return,
+        };
+        if urgent {
+            tokio::time::sleep(FLUSH_INTERVAL).await;
+        } else {
+            // Counts only: wait, unless an acknowledgement that matters comes meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(COUNTS_FLUSH_INTERVAL) => {}
+                _ = book.changed.notified() => tokio::time::sleep(FLUSH_INTERVAL).await,
+                _ = shutdown.changed() => return,
+            }
         }
-        tokio::time::sleep(FLUSH_INTERVAL).await;
     }
 }
 
@@ -169,6 +223,7 @@ mod tests {
             error: None,
             sources: vec![],
             at,
+            webhooks: None,
         }
     }
 

@@ -26,8 +26,9 @@ use crate::metrics::Metrics;
 
 /// How long a stream waits for the index's first full listing before answering 503.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
-/// The largest acknowledgement body read.
-const MAX_ACK_BYTES: usize = 64 * 1024;
+/// The largest acknowledgement body read (with a sidecar's webhook deliveries: some hundred
+/// bytes per endpoint).
+const MAX_ACK_BYTES: usize = 256 * 1024;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -171,17 +172,25 @@ impl StreamServer {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("not an Ack: {e}")),
         };
         // An acknowledgement of a snapshot this replica did not serve recently still counts as
-        // applied, but confirms no policy generation.
-        let sources = self
-            .distributor
-            .sources_of(&identity.pod, &ack.etag)
-            .map(|s| s.as_ref().clone())
-            .unwrap_or_default();
+        // applied, but confirms no policy generation; one that repeats the recorded one (a
+        // sidecar re-sending it with new webhook counts) confirms what that one did.
+        let sources = match self.distributor.sources_of(&identity.pod, &ack.etag) {
+            Some(sources) => sources.as_ref().clone(),
+            None => self
+                .acks
+                .get(&identity.pod)
+                .filter(|r| r.uid == identity.uid && r.etag == ack.etag)
+                .map(|r| r.sources)
+                .unwrap_or_default(),
+        };
+        let repeated = self.acks.get(&identity.pod).is_some_and(|r| {
+            r.uid == identity.uid && r.etag == ack.etag && r.accepted == ack.accepted
+        });
         self.metrics
             .acks
             .with_label_values(&[if ack.accepted { "true" } else { "false" }])
             .inc();
-        if !ack.accepted {
+        if !ack.accepted && !repeated {
             tracing::warn!(
                 pod = %format!("{}/{}", identity.pod.namespace, identity.pod.name),
                 error = ack.error.as_deref().unwrap_or(""),
@@ -197,6 +206,7 @@ impl StreamServer {
                 error: ack.error,
                 sources,
                 at: now_millis(),
+                webhooks: ack.webhooks,
             },
         );
         Response::builder()

@@ -10,15 +10,24 @@
 //! heartbeats, an error or an end of stream means reconnecting after a jittered exponential
 //! backoff; the last good policy keeps serving meanwhile.
 //!
-//! Modules: [`connect`] (TCP, TLS, HTTP/2), [`lines`] (NDJSON framing), [`backoff`] (delays).
+//! Every acknowledgement carries the sidecar's webhook deliveries ([`report`]). After every
+//! connect the last acknowledgement is posted again (the replica now serving the stream may not
+//! have it: the one before may be gone, its report with it), and while connected it is posted
+//! again when the deliveries changed, at most every [`REPORT_SECONDS`] s: counts reach the
+//! operator without a new snapshot, and an idle sidecar sends nothing.
+//!
+//! Modules: [`connect`] (TCP, TLS, HTTP/2), [`lines`] (NDJSON framing), [`backoff`] (delays),
+//! [`report`] (webhook deliveries).
 
 pub mod backoff;
 pub mod connect;
 pub mod lines;
 pub mod metrics;
+pub mod report;
 
 use bulwark_policy::lock::lock;
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -27,7 +36,8 @@ use std::{
 use async_trait::async_trait;
 use bulwark_api::{
     distribution::{
-        self, ACK_PATH, Ack, HEARTBEAT_SECONDS, STREAM_CONTENT_TYPE, StreamMessage, WATCH_PATH,
+        self, ACK_PATH, Ack, HEARTBEAT_SECONDS, REPORT_SECONDS, STREAM_CONTENT_TYPE, StreamMessage,
+        WATCH_PATH, WebhookDeliveries,
     },
     snapshot::{SCHEMA, Snapshot},
 };
@@ -43,6 +53,7 @@ use self::{
     backoff::Backoff,
     connect::{Target, connect},
     lines::LineSplitter,
+    report::{DeliveryReporter, SAMPLE_INTERVAL},
 };
 use super::Installer;
 
@@ -115,6 +126,14 @@ pub struct OperatorStream {
     etag: Mutex<Option<String>>,
     /// The last acknowledgement, until the operator has taken it.
     unacked: Mutex<Option<Ack>>,
+    /// The last acknowledgement posted, posted again with new webhook deliveries.
+    last_ack: Mutex<Option<Ack>>,
+    /// The webhook deliveries last posted, and when.
+    last_report: Mutex<Option<(BTreeMap<String, WebhookDeliveries>, Instant)>>,
+    /// Where the webhook deliveries come from (`None`: none are reported).
+    reporter: Option<Arc<DeliveryReporter>>,
+    /// Deliveries that changed are posted at most this often.
+    report_every: Duration,
     backoff: (Duration, Duration),
     dead_after: Duration,
 }
@@ -194,9 +213,21 @@ impl OperatorStream {
             installer,
             etag: Mutex::new(etag),
             unacked: Mutex::new(None),
+            last_ack: Mutex::new(None),
+            last_report: Mutex::new(None),
+            reporter: None,
+            report_every: Duration::from_secs(REPORT_SECONDS),
             backoff: (BACKOFF_BASE, BACKOFF_CAP),
             dead_after: DEAD_AFTER,
         }
+    }
+
+    /// Reports `reporter`'s webhook deliveries with every acknowledgement, and again when they
+    /// change, at most every `every`.
+    pub fn with_webhook_report(mut self, reporter: Arc<DeliveryReporter>, every: Duration) -> Self {
+        self.reporter = Some(reporter);
+        self.report_every = every;
+        self
     }
 
     /// Other reconnect delays and dead-stream timeout (tests).
@@ -256,16 +287,39 @@ impl OperatorStream {
         metrics.connected.set(1);
         tracing::info!(operator = %self.target.authority, if_none_match = ?etag, "operator stream connected");
 
-        let unacked = lock(&self.unacked).clone();
-        if let Some(ack) = unacked {
+        // The last acknowledgement again (one not delivered, or one this replica may not
+        // have), or, for a snapshot enforced since before this process started, its first.
+        let again = lock(&self.unacked)
+            .clone()
+            .or_else(|| lock(&self.last_ack).clone())
+            .or_else(|| {
+                etag.clone().map(|etag| Ack {
+                    etag,
+                    accepted: true,
+                    error: None,
+                    webhooks: None,
+                })
+            });
+        if let Some(mut ack) = again {
+            ack.webhooks = self.deliveries().await;
             self.acknowledge(&conn.send, &auth, ack).await;
         }
 
         let mut body = response.into_body();
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut deadline = Instant::now() + dead_after;
+        let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
         loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, body.frame()) => read,
+                // Reading a frame is cancel-safe: nothing is lost when the sample comes first.
+                _ = tokio::time::sleep_until(next_sample), if self.reporter.is_some() => {
+                    next_sample = Instant::now() + SAMPLE_INTERVAL;
+                    self.report_if_due(&conn.send, &auth).await;
+                    continue;
+                }
+            };
+            let frame = match read {
                 Err(_) => return Err(StreamError::Dead(dead_after)),
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(e))) => return Err(StreamError::Body(e)),
@@ -281,7 +335,8 @@ impl OperatorStream {
                 *delivered = true;
                 deadline = Instant::now() + dead_after;
                 metrics.last_message_timestamp_seconds.set(unix_seconds());
-                if let Some(ack) = self.handle_line(&line) {
+                if let Some(mut ack) = self.handle_line(&line) {
+                    ack.webhooks = self.deliveries().await;
                     self.acknowledge(&conn.send, &auth, ack).await;
                 }
             }
@@ -326,7 +381,33 @@ impl OperatorStream {
             etag,
             accepted: result.is_ok(),
             error: result.err(),
+            webhooks: None,
         })
+    }
+
+    /// The webhook deliveries now, if they are reported.
+    async fn deliveries(&self) -> Option<BTreeMap<String, WebhookDeliveries>> {
+        match &self.reporter {
+            Some(reporter) => Some(reporter.sample().await),
+            None => None,
+        }
+    }
+
+    /// Samples the deliveries; posts the last acknowledgement again with them if they changed
+    /// since they were last posted, and that was at least `report_every` ago.
+    async fn report_if_due(&self, send: &SendRequest<Full<Bytes>>, auth: &HeaderValue) {
+        let Some(deliveries) = self.deliveries().await else {
+            return;
+        };
+        let due = match &*lock(&self.last_report) {
+            None => true,
+            Some((sent, at)) => *sent != deliveries && at.elapsed() >= self.report_every,
+        };
+        let last = lock(&self.last_ack).clone();
+        if let (true, Some(mut ack)) = (due, last) {
+            ack.webhooks = Some(deliveries);
+            self.acknowledge(send, auth, ack).await;
+        }
     }
 
     /// Compiles and installs `snapshot`, or keeps the last good policy. The operator's
@@ -361,6 +442,10 @@ impl OperatorStream {
     /// after the next connect, since a current etag makes the operator send nothing to answer.
     async fn acknowledge(&self, send: &SendRequest<Full<Bytes>>, auth: &HeaderValue, ack: Ack) {
         *lock(&self.unacked) = Some(ack.clone());
+        *lock(&self.last_ack) = Some(ack.clone());
+        if let Some(deliveries) = &ack.webhooks {
+            *lock(&self.last_report) = Some((deliveries.clone(), Instant::now()));
+        }
         let delivered = send_ack(
             send.clone(),
             self.target.uri(ACK_PATH),
