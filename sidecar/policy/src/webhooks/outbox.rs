@@ -433,6 +433,14 @@ impl Outbox {
             .map_err(|e| AcceptError::Unavailable(e.to_string()))
     }
 
+    /// Each endpoint's most recent failed attempt on this sidecar (since it started).
+    pub fn last_failures(&self) -> BTreeMap<String, LastFailure> {
+        lock(&self.lanes)
+            .iter()
+            .filter_map(|(id, lane)| Some((id.clone(), lane.last_failure.clone()?)))
+            .collect()
+    }
+
     /// Each endpoint's delivery counts on this sidecar (kept across restarts), for the
     /// WebhookEndpoint's status; empty until the store is open.
     pub fn counts(&self) -> BTreeMap<String, Counts> {

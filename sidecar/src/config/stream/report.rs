@@ -48,18 +48,11 @@ pub trait DeliverySource: Send + Sync {
 pub struct OutboxSource {
     pub outbox: Arc<Outbox>,
     pub runtime: Arc<Runtime>,
-    /// The failures as last read from the outbox's report, and the failed-attempt counts
-    /// they were read at: the report is read again only when more attempts failed.
-    failures: tokio::sync::Mutex<(BTreeMap<String, u64>, BTreeMap<String, WebhookFailure>)>,
 }
 
 impl OutboxSource {
     pub fn new(outbox: Arc<Outbox>, runtime: Arc<Runtime>) -> Self {
-        Self {
-            outbox,
-            runtime,
-            failures: tokio::sync::Mutex::default(),
-        }
+        Self { outbox, runtime }
     }
 }
 
@@ -78,40 +71,16 @@ impl DeliverySource for OutboxSource {
         for endpoint in policy.webhooks.iter() {
             out.entry(endpoint.id.clone()).or_default();
         }
-        // The last failures come with the outbox's whole report: read it only when an
-        // endpoint's failed attempts grew since it was last read.
-        let mut failures = self.failures.lock().await;
-        let grew = out
-            .iter()
-            .any(|(id, o)| o.failed_attempts > failures.0.get(id).copied().unwrap_or_default());
-        if grew {
-            failures.1 = self
-                .outbox
-                .report()
-                .await
-                .into_iter()
-                .filter_map(|r| {
-                    let f = r.last_failure?;
-                    Some((
-                        r.endpoint,
-                        WebhookFailure {
-                            at_ms: f.at_unix_ms,
-                            status: f.status,
-                            reason: f.reason.chars().take(MAX_REASON_CHARS).collect(),
-                        },
-                    ))
-                })
-                .collect();
-            failures.0 = out
-                .iter()
-                .map(|(id, o)| (id.clone(), o.failed_attempts))
-                .collect();
-        }
+        let failures = self.outbox.last_failures();
         for (id, entry) in &mut out {
             let endpoint = policy.webhooks.get(id);
             entry.generation = endpoint.map_or(0, |e| e.source.generation);
             entry.disabled = endpoint.is_none_or(|e| e.disabled);
-            entry.last_failure = failures.1.get(id).cloned();
+            entry.last_failure = failures.get(id).map(|f| WebhookFailure {
+                at_ms: f.at_unix_ms,
+                status: f.status,
+                reason: f.reason.chars().take(MAX_REASON_CHARS).collect(),
+            });
         }
         out
     }
