@@ -8,20 +8,13 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use bulwark_e2e::{
-    ControlPlane, Namespace, eventually,
-    fault_upstream::FaultUpstream,
-    operator::{Operator, OperatorPorts, service_account_kubeconfig},
-    output_with_stdin,
-    process::{send_raw, wait_for_status},
-    repo_root,
-    sidecar::Sidecar,
-    stdout_or_panic,
+    ControlPlane, Namespace, eventually, fault_upstream::FaultUpstream, operator::Release,
+    output_with_stdin, process::send_raw, sidecar::Sidecar, stdout_or_panic,
 };
 
 /// The release's namespace, distinct from the other suites' `bulwark-system`.
@@ -138,131 +131,9 @@ fn tally(served: &[String]) -> BTreeMap<&str, usize> {
     counts
 }
 
-/// The chart, installed once per test binary, and the operator as its ServiceAccount: the
-/// release's cluster-scoped objects (the webhook configurations, the ClusterRoles) exist once per
-/// cluster, so the tests of this file, which cargo runs in parallel on the one shared control
-/// plane, share it, each in namespaces of its own.
-struct Install {
-    ports: OperatorPorts,
-    _operator: Operator,
-}
-
-fn install(cp: &ControlPlane) -> &'static Install {
-    static INSTALL: OnceLock<Install> = OnceLock::new();
-    INSTALL.get_or_init(|| {
-        let ports = OperatorPorts::free();
-        let chart = repo_root().join("charts/bulwark");
-        cp.helm_ok(&[
-            "install",
-            "bulwark",
-            chart.to_str().unwrap(),
-            "--namespace",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            &format!("webhook.url=https://{}/mutate", ports.webhook),
-        ]);
-        let sa_kubeconfig = service_account_kubeconfig(cp, RELEASE_NS, "bulwark-operator");
-        let operator = Operator::start(
-            &sa_kubeconfig,
-            RELEASE_NS,
-            "op-a",
-            ports,
-            &cp.dir.join("logs"),
-            &[],
-        );
-        // A static is never dropped: the operator ends with this process instead.
-        operator.process.kill_when_this_process_exits();
-        wait_for_status(ports.admin, "/readyz", 200, Duration::from_secs(30));
-        eventually(Duration::from_secs(20), "the webhook's caBundle", || {
-            let ca = cp.kubectl_ok(&[
-                "get",
-                "mutatingwebhookconfiguration/bulwark-sidecar-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ]);
-            (!ca.is_empty()).then_some(())
-        });
-        Install {
-            ports,
-            _operator: operator,
-        }
-    })
-}
-
-/// A namespace (named after `app`) with injection on, a pod `<app>-0` labelled `app: <app>`
-/// that the webhook injects, and that pod's sidecar run locally with a token bound to the pod,
-/// `extra` flags and its files in `work`; ready.
-fn injected_sidecar<'a>(
-    cp: &'a ControlPlane,
-    work: &Path,
-    app: &str,
-    extra: &[&str],
-) -> (Namespace<'a>, Sidecar) {
-    let ports = install(cp).ports;
-    let ns = cp.namespace(app);
-    cp.kubectl_ok(&["label", "namespace", &ns.name, "bulwark.dev/inject=enabled"]);
-    eventually(
-        Duration::from_secs(20),
-        "the default ServiceAccount",
-        || {
-            ns.run_kubectl(&["get", "serviceaccount", "default"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-    let pod = format!("{app}-0");
-    apply(
-        cp,
-        &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {}, labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: app, image: registry.example/{app}:1}}]\n",
-            ns.name
-        ),
-    );
-    let ca = ns.kubectl_ok(&[
-        "get",
-        "pod",
-        &pod,
-        "-o",
-        "jsonpath={.spec.initContainers[?(@.name==\"bulwark-sidecar\")].env[?(@.name==\"BULWARK_OPERATOR_CA\")].value}",
-    ]);
-    assert!(
-        ca.contains("BEGIN CERTIFICATE"),
-        "the pod is injected: {ca:?}"
-    );
-    let ca_path = work.join("operator-ca.pem");
-    std::fs::write(&ca_path, ca).unwrap();
-    let token = ns.kubectl_ok(&[
-        "create",
-        "token",
-        "default",
-        "--audience",
-        "bulwark",
-        "--bound-object-kind",
-        "Pod",
-        "--bound-object-name",
-        &pod,
-    ]);
-    let token_path = work.join("token");
-    std::fs::write(&token_path, token.trim()).unwrap();
-    let operator_url = format!("https://{}", ports.distribution);
-    let mut args = vec![
-        "--operator-url",
-        &operator_url,
-        "--operator-ca-file",
-        ca_path.to_str().unwrap(),
-        "--token-file",
-        token_path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let sidecar = Sidecar::start(
-        "127.0.0.1:9".parse().unwrap(), // the app (inbound) is not used here
-        &work.join("sidecar"),
-        &args,
-    );
-    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(20));
-    (ns, sidecar)
+fn release(cp: &ControlPlane) -> &'static Release {
+    static RELEASE: OnceLock<Release> = OnceLock::new();
+    RELEASE.get_or_init(|| Release::install(cp, RELEASE_NS))
 }
 
 /// Waits until FailoverPolicy `name` is Accepted and programmed in the one pod it selects.
@@ -288,7 +159,7 @@ fn a_failover_policy_over_two_services_follows_their_endpoint_slices() {
 
     // --- The chart and the operator (once per binary); an injected pod, and its sidecar with a
     // token bound to it. ------------------------------------------------------------------------
-    let (ns, sidecar) = injected_sidecar(cp, work.path(), "checkout", &[]);
+    let (ns, sidecar) = release(cp).injected_sidecar(cp, work.path(), "checkout", &[]);
 
     // --- Two selector-less Services; payments' two backends listen on different ports, so
     // each has its own slice. -----------------------------------------------------------------
@@ -437,7 +308,8 @@ fn zone_aware_calls_stay_in_the_pods_zone_up_to_its_share_and_spill_when_it_fail
     let remote_names: Vec<&str> = remote.iter().map(|(b, _)| b.name.as_str()).collect();
 
     // --- The pod runs in zone-a (what the injector passes from its topology label). ----------
-    let (ns, sidecar) = injected_sidecar(cp, work.path(), "storefront", &["--zone", "zone-a"]);
+    let (ns, sidecar) =
+        release(cp).injected_sidecar(cp, work.path(), "storefront", &["--zone", "zone-a"]);
 
     // --- Service catalog: one slice per backend, each endpoint with its zone. ----------------
     let n = ns.name.as_str();

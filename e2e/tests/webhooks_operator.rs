@@ -9,14 +9,13 @@
 //! of `kubectl get whe`) reaches the number delivered. An endpoint that always fails, with a
 //! short `disableAfterFailingFor`, is disabled by the operator with an Event.
 
-use std::{path::Path, sync::OnceLock, time::Duration};
+use std::{sync::OnceLock, time::Duration};
 
 use bulwark_e2e::{
     ControlPlane, Namespace, eventually,
-    operator::{Operator, OperatorPorts, service_account_kubeconfig},
+    operator::Release,
     output_with_stdin,
-    process::{http_get, http_post, wait_for_status},
-    repo_root,
+    process::{http_get, http_post},
     sidecar::Sidecar,
     stdout_or_panic,
     webhook_receiver::{Library, Received, WebhookReceiver},
@@ -42,119 +41,9 @@ fn jsonpath(ns: &Namespace<'_>, object: &str, path: &str) -> String {
     ns.kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")])
 }
 
-/// The chart and the operator (its ServiceAccount), once per test binary.
-struct Install {
-    ports: OperatorPorts,
-    _operator: Operator,
-}
-
-fn install(cp: &ControlPlane) -> &'static Install {
-    static INSTALL: OnceLock<Install> = OnceLock::new();
-    INSTALL.get_or_init(|| {
-        let ports = OperatorPorts::free();
-        let chart = repo_root().join("charts/bulwark");
-        cp.helm_ok(&[
-            "install",
-            "bulwark",
-            chart.to_str().unwrap(),
-            "--namespace",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            &format!("webhook.url=https://{}/mutate", ports.webhook),
-        ]);
-        let sa_kubeconfig = service_account_kubeconfig(cp, RELEASE_NS, "bulwark-operator");
-        let operator = Operator::start(
-            &sa_kubeconfig,
-            RELEASE_NS,
-            "op-a",
-            ports,
-            &cp.dir.join("logs"),
-            &[],
-        );
-        operator.process.kill_when_this_process_exits();
-        wait_for_status(ports.admin, "/readyz", 200, Duration::from_secs(30));
-        eventually(Duration::from_secs(20), "the webhook's caBundle", || {
-            let ca = cp.kubectl_ok(&[
-                "get",
-                "mutatingwebhookconfiguration/bulwark-sidecar-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ]);
-            (!ca.is_empty()).then_some(())
-        });
-        Install {
-            ports,
-            _operator: operator,
-        }
-    })
-}
-
-/// A namespace with injection on, pod `<app>-0` injected by the webhook, and that pod's sidecar
-/// run locally in operator mode with a token bound to the pod; ready.
-fn injected_sidecar<'a>(cp: &'a ControlPlane, work: &Path, app: &str) -> (Namespace<'a>, Sidecar) {
-    let ports = install(cp).ports;
-    let ns = cp.namespace(app);
-    cp.kubectl_ok(&["label", "namespace", &ns.name, "bulwark.dev/inject=enabled"]);
-    eventually(
-        Duration::from_secs(20),
-        "the default ServiceAccount",
-        || {
-            ns.run_kubectl(&["get", "serviceaccount", "default"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-    let pod = format!("{app}-0");
-    apply(
-        cp,
-        &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {}, labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: app, image: registry.example/{app}:1}}]\n",
-            ns.name
-        ),
-    );
-    let ca = ns.kubectl_ok(&[
-        "get",
-        "pod",
-        &pod,
-        "-o",
-        "jsonpath={.spec.initContainers[?(@.name==\"bulwark-sidecar\")].env[?(@.name==\"BULWARK_OPERATOR_CA\")].value}",
-    ]);
-    assert!(
-        ca.contains("BEGIN CERTIFICATE"),
-        "the pod is injected: {ca:?}"
-    );
-    let ca_path = work.join("operator-ca.pem");
-    std::fs::write(&ca_path, ca).unwrap();
-    let token = ns.kubectl_ok(&[
-        "create",
-        "token",
-        "default",
-        "--audience",
-        "bulwark",
-        "--bound-object-kind",
-        "Pod",
-        "--bound-object-name",
-        &pod,
-    ]);
-    let token_path = work.join("token");
-    std::fs::write(&token_path, token.trim()).unwrap();
-    let operator_url = format!("https://{}", ports.distribution);
-    let sidecar = Sidecar::start(
-        "127.0.0.1:9".parse().unwrap(), // the app (inbound) is not used here
-        &work.join("sidecar"),
-        &[
-            "--operator-url",
-            &operator_url,
-            "--operator-ca-file",
-            ca_path.to_str().unwrap(),
-            "--token-file",
-            token_path.to_str().unwrap(),
-        ],
-    );
-    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(20));
-    (ns, sidecar)
+fn release(cp: &ControlPlane) -> &'static Release {
+    static RELEASE: OnceLock<Release> = OnceLock::new();
+    RELEASE.get_or_init(|| Release::install(cp, RELEASE_NS))
 }
 
 /// A WebhookEndpoint `name` to `url` for `event_types`, signed with Secret `hook-signing` key
@@ -247,7 +136,7 @@ fn unverified(received: &[Received]) -> Vec<&Received> {
 fn deliveries_are_verified_across_a_key_rotation_and_counted_in_the_status() {
     let cp = ControlPlane::shared();
     let work = tempfile::tempdir().unwrap();
-    let (ns, sidecar) = injected_sidecar(cp, work.path(), "billing");
+    let (ns, sidecar) = release(cp).injected_sidecar(cp, work.path(), "billing", &[]);
     let n = ns.name.as_str();
 
     // Two receivers: one will only ever know the old key, the other only the new one.
@@ -394,7 +283,7 @@ fn deliveries_are_verified_across_a_key_rotation_and_counted_in_the_status() {
 fn an_endpoint_failing_for_disable_after_failing_for_is_disabled_with_an_event() {
     let cp = ControlPlane::shared();
     let work = tempfile::tempdir().unwrap();
-    let (ns, sidecar) = injected_sidecar(cp, work.path(), "billing");
+    let (ns, sidecar) = release(cp).injected_sidecar(cp, work.path(), "billing", &[]);
     let n = ns.name.as_str();
     // A port nothing listens on: every attempt fails (connection refused).
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
