@@ -215,17 +215,26 @@ fn deliveries_are_verified_across_a_key_rotation_and_counted_in_the_status() {
         (now + 3600 - 120..=now + 3600 + 5).contains(&not_after),
         "the previous key expires a grace period (1h) after the change: {not_after} vs now {now}"
     );
-    let ledger = cp.kubectl_ok(&[
-        "get",
-        "secret/bulwark-webhook-signing-keys",
-        "-n",
-        RELEASE_NS,
-        "-o",
-        r#"go-template={{index .data "keys.json" | base64decode}}"#,
-    ]);
-    assert!(
-        ledger.contains(&format!("{n}/partner-old")) && ledger.contains("notAfter"),
-        "{ledger}"
+    // The leader records the change in its ledger after the replicas already sign with both
+    // keys: the ledger is read until it holds it.
+    let ledger = || {
+        cp.kubectl_ok(&[
+            "get",
+            "secret/bulwark-webhook-signing-keys",
+            "-n",
+            RELEASE_NS,
+            "-o",
+            r#"go-template={{index .data "keys.json" | base64decode}}"#,
+        ])
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the previous key in the ledger",
+        || {
+            let ledger = ledger();
+            (ledger.contains(&format!("{n}/partner-old")) && ledger.contains("notAfter"))
+                .then_some(())
+        },
     );
     for object in ["webhookendpoint/partner-old", "webhookendpoint/partner-new"] {
         let shown = ns.kubectl_ok(&["get", object, "-o", "json"]);
