@@ -64,7 +64,10 @@ class Slow(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
+class Server(http.server.ThreadingHTTPServer):
+    # socketserver's default backlog of 5 dropped connects when the machine was busy.
+    request_queue_size = 128
+Server(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
 "#;
 
 /// Starts [`SLOW_APP`] on a free port; its log goes to `dir`.
@@ -207,7 +210,13 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
     assert!(status.success(), "the old sidecar exited with {status}");
     for (i, request) in in_flight.into_iter().enumerate() {
         let response = request.join().unwrap();
-        let response = response.unwrap_or_else(|| panic!("in-flight request {i} was dropped"));
+        let response = response.unwrap_or_else(|| {
+            panic!(
+                "in-flight request {i} was dropped\n--- old sidecar:\n{}\n--- new sidecar:\n{}",
+                old.log_text(),
+                new.log_text()
+            )
+        });
         assert_eq!(
             (response.status, response.body.as_str()),
             (200, "slow ok\n")
@@ -220,7 +229,9 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
     let (served, failed) = steady.join().unwrap();
     assert!(
         failed.is_empty(),
-        "requests failed during the handover: {failed:?}"
+        "requests failed during the handover: {failed:?}\n--- old sidecar:\n{}\n--- new sidecar:\n{}",
+        old.log_text(),
+        new.log_text()
     );
     assert!(served > 0);
     assert_eq!(http_get(inbound, "/fast").map(|r| r.status), Some(200));
