@@ -816,7 +816,7 @@ fn ordered_endpoints_deliver_in_acceptance_order_and_rate_limits_space_deliverie
 /// A store at its size limit refuses new messages with 507 and keeps delivering the ones it
 /// holds.
 #[test]
-fn a_full_store_refuses_with_507_and_keeps_what_it_holds() {
+fn a_full_store_refuses_with_507_keeps_what_it_holds_and_takes_more_once_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mut receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
     let policy = endpoint("archive", &receiver.url("/"), "archive-key", KEY_A, "");
@@ -867,4 +867,12 @@ fn a_full_store_refuses_with_507_and_keeps_what_it_holds() {
         },
     );
     assert!(received.len() >= kept.len());
+    // Delivered, they made room: the file is as long as before, its pages free again.
+    eventually(Duration::from_secs(10), "a 202 once delivered", || {
+        let response = submit(
+            &sidecar,
+            &json!({"eventType": "blob.stored", "payload": {"data": filler}}),
+        );
+        (response.status == 202).then_some(())
+    });
 }

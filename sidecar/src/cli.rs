@@ -119,9 +119,10 @@ pub struct Args {
     #[arg(long, env = "BULWARK_QUOTA_FLUSH_MS", default_value_t = 1000)]
     pub quota_flush_ms: u64,
 
-    /// The largest `--state-dir/webhooks.redb` may grow, in MiB. Beyond it new webhook messages
-    /// are refused with 507 (the ones held are kept and delivered); delivered messages and
-    /// expired records make room again.
+    /// The largest `--state-dir/webhooks.redb` may grow, in MiB. When the messages held fill
+    /// it (between half and nine-tenths of it, as the file's growth falls), new webhook messages
+    /// are refused with 507; the ones held are kept and delivered, and their delivery makes room
+    /// again.
     #[arg(long, env = "BULWARK_WEBHOOK_MAX_STORE_MB", default_value_t = 1024)]
     pub webhook_max_store_mb: u64,
 

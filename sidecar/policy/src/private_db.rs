@@ -6,7 +6,12 @@ use std::{
     path::Path,
 };
 
-use redb::Database;
+use redb::{Builder, Database};
+
+/// redb's page cache, per database. Its default (1 GiB) made a large webhook backlog's RSS
+/// approach that; the stores are written sequentially by key and read mostly recently written
+/// pages, so a small cache serves them (measured in BENCHMARKS.md, "Webhook delivery").
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Opens (or creates) a redb database at `path` with mode 0600, set on an existing file too
 /// (files made by older versions are closed as well). Fails while another process holds it
@@ -20,5 +25,5 @@ pub fn open(path: &Path) -> Result<Database, redb::Error> {
         .map_err(redb::StorageError::from)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(redb::StorageError::from)?;
-    Ok(Database::create(path)?)
+    Ok(Builder::new().set_cache_size(CACHE_BYTES).create(path)?)
 }

@@ -14,19 +14,26 @@
 //!   dead (a delivered message's payload is removed once its last delivery succeeds);
 //! - `deliveries`: (id, endpoint) → attempts made, next attempt, dead-letter time and last error;
 //! - `dead`: (endpoint, id), the dead letters of each endpoint in acceptance order;
-//! - `attempts`: (id, endpoint, n) → what attempt n got (kept [`Retention::attempts`]);
+//! - `attempts`: (id, endpoint, n) → what attempt n got (kept [`Retention::attempts`], and at
+//!   most [`attempt_records_cap`] of them: at thousands of deliveries a second a week of
+//!   records would fill any store, so the oldest go first);
 //! - `idempotency`, `idempotency_by_id`: key ↔ first id (kept [`Retention::idempotency`]);
 //! - `counts`: each endpoint's delivered, failed-attempt and dead-letter counts (kept for good).
+//!
+//! The size bound is on the pages in use, not on the file's length: redb reuses freed pages
+//! but never shrinks the file, so a length at the limit only says the store has *been* that
+//! full. See [`Space`].
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -53,6 +60,20 @@ pub const FILE_NAME: &str = "webhooks.redb";
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// The most writes one transaction takes, so one commit's latency stays bounded.
 const MAX_BATCH: usize = 8192;
+/// The share of `max_bytes` the pages in use may reach: the rest absorbs fragmentation and
+/// the pages a commit frees only once no reader holds the snapshot before it.
+const FULL_AT: f64 = 0.9;
+/// A B-tree keeps its pages partly empty: what a write is assumed to take, per byte written.
+const PAGE_SLACK: u64 = 2;
+/// The least time between two counts of the pages in use while the store is full.
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
+/// What one attempt record is assumed to take, for [`attempt_records_cap`].
+const ATTEMPT_RECORD_BYTES: u64 = 512;
+
+/// The most attempt records kept: about an eighth of the store (1 GiB keeps 262 144).
+pub fn attempt_records_cap(max_bytes: u64) -> u64 {
+    (max_bytes / 8 / ATTEMPT_RECORD_BYTES).max(1_000)
+}
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -124,6 +145,18 @@ pub struct Pending {
     pub deliveries: Vec<(String, u64)>,
 }
 
+impl Pending {
+    /// About what storing it writes: payload, event type, key and each delivery's state.
+    fn size(&self) -> u64 {
+        let key = self
+            .idempotency_key
+            .as_ref()
+            .map_or(0, |k| 2 * (k.len() + 16));
+        let deliveries: usize = self.deliveries.iter().map(|(e, _)| e.len() + 64).sum();
+        (self.payload.len() + self.event_type.len() + 18 + key + deliveries) as u64
+    }
+}
+
 /// What accepting one message did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accepted {
@@ -176,6 +209,15 @@ pub struct AttemptRecord {
     /// The start of the response body (at most 1 KiB), for debugging a receiver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+}
+
+impl AttemptRecord {
+    /// About what storing it writes.
+    fn size(&self) -> u64 {
+        let text = self.error.as_ref().map_or(0, String::len)
+            + self.response.as_ref().map_or(0, String::len);
+        (96 + self.result.len() + text) as u64
+    }
 }
 
 /// What becomes of a delivery after an attempt.
@@ -326,7 +368,8 @@ impl Store {
         let writer = Writer {
             db: db.clone(),
             path: path.to_owned(),
-            max_bytes,
+            space: Space::new(max_bytes),
+            attempts_cap: attempt_records_cap(max_bytes),
             retention,
         };
         let thread = std::thread::Builder::new()
@@ -522,8 +565,89 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
 struct Writer {
     db: Arc<Database>,
     path: PathBuf,
-    max_bytes: u64,
+    space: Space,
+    attempts_cap: u64,
     retention: Retention,
+}
+
+/// What the writer knows of the room left under `max_bytes`, which the file must never pass.
+///
+/// redb grows its file by doubling it (up to 4 GiB) and shrinks it when its tail is free.
+/// While the file is at most half the limit, a growth stays within it: there is room. Beyond
+/// that the file may not grow any more, so the room is what its pages can take: the pages in
+/// use are counted (`WriteTransaction::stats`, a walk of every tree: too slow for every
+/// commit), and the bytes written since are tallied against the room that count found; when
+/// they have used it up, or the store was found full and something has been removed since,
+/// the pages are counted again (at most once a [`RECOUNT_EVERY`] while full). So the store
+/// holds between about half and [`FULL_AT`] of the limit before it refuses, depending on
+/// where the doubling left the file.
+struct Space {
+    max_bytes: u64,
+    /// Room found at the last count.
+    room: u64,
+    /// Bytes written (as estimated) since the last count.
+    written: u64,
+    /// Whether anything was removed since the last count.
+    freed: bool,
+    /// When the last count found the store full.
+    full_since: Option<Instant>,
+}
+
+impl Space {
+    fn new(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            room: 0,
+            written: 0,
+            freed: false,
+            full_since: None,
+        }
+    }
+
+    /// Whether new messages must be refused, counting the pages in use when needed.
+    fn full(
+        &mut self,
+        file_len: u64,
+        txn: &WriteTransaction,
+    ) -> Result<Option<StoreError>, StoreError> {
+        if file_len.saturating_mul(2) <= self.max_bytes {
+            // The next growth stays within the limit; once the file is this short again
+            // (shrunk), the last count is stale.
+            (self.room, self.written, self.full_since) = (0, 0, None);
+            return Ok(None);
+        }
+        if self.written < self.room {
+            return Ok(None);
+        }
+        if let Some(since) = self.full_since
+            && (!self.freed || since.elapsed() < RECOUNT_EVERY)
+        {
+            return Ok(Some(self.error(None)));
+        }
+        let stats = txn.stats()?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        let capacity = (file_len.min(self.max_bytes) as f64 * FULL_AT) as u64;
+        self.room = capacity.saturating_sub(used);
+        (self.written, self.freed) = (0, false);
+        self.full_since = (self.room == 0).then(Instant::now);
+        Ok(self.full_since.map(|_| self.error(Some(used))))
+    }
+
+    fn error(&self, used: Option<u64>) -> StoreError {
+        let used = used.map_or(String::new(), |u| format!("{u} bytes in use, "));
+        StoreError::Full(format!(
+            "{used}the file may not grow past {} bytes",
+            self.max_bytes
+        ))
+    }
+
+    fn wrote(&mut self, bytes: u64) {
+        self.written += bytes * PAGE_SLACK;
+    }
+
+    fn freed(&mut self, freed: bool) {
+        self.freed |= freed;
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -539,7 +663,7 @@ fn on_commit<T: Send + 'static>(reply: Reply<T>, value: T) -> Answer {
 }
 
 impl Writer {
-    fn run(self, queue: mpsc::Receiver<Write>) {
+    fn run(mut self, queue: mpsc::Receiver<Write>) {
         let mut unsynced = false;
         loop {
             let first = match queue.recv_timeout(SYNC_EVERY) {
@@ -580,20 +704,10 @@ impl Writer {
         Ok(())
     }
 
-    fn full(&self) -> Option<StoreError> {
-        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        (size >= self.max_bytes).then(|| {
-            StoreError::Full(format!(
-                "{size} bytes on disk, the limit is {}",
-                self.max_bytes
-            ))
-        })
-    }
-
     /// Applies a batch in one transaction; every waiting caller gets the commit's result.
-    fn apply(&self, batch: Vec<Write>, durable: bool) -> Result<(), StoreError> {
+    fn apply(&mut self, batch: Vec<Write>, durable: bool) -> Result<(), StoreError> {
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        let full = self.full();
+        let file_len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         let outcome = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(if durable {
@@ -601,6 +715,11 @@ impl Writer {
             } else {
                 Durability::None
             })?;
+            let full = if batch.iter().any(|w| matches!(w, Write::Accept(..))) {
+                self.space.full(file_len, &txn)?
+            } else {
+                None
+            };
             for write in batch {
                 match write {
                     Write::Accept(messages, reply) => match &full {
@@ -610,9 +729,15 @@ impl Writer {
                                 let _ = reply.send(Err(e));
                             }));
                         }
-                        None => answers.push(on_commit(reply, accept(&txn, messages)?)),
+                        None => {
+                            self.space.wrote(messages.iter().map(Pending::size).sum());
+                            answers.push(on_commit(reply, accept(&txn, messages)?));
+                        }
                     },
-                    Write::Attempt(done) => record(&txn, done)?,
+                    Write::Attempt(done) => {
+                        self.space.wrote(done.record.size());
+                        self.space.freed(record(&txn, done)?);
+                    }
                     Write::Count(endpoint, delta) => add_counts(&txn, &endpoint, delta)?,
                     Write::Replay {
                         endpoint,
@@ -621,11 +746,15 @@ impl Writer {
                         reply,
                     } => answers.push(on_commit(reply, replay(&txn, &endpoint, which, now_ms)?)),
                     Write::Sweep { now_ms, reply } => {
-                        answers.push(on_commit(reply, sweep(&txn, now_ms, &self.retention)?));
+                        let swept = sweep(&txn, now_ms, &self.retention)?;
+                        self.space.freed(swept != SweepCounts::default());
+                        answers.push(on_commit(reply, swept));
                     }
                     Write::Flush(reply) => answers.push(on_commit(reply, ())),
                 }
             }
+            self.space
+                .freed(evict_oldest_attempts(&txn, self.attempts_cap)? > 0);
             txn.commit()?;
             Ok(())
         })();
@@ -673,7 +802,8 @@ fn accept(txn: &WriteTransaction, messages: Vec<Pending>) -> Result<Vec<Accepted
     Ok(accepted)
 }
 
-fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
+/// Records an attempt; whether that removed anything (a delivered delivery and its message).
+fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<bool, StoreError> {
     let mut deliveries = txn.open_table(DELIVERIES)?;
     let endpoint = done.endpoint.as_str();
     // A delivery removed meanwhile (its dead letter swept) is not brought back.
@@ -681,7 +811,7 @@ fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
         .get((done.id, endpoint))?
         .map(|v| decode_state(v.value()))
     else {
-        return Ok(());
+        return Ok(false);
     };
     let mut attempts = txn.open_table(ATTEMPTS)?;
     attempts.insert(
@@ -693,6 +823,7 @@ fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
     state.attempts = done.number;
     state.last_error = done.record.error.clone();
     add_counts(txn, endpoint, Counts::of(&done.after))?;
+    let delivered = done.after == AfterAttempt::Delivered;
     match done.after {
         AfterAttempt::Delivered => {
             deliveries.remove((done.id, endpoint))?;
@@ -715,7 +846,22 @@ fn record(txn: &WriteTransaction, done: AttemptDone) -> Result<(), StoreError> {
             txn.open_table(DEAD)?.insert((endpoint, done.id), ())?;
         }
     }
-    Ok(())
+    Ok(delivered)
+}
+
+/// Removes the oldest attempt records beyond `cap`, a tenth of it at a time so the cost is
+/// spread; how many it removed.
+fn evict_oldest_attempts(txn: &WriteTransaction, cap: u64) -> Result<u64, StoreError> {
+    let mut attempts = txn.open_table(ATTEMPTS)?;
+    let len = attempts.len()?;
+    if len <= cap + cap / 10 {
+        return Ok(0);
+    }
+    let excess = len - cap;
+    for _ in 0..excess {
+        attempts.pop_first()?;
+    }
+    Ok(excess)
 }
 
 fn add_counts(txn: &WriteTransaction, endpoint: &str, delta: Counts) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use super::{
     message::first_id_at,
     store::{
         Accepted, AfterAttempt, AttemptDone, AttemptRecord, Pending, ReplaySelector, Retention,
-        Store, StoreError,
+        Store, StoreError, attempt_records_cap,
     },
 };
 
@@ -237,27 +237,79 @@ fn retention_removes_old_records_and_keys_but_not_pending_work() {
 }
 
 #[test]
-fn a_full_store_refuses_new_messages_and_keeps_the_old_ones() {
+fn a_full_store_refuses_new_messages_keeps_the_old_ones_and_makes_room_as_they_are_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.redb");
-    let (store, _) = Store::open(&path, 64 * MB, Retention::default()).unwrap();
-    runtime().block_on(async {
-        store
-            .accept(vec![pending(id(1_000, 0), None, &["ns/x"])])
-            .await
-            .unwrap();
+    let (store, _) = Store::open(&path, 8 * MB, Retention::default()).unwrap();
+    let blob = |n: u128| Pending {
+        payload: vec![b'x'; 60_000],
+        ..pending(id(1_000, n), None, &["ns/x"])
+    };
+    let rt = runtime();
+    let mut kept = Vec::new();
+    let refused = rt.block_on(async {
+        for n in 0..1_000 {
+            match store.accept(vec![blob(n)]).await {
+                Ok(_) => kept.push(id(1_000, n)),
+                Err(e) => return e,
+            }
+        }
+        panic!("8 MiB held 1000 messages of 60 kB");
     });
-    drop(store);
-    let size = std::fs::metadata(&path).unwrap().len();
-    let (store, recovered) = Store::open(&path, size, Retention::default()).unwrap();
-    assert_eq!(recovered.pending.len(), 1);
-    runtime().block_on(async {
-        let refused = store
-            .accept(vec![pending(id(2_000, 0), None, &["ns/x"])])
-            .await;
-        assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
+    assert!(matches!(refused, StoreError::Full(_)), "{refused:?}");
+    // The file never passes the limit, and holds at least about half of it before it refuses.
+    let file = std::fs::metadata(&path).unwrap().len();
+    let held = kept.len() as u64 * 60_000;
+    assert!(file <= 8 * MB, "the file grew to {file} bytes");
+    assert!(held > 8 * MB * 4 / 10, "only {held} bytes held in {file}");
+    for &id in &kept {
+        assert!(store.message(id).unwrap().is_some());
+    }
+
+    // Delivered, they make room again: the file is as long as before, its pages free.
+    for &id in &kept {
+        store.record(attempt(id, "ns/x", 1, AfterAttempt::Delivered));
+    }
+    let started = std::time::Instant::now();
+    let again = rt.block_on(async {
+        loop {
+            match store.accept(vec![blob(5_000)]).await {
+                Ok(accepted) => return accepted,
+                Err(StoreError::Full(_)) if started.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("still refused once every message was delivered: {e}"),
+            }
+        }
     });
-    assert!(store.message(id(1_000, 0)).unwrap().is_some());
+    assert_eq!(again, vec![Accepted::New(id(1_000, 5_000))]);
+    assert!(store.message(kept[0]).unwrap().is_none());
+}
+
+#[test]
+fn attempt_records_are_capped_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("w.redb"), MB, Retention::default()).unwrap();
+    let cap = attempt_records_cap(MB);
+    let messages = cap + cap / 10 + 1;
+    runtime().block_on(async {
+        let all: Vec<_> = (0..messages)
+            .map(|n| pending(id(1_000, n.into()), None, &["ns/x"]))
+            .collect();
+        store.accept(all).await.unwrap();
+        for n in 0..messages {
+            let retry = AfterAttempt::Retry { at_ms: 10_000 };
+            store.record(attempt(id(1_000, n.into()), "ns/x", 1, retry));
+        }
+        store.flush().await.unwrap();
+    });
+    assert!(store.attempts(id(1_000, 0)).unwrap().is_empty());
+    let newest = id(1_000, (messages - 1).into());
+    assert_eq!(store.attempts(newest).unwrap().len(), 1);
+    let kept = (0..messages)
+        .filter(|&n| !store.attempts(id(1_000, n.into())).unwrap().is_empty())
+        .count() as u64;
+    assert_eq!(kept, cap);
 }
 
 #[test]
