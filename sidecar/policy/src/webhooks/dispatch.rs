@@ -47,6 +47,9 @@ pub trait Transport: Send + Sync + 'static {
 const SHARED_POLL: Duration = Duration::from_millis(100);
 /// How often retention runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the queue gauges are set (they are read by scrapes, seconds apart; setting them on
+/// every pass cost each accept a pass's worth of label lookups).
+const GAUGES_EVERY: Duration = Duration::from_millis(500);
 /// How long shutdown waits for attempts in flight to finish (their results are then made
 /// durable; an attempt cut off is made again after restart).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -62,10 +65,15 @@ impl BackgroundTask for Dispatcher {
             return;
         };
         let mut next_sweep = Instant::now();
+        let mut next_gauges = Instant::now();
         loop {
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;
                 sweep(outbox, &store).await;
+            }
+            if Instant::now() >= next_gauges {
+                next_gauges = Instant::now() + GAUGES_EVERY;
+                set_gauges(outbox);
             }
             let mut wait = start_due(outbox);
             if poll_shared(outbox).await {
@@ -147,16 +155,12 @@ fn in_flight(outbox: &Outbox) -> u32 {
     lock(&outbox.lanes).values().map(|l| l.in_flight).sum()
 }
 
-/// Starts every attempt that is due and allowed; returns how long until one may be.
-fn start_due(outbox: &Arc<Outbox>) -> Duration {
-    let policy = outbox.runtime.policy();
+/// Sets each endpoint's queue gauges: depth, oldest pending, dead letters, breaker state.
+fn set_gauges(outbox: &Outbox) {
     let now = unix_nanos();
     let now_ms = now / 1_000_000;
-    let mut wait_ms: u64 = 1_000;
-    let mut lanes = lock(&outbox.lanes);
-    let mut total: usize = lanes.values().map(|l| l.in_flight as usize).sum();
     let metrics = outbox.metrics();
-    for (id, lane) in lanes.iter_mut() {
+    for (id, lane) in lock(&outbox.lanes).iter() {
         metrics
             .queue_depth
             .with_label_values(&[id])
@@ -174,6 +178,18 @@ fn start_due(outbox: &Arc<Outbox>) -> Duration {
             .breaker_state
             .with_label_values(&[id])
             .set(lane.breaker.state(now).gauge_value());
+    }
+}
+
+/// Starts every attempt that is due and allowed; returns how long until one may be.
+fn start_due(outbox: &Arc<Outbox>) -> Duration {
+    let policy = outbox.runtime.policy();
+    let now = unix_nanos();
+    let now_ms = now / 1_000_000;
+    let mut wait_ms: u64 = 1_000;
+    let mut lanes = lock(&outbox.lanes);
+    let mut total: usize = lanes.values().map(|l| l.in_flight as usize).sum();
+    for (id, lane) in lanes.iter_mut() {
         // An endpoint no longer in the policy, or disabled: its deliveries wait.
         let Some(endpoint) = policy.webhooks.get(id) else {
             continue;
