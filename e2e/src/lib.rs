@@ -29,6 +29,7 @@ pub mod process;
 pub mod redis;
 pub mod sdks;
 pub mod sidecar;
+pub mod tls;
 pub mod webhook_receiver;
 
 /// The repository root.

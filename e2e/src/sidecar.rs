@@ -197,6 +197,29 @@ impl Sidecar {
     /// Spawns a sidecar on the given listener addresses without waiting for it (with
     /// `--upgrade` it serves only once the running one hands its sockets over).
     pub fn spawn(app: SocketAddr, state_dir: &Path, at: Listeners, extra: &[&str]) -> Sidecar {
+        Self::spawn_with_env(app, state_dir, at, extra, &[])
+    }
+
+    /// [`Sidecar::start`] with environment variables set for the process (e.g.
+    /// `SSL_CERT_FILE`, the roots its outgoing TLS trusts).
+    pub fn start_with_env(
+        app: SocketAddr,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Sidecar {
+        let sidecar = Self::spawn_with_env(app, state_dir, Listeners::free(), extra, env);
+        wait_for_status(sidecar.admin, "/healthz", 200, Duration::from_secs(10));
+        sidecar
+    }
+
+    fn spawn_with_env(
+        app: SocketAddr,
+        state_dir: &Path,
+        at: Listeners,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Sidecar {
         std::fs::create_dir_all(state_dir).unwrap();
         let mut cmd = Command::new(workspace_binary("bulwark-sidecar"));
         cmd.args(["--inbound-listen", &at.inbound.to_string()])
@@ -206,7 +229,8 @@ impl Sidecar {
             .args(["--flagd-listen", &at.flagd.to_string()])
             .arg("--state-dir")
             .arg(state_dir)
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let log = state_dir.join(format!("sidecar-{}.log", crate::unique_name("run")));
         Sidecar {
             inbound: at.inbound,

@@ -2,10 +2,11 @@
 (PyPI `standardwebhooks`, pinned in e2e/peers/versions.env), as a real consumer would.
 webhook_receiver.js is the same program over the npm library; keep the two in step.
 
-Usage: PYTHON webhook_receiver.py PORT LOG SECRET
+Usage: PYTHON webhook_receiver.py PORT LOG SECRET [CERT KEY]
   PORT    loopback port to bind (0: any free one); once bound it prints `listening PORT`.
   LOG     file that gets one JSON line per delivery, appended (kept across restarts).
   SECRET  the endpoint's `whsec_<base64 key>` secret.
+  CERT KEY  PEM files: serve HTTPS with this certificate chain and key (Python only).
 
 A delivery is a POST to any path but /_control. Its body is checked with
 `Webhook(secret).verify(body, headers)` and one line is appended to LOG before the answer goes
@@ -24,6 +25,7 @@ The answer to POST /_control is the mode as it now stands (400 with {"error"} if
 import http.server
 import json
 import math
+import ssl
 import sys
 import threading
 import time
@@ -196,5 +198,9 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 server = Server(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 5:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
 print(f"listening {server.server_address[1]}", flush=True)
 server.serve_forever()

@@ -106,6 +106,8 @@ pub struct WebhookReceiver {
     log: PathBuf,
     /// The program's stdout and stderr (`listening PORT`, or why it failed).
     output: PathBuf,
+    /// Certificate chain and key (PEM files) when it serves HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
     process: Option<Running>,
 }
 
@@ -113,6 +115,23 @@ impl WebhookReceiver {
     /// Starts a receiver for `library` on a free loopback port, verifying with `secret`
     /// (`whsec_<base64 key>`), its log and output files in `dir`; returns once it listens.
     pub fn start(library: Library, dir: &Path, secret: &str) -> WebhookReceiver {
+        Self::launched(library, dir, secret, None)
+    }
+
+    /// A Python receiver serving HTTPS with the PEM certificate chain `cert` and key `key`; its
+    /// [`url`](Self::url)s are `https://localhost:PORT/…`. Its control calls ([`Self::set_mode`],
+    /// [`Self::mode`]) speak plain HTTP, so it stays in the `ok` mode.
+    pub fn start_tls(dir: &Path, secret: &str, cert: &Path, key: &Path) -> WebhookReceiver {
+        let tls = Some((cert.to_owned(), key.to_owned()));
+        Self::launched(Library::Python, dir, secret, tls)
+    }
+
+    fn launched(
+        library: Library,
+        dir: &Path,
+        secret: &str,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> WebhookReceiver {
         let name = unique_name(&format!("webhooks-{}", library.name()));
         let mut receiver = WebhookReceiver {
             library,
@@ -120,6 +139,7 @@ impl WebhookReceiver {
             port: 0,
             log: dir.join(format!("{name}.jsonl")),
             output: dir.join(format!("{name}.out")),
+            tls,
             process: None,
         };
         receiver.launch();
@@ -132,6 +152,9 @@ impl WebhookReceiver {
         cmd.arg(self.port.to_string())
             .arg(&self.log)
             .arg(&self.secret);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg(cert).arg(key);
+        }
         let what = format!("the {} webhook receiver", self.library.name());
         self.process = Some(Running::spawn(&what, cmd, &self.output));
         let start = Instant::now();
@@ -168,13 +191,14 @@ impl WebhookReceiver {
         ([127, 0, 0, 1], self.port).into()
     }
 
-    /// `http://127.0.0.1:PORT/path` (a leading `/` is optional).
+    /// `http://127.0.0.1:PORT/path`, or `https://localhost:PORT/path` when it serves HTTPS (a
+    /// leading `/` is optional).
     pub fn url(&self, path: &str) -> String {
-        format!(
-            "http://127.0.0.1:{}/{}",
-            self.port,
-            path.trim_start_matches('/')
-        )
+        let origin = match self.tls {
+            Some(_) => "https://localhost",
+            None => "http://127.0.0.1",
+        };
+        format!("{origin}:{}/{}", self.port, path.trim_start_matches('/'))
     }
 
     /// The file the deliveries are logged to.

@@ -20,6 +20,7 @@ use bulwark_e2e::{
     fault_upstream::FaultUpstream,
     process::{HttpResponse, http_get, send_raw, wait_for_status},
     sidecar::Sidecar,
+    tls::certificate_for,
 };
 
 /// A standalone sidecar whose config holds `policy`; the app (inbound) is not used here.
@@ -487,22 +488,6 @@ spec:
         sidecar.metric_sum("bulwark_flag_gate_decisions_total{decision=\"routed\""),
         to_canary as f64
     );
-}
-
-/// A CA, and a certificate it signs for `name`: (CA PEM, certificate PEM, key PEM).
-fn certificate_for(name: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, &ca_key);
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// `https` upstreams: the sidecar verifies the backend's certificate against the CA bundle of

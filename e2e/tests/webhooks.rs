@@ -502,6 +502,75 @@ fn private_and_loopback_targets_are_refused_unless_the_endpoint_allows_them() {
     );
 }
 
+/// `https` receivers: the sidecar verifies the receiver's certificate against the trusted roots
+/// (here `SSL_CERT_FILE`, which rustls-native-certs reads instead of the system's) and its
+/// name. A receiver whose certificate another CA signed gets nothing: each attempt fails in the
+/// handshake, and the message ends in the dead letters with the reason.
+#[test]
+fn https_receivers_are_verified_against_the_trusted_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let (ca, cert, key) = bulwark_e2e::tls::certificate_for("localhost");
+    let (_, rogue_cert, rogue_key) = bulwark_e2e::tls::certificate_for("localhost");
+    let trusted = WebhookReceiver::start_tls(
+        dir.path(),
+        KEY_A,
+        &write("trusted.crt", &cert),
+        &write("trusted.key", &key),
+    );
+    let rogue = WebhookReceiver::start_tls(
+        dir.path(),
+        KEY_A,
+        &write("rogue.crt", &rogue_cert),
+        &write("rogue.key", &rogue_key),
+    );
+    let retry = "  retry: {schedule: [0s, 100ms], jitterPercent: 0}\n";
+    let policy = [
+        endpoint("trusted", &trusted.url("/"), "trusted-key", KEY_A, retry),
+        endpoint("rogue", &rogue.url("/"), "rogue-key", KEY_A, retry),
+    ]
+    .join("---\n");
+    let config = dir.path().join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("webhooks.yaml"), &policy).unwrap();
+    let sidecar = Sidecar::start_with_env(
+        "127.0.0.1:9".parse().unwrap(),
+        &dir.path().join("state"),
+        &["--config-dir", config.to_str().unwrap()],
+        &[("SSL_CERT_FILE", &write("roots.pem", &ca))],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+
+    let id = accepted_id(
+        &sidecar,
+        &json!({"eventType": "tls.probe", "payload": {"n": 1}}),
+    );
+    let received = trusted.wait_for_deliveries(1, Duration::from_secs(10));
+    assert!(received[0].verified, "{:?}", received[0]);
+    assert_eq!(received[0].id.as_deref(), Some(id.as_str()));
+
+    let letters = eventually(Duration::from_secs(10), "the rogue's dead letter", || {
+        let v = get_json(
+            &sidecar,
+            "/webhooks/v1/endpoints/default/rogue/dead-letters",
+        );
+        let letters = v["deadLetters"].as_array()?.clone();
+        (!letters.is_empty()).then_some(letters)
+    });
+    assert_eq!(letters[0]["id"], id.as_str());
+    assert_eq!(
+        letters[0]["attempts"], 2,
+        "a TLS failure is retried as a network error"
+    );
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("certificate"), "{reason}");
+    assert!(rogue.received().is_empty(), "nothing reached the rogue");
+}
+
 /// SIGKILL in the middle of a burst, then a restart on the same state directory: every message
 /// that got a 202 reaches the receiver (at least once), and an idempotency key accepted before
 /// the crash still answers with the first id after it.

@@ -265,7 +265,8 @@ where
     Ok(sender)
 }
 
-/// The system's roots (Debian's `ca-certificates`), read once.
+/// The system's roots (Debian's `ca-certificates`; `SSL_CERT_FILE` or `SSL_CERT_DIR` instead
+/// when set), read once.
 fn tls_config() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     CONFIG
