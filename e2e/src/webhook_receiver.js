@@ -11,7 +11,8 @@
 // SECRET: the endpoint's `whsec_<base64 key>` secret.
 // Unverified: 401. Verified: as the mode says, set with POST /_control and read with GET:
 //   {"mode":"ok"} 204 | {"mode":"fail","status":503} | {"mode":"slow","delaySeconds":3} then 204
-//   | {"mode":"ratelimit","retryAfter":"1"} 429 with Retry-After; "times": N on any of them
+//   | {"mode":"ratelimit","retryAfter":"1"} 429 with Retry-After
+//   | {"mode":"redirect","location":"http://..."} 307 to that location; "times": N on any of them
 //   applies to the next N verified deliveries, then the mode is ok again.
 'use strict';
 const fs = require('fs');
@@ -50,8 +51,13 @@ function normalize(spec) {
       throw new Error('retryAfter must be a string or an integer');
     }
     mode = { mode: 'ratelimit', retryAfter: String(retryAfter) };
+  } else if (spec.mode === 'redirect') {
+    if (typeof spec.location !== 'string' || spec.location === '') {
+      throw new Error('location must be a URL');
+    }
+    mode = { mode: 'redirect', location: spec.location };
   } else {
-    throw new Error('mode must be ok, fail, slow or ratelimit');
+    throw new Error('mode must be ok, fail, slow, ratelimit or redirect');
   }
   if ('times' in spec) {
     if (!isInt(spec.times) || spec.times < 1) throw new Error('times must be an integer >= 1');
@@ -121,6 +127,9 @@ function handle(req, res, body, receivedAt) {
     } else if (mode.mode === 'ratelimit') {
       status = 429;
       extra['Retry-After'] = mode.retryAfter;
+    } else if (mode.mode === 'redirect') {
+      status = 307;
+      extra.Location = mode.location;
     } else {
       status = 204;
       delay = mode.delaySeconds ?? 0;

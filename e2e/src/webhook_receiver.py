@@ -19,6 +19,7 @@ The mode is set with `POST /_control` and a JSON body, and read with `GET /_cont
   {"mode": "fail", "status": 503}         that status (default 500)
   {"mode": "slow", "delaySeconds": 3}     waits, then 204 (default 1 s)
   {"mode": "ratelimit", "retryAfter": "1"}  429 with that Retry-After (default "1")
+  {"mode": "redirect", "location": URL}   307 to that location
 Any of them with "times": N applies to the next N verified deliveries, then the mode is ok again.
 The answer to POST /_control is the mode as it now stands (400 with {"error"} if invalid).
 """
@@ -62,8 +63,13 @@ def normalize(spec):
         if isinstance(retry_after, bool) or not isinstance(retry_after, (str, int)):
             raise ValueError("retryAfter must be a string or an integer")
         mode = {"mode": "ratelimit", "retryAfter": str(retry_after)}
+    elif name == "redirect":
+        location = spec.get("location")
+        if not isinstance(location, str) or not location:
+            raise ValueError("location must be a URL")
+        mode = {"mode": "redirect", "location": location}
     else:
-        raise ValueError("mode must be ok, fail, slow or ratelimit")
+        raise ValueError("mode must be ok, fail, slow, ratelimit or redirect")
     if "times" in spec:
         times = spec["times"]
         if not isinstance(times, int) or isinstance(times, bool) or times < 1:
@@ -159,6 +165,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status, extra, delay = mode["status"], [], 0
         elif mode["mode"] == "ratelimit":
             status, extra, delay = 429, [("Retry-After", mode["retryAfter"])], 0
+        elif mode["mode"] == "redirect":
+            status, extra, delay = 307, [("Location", mode["location"])], 0
         else:
             status, extra, delay = 204, [], mode.get("delaySeconds", 0)
 

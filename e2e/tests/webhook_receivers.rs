@@ -1,7 +1,7 @@
 //! The webhook receivers themselves (no sidecar): each official Standard Webhooks library
 //! (PyPI and npm `standardwebhooks`) accepts a delivery signed by hand exactly as the
 //! specification says, refuses one signed with another key or too old, accepts a rotation's
-//! second signature, and the receivers answer as their mode says (fail/ratelimit/slow for the
+//! second signature, and the receivers answer as their mode says (fail/ratelimit/slow/redirect for the
 //! next N deliveries), log what they got, and come back on the same port after a kill.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -192,6 +192,25 @@ fn receivers_verify_and_answer(library: Library) {
     let start = Instant::now();
     assert_eq!(deliver_signed(&receiver, &secret, "msg_slow", body), 204);
     assert!(start.elapsed() >= Duration::from_millis(300), "{which}");
+
+    // redirect ×1: 307 to the location, then 204.
+    receiver.set_mode(json!({"mode": "redirect", "location": "http://127.0.0.1:9/x", "times": 1}));
+    let ts = now();
+    let response = deliver(
+        &receiver,
+        "msg_moved",
+        ts,
+        &sign(&secret, "msg_moved", ts, body),
+        body,
+    )
+    .unwrap();
+    assert_eq!(response.status, 307, "{which}");
+    assert_eq!(
+        response.header("location"),
+        Some("http://127.0.0.1:9/x"),
+        "{which}"
+    );
+    assert_eq!(deliver_signed(&receiver, &secret, "msg_back", body), 204);
 
     // A mode it does not know is refused.
     let refused = http_post(receiver.addr(), "/_control", r#"{"mode":"teapot"}"#, &[]).unwrap();

@@ -502,6 +502,109 @@ fn private_and_loopback_targets_are_refused_unless_the_endpoint_allows_them() {
     );
 }
 
+/// An attempt that outlasts the endpoint's `timeout` is cut off, recorded as `timeout` and
+/// retried; a redirect is not followed unless the endpoint allows it (then it is dead at once:
+/// asking again would not change the answer), and when it is, the message reaches the
+/// location, signed the same.
+#[test]
+fn slow_receivers_time_out_and_redirects_are_followed_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start(Library::Python, dir.path(), KEY_A);
+    let moved_to = WebhookReceiver::start(Library::Node, dir.path(), KEY_A);
+    let retry = "  retry: {schedule: [0s, 100ms], jitterPercent: 0}\n";
+    let policy = [
+        endpoint(
+            "slow",
+            &receiver.url("/slow"),
+            "slow-key",
+            KEY_A,
+            &format!("{retry}  timeout: 500ms\n  eventTypes: [slow]\n"),
+        ),
+        endpoint(
+            "stays",
+            &receiver.url("/stays"),
+            "stays-key",
+            KEY_A,
+            &format!("{retry}  eventTypes: [stays]\n"),
+        ),
+        endpoint(
+            "follows",
+            &receiver.url("/follows"),
+            "follows-key",
+            KEY_A,
+            &format!("{retry}  eventTypes: [follows]\n"),
+        )
+        .replace(
+            "allowPrivateAddresses: true",
+            "allowPrivateAddresses: true, followRedirects: true",
+        ),
+    ]
+    .join("---\n");
+    let sidecar = sidecar(dir.path(), &policy);
+
+    // 2 s at the receiver against a 500 ms timeout, once; the retry is answered at once.
+    receiver.set_mode(json!({"mode": "slow", "delaySeconds": 2, "times": 1}));
+    let id = accepted_id(&sidecar, &json!({"eventType": "slow", "payload": {}}));
+    let attempts = eventually(Duration::from_secs(10), "two attempts recorded", || {
+        let a = get_json(&sidecar, &format!("/webhooks/v1/messages/{id}/attempts"));
+        let a = a["attempts"].as_array()?.clone();
+        (a.len() == 2).then_some(a)
+    });
+    let results: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["timeout", "2xx"]);
+    let cut = attempts[0]["latencyMs"].as_f64().unwrap();
+    assert!((450.0..1_900.0).contains(&cut), "cut off after {cut} ms");
+
+    // Not followed: a dead letter after one attempt, naming the redirect.
+    receiver.set_mode(json!({"mode": "redirect", "location": moved_to.url("/new")}));
+    let stays = accepted_id(
+        &sidecar,
+        &json!({"eventType": "stays", "payload": {"n": 1}}),
+    );
+    let letters = eventually(
+        Duration::from_secs(10),
+        "the redirect's dead letter",
+        || {
+            let v = get_json(
+                &sidecar,
+                "/webhooks/v1/endpoints/default/stays/dead-letters",
+            );
+            let letters = v["deadLetters"].as_array()?.clone();
+            (!letters.is_empty()).then_some(letters)
+        },
+    );
+    assert_eq!(letters[0]["id"], stays.as_str());
+    assert_eq!(letters[0]["attempts"], 1, "{letters:?}");
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("307"), "{reason}");
+
+    // Followed: the location gets it, verified, with the same id; the redirect was logged too.
+    let follows = accepted_id(
+        &sidecar,
+        &json!({"eventType": "follows", "payload": {"n": 2}}),
+    );
+    let received = moved_to.wait_for_deliveries(1, Duration::from_secs(10));
+    assert_eq!(received[0].id.as_deref(), Some(follows.as_str()));
+    assert!(received[0].verified, "{:?}", received[0]);
+    assert_eq!(received[0].path, "/new");
+    assert!(
+        moved_to
+            .received()
+            .iter()
+            .all(|r| r.id.as_deref() != Some(stays.as_str()))
+    );
+    let redirected: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.status == 307)
+        .filter_map(|r| r.id)
+        .collect();
+    assert_eq!(redirected, [stays, follows]);
+}
+
 /// `https` receivers: the sidecar verifies the receiver's certificate against the trusted roots
 /// (here `SSL_CERT_FILE`, which rustls-native-certs reads instead of the system's) and its
 /// name. A receiver whose certificate another CA signed gets nothing: each attempt fails in the
