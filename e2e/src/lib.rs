@@ -23,6 +23,7 @@ use std::{
 
 pub mod fault_upstream;
 pub mod flagd;
+pub mod grpc;
 pub mod keep_alive;
 pub mod operator;
 pub mod process;

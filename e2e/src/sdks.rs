@@ -1,7 +1,8 @@
 //! The OpenFeature SDKs the flag tests use as real clients, installed by
 //! `e2e/peers/install-sdks.sh` (pinned versions, cached outside the clone), and the small client
 //! programs in `e2e/sdk/` that drive them. The same venv and npm prefix hold the Standard Webhooks
-//! libraries the webhook receivers use ([`crate::webhook_receiver`]).
+//! libraries the webhook receivers use ([`crate::webhook_receiver`]), and grpcio, which
+//! [`crate::grpc`] drives.
 
 use std::{
     io::Write,

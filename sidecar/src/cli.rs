@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
 
+use crate::listener::protocol::AppProtocol;
+
 /// The Bulwark sidecar: enforces Bulwark traffic policy in front of one app.
 #[derive(Debug, Parser)]
 #[command(name = "bulwark-sidecar", version, about, long_about = None)]
@@ -101,6 +103,11 @@ pub struct Args {
     /// Redis Cluster instead of --redis-url: comma-separated seed node URLs.
     #[arg(long, env = "BULWARK_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
+
+    /// What the app speaks on --app: `auto` (HTTP/1.1, and HTTP/2 with prior knowledge for
+    /// gRPC requests, which need it), `http1` or `h2c` (every request over HTTP/2).
+    #[arg(long, env = "BULWARK_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Auto)]
+    pub app_protocol: AppProtocol,
 
     /// Directory for the sidecar's own state: the last good snapshot (so a restarted sidecar
     /// enforces at once), local quota usage (`quota.redb`), the upgrade socket and the pid file.

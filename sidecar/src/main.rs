@@ -36,7 +36,7 @@ use bulwark_sidecar::{
     dns::DnsCache,
     flagd_api::EvaluationServer,
     health::HealthChecker,
-    listener::{edge::Guarded, inbound::InboundProxy, outbound::OutboundProxy},
+    listener::{edge::http_listener, inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
     services::Tasks,
     shutdown::{AfterHandover, Drain, Quiesce},
@@ -213,14 +213,13 @@ fn main() -> anyhow::Result<()> {
 
     let mut inbound = Service::new(
         "bulwark inbound".to_owned(),
-        Guarded::new(
-            pingora::proxy::http_proxy(
-                &server.configuration,
-                InboundProxy::new(args.app, runtime.clone(), metrics.clone())
-                    .with_dns(dns.clone())
-                    .with_trusted_proxy_hops(args.trusted_proxy_hops)
-                    .with_path_normalization(args.path_normalization()),
-            ),
+        http_listener(
+            &server.configuration,
+            InboundProxy::new(args.app, runtime.clone(), metrics.clone())
+                .with_dns(dns.clone())
+                .with_trusted_proxy_hops(args.trusted_proxy_hops)
+                .with_path_normalization(args.path_normalization())
+                .with_app_protocol(args.app_protocol),
             edge_limits,
             metrics.inbound.edge.clone(),
             draining.clone(),
@@ -230,15 +229,13 @@ fn main() -> anyhow::Result<()> {
 
     let mut outbound = Service::new(
         "bulwark outbound".to_owned(),
-        Guarded::new(
-            pingora::proxy::http_proxy(
-                &server.configuration,
-                OutboundProxy::new(
-                    args.outbound_listen,
-                    runtime.clone(),
-                    metrics.clone(),
-                    dns.clone(),
-                ),
+        http_listener(
+            &server.configuration,
+            OutboundProxy::new(
+                args.outbound_listen,
+                runtime.clone(),
+                metrics.clone(),
+                dns.clone(),
             ),
             edge_limits,
             metrics.outbound.edge.clone(),

@@ -21,6 +21,7 @@ pub mod compile;
 pub mod compiled;
 pub mod failover;
 pub mod flags;
+pub mod grpc;
 pub mod jwt;
 pub mod keys;
 pub mod lock;

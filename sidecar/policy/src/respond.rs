@@ -116,7 +116,7 @@ impl Reason {
     }
 
     /// The default body's message: what happened, for a person reading it.
-    const fn message(self) -> &'static str {
+    pub const fn message(self) -> &'static str {
         match self {
             Self::RateLimited => "Too many requests: a rate limit applies. Retry later.",
             Self::QuotaExhausted => "The quota for this client is used up.",

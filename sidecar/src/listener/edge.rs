@@ -9,6 +9,15 @@
 //! complete `header_timeout` after its first byte (as Envoy's `max_request_headers_kb` and
 //! `request_headers_timeout`). The listeners mark where a header ends and the next begins
 //! ([`header_received`], [`request_finished`]).
+//!
+//! **HTTP/2 with prior knowledge** (h2c, what gRPC clients send on a plaintext port) is told
+//! from HTTP/1 here too: [`GuardedStream::sniff`] reads a new connection's first bytes (at most
+//! the 24 of the preface), under the same timeouts, and replays them. On the preface the stream
+//! reports ALPN `h2`, which sends Pingora down its HTTP/2 path, and its reads pass through
+//! unbounded: HTTP/2 is bounded by the `h2` crate instead (the decoded header list, streams per
+//! connection; [`h2_options`]). Pingora's own h2c switch stays off: its preface peek waits for
+//! 24 bytes with no timeout, so a silent connection held its slot for good and an HTTP/1.0
+//! request shorter than the preface was never answered (docs/research/http2-grpc.md §2.3).
 
 use std::{
     fmt,
@@ -28,6 +37,7 @@ use bulwark_policy::{
     metrics::registry::registered,
     respond::{Reason, Reply},
 };
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::{
     apps::ServerApp,
     protocols::{
@@ -41,9 +51,28 @@ use pingora::{
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     time::{Instant, Sleep},
 };
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a new connection may stay silent before its first byte: the bound Pingora's HTTP/1
+/// keep-alive gave it before connections were sniffed.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streams one HTTP/2 connection may have open at once (Pingora's and Envoy's default: 100).
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// How HTTP/2 connections are bounded, in place of the header guard: the decoded header list
+/// (the `h2` crate answers 431 past it; it counts decoded bytes plus 32 per field, where
+/// HTTP/1's limit counts raw bytes) and the streams open at once.
+pub fn h2_options(limits: &EdgeLimits) -> H2Options {
+    let mut options = H2Options::default();
+    options
+        .max_header_list_size(limits.max_header_bytes.try_into().unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    options
+}
 
 /// The limits, from the command line.
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +142,30 @@ impl EdgeMetrics {
     }
 }
 
+/// A listener: Pingora's HTTP proxy of `phases`, serving HTTP/1.1 and HTTP/2 with prior
+/// knowledge on one port, behind the edge limits.
+pub fn http_listener<P>(
+    conf: &Arc<pingora::server::configuration::ServerConf>,
+    phases: P,
+    limits: EdgeLimits,
+    metrics: Arc<EdgeMetrics>,
+    draining: Arc<AtomicBool>,
+) -> Guarded<pingora::proxy::HttpProxy<P>>
+where
+    P: pingora::proxy::ProxyHttp,
+{
+    let mut proxy = pingora::proxy::http_proxy(conf, phases);
+    proxy.h2_options = Some(h2_options(&limits));
+    let mut server = pingora::apps::HttpServerOptions::default();
+    // An idle HTTP/2 connection closes as a kept-alive HTTP/1 one does (PINGs do not count).
+    server.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
+    proxy.server_options = Some(server);
+    Guarded::new(proxy, limits, metrics, draining)
+}
+
+/// How long an HTTP/2 connection with no stream open is kept: Pingora's HTTP/1 keep-alive.
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A listener's app behind the edge limits.
 pub struct Guarded<A> {
     inner: Arc<A>,
@@ -181,16 +234,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             self.metrics.refused(Refusal::ConnectionLimit);
             return None;
         };
-        // A stream handed back for reuse is already guarded.
+        // A stream handed back for reuse is already guarded (and sniffed).
         let stream = if (*stream).as_any().is::<GuardedStream>() {
             stream
         } else {
-            Box::new(GuardedStream::new(
+            let mut guarded = GuardedStream::new(
                 stream,
                 self.limits,
                 self.metrics.clone(),
                 self.draining.clone(),
-            ))
+            );
+            if let Err(e) = guarded.sniff().await {
+                tracing::debug!(error = %e, "connection closed before its first request");
+                return None;
+            }
+            Box::new(guarded)
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -223,6 +281,14 @@ pub struct GuardedStream {
     /// The answer being written before the connection is closed.
     refusing: Option<Refusing>,
     draining: Arc<AtomicBool>,
+    /// The bytes [`GuardedStream::sniff`] read, served again before the rest.
+    replay: [u8; H2_PREFACE.len()],
+    replay_len: usize,
+    replayed: usize,
+    /// When the first byte came, as sniffed: the first header's deadline counts from it.
+    first_byte: Option<Instant>,
+    /// The connection began with the HTTP/2 preface.
+    h2: bool,
 }
 
 struct Refusing {
@@ -255,7 +321,70 @@ impl GuardedStream {
             timer: None,
             refusing: None,
             draining,
+            replay: [0; H2_PREFACE.len()],
+            replay_len: 0,
+            replayed: 0,
+            first_byte: None,
+            h2: false,
         }
+    }
+
+    /// Reads the connection's first bytes until they differ from the HTTP/2 preface, or are
+    /// all of it, or the client closes; they are replayed to Pingora. The first byte may take
+    /// [`FIRST_BYTE_TIMEOUT`], the rest of a preface the header timeout: an incomplete one is
+    /// closed then (counted as a header timeout, and unanswered: it is not HTTP/1).
+    async fn sniff(&mut self) -> io::Result<()> {
+        let mut n = 0;
+        let mut deadline = Instant::now() + FIRST_BYTE_TIMEOUT;
+        while n < H2_PREFACE.len() {
+            let read = tokio::time::timeout_at(deadline, self.inner.read(&mut self.replay[n..]));
+            let got = match read.await {
+                Ok(got) => got?,
+                Err(_) if n == 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing sent within {FIRST_BYTE_TIMEOUT:?}"),
+                    ));
+                }
+                Err(_) => {
+                    self.metrics.refused(Refusal::HeaderTimeout);
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "an HTTP/2 preface not complete within {:?}",
+                            self.header_timeout
+                        ),
+                    ));
+                }
+            };
+            if got == 0 {
+                break;
+            }
+            if n == 0 {
+                let now = Instant::now();
+                self.first_byte = Some(now);
+                deadline = now + self.header_timeout;
+            }
+            n += got;
+            if self.replay[..n] != H2_PREFACE[..n] {
+                break;
+            }
+        }
+        self.replay_len = n;
+        // One read may take all 24 bytes of an HTTP/1 request: the bytes decide, not the count.
+        self.h2 = self.replay[..n] == H2_PREFACE[..];
+        Ok(())
+    }
+
+    /// A read of the inner stream, the sniffed bytes first.
+    fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.replayed < self.replay_len {
+            let n = buf.remaining().min(self.replay_len - self.replayed);
+            buf.put_slice(&self.replay[self.replayed..self.replayed + n]);
+            self.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 
     fn refuse(&mut self, refusal: Refusal) {
@@ -345,13 +474,13 @@ impl GuardedStream {
         }
         let read = if buf.remaining() <= room {
             let before = buf.filled().len();
-            let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let poll = self.poll_inner(cx, buf);
             poll.map_ok(|()| buf.filled().len() - before)
         } else {
             // Only near the limit: read into a buffer of exactly the room left.
             let mut scratch = vec![0; room];
             let mut limited = ReadBuf::new(&mut scratch);
-            let poll = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+            let poll = self.poll_inner(cx, &mut limited);
             poll.map_ok(|()| {
                 buf.put_slice(limited.filled());
                 limited.filled().len()
@@ -457,11 +586,16 @@ impl AsyncRead for GuardedStream {
         if this.refusing.is_some() {
             return this.poll_refusal(cx);
         }
+        if this.h2 {
+            // Bounded by the h2 crate (h2_options); the listeners' phases never see this stream.
+            return this.poll_inner(cx, buf);
+        }
         match this.phase.load(Ordering::Relaxed) {
-            PAST_HEADER => Pin::new(&mut this.inner).poll_read(cx, buf),
+            PAST_HEADER => this.poll_inner(cx, buf),
             NEXT_HEADER => {
                 this.header_read = 0;
-                this.deadline = None;
+                // The first header's clock started at its first byte, which sniff read.
+                this.deadline = this.first_byte.take().map(|t| t + this.header_timeout);
                 this.phase.store(IN_HEADER, Ordering::Relaxed);
                 this.poll_header_read(cx, buf)
             }
@@ -524,7 +658,11 @@ impl Ssl for GuardedStream {
         self.inner.get_ssl_digest()
     }
 
+    /// `h2` for a connection that began with the HTTP/2 preface: Pingora serves it as HTTP/2.
     fn selected_alpn_proto(&self) -> Option<ALPN> {
+        if self.h2 {
+            return Some(ALPN::H2);
+        }
         self.inner.selected_alpn_proto()
     }
 }
@@ -563,10 +701,16 @@ impl GetSocketDigest for GuardedStream {
     }
 }
 
+/// Only the sniffed bytes can be peeked (Pingora peeks only with its h2c switch, left off).
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let unread = &self.replay[self.replayed..self.replay_len];
+        if unread.len() < buf.len() {
+            return Ok(false);
+        }
+        buf.copy_from_slice(&unread[..buf.len()]);
+        Ok(true)
     }
 }
 
@@ -701,6 +845,66 @@ mod tests {
         });
         assert!(session.read_request().await.unwrap().is_some());
         drop(late.await.unwrap());
+    }
+
+    /// A guarded server side of a loopback connection, sniffed, and the client.
+    async fn sniffed(
+        first: &[u8],
+        timeout: Duration,
+    ) -> (io::Result<GuardedStream>, TcpStream, Arc<EdgeMetrics>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(first).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let metrics = metrics();
+        let limits = EdgeLimits {
+            max_connections: 1,
+            max_header_bytes: MAX,
+            header_timeout: timeout,
+        };
+        let mut stream = GuardedStream::new(
+            Box::new(L4Stream::from(server)),
+            limits,
+            metrics.clone(),
+            Arc::default(),
+        );
+        let sniff = stream.sniff().await.map(|()| stream);
+        (sniff, client, metrics)
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_makes_an_h2_stream_that_replays_it() {
+        let mut bytes = H2_PREFACE.to_vec();
+        bytes.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        let (stream, _client, _) = sniffed(&bytes, Duration::from_secs(1)).await;
+        let mut stream = stream.unwrap();
+        assert_eq!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let mut read = vec![0; bytes.len()];
+        stream.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, bytes, "the preface, then what followed");
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_as_long_as_the_preface_stays_http1() {
+        // 24 bytes in one read: the bytes decide, not their count.
+        let request = b"GET /hello.txt HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (stream, _client, _) = sniffed(request, Duration::from_secs(1)).await;
+        let stream = stream.unwrap();
+        assert_eq!(stream.selected_alpn_proto(), None);
+        let mut session = HttpSession::new(Box::new(stream));
+        assert!(session.read_request().await.unwrap().is_some());
+        assert_eq!(session.req_header().uri.path(), "/hello.txt");
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_preface_is_closed_after_the_header_timeout() {
+        let (stream, _client, metrics) =
+            sniffed(b"PRI * HTTP/2.0", Duration::from_millis(200)).await;
+        let err = stream.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert_eq!(metrics.refused[Refusal::HeaderTimeout as usize].get(), 1);
     }
 
     #[test]

@@ -27,7 +27,9 @@ use pingora::{
 use super::{
     Timing, edge, fail_to_proxy,
     failover::{Tries, on_connect_failure, on_error, on_response},
-    normalize_path, peer_ip, refuse_ambiguous, request_view, set_request_headers,
+    normalize_path, peer_ip,
+    protocol::{self, AppProtocol},
+    refuse_ambiguous, request_view, set_request_headers,
 };
 use crate::{dns::DnsCache, metrics::Metrics};
 
@@ -41,6 +43,8 @@ pub struct InboundProxy {
     paths: PathNormalization,
     /// For the DNS-named endpoints of an upstream a gate routes to.
     dns: Arc<DnsCache>,
+    /// What the app speaks.
+    app_protocol: AppProtocol,
 }
 
 impl InboundProxy {
@@ -52,7 +56,14 @@ impl InboundProxy {
             trusted_hops: 0,
             paths: PathNormalization::default(),
             dns: Arc::default(),
+            app_protocol: AppProtocol::default(),
         }
+    }
+
+    /// Speaks `protocol` to the app.
+    pub fn with_app_protocol(mut self, protocol: AppProtocol) -> Self {
+        self.app_protocol = protocol;
+        self
     }
 
     /// Shares the outbound listener's DNS cache.
@@ -201,7 +212,11 @@ impl ProxyHttp for InboundProxy {
     ) -> Result<Box<HttpPeer>> {
         let Some(tries) = ctx.routed.as_mut() else {
             // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
-            return Ok(Box::new(HttpPeer::new(self.app, false, String::new())));
+            let mut peer = HttpPeer::new(self.app, false, String::new());
+            if self.app_protocol.h2(session.req_header()) {
+                protocol::use_h2(&mut peer);
+            }
+            return Ok(Box::new(peer));
         };
         let host = request_view(session, 0).host.unwrap_or_default().to_owned();
         let resolve = |host: String, port| async move {
@@ -210,7 +225,11 @@ impl ProxyHttp for InboundProxy {
                 Reply::new(Reason::UpstreamUnreachable, Some(&why))
             })
         };
-        Ok(Box::new(tries.peer(&host, resolve).await?))
+        let mut peer = tries.peer(&host, resolve).await?;
+        if protocol::is_grpc(session.req_header()) {
+            protocol::use_h2(&mut peer);
+        }
+        Ok(Box::new(peer))
     }
 
     async fn upstream_response_filter(

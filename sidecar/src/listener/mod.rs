@@ -10,10 +10,12 @@ pub mod failover;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod protocol;
 
 use std::{borrow::Cow, time::Instant};
 
 use bulwark_policy::{
+    grpc,
     request::{
         self, RequestView,
         path::{Normalized, PathNormalization},
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use pingora::{
     ErrorSource, ErrorType,
     http::ResponseHeader,
+    protocols::http::HttpTask,
     proxy::{FailToProxy, Session},
 };
 
@@ -127,16 +130,28 @@ pub fn normalize_path(
         }
         Normalized::Reject(why) => return Ok(Some(Reply::new(Reason::BadRequest, Some(why)))),
     };
-    let target = target
-        .parse::<http::Uri>()
+    let target = with_path(uri, &target)
         .map_err(|e| pingora::Error::because(ErrorType::InvalidHTTPHeader, "normalized path", e))?;
     session.req_header_mut().set_uri(target);
     Ok(None)
 }
 
-/// Writes a response the sidecar makes itself.
+/// `uri` with its path and query replaced, its scheme and authority kept: an HTTP/2 request's
+/// URI is absolute (it has no `Host`), and a path-only one lost the authority, so the app got
+/// an empty `Host` and a `hosts:` rule no longer matched.
+fn with_path(uri: &http::Uri, path_and_query: &str) -> Result<http::Uri, http::Error> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse()?);
+    Ok(http::Uri::from_parts(parts)?)
+}
+
+/// Writes a response the sidecar makes itself; to a gRPC request, in gRPC's form
+/// ([`bulwark_policy::grpc`]).
 pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
     edge::before_response(session);
+    if protocol::is_grpc(session.req_header()) {
+        return write_grpc_reply(session, reply).await;
+    }
     let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
     for (name, value) in &reply.headers {
         header.append_header(name.clone(), value.as_str())?;
@@ -151,6 +166,24 @@ pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Resul
             .write_response_body(Some(Bytes::from(reply.body.clone())), true)
             .await?;
     }
+    Ok(())
+}
+
+/// `reply` as a gRPC trailers-only response: one HEADERS frame that ends the stream.
+/// (`write_response_header(.., true)` does not end an HTTP/2 stream: its flag is dropped.)
+async fn write_grpc_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
+    let headers = grpc::trailers_only(reply, reply.reason.message());
+    let mut header = ResponseHeader::build(200, Some(headers.len()))?;
+    for (name, value) in headers {
+        header.append_header(name, value)?;
+    }
+    if session.req_header().version != http::Version::HTTP_2 {
+        // HTTP/1.1 (gRPC-Web bridges): an empty body, delimited.
+        header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    }
+    session
+        .write_response_tasks(vec![HttpTask::Header(Box::new(header), true)])
+        .await?;
     Ok(())
 }
 
@@ -275,6 +308,16 @@ mod tests {
             ErrorSource::Unset => Error::new(kind),
         };
         failure_reply(&e).map(|r| (r.status, r.header("bulwark-reason").unwrap().to_owned()))
+    }
+
+    #[test]
+    fn a_new_path_keeps_an_absolute_uris_scheme_and_authority() {
+        let h2: http::Uri = "http://api.example:8080//a/../b?x=1".parse().unwrap();
+        let uri = with_path(&h2, "/b?x=1").unwrap();
+        assert_eq!(uri.to_string(), "http://api.example:8080/b?x=1");
+        assert_eq!(uri.host(), Some("api.example"));
+        let h1: http::Uri = "//a".parse().unwrap();
+        assert_eq!(with_path(&h1, "/a").unwrap().to_string(), "/a");
     }
 
     #[test]

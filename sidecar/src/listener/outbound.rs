@@ -30,7 +30,7 @@ use super::{
     Timing, edge, fail_to_proxy,
     failover::{Tries, on_connect_failure, on_error, on_response},
     metrics::UpstreamError,
-    request_view,
+    protocol, request_view,
 };
 use crate::{dns::DnsCache, metrics::Metrics};
 
@@ -180,11 +180,15 @@ fn destination(request: &RequestHeader) -> std::result::Result<Destination, Dest
             (authority.clone(), rewrite)
         }
         None => {
+            // HTTP/2 names it in `:authority` (the URI's), HTTP/1.1 in `Host`.
             let authority = request
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .uri
+                .authority()
+                .cloned()
+                .or_else(|| {
+                    let host = request.headers.get(HOST)?.to_str().ok()?;
+                    host.parse::<http::uri::Authority>().ok()
+                })
                 .ok_or(DestinationError::None)?;
             (authority, None)
         }
@@ -248,20 +252,24 @@ impl ProxyHttp for OutboundProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_mut()
             .expect("request_filter routes every request it lets through");
-        let peer = match &mut route.target {
+        let mut peer = match &mut route.target {
             Target::Direct(addr) => HttpPeer::new(*addr, false, route.host.clone()),
             Target::Failover(tries) => {
                 let resolve = |host: String, port| async move { self.resolve(&host, port).await };
                 tries.peer(&route.host, resolve).await?
             }
         };
+        // The app's gRPC calls go on over HTTP/2, as they came.
+        if protocol::is_grpc(session.req_header()) {
+            protocol::use_h2(&mut peer);
+        }
         Ok(Box::new(peer))
     }
 
@@ -379,5 +387,28 @@ mod tests {
         assert!(err("GET", "/v1", None).contains("no destination"));
         assert!(err("GET", "https://api.shop/", None).contains("only http://"));
         assert!(err("CONNECT", "api.shop:443", Some("api.shop:443")).contains("CONNECT"));
+    }
+
+    #[test]
+    fn an_http2_requests_destination_is_its_authority() {
+        // As Pingora builds it from an HTTP/2 stream: an absolute URI, the raw target only its
+        // path, and no Host.
+        let (parts, ()) = http::Request::builder()
+            .method("POST")
+            .uri("http://orders.shop:50051/shop.Orders/Get")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let request = RequestHeader::from(parts);
+        assert_eq!(request.raw_path(), b"/shop.Orders/Get");
+        assert_eq!(
+            destination(&request),
+            Ok(Destination {
+                host: "orders.shop".into(),
+                port: 50051,
+                rewrite: None,
+            })
+        );
     }
 }

@@ -1,0 +1,124 @@
+"""A gRPC server and client over PyPI grpcio (pinned in e2e/peers/versions.env), to drive the
+sidecar with a real gRPC stack. Messages are raw bytes (grpcio's generic handlers with no
+serializer), so no generated code or protoc is needed: gRPC's framing, metadata, trailers,
+status codes and deadlines are what is under test, not protobuf.
+
+Usage:
+  PYTHON grpc_echo.py serve PORT
+      Service bulwark.test.Echo on 127.0.0.1:PORT (0: any); prints `listening PORT`.
+      Unary         echoes the request; initial metadata x-initial: yes, trailing
+                    metadata x-trailer: done and x-seen-forwarded-for (the x-forwarded-for
+                    it got) and x-seen-client (the x-client metadata it got).
+      ServerStream  the request is an ASCII count N (and optionally ":MS", a pause between
+                    messages in milliseconds): N messages "i".
+      BidiStream    echoes each message as it comes.
+      Fail          aborts with the status named by the request (e.g. "UNAVAILABLE").
+  PYTHON grpc_echo.py call TARGET METHOD JSON
+      One call to TARGET (host:port); JSON: {"request": str, "size": int (a request of that
+      many bytes instead), "metadata": {k: v}, "timeout": seconds, "messages": [str] (bidi),
+      "authority": str}. Prints one JSON line: code (a grpc.StatusCode name), details,
+      responses (their lengths for large ones: "sizes"), initial and trailing metadata.
+"""
+import json
+import sys
+import time
+from concurrent import futures
+
+import grpc
+
+SERVICE = "bulwark.test.Echo"
+
+
+def serve(port):
+    def unary(request, context):
+        context.send_initial_metadata((("x-initial", "yes"),))
+        meta = dict(context.invocation_metadata())
+        context.set_trailing_metadata((
+            ("x-trailer", "done"),
+            ("x-seen-forwarded-for", meta.get("x-forwarded-for", "")),
+            ("x-seen-client", meta.get("x-client", "")),
+        ))
+        return request
+
+    def server_stream(request, context):
+        spec = request.decode()
+        count, _, pause = spec.partition(":")
+        for i in range(int(count)):
+            if i and pause:
+                time.sleep(int(pause) / 1000)
+            yield str(i).encode()
+
+    def bidi(requests, context):
+        for message in requests:
+            yield message
+
+    def fail(request, context):
+        context.abort(getattr(grpc.StatusCode, request.decode()), "failed as asked")
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "BidiStream": grpc.stream_stream_rpc_method_handler(bidi),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+    }
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print(f"listening {bound}", flush=True)
+    server.wait_for_termination()
+
+
+def call(target, method, spec):
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
+    if "authority" in spec:
+        options.append(("grpc.default_authority", spec["authority"]))
+    channel = grpc.insecure_channel(target, options=options)
+    path = f"/{SERVICE}/{method}"
+    request = b"x" * spec["size"] if "size" in spec else spec.get("request", "").encode()
+    metadata = tuple(spec.get("metadata", {}).items())
+    timeout = spec.get("timeout", 10)
+    out = {"code": "OK", "details": "", "responses": [], "initial": {}, "trailing": {}}
+    try:
+        if method in ("Unary", "Fail"):
+            fn = channel.unary_unary(path)
+            response, call_ = fn.with_call(request, metadata=metadata, timeout=timeout)
+            responses = [response]
+        elif method == "ServerStream":
+            call_ = channel.unary_stream(path)(request, metadata=metadata, timeout=timeout)
+            responses = list(call_)
+        elif method == "BidiStream":
+            messages = [m.encode() for m in spec.get("messages", [])]
+            call_ = channel.stream_stream(path)(iter(messages), metadata=metadata, timeout=timeout)
+            responses = list(call_)
+        else:
+            raise SystemExit(f"unknown method {method}")
+        out["initial"] = dict(call_.initial_metadata() or ())
+        out["trailing"] = dict(call_.trailing_metadata() or ())
+    except grpc.RpcError as e:
+        out["code"] = e.code().name
+        out["details"] = e.details() or ""
+        out["initial"] = dict(e.initial_metadata() or ())
+        out["trailing"] = dict(e.trailing_metadata() or ())
+        responses = []
+    if any(len(r) > 1024 for r in responses):
+        out["sizes"] = [len(r) for r in responses]
+    else:
+        out["responses"] = [r.decode(errors="replace") for r in responses]
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]))
+    elif sys.argv[1] == "call":
+        call(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,166 @@
+//! HTTP/2 and gRPC through the real sidecar binary: a grpcio server as the app (or as the
+//! destination of the app's calls) and the grpcio client, over h2c with prior knowledge, which
+//! is what gRPC sends on a plaintext port. HTTP/1.1 clients share the inbound port.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use bulwark_e2e::{
+    grpc::{GrpcEcho, call},
+    process::{http_get, wait_for_status},
+    sidecar::{Sidecar, Upstream},
+};
+use serde_json::{Value, json};
+
+/// A standalone sidecar in front of `app`, its config holding `policy` (if any).
+fn sidecar(dir: &Path, app: SocketAddr, policy: Option<&str>) -> Sidecar {
+    let config = dir.join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    if let Some(policy) = policy {
+        std::fs::write(config.join("policy.yaml"), policy).unwrap();
+    }
+    let sidecar = Sidecar::start(
+        app,
+        &dir.join("state"),
+        &["--config-dir", config.to_str().unwrap()],
+    );
+    wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
+    sidecar
+}
+
+fn code(result: &Value) -> &str {
+    result["code"].as_str().unwrap()
+}
+
+#[test]
+fn grpc_calls_pass_through_the_inbound_listener_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = GrpcEcho::start(dir.path());
+    let sidecar = sidecar(dir.path(), app.addr, None);
+
+    let unary = call(
+        sidecar.inbound,
+        "Unary",
+        &json!({"request": "hello", "metadata": {"x-client": "e2e"}}),
+    );
+    assert_eq!(code(&unary), "OK", "{unary}");
+    assert_eq!(unary["responses"], json!(["hello"]));
+    assert_eq!(unary["initial"]["x-initial"], "yes", "{unary}");
+    // Trailers and the request's metadata made it through both hops.
+    assert_eq!(unary["trailing"]["x-trailer"], "done", "{unary}");
+    assert_eq!(unary["trailing"]["x-seen-client"], "e2e", "{unary}");
+    assert_eq!(unary["trailing"]["x-seen-forwarded-for"], "127.0.0.1");
+
+    let large = call(sidecar.inbound, "Unary", &json!({"size": 4_000_000}));
+    assert_eq!(code(&large), "OK", "{large}");
+    assert_eq!(large["sizes"], json!([4_000_000]));
+
+    let stream = call(
+        sidecar.inbound,
+        "ServerStream",
+        &json!({"request": "5:100"}),
+    );
+    assert_eq!(code(&stream), "OK", "{stream}");
+    assert_eq!(stream["responses"], json!(["0", "1", "2", "3", "4"]));
+
+    let bidi = call(
+        sidecar.inbound,
+        "BidiStream",
+        &json!({"messages": ["a", "b", "c"]}),
+    );
+    assert_eq!(code(&bidi), "OK", "{bidi}");
+    assert_eq!(bidi["responses"], json!(["a", "b", "c"]));
+
+    // The app's own error status reaches the client as it sent it.
+    let failed = call(sidecar.inbound, "Fail", &json!({"request": "NOT_FOUND"}));
+    assert_eq!(code(&failed), "NOT_FOUND", "{failed}");
+    assert_eq!(failed["details"], "failed as asked");
+
+    // Five calls, five requests (counted as each one's logging ends).
+    bulwark_e2e::eventually(Duration::from_secs(5), "5 requests counted", || {
+        let metrics = http_get(sidecar.admin, "/metrics")?.body;
+        metrics
+            .contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 5")
+            .then_some(())
+    });
+}
+
+#[test]
+fn http1_and_http2_share_the_inbound_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello\n").unwrap();
+    let app = Upstream::start(&www, "hello.txt");
+    let sidecar = sidecar(dir.path(), app.addr, None);
+    // HTTP/1.1 to the same port as the gRPC test's HTTP/2.
+    let plain = http_get(sidecar.inbound, "/hello.txt").unwrap();
+    assert_eq!((plain.status, plain.body.as_str()), (200, "hello\n"));
+    // An HTTP/1.0 request shorter than the HTTP/2 preface is answered at once (Pingora's own
+    // h2c switch waited for 24 bytes).
+    let short = bulwark_e2e::process::send_raw(sidecar.inbound, "GET / HTTP/1.0\r\n\r\n")
+        .expect("answered");
+    assert_eq!(short.status, 200, "{short:?}");
+}
+
+#[test]
+fn a_per_method_rate_limit_answers_resource_exhausted_that_the_client_surfaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = GrpcEcho::start(dir.path());
+    let policy = "apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: echo-unary}
+spec:
+  selector: {matchLabels: {app: echo}}
+  rules:
+    - name: unary
+      match:
+        path: {type: Exact, value: /bulwark.test.Echo/Unary}
+      key: [{type: ClientIP}]
+      algorithm: FixedWindow
+      rates: [{limit: 2, window: 1m}]
+";
+    let sidecar = sidecar(dir.path(), app.addr, Some(policy));
+    let results: Vec<Value> = (0..3)
+        .map(|_| call(sidecar.inbound, "Unary", &json!({"request": "hi"})))
+        .collect();
+    let codes: Vec<&str> = results.iter().map(code).collect();
+    assert_eq!(codes, ["OK", "OK", "RESOURCE_EXHAUSTED"], "{results:?}");
+    let refused = &results[2];
+    assert!(
+        refused["details"].as_str().unwrap().contains("rate limit"),
+        "{refused}"
+    );
+    // The RateLimit fields and Retry-After come as metadata, with why the sidecar answered.
+    let trailing = &refused["trailing"];
+    assert_eq!(trailing["bulwark-reason"], "rate_limited", "{refused}");
+    let retry_after: u64 = trailing["retry-after"].as_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{refused}");
+    assert!(
+        trailing["ratelimit"].as_str().unwrap().contains("r=0"),
+        "{refused}"
+    );
+    assert_eq!(
+        results[0]["initial"]["ratelimit-policy"],
+        "\"unary\";q=2;w=60"
+    );
+
+    // Another method of the same service is not limited.
+    let stream = call(sidecar.inbound, "ServerStream", &json!({"request": "2"}));
+    assert_eq!(code(&stream), "OK", "{stream}");
+}
+
+#[test]
+fn the_apps_grpc_calls_go_through_the_outbound_listener_by_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = GrpcEcho::start(dir.path());
+    let sidecar = sidecar(dir.path(), "127.0.0.1:9".parse().unwrap(), None);
+    // The app dials the sidecar and names the service in :authority, as with a proxy.
+    let result = call(
+        sidecar.outbound,
+        "Unary",
+        &json!({"request": "out", "authority": destination.addr.to_string()}),
+    );
+    assert_eq!(code(&result), "OK", "{result}");
+    assert_eq!(result["responses"], json!(["out"]));
+    assert_eq!(result["trailing"]["x-trailer"], "done", "{result}");
+}

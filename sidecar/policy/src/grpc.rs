@@ -1,0 +1,150 @@
+//! The sidecar's own answers in gRPC's terms. A gRPC client reads a call's outcome from the
+//! `grpc-status` trailer, not the HTTP status: a 429 with a JSON body reached grpcio as
+//! `UNAVAILABLE: Received http2 header with status: 429`. So to a gRPC request (see
+//! [`is_grpc_content_type`]) every [`Reply`] is sent as a *trailers-only* response: HTTP 200,
+//! `content-type: application/grpc`, `grpc-status` and `grpc-message`, and the reply's other
+//! headers (`RateLimit`, `Retry-After`, `bulwark-reason`) as metadata, which clients expose.
+
+use crate::respond::{Reason, Reply};
+
+/// gRPC status codes the sidecar answers with (grpc/doc/statuscodes.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Unknown = 2,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+/// Whether a `content-type` is gRPC's (`application/grpc`, `application/grpc+proto`, …).
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
+    value.starts_with(b"application/grpc")
+}
+
+/// The code for why the sidecar answered: limits and quotas are `RESOURCE_EXHAUSTED` (the
+/// client may retry later; Envoy's rate limit filter answers the same), an upstream that
+/// cannot take the call `UNAVAILABLE` (safe to retry), a timeout `DEADLINE_EXCEEDED`. A gate's
+/// status follows gRPC's HTTP mapping (404 is `UNIMPLEMENTED`, 403 `PERMISSION_DENIED`).
+pub fn code(reply: &Reply) -> Code {
+    match reply.reason {
+        Reason::RateLimited | Reason::QuotaExhausted => Code::ResourceExhausted,
+        Reason::UpstreamUnreachable
+        | Reason::UpstreamError
+        | Reason::NoHealthyUpstream
+        | Reason::CircuitOpen
+        | Reason::BulkheadFull => Code::Unavailable,
+        Reason::UpstreamTimeout => Code::DeadlineExceeded,
+        Reason::FlagGated => from_http(reply.status),
+        Reason::BadRequest
+        | Reason::LoopDetected
+        | Reason::Internal
+        | Reason::PathRedirect
+        | Reason::HeaderTooLarge
+        | Reason::HeaderTimeout => Code::Internal,
+    }
+}
+
+/// gRPC's mapping of an HTTP status (grpc/doc/http-grpc-status-mapping.md).
+fn from_http(status: u16) -> Code {
+    match status {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// The headers of the trailers-only response for `reply`, in order: `content-type`,
+/// `grpc-status`, `grpc-message`, then the reply's own headers but its `Content-Type`.
+pub fn trailers_only(reply: &Reply, message: &str) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/grpc".to_owned()),
+        ("grpc-status".to_owned(), (code(reply) as u8).to_string()),
+        ("grpc-message".to_owned(), percent_encode(message)),
+    ];
+    headers.extend(
+        reply
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("content-type"))
+            .cloned(),
+    );
+    headers
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and `%` itself.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_the_codes_clients_retry_on() {
+        let reply = |reason| Reply::new(reason, None);
+        assert_eq!(code(&reply(Reason::RateLimited)), Code::ResourceExhausted);
+        assert_eq!(
+            code(&reply(Reason::QuotaExhausted)),
+            Code::ResourceExhausted
+        );
+        assert_eq!(code(&reply(Reason::BulkheadFull)), Code::Unavailable);
+        assert_eq!(
+            code(&reply(Reason::UpstreamTimeout)),
+            Code::DeadlineExceeded
+        );
+        let mut gated = reply(Reason::FlagGated);
+        assert_eq!(code(&gated), Code::Unimplemented);
+        gated.status = 403;
+        assert_eq!(code(&gated), Code::PermissionDenied);
+    }
+
+    #[test]
+    fn the_trailers_only_answer_carries_the_replys_headers_as_metadata() {
+        let mut reply = Reply::new(Reason::RateLimited, None);
+        reply.headers.insert(0, ("Retry-After".into(), "2".into()));
+        let headers = trailers_only(&reply, "rate limited: 100% used ✓");
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("content-type"), Some("application/grpc"));
+        assert_eq!(get("grpc-status"), Some("8"));
+        assert_eq!(
+            get("grpc-message"),
+            Some("rate limited: 100%25 used %E2%9C%93")
+        );
+        assert_eq!(get("retry-after"), Some("2"));
+        assert_eq!(get("bulwark-reason"), Some("rate_limited"));
+        let content_types = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .count();
+        assert_eq!(content_types, 1);
+    }
+
+    #[test]
+    fn grpc_content_types_are_recognised() {
+        assert!(is_grpc_content_type(b"application/grpc"));
+        assert!(is_grpc_content_type(b"application/grpc+proto"));
+        assert!(!is_grpc_content_type(b"application/json"));
+    }
+}
