@@ -743,6 +743,12 @@ mod tests {
 
     /// Pingora's own HTTP/1 server session over a guarded loopback connection, and the client.
     async fn connection(timeout: Duration) -> (HttpSession, TcpStream, Arc<EdgeMetrics>) {
+        let (stream, client, metrics) = guarded(timeout).await;
+        (HttpSession::new(Box::new(stream)), client, metrics)
+    }
+
+    /// The guarded server side of a loopback connection (not sniffed), and the client.
+    async fn guarded(timeout: Duration) -> (GuardedStream, TcpStream, Arc<EdgeMetrics>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -760,7 +766,7 @@ mod tests {
             metrics.clone(),
             Arc::default(),
         );
-        (HttpSession::new(Box::new(stream)), client, metrics)
+        (stream, client, metrics)
     }
 
     /// A request header of exactly `len` bytes, line ends included.
@@ -847,29 +853,13 @@ mod tests {
         drop(late.await.unwrap());
     }
 
-    /// A guarded server side of a loopback connection, sniffed, and the client.
+    /// A guarded connection whose client sent `first`, sniffed.
     async fn sniffed(
         first: &[u8],
         timeout: Duration,
     ) -> (io::Result<GuardedStream>, TcpStream, Arc<EdgeMetrics>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (mut stream, mut client, metrics) = guarded(timeout).await;
         client.write_all(first).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let metrics = metrics();
-        let limits = EdgeLimits {
-            max_connections: 1,
-            max_header_bytes: MAX,
-            header_timeout: timeout,
-        };
-        let mut stream = GuardedStream::new(
-            Box::new(L4Stream::from(server)),
-            limits,
-            metrics.clone(),
-            Arc::default(),
-        );
         let sniff = stream.sniff().await.map(|()| stream);
         (sniff, client, metrics)
     }
