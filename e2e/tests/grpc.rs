@@ -164,3 +164,31 @@ fn the_apps_grpc_calls_go_through_the_outbound_listener_by_authority() {
     assert_eq!(result["responses"], json!(["out"]));
     assert_eq!(result["trailing"]["x-trailer"], "done", "{result}");
 }
+
+#[test]
+fn an_app_killed_mid_stream_gives_the_client_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = GrpcEcho::start(dir.path());
+    let sidecar = sidecar(dir.path(), app.addr, None);
+    let inbound = sidecar.inbound;
+    // Ten messages 300 ms apart; the app dies after about three.
+    let call = std::thread::spawn(move || {
+        call(
+            inbound,
+            "ServerStream",
+            &json!({"request": "10:300", "timeout": 20}),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1_000));
+    app.kill();
+    let result = call.join().unwrap();
+    assert_eq!(code(&result), "UNAVAILABLE", "{result}");
+    assert!(
+        result["details"].as_str().unwrap().contains("mid-call"),
+        "{result}"
+    );
+    assert_eq!(
+        result["trailing"]["bulwark-reason"], "upstream_error",
+        "{result}"
+    );
+}

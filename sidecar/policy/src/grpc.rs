@@ -5,7 +5,7 @@
 //! `content-type: application/grpc`, `grpc-status` and `grpc-message`, and the reply's other
 //! headers (`RateLimit`, `Retry-After`, `bulwark-reason`) as metadata, which clients expose.
 
-use crate::respond::{Reason, Reply};
+use crate::respond::{REASON_HEADER, Reason, Reply};
 
 /// gRPC status codes the sidecar answers with (grpc/doc/statuscodes.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +64,8 @@ fn from_http(status: u16) -> Code {
 /// The headers of the trailers-only response for `reply`, in order: `content-type`,
 /// `grpc-status`, `grpc-message`, then the reply's own headers but its `Content-Type`.
 pub fn trailers_only(reply: &Reply, message: &str) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("content-type".to_owned(), "application/grpc".to_owned()),
-        ("grpc-status".to_owned(), (code(reply) as u8).to_string()),
-        ("grpc-message".to_owned(), percent_encode(message)),
-    ];
+    let mut headers = vec![("content-type".to_owned(), "application/grpc".to_owned())];
+    headers.extend(status(reply, message));
     headers.extend(
         reply
             .headers
@@ -77,6 +74,22 @@ pub fn trailers_only(reply: &Reply, message: &str) -> Vec<(String, String)> {
             .cloned(),
     );
     headers
+}
+
+/// The trailers that end a call the upstream began answering and then failed (its response
+/// header is already sent): `grpc-status`, `grpc-message` and `bulwark-reason`. Without them
+/// the client saw a reset, `CANCELLED`, which it does not retry.
+pub fn failure_trailers(reply: &Reply, message: &str) -> Vec<(String, String)> {
+    let mut trailers: Vec<_> = status(reply, message).into();
+    trailers.push((REASON_HEADER.to_owned(), reply.reason.as_str().to_owned()));
+    trailers
+}
+
+fn status(reply: &Reply, message: &str) -> [(String, String); 2] {
+    [
+        ("grpc-status".to_owned(), (code(reply) as u8).to_string()),
+        ("grpc-message".to_owned(), percent_encode(message)),
+    ]
 }
 
 /// `grpc-message` is percent-encoded: bytes outside printable ASCII, and `%` itself.
@@ -139,6 +152,19 @@ mod tests {
             .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
             .count();
         assert_eq!(content_types, 1);
+    }
+
+    #[test]
+    fn a_call_failed_mid_stream_ends_unavailable_with_the_reason() {
+        let failure = Reply::new(Reason::UpstreamError, None);
+        assert_eq!(
+            failure_trailers(&failure, "mid-call"),
+            [
+                ("grpc-status".to_owned(), "14".to_owned()),
+                ("grpc-message".to_owned(), "mid-call".to_owned()),
+                ("bulwark-reason".to_owned(), "upstream_error".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -187,6 +187,29 @@ async fn write_grpc_reply(session: &mut Session, reply: &Reply) -> pingora::Resu
     Ok(())
 }
 
+/// Ends a gRPC call over HTTP/2 whose response header went out before the upstream failed, with
+/// trailers that give the client a status (`UNAVAILABLE` rather than a reset's `CANCELLED`).
+async fn end_grpc_call(session: &mut Session, failure: &Reply) {
+    let header = session.req_header();
+    if header.version != http::Version::HTTP_2 || !protocol::is_grpc(header) {
+        return;
+    }
+    let mut trailers = http::HeaderMap::new();
+    let message = format!("the upstream failed mid-call: {}", failure.reason.message());
+    for (name, value) in grpc::failure_trailers(failure, &message) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name),
+            http::HeaderValue::try_from(value),
+        ) {
+            trailers.append(name, value);
+        }
+    }
+    let trailer = HttpTask::Trailer(Some(Box::new(trailers)));
+    if let Err(e) = session.write_response_tasks(vec![trailer]).await {
+        tracing::debug!(error = %e, "cannot end the gRPC call with trailers");
+    }
+}
+
 /// What both listeners keep per request for their metrics.
 pub struct Timing {
     started: Instant,
@@ -276,9 +299,13 @@ pub async fn fail_to_proxy(
     if refusal.is_none() && e.esource() == &ErrorSource::Upstream {
         metrics.upstream_error(upstream_error_kind(e.etype()));
     }
-    let reply = refusal
-        .or_else(|| failure_reply(e))
-        .filter(|_| session.response_written().is_none());
+    let failure = refusal.or_else(|| failure_reply(e));
+    if session.response_written().is_some()
+        && let Some(failure) = &failure
+    {
+        end_grpc_call(session, failure).await;
+    }
+    let reply = failure.filter(|_| session.response_written().is_none());
     let error_code = match reply {
         Some(reply) => {
             if let Err(write) = timing.answer(session, &reply).await {
