@@ -60,3 +60,35 @@ pub fn call(target: SocketAddr, method: &str, spec: &Value) -> Value {
         )
     })
 }
+
+/// A client on one channel with a server stream in flight (`drain-probe`): [`DrainProbe::start`]
+/// returns once the stream's first message arrived.
+pub struct DrainProbe(std::process::Child);
+
+impl DrainProbe {
+    pub fn start(target: SocketAddr) -> DrainProbe {
+        use std::io::BufRead;
+        let mut child = Command::new(sdks::python_interpreter())
+            .arg(script())
+            .args(["drain-probe", &target.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python runs");
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "streaming", "the probe's stream did not start");
+        DrainProbe(child)
+    }
+
+    /// Makes the unary call on the same channel, lets the stream finish; the JSON result.
+    pub fn finish(mut self) -> Value {
+        use std::io::Write;
+        self.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let output = self.0.wait_with_output().unwrap();
+        serde_json::from_slice(&output.stdout).expect("the probe's JSON")
+    }
+}

@@ -18,6 +18,10 @@ Usage:
       many bytes instead), "metadata": {k: v}, "timeout": seconds, "messages": [str] (bidi),
       "authority": str}. Prints one JSON line: code (a grpc.StatusCode name), details,
       responses (their lengths for large ones: "sizes"), initial and trailing metadata.
+  PYTHON grpc_echo.py drain-probe TARGET
+      On one channel: starts ServerStream "10:300" and prints `streaming` at its first
+      message; on a line on stdin, makes a Unary call (2 s deadline); prints one JSON line
+      {"stream": {code, count}, "unary": {code, details}} once both are done.
 """
 import json
 import sys
@@ -115,10 +119,38 @@ def call(target, method, spec):
     print(json.dumps(out), flush=True)
 
 
+def drain_probe(target):
+    channel = grpc.insecure_channel(target)
+    stream = channel.unary_stream(f"/{SERVICE}/ServerStream")(b"10:300", timeout=20)
+    received, stream_code = 0, "OK"
+    try:
+        for _ in stream:
+            received += 1
+            if received == 1:
+                print("streaming", flush=True)
+                sys.stdin.readline()
+                break
+        unary_code, unary_details = "OK", ""
+        try:
+            channel.unary_unary(f"/{SERVICE}/Unary")(b"probe", timeout=2)
+        except grpc.RpcError as e:
+            unary_code, unary_details = e.code().name, e.details() or ""
+        for _ in stream:
+            received += 1
+    except grpc.RpcError as e:
+        stream_code = e.code().name
+    print(json.dumps({
+        "stream": {"code": stream_code, "count": received},
+        "unary": {"code": unary_code, "details": unary_details},
+    }), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]))
     elif sys.argv[1] == "call":
         call(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    elif sys.argv[1] == "drain-probe":
+        drain_probe(sys.argv[2])
     else:
         raise SystemExit(__doc__)

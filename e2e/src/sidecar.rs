@@ -187,11 +187,10 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts a sidecar in front of `app`, with `extra` flags (e.g. `--config-dir`), state in
-    /// `state_dir`, and waits until its admin listener answers `/healthz`.
+    /// `state_dir`, and waits until its admin listener answers `/healthz` and its proxy
+    /// listeners accept connections.
     pub fn start(app: SocketAddr, state_dir: &Path, extra: &[&str]) -> Sidecar {
-        let sidecar = Self::spawn(app, state_dir, Listeners::free(), extra);
-        wait_for_status(sidecar.admin, "/healthz", 200, Duration::from_secs(10));
-        sidecar
+        Self::start_with_env(app, state_dir, extra, &[])
     }
 
     /// Spawns a sidecar on the given listener addresses without waiting for it (with
@@ -210,6 +209,12 @@ impl Sidecar {
     ) -> Sidecar {
         let sidecar = Self::spawn_with_env(app, state_dir, Listeners::free(), extra, env);
         wait_for_status(sidecar.admin, "/healthz", 200, Duration::from_secs(10));
+        // Pingora starts the admin service before the proxies: wait until they accept too.
+        for listener in [sidecar.inbound, sidecar.outbound] {
+            crate::eventually(Duration::from_secs(10), "the proxy listeners", || {
+                std::net::TcpStream::connect(listener).ok()
+            });
+        }
         sidecar
     }
 

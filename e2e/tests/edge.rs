@@ -43,11 +43,13 @@ fn start(extra: &[&str]) -> Edge {
     let mut flags = vec!["--config-dir", config.to_str().unwrap()];
     flags.extend_from_slice(extra);
     let sidecar = Sidecar::start(app.addr, &dir.path().join("state"), &flags);
+    // The admin listener answers /healthz before the inbound one is bound: a refused connect
+    // is retried, not a failure.
     eventually(std::time::Duration::from_secs(10), "the policy", || {
-        let r = raw(
+        let r = send_raw(
             sidecar.inbound,
             "GET /api/ready HTTP/1.1\r\nHost: app\r\nx-api-key: probe\r\nConnection: close\r\n\r\n",
-        );
+        )?;
         r.header("RateLimit").map(|_| ())
     });
     app.clear();

@@ -192,3 +192,47 @@ fn an_app_killed_mid_stream_gives_the_client_unavailable() {
         "{result}"
     );
 }
+
+/// SIGTERM with a gRPC stream in flight: the stream finishes, the HTTP/2 connection gets GOAWAY
+/// so the client does not start new calls on it (they go to another replica; here there is
+/// none, so the call fails at once instead of being served by a sidecar on its way out), and
+/// the sidecar exits as soon as the stream is done, far inside the grace period.
+#[test]
+fn sigterm_lets_a_grpc_stream_finish_and_sends_goaway() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = GrpcEcho::start(dir.path());
+    let config = dir.path().join("policies");
+    std::fs::create_dir_all(&config).unwrap();
+    let mut sidecar = Sidecar::start(
+        app.addr,
+        &dir.path().join("state"),
+        &[
+            "--config-dir",
+            config.to_str().unwrap(),
+            "--shutdown-grace-seconds",
+            "20",
+        ],
+    );
+    let probe = bulwark_e2e::grpc::DrainProbe::start(sidecar.inbound);
+    let started = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-s", "TERM", &sidecar.process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let result = probe.finish();
+    assert_eq!(
+        result["stream"],
+        json!({"code": "OK", "count": 10}),
+        "{result}"
+    );
+    assert_eq!(result["unary"]["code"], "UNAVAILABLE", "{result}");
+    let status = sidecar.process.terminate(Duration::from_secs(25));
+    assert!(status.success(), "exited with {status}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "exited {took:?} after SIGTERM; the stream needed about 3 s"
+    );
+}

@@ -39,7 +39,7 @@ use bulwark_sidecar::{
     listener::{edge::http_listener, inbound::InboundProxy, outbound::OutboundProxy},
     metrics::Metrics,
     services::Tasks,
-    shutdown::{AfterHandover, Drain, Quiesce},
+    shutdown::{AfterHandover, Drain, Draining, Quiesce},
     webhooks::{api as webhook_api, transport::HttpTransport},
 };
 use clap::Parser;
@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     // Flag errors (an unreadable CA, a bad URL) stop the sidecar before it serves anything.
     let operator = args.operator_source()?;
     let edge_limits = args.edge_limits()?;
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let draining = Draining::default();
     let tasks = Tasks::default();
     let conf = args.server_conf()?;
     let mut server = Server::new_with_opt_and_conf(
@@ -286,7 +286,7 @@ fn main() -> anyhow::Result<()> {
     });
     server.add_service(background_service(
         "bulwark after handover",
-        AfterHandover(quiesce.clone()),
+        AfterHandover(quiesce.clone(), draining.clone()),
     ));
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain { draining, quiesce }),

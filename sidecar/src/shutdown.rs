@@ -2,10 +2,11 @@
 //! shutdown and then sleeps the whole grace period, so an idle sidecar took
 //! `--shutdown-grace-seconds` to stop and every rollout waited for it.
 //!
-//! - **SIGTERM** ([`Drain`]): the listeners close new connections and end kept-alive ones after
-//!   their current request ([`crate::listener::edge`]); once no request is in flight (at most
-//!   the grace period), the policy tasks are stopped and their last work (the quota flush, the
-//!   last fast sync) awaited; then the process exits at once.
+//! - **SIGTERM** ([`Drain`]): the listeners close new connections, end kept-alive HTTP/1 ones
+//!   after their current request and send HTTP/2 ones GOAWAY ([`crate::listener::edge`], through
+//!   [`Draining`]); once no request is in flight (at most the grace period), the policy tasks
+//!   are stopped and their last work (the quota flush, the last fast sync) awaited; then the
+//!   process exits at once.
 //! - **SIGQUIT** (the zero-downtime upgrade) keeps Pingora's handover and its grace period, and
 //!   [`AfterHandover`] stops the policy tasks once the old process's requests have finished.
 //! - **SIGINT** exits at once.
@@ -24,9 +25,45 @@ use pingora::{
     services::background::BackgroundService,
 };
 use prometheus::IntGauge;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use crate::services::Tasks;
+
+/// Whether the process is draining: a flag for the per-request checks, and a watch for what
+/// waits on it (Pingora's HTTP/2 loop sends GOAWAY when its shutdown watch turns).
+#[derive(Clone)]
+pub struct Draining {
+    flag: Arc<AtomicBool>,
+    watch: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Draining {
+    fn default() -> Self {
+        Self {
+            flag: Arc::default(),
+            watch: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Draining {
+    pub fn start(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.watch.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns true when draining starts.
+    pub fn watch(&self) -> ShutdownWatch {
+        self.watch.subscribe()
+    }
+}
 
 /// How long the policy tasks get for their last work once requests are done.
 const TASKS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,8 +102,8 @@ impl Quiesce {
 
 /// The signal handling Pingora runs with.
 pub struct Drain {
-    /// Set at SIGTERM; read by the listeners' edge.
-    pub draining: Arc<AtomicBool>,
+    /// Started at SIGTERM; read by the listeners' edge.
+    pub draining: Draining,
     pub quiesce: Arc<Quiesce>,
 }
 
@@ -85,7 +122,7 @@ impl ShutdownSignalWatch for Drain {
             in_flight = self.quiesce.in_flight(),
             "SIGTERM: closing new connections, finishing requests in flight"
         );
-        self.draining.store(true, Ordering::Release);
+        self.draining.start();
         tokio::select! {
             _ = self.quiesce.run() => {}
             _ = int.recv() => return ShutdownSignal::FastShutdown,
@@ -97,13 +134,15 @@ impl ShutdownSignalWatch for Drain {
 }
 
 /// After an upgrade's handover (Pingora's shutdown broadcast, which SIGTERM no longer uses),
-/// stops the policy tasks once the old process's requests have finished.
-pub struct AfterHandover(pub Arc<Quiesce>);
+/// drains the listeners as SIGTERM does and stops the policy tasks once the old process's
+/// requests have finished.
+pub struct AfterHandover(pub Arc<Quiesce>, pub Draining);
 
 #[async_trait]
 impl BackgroundService for AfterHandover {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         if shutdown.changed().await.is_ok() {
+            self.1.start();
             self.0.run().await;
         }
     }

@@ -26,7 +26,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -38,6 +38,8 @@ use bulwark_policy::{
     respond::{Reason, Reply},
 };
 use pingora::protocols::http::v2::server::H2Options;
+
+use crate::shutdown::Draining;
 use pingora::{
     apps::ServerApp,
     protocols::{
@@ -149,7 +151,7 @@ pub fn http_listener<P>(
     phases: P,
     limits: EdgeLimits,
     metrics: Arc<EdgeMetrics>,
-    draining: Arc<AtomicBool>,
+    draining: Draining,
 ) -> Guarded<pingora::proxy::HttpProxy<P>>
 where
     P: pingora::proxy::ProxyHttp,
@@ -172,9 +174,9 @@ pub struct Guarded<A> {
     limits: EdgeLimits,
     metrics: Arc<EdgeMetrics>,
     open: AtomicUsize,
-    /// Set at SIGTERM ([`crate::shutdown`]): new connections are closed, kept-alive ones end
-    /// after their current request.
-    draining: Arc<AtomicBool>,
+    /// Set at SIGTERM ([`crate::shutdown`]) and at an upgrade's handover: new connections are
+    /// closed, kept-alive ones end after their current request, HTTP/2 ones get GOAWAY.
+    draining: Draining,
 }
 
 impl<A> Guarded<A> {
@@ -182,7 +184,7 @@ impl<A> Guarded<A> {
         inner: A,
         limits: EdgeLimits,
         metrics: Arc<EdgeMetrics>,
-        draining: Arc<AtomicBool>,
+        draining: Draining,
     ) -> Self {
         Self {
             inner: Arc::new(inner),
@@ -224,7 +226,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if self.draining.load(Ordering::Acquire) {
+        if self.draining.is_draining() {
             // Shutting down: the client reconnects to another replica.
             return None;
         }
@@ -250,7 +252,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             }
             Box::new(guarded)
         };
-        self.inner.process_new(stream, shutdown).await
+        // Pingora's shutdown watch turns only at an upgrade's handover; the drain's turns at
+        // SIGTERM too. The HTTP/2 loop sends GOAWAY when it turns, so clients open their next
+        // streams elsewhere while the ones in flight finish.
+        let _ = shutdown;
+        self.inner.process_new(stream, &self.draining.watch()).await
     }
 
     async fn cleanup(&self) {
@@ -280,7 +286,7 @@ pub struct GuardedStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// The answer being written before the connection is closed.
     refusing: Option<Refusing>,
-    draining: Arc<AtomicBool>,
+    draining: Draining,
     /// The bytes [`GuardedStream::sniff`] read, served again before the rest.
     replay: [u8; H2_PREFACE.len()],
     replay_len: usize,
@@ -308,7 +314,7 @@ impl GuardedStream {
         inner: Stream,
         limits: EdgeLimits,
         metrics: Arc<EdgeMetrics>,
-        draining: Arc<AtomicBool>,
+        draining: Draining,
     ) -> Self {
         Self {
             inner,
@@ -559,7 +565,7 @@ pub fn header_received(session: &Session) {
 /// A response is about to be written: while shutting down, it says `Connection: close` and
 /// the connection ends after it, so its client reconnects to another replica.
 pub fn before_response(session: &mut Session) {
-    if guarded(session).is_some_and(|g| g.draining.load(Ordering::Acquire)) {
+    if guarded(session).is_some_and(|g| g.draining.is_draining()) {
         session.set_keepalive(None);
     }
 }
@@ -764,7 +770,7 @@ mod tests {
             Box::new(L4Stream::from(server)),
             limits,
             metrics.clone(),
-            Arc::default(),
+            Draining::default(),
         );
         (stream, client, metrics)
     }
@@ -907,7 +913,7 @@ mod tests {
                 header_timeout: Duration::from_secs(1),
             },
             metrics(),
-            Arc::default(),
+            Draining::default(),
         );
         let a = guarded.take_slot().expect("first");
         let _b = guarded.take_slot().expect("second");
