@@ -2,8 +2,8 @@
 # Installs the pinned OpenFeature SDKs that the flag tests use as real clients, and the Standard
 # Webhooks libraries the webhook receivers verify with, cached outside the clone under a name that
 # changes with the pinned versions, so a second run is free:
-#   - a Python venv with openfeature-sdk, the OFREP provider, the flagd (RPC) provider and
-#     standardwebhooks;
+#   - a Python venv with openfeature-sdk, the OFREP provider, the flagd (RPC) provider,
+#     standardwebhooks, grpcio (the gRPC tests' server and client) and websockets;
 #   - an npm prefix with @openfeature/server-sdk, the OFREP provider and standardwebhooks.
 #
 #   e2e/peers/install-sdks.sh   # prints two lines on stdout: the venv directory (its bin/python
@@ -31,6 +31,7 @@ py_pins=(
   "grpcio==$PY_GRPCIO"
   "protobuf==$PY_PROTOBUF"
   "standardwebhooks==$PY_STANDARDWEBHOOKS"
+  "websockets==$PY_WEBSOCKETS"
 )
 js_pins=(
   "@openfeature/server-sdk@$JS_OPENFEATURE_SERVER_SDK"
@@ -51,6 +52,8 @@ from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.contrib.provider.flagd import FlagdProvider
 from standardwebhooks import Webhook
+import grpc
+from websockets.sync.server import serve
 '
 }
 js_check() {

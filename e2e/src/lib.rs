@@ -32,6 +32,7 @@ pub mod sdks;
 pub mod sidecar;
 pub mod tls;
 pub mod webhook_receiver;
+pub mod websocket;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
