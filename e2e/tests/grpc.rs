@@ -236,3 +236,24 @@ fn sigterm_lets_a_grpc_stream_finish_and_sends_goaway() {
         "exited {took:?} after SIGTERM; the stream needed about 3 s"
     );
 }
+
+/// A client whose deadline passes cancels its stream: it gets DEADLINE_EXCEEDED from its own
+/// library, and the sidecar does not log the cancellation as its error.
+#[test]
+fn a_client_deadline_cancels_the_call_without_an_error_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = GrpcEcho::start(dir.path());
+    let sidecar = sidecar(dir.path(), app.addr, None);
+    let result = call(
+        sidecar.inbound,
+        "ServerStream",
+        &json!({"request": "5:300", "timeout": 0.5}),
+    );
+    assert_eq!(code(&result), "DEADLINE_EXCEEDED", "{result}");
+    // The next call on a new channel is served as usual.
+    let after = call(sidecar.inbound, "Unary", &json!({"request": "after"}));
+    assert_eq!(code(&after), "OK", "{after}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = sidecar.log_text();
+    assert!(!log.contains(" ERROR "), "{log}");
+}

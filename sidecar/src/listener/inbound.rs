@@ -25,7 +25,7 @@ use pingora::{
 };
 
 use super::{
-    Timing, edge, fail_to_proxy,
+    Timing, client_gone, edge, fail_to_proxy,
     failover::{Tries, on_connect_failure, on_error, on_response},
     normalize_path, peer_ip,
     protocol::{self, AppProtocol},
@@ -299,6 +299,10 @@ impl ProxyHttp for InboundProxy {
     ) -> FailToProxy {
         let refusal = ctx.routed.as_mut().and_then(Tries::take_refusal);
         fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.inbound, refusal).await
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &pingora::Error) -> bool {
+        client_gone(e)
     }
 
     async fn logging(

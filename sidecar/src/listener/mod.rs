@@ -260,7 +260,7 @@ fn failure_reply(e: &pingora::Error) -> Option<Reply> {
             reply.status = *status;
             return Some(reply);
         }
-        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => return None,
+        _ if client_gone(e) => return None,
         (ErrorSource::Downstream, _) => Reason::BadRequest,
         (ErrorSource::Upstream, kind) => match upstream_error_kind(kind) {
             UpstreamError::Timeout => Reason::UpstreamTimeout,
@@ -270,6 +270,16 @@ fn failure_reply(e: &pingora::Error) -> Option<Reply> {
         (ErrorSource::Internal | ErrorSource::Unset, _) => Reason::Internal,
     };
     Some(Reply::new(reason, None))
+}
+
+/// The client went away mid-request (closed, reset, or cancelled its HTTP/2 stream, as a gRPC
+/// client past its deadline does): nothing can be written, and it is not the sidecar's error,
+/// so both listeners keep it out of the error log (`suppress_error_log`).
+pub fn client_gone(e: &pingora::Error) -> bool {
+    use ErrorType::*;
+    // An HTTP/2 client's RST_STREAM comes as H2Error ("Client closed H2").
+    e.esource() == &ErrorSource::Downstream
+        && matches!(e.etype(), WriteError | ReadError | ConnectionClosed | H2Error)
 }
 
 fn upstream_error_kind(kind: &ErrorType) -> UpstreamError {

@@ -27,7 +27,7 @@ use pingora::{
 };
 
 use super::{
-    Timing, edge, fail_to_proxy,
+    Timing, client_gone, edge, fail_to_proxy,
     failover::{Tries, on_connect_failure, on_error, on_response},
     metrics::UpstreamError,
     protocol, request_view,
@@ -335,6 +335,10 @@ impl ProxyHttp for OutboundProxy {
     ) -> FailToProxy {
         let refusal = ctx.tries().and_then(Tries::take_refusal);
         fail_to_proxy(session, e, &mut ctx.timing, &self.metrics.outbound, refusal).await
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &pingora::Error) -> bool {
+        client_gone(e)
     }
 
     async fn logging(
