@@ -279,7 +279,10 @@ pub fn client_gone(e: &pingora::Error) -> bool {
     use ErrorType::*;
     // An HTTP/2 client's RST_STREAM comes as H2Error ("Client closed H2").
     e.esource() == &ErrorSource::Downstream
-        && matches!(e.etype(), WriteError | ReadError | ConnectionClosed | H2Error)
+        && matches!(
+            e.etype(),
+            WriteError | ReadError | ConnectionClosed | H2Error
+        )
 }
 
 fn upstream_error_kind(kind: &ErrorType) -> UpstreamError {
