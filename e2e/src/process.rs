@@ -82,6 +82,42 @@ impl Running {
     }
 }
 
+/// Spawns a peer program that prints `listening PORT` once bound (stdout and stderr to `log`)
+/// and waits for that line: the process and the port. Panics with the program's output if it
+/// does not listen within 20 s.
+pub fn spawn_listening(name: &str, cmd: Command, log: &Path) -> (Running, u16) {
+    let process = Running::spawn(name, cmd, log);
+    let start = std::time::Instant::now();
+    loop {
+        let output = std::fs::read_to_string(log).unwrap_or_default();
+        let listening = output.lines().find_map(|l| l.strip_prefix("listening "));
+        if let Some(port) = listening.and_then(|p| p.trim().parse::<u16>().ok()) {
+            return (process, port);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} did not start listening; its output ({}):\n{output}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a peer client program that prints its result as one JSON line; that value. Panics
+/// with its output when there is none.
+pub fn json_output(name: &str, cmd: &mut Command) -> serde_json::Value {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{name} printed no result ({e}): {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {

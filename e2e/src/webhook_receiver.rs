@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     eventually,
-    process::{Running, http_get, http_post},
+    process::{Running, http_get, http_post, spawn_listening},
     repo_root, sdks, unique_name,
 };
 
@@ -156,21 +156,8 @@ impl WebhookReceiver {
             cmd.arg(cert).arg(key);
         }
         let what = format!("the {} webhook receiver", self.library.name());
-        self.process = Some(Running::spawn(&what, cmd, &self.output));
-        let start = Instant::now();
-        let port = loop {
-            let output = fs::read_to_string(&self.output).unwrap_or_default();
-            let listening = output.lines().find_map(|l| l.strip_prefix("listening "));
-            if let Some(port) = listening.and_then(|p| p.trim().parse::<u16>().ok()) {
-                break port;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{what} did not start listening; its output ({}):\n{output}",
-                self.output.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (process, port) = spawn_listening(&what, cmd, &self.output);
+        self.process = Some(process);
         assert!(
             self.port == 0 || self.port == port,
             "{what} listens on {port}, not {}",
