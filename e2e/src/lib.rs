@@ -262,6 +262,21 @@ impl Namespace<'_> {
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         stdout_or_panic("kubectl", args, self.run_kubectl(args))
     }
+
+    /// Waits for the default ServiceAccount (pods need it; the controller-manager creates it
+    /// shortly after the namespace).
+    pub fn wait_for_default_service_account(&self) {
+        eventually(
+            Duration::from_secs(20),
+            "the default ServiceAccount",
+            || {
+                self.run_kubectl(&["get", "serviceaccount", "default"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
 }
 
 impl Drop for Namespace<'_> {

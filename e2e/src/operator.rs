@@ -159,16 +159,7 @@ impl Release {
     ) -> (crate::Namespace<'a>, crate::sidecar::Sidecar) {
         let ns = cp.namespace(app);
         cp.kubectl_ok(&["label", "namespace", &ns.name, "bulwark.dev/inject=enabled"]);
-        crate::eventually(
-            Duration::from_secs(20),
-            "the default ServiceAccount",
-            || {
-                ns.run_kubectl(&["get", "serviceaccount", "default"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
-        );
+        ns.wait_for_default_service_account();
         let pod = format!("{app}-0");
         let mut kubectl = cp.kubectl();
         kubectl.args(["apply", "-f", "-"]);

@@ -91,21 +91,6 @@ fn bulwark_token(ns: &Namespace<'_>, pod: Option<&str>) -> String {
     ns.kubectl_ok(&args).trim().to_string()
 }
 
-/// Waits for the namespace's default ServiceAccount (pods need it; the controller-manager
-/// creates it shortly after the namespace).
-fn wait_for_default_service_account(ns: &Namespace<'_>) {
-    eventually(
-        Duration::from_secs(20),
-        "the default ServiceAccount",
-        || {
-            ns.run_kubectl(&["get", "serviceaccount", "default"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-}
-
 /// `curl` against the policy stream, as any HTTP/2 client would: (status, body).
 fn stream_with_token(ports: &OperatorPorts, ca: &Path, token: &str) -> (u16, String) {
     let out = Command::new("curl")
@@ -200,7 +185,7 @@ fn helm_install_inject_enforce_survive_and_fail_over() {
     // --- Injection: the apiserver calls the webhook for a pod of a labelled namespace. -------
     let ns = cp.namespace("shop");
     cp.kubectl_ok(&["label", "namespace", &ns.name, "bulwark.dev/inject=enabled"]);
-    wait_for_default_service_account(&ns);
+    ns.wait_for_default_service_account();
     apply(
         cp,
         &format!(
@@ -512,7 +497,7 @@ spec:
     let (code, body) = stream_with_token(&ports_a, &ca_path, &unbound);
     assert_eq!(code, 403, "{body}");
     let plain = cp.namespace("plain");
-    wait_for_default_service_account(&plain);
+    plain.wait_for_default_service_account();
     apply(
         cp,
         &format!(
