@@ -11,18 +11,17 @@ use bulwark_e2e::{
 };
 use serde_json::{Value, json};
 
-/// A standalone sidecar in front of `app`, its config holding `policy` (if any).
-fn sidecar(dir: &Path, app: SocketAddr, policy: Option<&str>) -> Sidecar {
+/// A standalone sidecar in front of `app`, its config holding `policy` (if any), with `extra`
+/// flags.
+fn sidecar(dir: &Path, app: SocketAddr, policy: Option<&str>, extra: &[&str]) -> Sidecar {
     let config = dir.join("policies");
     std::fs::create_dir_all(&config).unwrap();
     if let Some(policy) = policy {
         std::fs::write(config.join("policy.yaml"), policy).unwrap();
     }
-    let sidecar = Sidecar::start(
-        app,
-        &dir.join("state"),
-        &["--config-dir", config.to_str().unwrap()],
-    );
+    let mut flags = vec!["--config-dir", config.to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    let sidecar = Sidecar::start(app, &dir.join("state"), &flags);
     wait_for_status(sidecar.admin, "/readyz", 200, Duration::from_secs(10));
     sidecar
 }
@@ -35,7 +34,7 @@ fn code(result: &Value) -> &str {
 fn grpc_calls_pass_through_the_inbound_listener_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let app = GrpcEcho::start(dir.path());
-    let sidecar = sidecar(dir.path(), app.addr, None);
+    let sidecar = sidecar(dir.path(), app.addr, None, &[]);
 
     let unary = call(
         sidecar.inbound,
@@ -91,7 +90,7 @@ fn http1_and_http2_share_the_inbound_port() {
     std::fs::create_dir(&www).unwrap();
     std::fs::write(www.join("hello.txt"), "hello\n").unwrap();
     let app = Upstream::start(&www, "hello.txt");
-    let sidecar = sidecar(dir.path(), app.addr, None);
+    let sidecar = sidecar(dir.path(), app.addr, None, &[]);
     // HTTP/1.1 to the same port as the gRPC test's HTTP/2.
     let plain = http_get(sidecar.inbound, "/hello.txt").unwrap();
     assert_eq!((plain.status, plain.body.as_str()), (200, "hello\n"));
@@ -119,7 +118,7 @@ spec:
       algorithm: FixedWindow
       rates: [{limit: 2, window: 1m}]
 ";
-    let sidecar = sidecar(dir.path(), app.addr, Some(policy));
+    let sidecar = sidecar(dir.path(), app.addr, Some(policy), &[]);
     let results: Vec<Value> = (0..3)
         .map(|_| call(sidecar.inbound, "Unary", &json!({"request": "hi"})))
         .collect();
@@ -153,7 +152,7 @@ spec:
 fn the_apps_grpc_calls_go_through_the_outbound_listener_by_authority() {
     let dir = tempfile::tempdir().unwrap();
     let destination = GrpcEcho::start(dir.path());
-    let sidecar = sidecar(dir.path(), "127.0.0.1:9".parse().unwrap(), None);
+    let sidecar = sidecar(dir.path(), "127.0.0.1:9".parse().unwrap(), None, &[]);
     // The app dials the sidecar and names the service in :authority, as with a proxy.
     let result = call(
         sidecar.outbound,
@@ -169,7 +168,7 @@ fn the_apps_grpc_calls_go_through_the_outbound_listener_by_authority() {
 fn an_app_killed_mid_stream_gives_the_client_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = GrpcEcho::start(dir.path());
-    let sidecar = sidecar(dir.path(), app.addr, None);
+    let sidecar = sidecar(dir.path(), app.addr, None, &[]);
     let inbound = sidecar.inbound;
     // Ten messages 300 ms apart; the app dies after about three.
     let call = std::thread::spawn(move || {
@@ -201,18 +200,8 @@ fn an_app_killed_mid_stream_gives_the_client_unavailable() {
 fn sigterm_lets_a_grpc_stream_finish_and_sends_goaway() {
     let dir = tempfile::tempdir().unwrap();
     let app = GrpcEcho::start(dir.path());
-    let config = dir.path().join("policies");
-    std::fs::create_dir_all(&config).unwrap();
-    let mut sidecar = Sidecar::start(
-        app.addr,
-        &dir.path().join("state"),
-        &[
-            "--config-dir",
-            config.to_str().unwrap(),
-            "--shutdown-grace-seconds",
-            "20",
-        ],
-    );
+    let grace = ["--shutdown-grace-seconds", "20"];
+    let mut sidecar = sidecar(dir.path(), app.addr, None, &grace);
     let probe = bulwark_e2e::grpc::DrainProbe::start(sidecar.inbound);
     let started = std::time::Instant::now();
     let killed = std::process::Command::new("kill")
@@ -243,7 +232,7 @@ fn sigterm_lets_a_grpc_stream_finish_and_sends_goaway() {
 fn a_client_deadline_cancels_the_call_without_an_error_logged() {
     let dir = tempfile::tempdir().unwrap();
     let app = GrpcEcho::start(dir.path());
-    let sidecar = sidecar(dir.path(), app.addr, None);
+    let sidecar = sidecar(dir.path(), app.addr, None, &[]);
     let result = call(
         sidecar.inbound,
         "ServerStream",
