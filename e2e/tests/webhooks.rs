@@ -84,6 +84,15 @@ fn get_json(sidecar: &Sidecar, path: &str) -> Value {
     body(&http_get(sidecar.admin, path).expect("the admin listener answers"))
 }
 
+/// Waits (up to `timeout`) until endpoint `default/{endpoint}` has a dead letter; its letters.
+fn first_dead_letters(sidecar: &Sidecar, endpoint: &str, timeout: Duration) -> Vec<Value> {
+    let path = format!("/webhooks/v1/endpoints/default/{endpoint}/dead-letters");
+    eventually(timeout, &format!("a dead letter of {endpoint}"), || {
+        let letters = get_json(sidecar, &path)["deadLetters"].as_array()?.clone();
+        (!letters.is_empty()).then_some(letters)
+    })
+}
+
 fn ids(received: &[Received]) -> Vec<String> {
     received.iter().filter_map(|r| r.id.clone()).collect()
 }
@@ -252,14 +261,7 @@ fn a_failing_or_rate_limiting_receiver_is_retried_until_it_recovers() {
         &sidecar,
         &json!({"eventType": "order.created", "payload": {"n": 3}}),
     );
-    let letters = eventually(Duration::from_secs(5), "a dead letter", || {
-        let v = get_json(
-            &sidecar,
-            "/webhooks/v1/endpoints/default/orders/dead-letters",
-        );
-        let letters = v["deadLetters"].as_array()?.clone();
-        (!letters.is_empty()).then_some(letters)
-    });
+    let letters = first_dead_letters(&sidecar, "orders", Duration::from_secs(5));
     assert_eq!(letters[0]["id"], id.as_str());
     assert_eq!(letters[0]["attempts"], 1);
     assert!(
@@ -475,14 +477,7 @@ fn private_and_loopback_targets_are_refused_unless_the_endpoint_allows_them() {
         ("by-name", "(loopback)"),
         ("metadata", "link-local"),
     ] {
-        let letters = eventually(Duration::from_secs(10), endpoint, || {
-            let v = get_json(
-                &sidecar,
-                &format!("/webhooks/v1/endpoints/default/{endpoint}/dead-letters"),
-            );
-            let letters = v["deadLetters"].as_array()?.clone();
-            (!letters.is_empty()).then_some(letters)
-        });
+        let letters = first_dead_letters(&sidecar, endpoint, Duration::from_secs(10));
         let reason = letters[0]["reason"].as_str().unwrap();
         assert!(
             reason.starts_with("refused") && reason.contains(why),
@@ -564,18 +559,7 @@ fn slow_receivers_time_out_and_redirects_are_followed_only_when_allowed() {
         &sidecar,
         &json!({"eventType": "stays", "payload": {"n": 1}}),
     );
-    let letters = eventually(
-        Duration::from_secs(10),
-        "the redirect's dead letter",
-        || {
-            let v = get_json(
-                &sidecar,
-                "/webhooks/v1/endpoints/default/stays/dead-letters",
-            );
-            let letters = v["deadLetters"].as_array()?.clone();
-            (!letters.is_empty()).then_some(letters)
-        },
-    );
+    let letters = first_dead_letters(&sidecar, "stays", Duration::from_secs(10));
     assert_eq!(letters[0]["id"], stays.as_str());
     assert_eq!(letters[0]["attempts"], 1, "{letters:?}");
     let reason = letters[0]["reason"].as_str().unwrap();
@@ -656,14 +640,7 @@ fn https_receivers_are_verified_against_the_trusted_roots() {
     assert!(received[0].verified, "{:?}", received[0]);
     assert_eq!(received[0].id.as_deref(), Some(id.as_str()));
 
-    let letters = eventually(Duration::from_secs(10), "the rogue's dead letter", || {
-        let v = get_json(
-            &sidecar,
-            "/webhooks/v1/endpoints/default/rogue/dead-letters",
-        );
-        let letters = v["deadLetters"].as_array()?.clone();
-        (!letters.is_empty()).then_some(letters)
-    });
+    let letters = first_dead_letters(&sidecar, "rogue", Duration::from_secs(10));
     assert_eq!(letters[0]["id"], id.as_str());
     assert_eq!(
         letters[0]["attempts"], 2,
