@@ -224,7 +224,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        shutdown: &ShutdownWatch,
+        _pingoras: &ShutdownWatch,
     ) -> Option<Stream> {
         if self.draining.is_draining() {
             // Shutting down: the client reconnects to another replica.
@@ -253,9 +253,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             Box::new(guarded)
         };
         // Pingora's shutdown watch turns only at an upgrade's handover; the drain's turns at
-        // SIGTERM too. The HTTP/2 loop sends GOAWAY when it turns, so clients open their next
-        // streams elsewhere while the ones in flight finish.
-        let _ = shutdown;
+        // SIGTERM too (and at the handover: AfterHandover). The HTTP/2 loop sends GOAWAY when
+        // it turns, so clients open their next streams elsewhere while the ones in flight finish.
         self.inner.process_new(stream, &self.draining.watch()).await
     }
 

@@ -312,13 +312,13 @@ pub async fn fail_to_proxy(
     if refusal.is_none() && e.esource() == &ErrorSource::Upstream {
         metrics.upstream_error(upstream_error_kind(e.etype()));
     }
-    let failure = refusal.or_else(|| failure_reply(e));
+    let mut reply = refusal.or_else(|| failure_reply(e));
     if session.response_written().is_some()
-        && let Some(failure) = &failure
+        && let Some(failure) = reply.take()
     {
-        end_grpc_call(session, failure).await;
+        // Too late for an answer of its own; a gRPC call still gets its status in trailers.
+        end_grpc_call(session, &failure).await;
     }
-    let reply = failure.filter(|_| session.response_written().is_none());
     let error_code = match reply {
         Some(reply) => {
             if let Err(write) = timing.answer(session, &reply).await {
