@@ -62,6 +62,22 @@ pub struct Snapshot {
     /// [`secret_key_id`]: certificates are public, so they are shown as they are.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ca_bundles: BTreeMap<String, String>,
+    /// What the app speaks on the port the sidecar forwards to, from the `appProtocol` of the
+    /// Service ports that target it (`None`: no Service declares one; the sidecar then sends
+    /// gRPC over h2c and everything else over HTTP/1.1). A pod's `bulwark.dev/app-protocol`
+    /// annotation (the sidecar's `--app-protocol`) wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<AppProtocol>,
+}
+
+/// The protocol of the app's port, as the operator resolved it from Service `appProtocol`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1 for every request (`http`, `kubernetes.io/http`, `kubernetes.io/ws`).
+    Http1,
+    /// HTTP/2 with prior knowledge for every request (`kubernetes.io/h2c`, `grpc`).
+    H2c,
 }
 
 /// How a Secret key is named in [`Snapshot::jwt_keys`]: `namespace/secret/key`.
@@ -199,7 +215,8 @@ impl fmt::Display for SecretString {
 
 impl Snapshot {
     /// True when `self` and `other` differ at most in `version` and `endpoints`: the policies
-    /// are the same, so a sidecar can take the new endpoints without compiling anything.
+    /// (and the app's protocol) are the same, so a sidecar can take the new endpoints without
+    /// compiling anything.
     pub fn same_policies(&self, other: &Snapshot) -> bool {
         // Every field named, so a new one cannot be forgotten here.
         let Snapshot {
@@ -215,6 +232,7 @@ impl Snapshot {
             redis,
             jwt_keys,
             ca_bundles,
+            app_protocol,
         } = self;
         *schema == other.schema
             && *pod == other.pod
@@ -226,6 +244,7 @@ impl Snapshot {
             && *redis == other.redis
             && *jwt_keys == other.jwt_keys
             && *ca_bundles == other.ca_bundles
+            && *app_protocol == other.app_protocol
     }
 
     /// An empty snapshot of the current schema: a sidecar with it passes traffic through.
