@@ -25,9 +25,18 @@ pub struct GrpcEcho {
 impl GrpcEcho {
     /// Starts it (output in `dir`); returns once it listens.
     pub fn start(dir: &Path) -> GrpcEcho {
+        Self::start_with(dir, &[])
+    }
+
+    /// One whose every Unary call fails `UNAVAILABLE`, as a server going down answers.
+    pub fn start_unavailable(dir: &Path) -> GrpcEcho {
+        Self::start_with(dir, &["unavailable"])
+    }
+
+    fn start_with(dir: &Path, args: &[&str]) -> GrpcEcho {
         let output = dir.join(format!("{}.out", unique_name("grpc-echo")));
         let mut cmd = script();
-        cmd.args(["serve", "0"]);
+        cmd.args(["serve", "0"]).args(args);
         let (process, port) = spawn_listening("the gRPC echo server", cmd, &output);
         GrpcEcho {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -4,11 +4,13 @@ serializer), so no generated code or protoc is needed: gRPC's framing, metadata,
 status codes and deadlines are what is under test, not protobuf.
 
 Usage:
-  PYTHON grpc_echo.py serve PORT
+  PYTHON grpc_echo.py serve PORT [unavailable]
       Service bulwark.test.Echo on 127.0.0.1:PORT (0: any); prints `listening PORT`.
       Unary         echoes the request; initial metadata x-initial: yes, trailing
                     metadata x-trailer: done and x-seen-forwarded-for (the x-forwarded-for
-                    it got) and x-seen-client (the x-client metadata it got).
+                    it got) and x-seen-client (the x-client metadata it got). Waits
+                    x-delay-ms milliseconds first when the call has that metadata. With
+                    `unavailable`, every Unary call fails UNAVAILABLE (a server going down).
       ServerStream  the request is an ASCII count N (and optionally ":MS", a pause between
                     messages in milliseconds): N messages "i".
       BidiStream    echoes each message as it comes.
@@ -33,10 +35,14 @@ import grpc
 SERVICE = "bulwark.test.Echo"
 
 
-def serve(port):
+def serve(port, unavailable=False):
     def unary(request, context):
-        context.send_initial_metadata((("x-initial", "yes"),))
         meta = dict(context.invocation_metadata())
+        if unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this server is unavailable")
+        if "x-delay-ms" in meta:
+            time.sleep(int(meta["x-delay-ms"]) / 1000)
+        context.send_initial_metadata((("x-initial", "yes"),))
         context.set_trailing_metadata((
             ("x-trailer", "done"),
             ("x-seen-forwarded-for", meta.get("x-forwarded-for", "")),
@@ -147,7 +153,7 @@ def drain_probe(target):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), unavailable=sys.argv[3:] == ["unavailable"])
     elif sys.argv[1] == "call":
         call(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
     elif sys.argv[1] == "drain-probe":

@@ -246,3 +246,132 @@ fn a_client_deadline_cancels_the_call_without_an_error_logged() {
     let log = sidecar.log_text();
     assert!(!log.contains(" ERROR "), "{log}");
 }
+
+/// `curl --http2-prior-knowledge` making one unary gRPC call (an empty message) with `headers`:
+/// the response headers (a trailers-only answer carries `grpc-status` in them) and how long it
+/// took. curl sends `grpc-timeout` as given; a gRPC library would also cancel at its deadline,
+/// which would hide whether the sidecar kept to it.
+fn raw_grpc_call(target: SocketAddr, headers: &[&str]) -> (String, Duration) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "--http2-prior-knowledge",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+    ])
+    .args([
+        "-D",
+        "-",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ])
+    .args(["--data-binary", "@-"]);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    cmd.arg(format!("http://{target}/bulwark.test.Echo/Unary"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("curl runs");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&[0; 5]).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).to_lowercase(),
+        started.elapsed(),
+    )
+}
+
+/// `grpc-timeout` is the call's deadline at the sidecar: an app that never answers (a TCP
+/// listener that reads and stays silent: a gRPC server would enforce the same deadline itself
+/// and hide the sidecar's) gets the caller `DEADLINE_EXCEEDED` from the sidecar at the deadline.
+#[test]
+fn grpc_timeout_is_the_deadline_of_a_call_to_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let sidecar = sidecar(dir.path(), app, None, &[]);
+    let (headers, took) = raw_grpc_call(sidecar.inbound, &["grpc-timeout: 300m"]);
+    assert!(headers.contains("grpc-status: 4\r\n"), "{headers}");
+    assert!(
+        headers.contains("bulwark-reason: upstream_timeout"),
+        "{headers}"
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "answered after {took:?}"
+    );
+    // Without a deadline the call waits for the app (curl gives up after 3 s).
+    let (headers, took) = raw_grpc_call(sidecar.inbound, &[]);
+    assert!(headers.is_empty(), "{headers}");
+    assert!(took >= Duration::from_secs(3), "answered after {took:?}");
+}
+
+/// A FailoverPolicy over two gRPC servers, one answering every call `UNAVAILABLE` (trailers-only,
+/// as a server going down does), the app calling through the outbound listener.
+fn retry_policy(down: SocketAddr, up: SocketAddr, retry_on: &str) -> String {
+    format!(
+        "apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: echo, namespace: default}}
+spec:
+  upstreams:
+  - name: echo
+    match: {{hosts: [echo]}}
+    groups: [{{name: primary, backends: [{{address: '{down}'}}, {{address: '{up}'}}]}}]
+    retry: {{retryOn: [{retry_on}], attempts: 2, budgetPercent: 100}}
+"
+    )
+}
+
+/// With `Unavailable` in `retryOn`, the call an `UNAVAILABLE` server answered is retried on the
+/// other endpoint although gRPC calls are POSTs; without it, the status reaches the app.
+#[test]
+fn grpc_statuses_are_retried_by_their_retry_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = GrpcEcho::start_unavailable(dir.path());
+    let up = GrpcEcho::start(dir.path());
+    let calls = |sidecar: &Sidecar| -> Vec<String> {
+        (0..6)
+            .map(|i| {
+                let spec = json!({"request": format!("r{i}"), "authority": "echo"});
+                code(&call(sidecar.outbound, "Unary", &spec)).to_owned()
+            })
+            .collect()
+    };
+
+    let policy = retry_policy(down.addr, up.addr, "Unavailable");
+    let retrying = sidecar(
+        dir.path().join("a").as_path(),
+        "127.0.0.1:9".parse().unwrap(),
+        Some(&policy),
+        &[],
+    );
+    assert_eq!(calls(&retrying), vec!["OK"; 6]);
+    assert!(
+        retrying.metric_sum("bulwark_failover_retries_total") >= 1.0,
+        "round robin sent some calls to the unavailable server first"
+    );
+
+    let policy = retry_policy(down.addr, up.addr, "Reset");
+    let not_retrying = sidecar(
+        dir.path().join("b").as_path(),
+        "127.0.0.1:9".parse().unwrap(),
+        Some(&policy),
+        &[],
+    );
+    let codes = calls(&not_retrying);
+    assert!(codes.contains(&"UNAVAILABLE".to_owned()), "{codes:?}");
+    assert!(codes.contains(&"OK".to_owned()), "{codes:?}");
+}

@@ -105,9 +105,10 @@ pub struct Args {
     pub redis_cluster: Vec<String>,
 
     /// What the app speaks on --app: `auto` (HTTP/1.1, and HTTP/2 with prior knowledge for
-    /// gRPC requests, which need it), `http1` or `h2c` (every request over HTTP/2).
-    #[arg(long, env = "BULWARK_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Auto)]
-    pub app_protocol: AppProtocol,
+    /// gRPC requests, which need it), `http1` or `h2c` (every request over HTTP/2). Unset: what
+    /// the snapshot says (the operator's reading of the Service `appProtocol`), else `auto`.
+    #[arg(long, env = "BULWARK_APP_PROTOCOL", value_enum)]
+    pub app_protocol: Option<AppProtocol>,
 
     /// Directory for the sidecar's own state: the last good snapshot (so a restarted sidecar
     /// enforces at once), local quota usage (`quota.redb`), the upgrade socket and the pid file.

@@ -380,6 +380,18 @@ pub enum RetryOn {
     /// 429, honouring `Retry-After` within the request timeout.
     #[serde(rename = "429")]
     TooManyRequests,
+    /// A gRPC answer with `grpc-status` `CANCELLED` (1) in its headers. The gRPC classes read
+    /// trailers-only answers (how servers send errors), as Envoy's `retry_on` does, and allow
+    /// retrying gRPC calls although they are POSTs.
+    Cancelled,
+    /// gRPC `DEADLINE_EXCEEDED` (4).
+    DeadlineExceeded,
+    /// gRPC `RESOURCE_EXHAUSTED` (8).
+    ResourceExhausted,
+    /// gRPC `INTERNAL` (13).
+    Internal,
+    /// gRPC `UNAVAILABLE` (14).
+    Unavailable,
 }
 
 /// Retry settings.
@@ -391,9 +403,11 @@ pub struct Retry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 10))]
     pub attempts: Option<u32>,
-    /// Which failures are retried (default `[ConnectFailure, Reset, GatewayError]`).
+    /// Which failures are retried (default `[ConnectFailure, Reset, GatewayError]`); gRPC
+    /// statuses by name (`Unavailable`, `ResourceExhausted`, `DeadlineExceeded`, `Internal`,
+    /// `Cancelled`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 6))]
+    #[schemars(length(max = 11))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub retry_on: Vec<RetryOn>,
     /// Further statuses that are retried.

@@ -5,12 +5,15 @@
 //! `content-type: application/grpc`, `grpc-status` and `grpc-message`, and the reply's other
 //! headers (`RateLimit`, `Retry-After`, `bulwark-reason`) as metadata, which clients expose.
 
+use std::time::Duration;
+
 use crate::respond::{REASON_HEADER, Reason, Reply};
 
-/// gRPC status codes the sidecar answers with (grpc/doc/statuscodes.md).
+/// gRPC status codes the sidecar answers with or retries on (grpc/doc/statuscodes.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
+    Cancelled = 1,
     Unknown = 2,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
@@ -24,6 +27,54 @@ pub enum Code {
 /// Whether a `content-type` is gRPC's (`application/grpc`, `application/grpc+proto`, …).
 pub fn is_grpc_content_type(value: &[u8]) -> bool {
     value.starts_with(b"application/grpc")
+}
+
+/// The call's deadline from its `grpc-timeout` header: 1 to 8 digits and a unit (`H`, `M`,
+/// `S`, `m`, `u`, `n`). `None` for anything else: a malformed timeout is ignored, as if absent.
+pub fn timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A `grpc-status` header's code (0 to 16, as digits); `None` if it is anything else.
+pub fn status_code(value: &[u8]) -> Option<u8> {
+    std::str::from_utf8(value)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|c| *c <= 16)
+}
+
+/// The HTTP status a gRPC code counts as where the sidecar judges answers by HTTP status
+/// (outlier detection, the breaker): Envoy's `Grpc::Utility::grpcToHttpStatus`, so `UNAVAILABLE`
+/// is a 503 (a gateway error), `INTERNAL` and `UNKNOWN` 500, `RESOURCE_EXHAUSTED` 429.
+pub fn http_equivalent(code: u8) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500, // UNKNOWN, INTERNAL, DATA_LOSS, and codes gRPC does not define
+    }
 }
 
 /// The code for why the sidecar answered: limits and quotas are `RESOURCE_EXHAUSTED` (the
@@ -165,6 +216,46 @@ mod tests {
                 ("bulwark-reason".to_owned(), "upstream_error".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_malformed_ones_are_ignored() {
+        assert_eq!(timeout(b"499m"), Some(Duration::from_millis(499)));
+        assert_eq!(timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout(b"3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout(b"1S"), Some(Duration::from_secs(1)));
+        assert_eq!(
+            timeout(b"99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout(b"5n"), Some(Duration::from_nanos(5)));
+        for bad in [
+            &b""[..],
+            b"m",
+            b"100",
+            b"123456789m",
+            b"1.5S",
+            b"-1S",
+            b"10s",
+            b" 1S",
+        ] {
+            assert_eq!(timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn grpc_statuses_count_as_envoys_http_equivalents() {
+        assert_eq!(status_code(b"14"), Some(14));
+        assert_eq!(status_code(b"0"), Some(0));
+        assert_eq!(status_code(b"17"), None);
+        assert_eq!(status_code(b"x"), None);
+        assert_eq!(http_equivalent(0), 200);
+        assert_eq!(http_equivalent(Code::Unavailable as u8), 503);
+        assert_eq!(http_equivalent(Code::DeadlineExceeded as u8), 504);
+        assert_eq!(http_equivalent(Code::ResourceExhausted as u8), 429);
+        assert_eq!(http_equivalent(Code::Internal as u8), 500);
+        assert_eq!(http_equivalent(15), 500); // DATA_LOSS
+        assert_eq!(http_equivalent(5), 404); // NOT_FOUND
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{
 };
 
 use arc_swap::ArcSwap;
-use bulwark_api::snapshot::{PolicySource, RedisConnection, Snapshot};
+use bulwark_api::snapshot::{AppProtocol, PolicySource, RedisConnection, Snapshot};
 
 use crate::{
     compile::{CompileEnv, CompileError},
@@ -122,6 +122,12 @@ impl Runtime {
     /// The policy enforced now; requests keep the one they started with.
     pub fn policy(&self) -> Arc<CompiledPolicy> {
         self.current.load_full()
+    }
+
+    /// The app port's protocol as the installed snapshot declares it (without cloning the
+    /// policy: read on every request to the app).
+    pub fn app_protocol(&self) -> Option<AppProtocol> {
+        self.current.load().snapshot.app_protocol
     }
 
     /// Changes whenever an install changes the flags.

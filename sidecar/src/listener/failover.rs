@@ -28,6 +28,8 @@ use pingora::{
     utils::tls::{WrappedX509, parse_x509},
 };
 
+use super::protocol;
+
 /// The error `Tries::response` raises to retry a response's status (already recorded).
 const RETRY_STATUS: ErrorType = ErrorType::Custom("bulwark_retry_status");
 
@@ -44,7 +46,11 @@ pub struct Tries {
 }
 
 impl Tries {
-    pub fn new(call: Call) -> Self {
+    /// Carries out `call`, within `deadline` (a gRPC call's `grpc-timeout`) when one is given.
+    pub fn new(mut call: Call, deadline: Option<Duration>) -> Self {
+        if let Some(deadline) = deadline {
+            call.limit_to(deadline);
+        }
         Self {
             call,
             retry: None,
@@ -110,8 +116,12 @@ impl Tries {
     /// that makes Pingora try again.
     pub fn response(&mut self, session: &Session, response: &ResponseHeader) -> Result<()> {
         let status = response.status.as_u16();
+        let result = match protocol::grpc_status(session.req_header(), response) {
+            Some(code) => CallResult::Grpc(code),
+            None => CallResult::Status(status),
+        };
         let next = self.call.finish_try(
-            CallResult::Status(status),
+            result,
             retry_after(response),
             replayable(session),
             unix_nanos(),
@@ -123,7 +133,7 @@ impl Tries {
             }
             Next::Retry(delay) => {
                 self.retry = Some(delay);
-                let mut e = Error::explain(RETRY_STATUS, format!("retrying a {status}"));
+                let mut e = Error::explain(RETRY_STATUS, format!("retrying a {result:?}"));
                 e.set_retry(true);
                 Err(e)
             }

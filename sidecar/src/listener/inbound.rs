@@ -43,8 +43,8 @@ pub struct InboundProxy {
     paths: PathNormalization,
     /// For the DNS-named endpoints of an upstream a gate routes to.
     dns: Arc<DnsCache>,
-    /// What the app speaks.
-    app_protocol: AppProtocol,
+    /// What the app speaks, when set (`--app-protocol`); else the snapshot's, else detected.
+    app_protocol: Option<AppProtocol>,
 }
 
 impl InboundProxy {
@@ -56,12 +56,12 @@ impl InboundProxy {
             trusted_hops: 0,
             paths: PathNormalization::default(),
             dns: Arc::default(),
-            app_protocol: AppProtocol::default(),
+            app_protocol: None,
         }
     }
 
-    /// Speaks `protocol` to the app.
-    pub fn with_app_protocol(mut self, protocol: AppProtocol) -> Self {
+    /// Speaks `protocol` to the app, whatever the snapshot declares.
+    pub fn with_app_protocol(mut self, protocol: Option<AppProtocol>) -> Self {
         self.app_protocol = protocol;
         self
     }
@@ -189,7 +189,8 @@ impl ProxyHttp for InboundProxy {
                 let method = session.req_header().method.as_str();
                 match upstream.call(method, unix_nanos()).await {
                     Ok(call) => {
-                        ctx.routed = Some(Tries::new(call));
+                        let deadline = protocol::grpc_deadline(session.req_header());
+                        ctx.routed = Some(Tries::new(call, deadline));
                         None
                     }
                     Err(reply) => Some(reply),
@@ -213,8 +214,12 @@ impl ProxyHttp for InboundProxy {
         let Some(tries) = ctx.routed.as_mut() else {
             // The app is plain HTTP on localhost; TLS, if any, ends at the sidecar.
             let mut peer = HttpPeer::new(self.app, false, String::new());
-            if self.app_protocol.h2(session.req_header()) {
+            let protocol = AppProtocol::chosen(self.app_protocol, self.runtime.app_protocol());
+            if protocol.h2(session.req_header()) {
                 protocol::use_h2(&mut peer);
+            }
+            if let Some(deadline) = protocol::grpc_deadline(session.req_header()) {
+                protocol::bound_by(&mut peer, deadline);
             }
             return Ok(Box::new(peer));
         };

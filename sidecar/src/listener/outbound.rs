@@ -69,7 +69,10 @@ impl OutboundProxy {
             .map_err(|why| Reply::new(Reason::BadRequest, Some(&why.to_string())))?;
         if let Some(call) = call {
             return Ok(Route {
-                target: Target::Failover(Box::new(Tries::new(call))),
+                target: Target::Failover(Box::new(Tries::new(
+                    call,
+                    protocol::grpc_deadline(request),
+                ))),
                 host: to.host,
                 rewrite: to.rewrite,
             });
@@ -260,7 +263,13 @@ impl ProxyHttp for OutboundProxy {
             .as_mut()
             .expect("request_filter routes every request it lets through");
         let mut peer = match &mut route.target {
-            Target::Direct(addr) => HttpPeer::new(*addr, false, route.host.clone()),
+            Target::Direct(addr) => {
+                let mut peer = HttpPeer::new(*addr, false, route.host.clone());
+                if let Some(deadline) = protocol::grpc_deadline(session.req_header()) {
+                    protocol::bound_by(&mut peer, deadline);
+                }
+                peer
+            }
             Target::Failover(tries) => {
                 let resolve = |host: String, port| async move { self.resolve(&host, port).await };
                 tries.peer(&route.host, resolve).await?

@@ -4,8 +4,14 @@
 //! which HTTP/1.1 to the app cannot carry), so a gRPC request goes over h2c even when the app's
 //! other traffic is HTTP/1.1 (as Envoy's and Linkerd's protocol detection do).
 
+use std::time::Duration;
+
+use bulwark_api::snapshot;
 use bulwark_policy::grpc;
-use pingora::{http::RequestHeader, prelude::HttpPeer};
+use pingora::{
+    http::{RequestHeader, ResponseHeader},
+    prelude::HttpPeer,
+};
 
 /// Streams multiplexed on one upstream HTTP/2 connection (Pingora's default is 1: no
 /// multiplexing). The server's SETTINGS_MAX_CONCURRENT_STREAMS lowers it.
@@ -24,6 +30,16 @@ pub enum AppProtocol {
 }
 
 impl AppProtocol {
+    /// The protocol to speak: the one set (`--app-protocol`), else the one the operator
+    /// resolved from the Service (`declared`), else detection.
+    pub fn chosen(set: Option<Self>, declared: Option<snapshot::AppProtocol>) -> Self {
+        set.unwrap_or(match declared {
+            None => Self::Auto,
+            Some(snapshot::AppProtocol::Http1) => Self::Http1,
+            Some(snapshot::AppProtocol::H2c) => Self::H2c,
+        })
+    }
+
     /// Whether `request` goes to the app over HTTP/2.
     pub fn h2(self, request: &RequestHeader) -> bool {
         match self {
@@ -40,6 +56,33 @@ pub fn is_grpc(request: &RequestHeader) -> bool {
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| grpc::is_grpc_content_type(v.as_bytes()))
+}
+
+/// A gRPC call's deadline, its `grpc-timeout` (ignored when malformed, as if absent).
+pub fn grpc_deadline(request: &RequestHeader) -> Option<Duration> {
+    if !is_grpc(request) {
+        return None;
+    }
+    grpc::timeout(request.headers.get("grpc-timeout")?.as_bytes())
+}
+
+/// The `grpc-status` in the response header of a gRPC call: a trailers-only answer, which is
+/// how gRPC servers send errors (a status after messages comes in trailers, too late to retry).
+pub fn grpc_status(request: &RequestHeader, response: &ResponseHeader) -> Option<u8> {
+    if !is_grpc(request) {
+        return None;
+    }
+    grpc::status_code(response.headers.get("grpc-status")?.as_bytes())
+}
+
+/// Bounds each read and write on `peer` by `deadline`, so a call its caller has given up on
+/// does not hold the upstream stream: the sidecar answers `DEADLINE_EXCEEDED`. Pingora's
+/// timeouts are per read, so a unary call's answer must come within it, and a stream's
+/// messages each within it (the caller's own deadline cancels the stream).
+pub fn bound_by(peer: &mut HttpPeer, deadline: Duration) {
+    let bound = |t: Option<Duration>| Some(t.map_or(deadline, |t| t.min(deadline)));
+    peer.options.read_timeout = bound(peer.options.read_timeout);
+    peer.options.write_timeout = bound(peer.options.write_timeout);
 }
 
 /// Makes `peer` speak HTTP/2: with prior knowledge in plaintext, by ALPN `h2` over TLS.
@@ -69,5 +112,46 @@ mod tests {
         assert!(!AppProtocol::Auto.h2(&request(None)));
         assert!(!AppProtocol::Http1.h2(&grpc));
         assert!(AppProtocol::H2c.h2(&json));
+    }
+
+    #[test]
+    fn grpc_timeout_is_the_deadline_of_grpc_requests_only() {
+        let mut grpc = request(Some("application/grpc"));
+        assert_eq!(grpc_deadline(&grpc), None);
+        grpc.insert_header("grpc-timeout", "250m").unwrap();
+        assert_eq!(grpc_deadline(&grpc), Some(Duration::from_millis(250)));
+        let mut json = request(Some("application/json"));
+        json.insert_header("grpc-timeout", "250m").unwrap();
+        assert_eq!(grpc_deadline(&json), None);
+
+        let mut peer = HttpPeer::new("127.0.0.1:1", false, String::new());
+        bound_by(&mut peer, Duration::from_secs(2));
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(2)));
+        peer.options.write_timeout = Some(Duration::from_secs(1));
+        bound_by(&mut peer, Duration::from_secs(3));
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(peer.options.write_timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_set_protocol_wins_over_the_declared_one_and_detection_is_the_default() {
+        use snapshot::AppProtocol as Declared;
+        assert_eq!(AppProtocol::chosen(None, None), AppProtocol::Auto);
+        assert_eq!(
+            AppProtocol::chosen(None, Some(Declared::H2c)),
+            AppProtocol::H2c
+        );
+        assert_eq!(
+            AppProtocol::chosen(None, Some(Declared::Http1)),
+            AppProtocol::Http1
+        );
+        assert_eq!(
+            AppProtocol::chosen(Some(AppProtocol::Auto), Some(Declared::H2c)),
+            AppProtocol::Auto
+        );
+        assert_eq!(
+            AppProtocol::chosen(Some(AppProtocol::Http1), Some(Declared::H2c)),
+            AppProtocol::Http1
+        );
     }
 }

@@ -127,6 +127,14 @@ impl Call {
         self.tried.len()
     }
 
+    /// Brings the call's deadline forward to `timeout` after its start (a gRPC call's
+    /// `grpc-timeout`): no try or retry outlives the caller's own deadline.
+    pub fn limit_to(&mut self, timeout: Duration) {
+        self.deadline = self
+            .deadline
+            .min(self.started.saturating_add(nanos(timeout)));
+    }
+
     /// How long the current try may take: `perTry`, within what is left of the request's time.
     pub fn try_timeout(&self, now: u64) -> Duration {
         let left = Duration::from_nanos(self.deadline.saturating_sub(now));
@@ -165,7 +173,7 @@ impl Call {
             .metrics
             .try_seconds
             .observe(Duration::from_nanos(elapsed).as_secs_f64());
-        let failed = !matches!(result, CallResult::Status(s) if s < 500);
+        let failed = !matches!(result.status(), Some(s) if s < 500);
         self.upstream.endpoint(pick).state.record_call(
             result,
             compiled.settings.outlier.as_ref(),
@@ -212,10 +220,15 @@ impl Call {
             CallResult::Reset => retry.on_reset,
             CallResult::Timeout => retry.on_timeout,
             CallResult::Status(status) => retry.retries_status(status),
+            CallResult::Grpc(code) => retry.retries_grpc(code),
         };
         let retries = self.tried.len() as u32 - 1;
-        let method_allows =
-            self.idempotent || retry.non_idempotent || result == CallResult::ConnectFailure;
+        // Every gRPC call is a POST: a gRPC class listed in `retryOn` says its calls may be
+        // retried, as gRPC's own retry policy does (the server answered with an error status,
+        // trailers-only, so nothing reached the client yet).
+        let method_allows = self.idempotent
+            || retry.non_idempotent
+            || matches!(result, CallResult::ConnectFailure | CallResult::Grpc(_));
         if !retriable || retries >= retry.attempts || !method_allows || !replayable {
             return Next::Done;
         }

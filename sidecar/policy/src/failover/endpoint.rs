@@ -94,12 +94,13 @@ pub const RESULTS: [&str; 8] = [
     "timeout",
 ];
 
+/// A gRPC answer is counted by the HTTP status its code maps to (`UNAVAILABLE` as `5xx`).
 pub(crate) fn result_index(result: CallResult) -> usize {
-    match result {
-        CallResult::Status(s) => usize::from((s / 100).clamp(1, 5) - 1),
-        CallResult::ConnectFailure => 5,
-        CallResult::Reset => 6,
-        CallResult::Timeout => 7,
+    match (result, result.status()) {
+        (_, Some(s)) => usize::from((s / 100).clamp(1, 5) - 1),
+        (CallResult::ConnectFailure, None) => 5,
+        (CallResult::Reset, None) => 6,
+        _ => 7,
     }
 }
 
@@ -212,7 +213,7 @@ impl EndpointState {
         let Some(config) = outlier else { return false };
         let mut state = lock(&self.outlier);
         // The group's ejection cap is only counted after a failure (the only result that ejects).
-        let failure = !matches!(result, CallResult::Status(s) if s < 500);
+        let failure = !matches!(result.status(), Some(s) if s < 500);
         let may = failure && may_eject();
         let ejected = state.record(config, result, now, may);
         if ejected {

@@ -56,10 +56,25 @@ impl Default for OutlierConfig {
 pub enum CallResult {
     /// The endpoint answered with this status.
     Status(u16),
+    /// The endpoint answered a gRPC call with this `grpc-status` in the response headers
+    /// (trailers-only: how gRPC servers send errors). Judged as the HTTP status gRPC's code maps
+    /// to ([`CallResult::status`]), so an `UNAVAILABLE` server is ejected as a 503 one is.
+    Grpc(u8),
     ConnectFailure,
     /// The connection was reset (or closed) before a complete response.
     Reset,
     Timeout,
+}
+
+impl CallResult {
+    /// The HTTP status the answer counts as; `None` when the endpoint did not answer.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            CallResult::Status(status) => Some(status),
+            CallResult::Grpc(code) => Some(crate::grpc::http_equivalent(code)),
+            CallResult::ConnectFailure | CallResult::Reset | CallResult::Timeout => None,
+        }
+    }
 }
 
 /// One endpoint's detector; `Default` is a fresh endpoint, never ejected.
@@ -89,11 +104,11 @@ impl EndpointOutlier {
         if self.ejected_until.is_some() {
             return false;
         }
-        let (is_5xx, is_gateway) = match result {
-            CallResult::Status(502..=504) => (true, true),
-            CallResult::Status(500..=599) => (true, false),
-            CallResult::Status(_) => (false, false),
-            CallResult::ConnectFailure | CallResult::Reset | CallResult::Timeout => (true, true),
+        let (is_5xx, is_gateway) = match result.status() {
+            Some(502..=504) => (true, true),
+            Some(500..=599) => (true, false),
+            Some(_) => (false, false),
+            None => (true, true),
         };
         self.consecutive_5xx = if is_5xx {
             self.consecutive_5xx.saturating_add(1)
@@ -286,6 +301,7 @@ mod tests {
             Just(CallResult::Reset),
             Just(CallResult::Timeout),
             prop_oneof![Just(500u16), 502..=504u16, 200..=599u16].prop_map(CallResult::Status),
+            (0..=16u8).prop_map(CallResult::Grpc),
         ]
     }
 
@@ -297,6 +313,9 @@ mod tests {
     fn counts(r: CallResult) -> (bool, bool) {
         match r {
             CallResult::Status(s) => ((500..=599).contains(&s), (502..=504).contains(&s)),
+            // UNAVAILABLE and DEADLINE_EXCEEDED are gateway errors; UNKNOWN, UNIMPLEMENTED,
+            // INTERNAL and DATA_LOSS server errors; the rest not failures.
+            CallResult::Grpc(c) => (matches!(c, 2 | 4 | 12..=15), matches!(c, 4 | 14)),
             _ => (true, true),
         }
     }

@@ -9,6 +9,7 @@ use bulwark_api::crd::failover::{
 };
 
 use super::{breaker::BreakerConfig, budget::BudgetConfig, outlier::OutlierConfig};
+use crate::grpc::Code;
 
 /// Nanoseconds of a CRD duration, or `default`.
 fn nanos(d: Option<bulwark_api::Duration>, default: Duration) -> u64 {
@@ -67,6 +68,8 @@ pub struct RetrySettings {
     pub on_gateway_error: bool,
     pub on_429: bool,
     pub statuses: Vec<u16>,
+    /// The gRPC codes retried, one bit per code.
+    pub grpc_codes: u32,
     pub non_idempotent: bool,
     pub backoff_base_nanos: u64,
     pub backoff_max_nanos: u64,
@@ -80,6 +83,11 @@ impl RetrySettings {
             || (self.on_gateway_error && matches!(status, 502..=504))
             || (self.on_429 && status == 429)
             || self.statuses.contains(&status)
+    }
+
+    /// Whether a gRPC answer with `code` in its headers may be retried.
+    pub fn retries_grpc(&self, code: u8) -> bool {
+        code < 32 && self.grpc_codes & (1 << code) != 0
     }
 }
 
@@ -197,6 +205,17 @@ fn retry(r: Option<&Retry>) -> RetrySettings {
         on_gateway_error: on.contains(&RetryOn::GatewayError),
         on_429: on.contains(&RetryOn::TooManyRequests),
         statuses: r.retriable_status_codes.clone(),
+        grpc_codes: on
+            .iter()
+            .filter_map(|class| match class {
+                RetryOn::Cancelled => Some(Code::Cancelled as u8),
+                RetryOn::DeadlineExceeded => Some(Code::DeadlineExceeded as u8),
+                RetryOn::ResourceExhausted => Some(Code::ResourceExhausted as u8),
+                RetryOn::Internal => Some(Code::Internal as u8),
+                RetryOn::Unavailable => Some(Code::Unavailable as u8),
+                _ => None,
+            })
+            .fold(0, |bits, code| bits | 1 << code),
         non_idempotent: r.retry_non_idempotent,
         backoff_base_nanos: nanos(r.backoff_base, Duration::from_millis(25)),
         backoff_max_nanos: nanos(r.backoff_max, Duration::from_millis(250)),

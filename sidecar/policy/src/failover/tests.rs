@@ -283,6 +283,80 @@ async fn a_429_waits_its_retry_after_when_it_fits_the_deadline() {
 }
 
 #[tokio::test]
+async fn grpc_classes_retry_grpc_calls_by_their_status_and_grpc_timeout_caps_the_deadline() {
+    let failover = compile(
+        "
+- name: payments
+  match: {hosts: [payments]}
+  groups: [{name: primary, backends: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}]
+  retry: {retryOn: [Unavailable, ResourceExhausted], attempts: 3}
+  timeouts: {request: 10s}
+",
+    );
+    let u = upstream(&failover);
+    let after = |code| {
+        let u = u.clone();
+        async move {
+            let mut call = u.call("POST", SECOND).await.unwrap();
+            call.finish_try(CallResult::Grpc(code), None, true, SECOND)
+        }
+    };
+    // A gRPC call is a POST: the gRPC class allows its retry without retryNonIdempotent.
+    assert!(matches!(after(14).await, Next::Retry(_)), "UNAVAILABLE");
+    assert!(
+        matches!(after(8).await, Next::Retry(_)),
+        "RESOURCE_EXHAUSTED"
+    );
+    assert_eq!(after(13).await, Next::Done, "INTERNAL is not listed");
+    assert_eq!(after(0).await, Next::Done, "OK");
+    // Still a POST for what is not a gRPC status.
+    let mut call = u.call("POST", SECOND).await.unwrap();
+    assert_eq!(
+        call.finish_try(CallResult::Status(503), None, true, SECOND),
+        Next::Done
+    );
+
+    let mut call = u.call("POST", SECOND).await.unwrap();
+    assert_eq!(call.try_timeout(SECOND), Duration::from_secs(10));
+    call.limit_to(Duration::from_millis(300));
+    assert_eq!(call.try_timeout(SECOND), Duration::from_millis(300));
+    assert_eq!(
+        call.try_timeout(SECOND + 200_000_000),
+        Duration::from_millis(100)
+    );
+    call.limit_to(Duration::from_secs(60));
+    assert_eq!(
+        call.try_timeout(SECOND),
+        Duration::from_millis(300),
+        "a longer grpc-timeout does not extend the request timeout"
+    );
+    // No retry once the backoff would pass the caller's deadline.
+    let mut call = u.call("POST", SECOND).await.unwrap();
+    call.limit_to(Duration::from_nanos(1));
+    assert_eq!(
+        call.finish_try(CallResult::Grpc(14), None, true, SECOND + 1),
+        Next::Done
+    );
+}
+
+#[test]
+fn an_unavailable_grpc_endpoint_is_ejected_as_a_503_one_is() {
+    let failover = compile(TWO_GROUPS);
+    let u = upstream(&failover);
+    let first = u.pick(SECOND, &[]).unwrap();
+    let endpoint = &u.endpoint(first).state;
+    let outlier = u.compiled.settings.outlier.as_ref();
+    assert!(!endpoint.record_call(CallResult::Grpc(14), outlier, SECOND, || true));
+    assert!(endpoint.record_call(CallResult::Grpc(14), outlier, SECOND, || true));
+    let second = u.pick(SECOND, &[]).unwrap();
+    let endpoint = &u.endpoint(second).state;
+    for _ in 0..5 {
+        // NOT_FOUND is the app's answer, not the endpoint's failure.
+        assert!(!endpoint.record_call(CallResult::Grpc(5), outlier, SECOND, || true));
+    }
+}
+
+#[tokio::test]
 async fn the_retry_budget_caps_retries_during_an_outage() {
     let failover = compile(
         "
