@@ -74,12 +74,16 @@ fn grpc_calls_pass_through_the_inbound_listener_unchanged() {
     assert_eq!(code(&failed), "NOT_FOUND", "{failed}");
     assert_eq!(failed["details"], "failed as asked");
 
-    // Five calls, five requests (counted as each one's logging ends).
+    // Five calls, five requests (counted as each one's logging ends), by gRPC status: OK in
+    // trailers after messages, NOT_FOUND trailers-only.
     bulwark_e2e::eventually(Duration::from_secs(5), "5 requests counted", || {
         let metrics = http_get(sidecar.admin, "/metrics")?.body;
-        metrics
-            .contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 5")
-            .then_some(())
+        (metrics.contains(
+            "bulwark_inbound_requests_total{grpc_status=\"0\",protocol=\"grpc\",status_class=\"2xx\"} 4",
+        ) && metrics.contains(
+            "bulwark_inbound_requests_total{grpc_status=\"5\",protocol=\"grpc\",status_class=\"2xx\"} 1",
+        ))
+        .then_some(())
     });
 }
 
@@ -146,6 +150,13 @@ spec:
     // Another method of the same service is not limited.
     let stream = call(sidecar.inbound, "ServerStream", &json!({"request": "2"}));
     assert_eq!(code(&stream), "OK", "{stream}");
+    // The sidecar's refusal is counted as the gRPC status it answered, not as an HTTP 200 alone.
+    assert_eq!(
+        sidecar.metric_sum(
+            "bulwark_inbound_requests_total{grpc_status=\"8\",protocol=\"grpc\",status_class=\"2xx\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]

@@ -35,11 +35,11 @@ fn proxies_to_the_app_and_reports_health_and_metrics() {
 
     let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
     assert!(
-        metrics.contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 1"),
+        metrics.contains("bulwark_inbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"2xx\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("bulwark_inbound_requests_total{status_class=\"4xx\"} 1"),
+        metrics.contains("bulwark_inbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"4xx\"} 1"),
         "{metrics}"
     );
 
@@ -241,7 +241,7 @@ fn upgrade_hands_the_listeners_over_without_dropping_a_request() {
         .body;
     let served_by_new: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("bulwark_inbound_requests_total{status_class=\"2xx\"} "))
+        .find_map(|l| l.strip_prefix("bulwark_inbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"2xx\"} "))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no 2xx count in {metrics}"));
     assert!(served_by_new >= 1.0, "{metrics}");
@@ -335,16 +335,16 @@ fn outbound_listener_forwards_the_apps_calls_to_the_service_named() {
 
     let metrics = http_get(sidecar.admin, "/metrics").unwrap().body;
     for counted in [
-        "bulwark_outbound_requests_total{status_class=\"2xx\"} 3",
+        "bulwark_outbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"2xx\"} 3",
         // The 404 (Pingora's own CONNECT refusal comes before any phase, uncounted).
-        "bulwark_outbound_requests_total{status_class=\"4xx\"} 1",
+        "bulwark_outbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"4xx\"} 1",
         // The unresolvable name and the loop.
-        "bulwark_outbound_requests_total{status_class=\"5xx\"} 2",
+        "bulwark_outbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"5xx\"} 2",
     ] {
         assert!(metrics.contains(counted), "{counted}:\n{metrics}");
     }
     assert!(
-        metrics.contains("bulwark_inbound_requests_total{status_class=\"2xx\"} 0"),
+        !metrics.contains("bulwark_inbound_requests_total{"),
         "outbound calls are not counted as inbound:\n{metrics}"
     );
 

@@ -77,10 +77,14 @@ mod tests {
     #[test]
     fn renders_counters_with_their_labels() {
         let m = Metrics::new().unwrap();
-        m.inbound.requests.count(Some(429));
+        m.inbound
+            .requests
+            .count(crate::listener::metrics::Protocol::Http1, Some(429), None);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
-            text.contains("bulwark_inbound_requests_total{status_class=\"4xx\"} 1"),
+            text.contains(
+                "bulwark_inbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"4xx\"} 1"
+            ),
             "{text}"
         );
         assert!(text.contains("bulwark_sidecar_info{version=\""), "{text}");

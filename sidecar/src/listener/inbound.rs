@@ -290,10 +290,21 @@ impl ProxyHttp for InboundProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         edge::before_response(session);
+        ctx.timing.response_header(session, response);
         ctx.response.edit_headers(|edit| match edit {
             HeaderEdit::Set(name, value) => response.insert_header(name, value),
             HeaderEdit::Append(name, value) => response.append_header(name, value).map(drop),
         })
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<bytes::Bytes>> {
+        ctx.timing.response_trailers(trailers);
+        Ok(None)
     }
 
     async fn fail_to_proxy(

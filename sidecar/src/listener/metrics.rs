@@ -3,7 +3,7 @@
 //! values (no paths, hosts or keys), and every series is resolved once, so a request does no
 //! label lookup.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bulwark_policy::{metrics::registry::registered, respond::Reason};
 use prometheus::{
@@ -29,25 +29,81 @@ pub fn status_class(status: Option<u16>) -> &'static str {
     STATUS_CLASSES[status_class_index(status)]
 }
 
-/// `<listener>_requests_total{status_class}`.
+/// The `protocol` label: how the client spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 but not gRPC.
+    H2,
+    /// A gRPC call (`content-type: application/grpc…`), over HTTP/2 (or HTTP/1.1 from a
+    /// gRPC-Web bridge).
+    Grpc,
+    /// An upgrade the app accepted (`101`), counted once at the upgrade: WebSocket is the one
+    /// Pingora passes.
+    Websocket,
+}
+
+const PROTOCOLS: [&str; 4] = ["http1", "h2", "grpc", "websocket"];
+
+/// The `grpc_status` label: empty for other protocols, `none` for a gRPC call that ended with
+/// no status (the client cancelled, the connection broke, an answer that was not gRPC), else
+/// the code's number as Istio's `grpc_response_status` (17 values: bounded, and the code tells
+/// `RESOURCE_EXHAUSTED` from `UNAVAILABLE`, which a coarser class would not).
+const GRPC_STATUSES: [&str; 19] = [
+    "", "none", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14",
+    "15", "16",
+];
+
+fn grpc_status_index(protocol: Protocol, status: Option<u8>) -> usize {
+    match (protocol, status) {
+        (Protocol::Grpc, Some(code @ 0..=16)) => 2 + usize::from(code),
+        (Protocol::Grpc, _) => 1,
+        _ => 0,
+    }
+}
+
+const SERIES: usize = PROTOCOLS.len() * STATUS_CLASSES.len() * GRPC_STATUSES.len();
+
+/// `<listener>_requests_total{protocol, status_class, grpc_status}`. A series is resolved the
+/// first time it is counted and kept (no label lookup after that), and only the combinations
+/// that happen are exported.
 pub struct RequestsByStatus {
-    by_class: [IntCounter; STATUS_CLASSES.len()],
+    counters: IntCounterVec,
+    series: Box<[OnceLock<IntCounter>]>,
 }
 
 impl RequestsByStatus {
     fn new(registry: &Registry, name: &str, help: &str) -> prometheus::Result<Self> {
         let counters = registered(
             registry,
-            IntCounterVec::new(Opts::new(name, help), &["status_class"])?,
+            IntCounterVec::new(
+                Opts::new(name, help),
+                &["protocol", "status_class", "grpc_status"],
+            )?,
         )?;
         Ok(Self {
-            by_class: STATUS_CLASSES.map(|class| counters.with_label_values(&[class])),
+            counters,
+            series: (0..SERIES).map(|_| OnceLock::new()).collect(),
         })
     }
 
-    /// Counts one request by the status it was answered with (`None`: no response was sent).
-    pub fn count(&self, status: Option<u16>) {
-        self.by_class[status_class_index(status)].inc();
+    /// Counts one request by how the client spoke, the HTTP status it was answered with
+    /// (`None`: no response was sent) and, for gRPC, the call's status.
+    pub fn count(&self, protocol: Protocol, status: Option<u16>, grpc_status: Option<u8>) {
+        let (p, c, g) = (
+            protocol as usize,
+            status_class_index(status),
+            grpc_status_index(protocol, grpc_status),
+        );
+        self.series[(p * STATUS_CLASSES.len() + c) * GRPC_STATUSES.len() + g]
+            .get_or_init(|| {
+                self.counters.with_label_values(&[
+                    PROTOCOLS[p],
+                    STATUS_CLASSES[c],
+                    GRPC_STATUSES[g],
+                ])
+            })
+            .inc();
     }
 }
 
@@ -81,6 +137,15 @@ impl Outcome {
 }
 
 const OUTCOMES: usize = Reason::ALL.len() + 2;
+
+/// What a finished request is counted by.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    pub protocol: Protocol,
+    pub status: Option<u16>,
+    pub grpc_status: Option<u8>,
+    pub outcome: Outcome,
+}
 
 /// Upstream error kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +226,7 @@ impl ListenerMetrics {
                 RequestsByStatus::new(
                     registry,
                     "bulwark_inbound_requests_total",
-                    "Requests handled by the inbound listener, by response status class.",
+                    "Requests handled by the inbound listener, by protocol (http1, h2, grpc, websocket), response status class and, for gRPC, grpc_status (the code, or none).",
                 )?,
                 inbound_edge,
             ),
@@ -170,16 +235,23 @@ impl ListenerMetrics {
                 RequestsByStatus::new(
                     registry,
                     "bulwark_outbound_requests_total",
-                    "Requests the app sent through the outbound listener, by response status class.",
+                    "Requests the app sent through the outbound listener, by protocol (http1, h2, grpc, websocket), response status class and, for gRPC, grpc_status (the code, or none).",
                 )?,
                 outbound_edge,
             ),
         ])
     }
 
-    /// Records a finished request: its status and how long it took, by outcome.
-    pub fn finished(&self, status: Option<u16>, outcome: Outcome, seconds: f64) {
-        self.requests.count(status);
+    /// Records a finished request: its protocol, status (and gRPC status), and how long it
+    /// took, by outcome.
+    pub fn finished(&self, finished: Finished, seconds: f64) {
+        let Finished {
+            protocol,
+            status,
+            grpc_status,
+            outcome,
+        } = finished;
+        self.requests.count(protocol, status, grpc_status);
         self.durations[outcome.index()].observe(seconds);
     }
 
@@ -228,7 +300,37 @@ mod tests {
         assert_eq!(Outcome::label(Outcome::NoResponse.index()), "no_response");
         let registry = Registry::new();
         let [inbound, _] = ListenerMetrics::register(&registry).unwrap();
-        inbound.finished(Some(429), Outcome::Sidecar(Reason::RateLimited), 0.0002);
+        let limited = Finished {
+            protocol: Protocol::Http1,
+            status: Some(429),
+            grpc_status: None,
+            outcome: Outcome::Sidecar(Reason::RateLimited),
+        };
+        inbound.finished(limited, 0.0002);
+        let grpc_limited = Finished {
+            protocol: Protocol::Grpc,
+            status: Some(200),
+            grpc_status: Some(8),
+            ..limited
+        };
+        inbound.finished(grpc_limited, 0.0002);
+        inbound.finished(grpc_limited, 0.0002);
+        let cancelled = Finished {
+            protocol: Protocol::Grpc,
+            status: None,
+            grpc_status: None,
+            outcome: Outcome::NoResponse,
+        };
+        inbound.finished(cancelled, 0.1);
+        // A gRPC status on another protocol is not a label value.
+        inbound.finished(
+            Finished {
+                protocol: Protocol::H2,
+                grpc_status: Some(8),
+                ..limited
+            },
+            0.0,
+        );
         {
             let _in_flight = InFlight::start(&inbound.in_flight);
             assert_eq!(inbound.in_flight.get(), 1);
@@ -237,12 +339,20 @@ mod tests {
         inbound.upstream_error(UpstreamError::Timeout);
         let text = String::from_utf8(bulwark_policy::metrics::registry::render(&registry)).unwrap();
         for line in [
-            "bulwark_request_duration_seconds_count{listener=\"inbound\",outcome=\"rate_limited\"} 1",
-            "bulwark_request_duration_seconds_bucket{listener=\"inbound\",outcome=\"rate_limited\",le=\"0.0005\"} 1",
+            "bulwark_request_duration_seconds_count{listener=\"inbound\",outcome=\"rate_limited\"} 4",
+            "bulwark_request_duration_seconds_bucket{listener=\"inbound\",outcome=\"rate_limited\",le=\"0.0005\"} 4",
             "bulwark_upstream_errors_total{kind=\"timeout\",listener=\"inbound\"} 1",
-            "bulwark_inbound_requests_total{status_class=\"4xx\"} 1",
+            "bulwark_inbound_requests_total{grpc_status=\"\",protocol=\"http1\",status_class=\"4xx\"} 1",
+            "bulwark_inbound_requests_total{grpc_status=\"\",protocol=\"h2\",status_class=\"4xx\"} 1",
+            "bulwark_inbound_requests_total{grpc_status=\"8\",protocol=\"grpc\",status_class=\"2xx\"} 2",
+            "bulwark_inbound_requests_total{grpc_status=\"none\",protocol=\"grpc\",status_class=\"error\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("bulwark_inbound_requests_total{"))
+            .count();
+        assert_eq!(series, 4, "only what was counted is exported:\n{text}");
     }
 }

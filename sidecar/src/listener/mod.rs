@@ -30,7 +30,7 @@ use pingora::{
     proxy::{FailToProxy, Session},
 };
 
-use metrics::{InFlight, ListenerMetrics, Outcome, UpstreamError};
+use metrics::{Finished, InFlight, ListenerMetrics, Outcome, Protocol, UpstreamError};
 
 /// The IP address of the connection's peer.
 pub fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
@@ -187,35 +187,15 @@ async fn write_grpc_reply(session: &mut Session, reply: &Reply) -> pingora::Resu
     Ok(())
 }
 
-/// Ends a gRPC call over HTTP/2 whose response header went out before the upstream failed, with
-/// trailers that give the client a status (`UNAVAILABLE` rather than a reset's `CANCELLED`).
-async fn end_grpc_call(session: &mut Session, failure: &Reply) {
-    let header = session.req_header();
-    if header.version != http::Version::HTTP_2 || !protocol::is_grpc(header) {
-        return;
-    }
-    let mut trailers = http::HeaderMap::new();
-    let message = format!("the upstream failed mid-call: {}", failure.reason.message());
-    for (name, value) in grpc::failure_trailers(failure, &message) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::try_from(name),
-            http::HeaderValue::try_from(value),
-        ) {
-            trailers.append(name, value);
-        }
-    }
-    let trailer = HttpTask::Trailer(Some(Box::new(trailers)));
-    if let Err(e) = session.write_response_tasks(vec![trailer]).await {
-        tracing::debug!(error = %e, "cannot end the gRPC call with trailers");
-    }
-}
-
 /// What both listeners keep per request for their metrics.
 pub struct Timing {
     started: Instant,
     _in_flight: InFlight,
     /// Set when the sidecar answered itself, and why.
     answered: Option<Reason>,
+    /// The status a gRPC call ended with, from whoever gave it: the sidecar's answer, the
+    /// upstream's response header (trailers-only) or trailers.
+    grpc_status: Option<u8>,
 }
 
 impl Timing {
@@ -224,13 +204,59 @@ impl Timing {
             started: Instant::now(),
             _in_flight: InFlight::start(&metrics.in_flight),
             answered: None,
+            grpc_status: None,
         }
     }
 
     /// Writes `reply` and remembers why the sidecar answered.
     pub async fn answer(&mut self, session: &mut Session, reply: &Reply) -> pingora::Result<()> {
         self.answered = Some(reply.reason);
+        if protocol::is_grpc(session.req_header()) {
+            self.grpc_status = Some(grpc::code(reply) as u8);
+        }
         write_reply(session, reply).await
+    }
+
+    /// Notes the `grpc-status` of a gRPC call's response header (a trailers-only answer).
+    pub fn response_header(&mut self, session: &Session, response: &ResponseHeader) {
+        if let Some(code) = protocol::grpc_status(session.req_header(), response) {
+            self.grpc_status = Some(code);
+        }
+    }
+
+    /// Notes the `grpc-status` in a response's trailers (how a gRPC call that sent messages ends).
+    pub fn response_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(code) = trailers
+            .get("grpc-status")
+            .and_then(|v| grpc::status_code(v.as_bytes()))
+        {
+            self.grpc_status = Some(code);
+        }
+    }
+
+    /// Ends a gRPC call over HTTP/2 whose response header went out before the upstream failed,
+    /// with trailers that give the client a status (`UNAVAILABLE` rather than a reset's
+    /// `CANCELLED`).
+    async fn end_grpc_call(&mut self, session: &mut Session, failure: &Reply) {
+        let header = session.req_header();
+        if header.version != http::Version::HTTP_2 || !protocol::is_grpc(header) {
+            return;
+        }
+        let mut trailers = http::HeaderMap::new();
+        let message = format!("the upstream failed mid-call: {}", failure.reason.message());
+        for (name, value) in grpc::failure_trailers(failure, &message) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name),
+                http::HeaderValue::try_from(value),
+            ) {
+                trailers.append(name, value);
+            }
+        }
+        let trailer = HttpTask::Trailer(Some(Box::new(trailers)));
+        match session.write_response_tasks(vec![trailer]).await {
+            Ok(_) => self.grpc_status = Some(grpc::code(failure) as u8),
+            Err(e) => tracing::debug!(error = %e, "cannot end the gRPC call with trailers"),
+        }
     }
 
     /// Records the finished request.
@@ -241,7 +267,23 @@ impl Timing {
             (None, Some(_)) => Outcome::Upstream,
             (None, None) => Outcome::NoResponse,
         };
-        metrics.finished(status, outcome, self.started.elapsed().as_secs_f64());
+        let request = session.req_header();
+        let protocol = if protocol::is_grpc(request) {
+            Protocol::Grpc
+        } else if status == Some(101) {
+            Protocol::Websocket
+        } else if request.version == http::Version::HTTP_2 {
+            Protocol::H2
+        } else {
+            Protocol::Http1
+        };
+        let finished = Finished {
+            protocol,
+            status,
+            grpc_status: self.grpc_status,
+            outcome,
+        };
+        metrics.finished(finished, self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -317,7 +359,7 @@ pub async fn fail_to_proxy(
         && let Some(failure) = reply.take()
     {
         // Too late for an answer of its own; a gRPC call still gets its status in trailers.
-        end_grpc_call(session, &failure).await;
+        timing.end_grpc_call(session, &failure).await;
     }
     let error_code = match reply {
         Some(reply) => {

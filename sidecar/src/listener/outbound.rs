@@ -329,11 +329,22 @@ impl ProxyHttp for OutboundProxy {
     async fn response_filter(
         &self,
         session: &mut Session,
-        _response: &mut ResponseHeader,
-        _ctx: &mut Self::CTX,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         edge::before_response(session);
+        ctx.timing.response_header(session, response);
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<bytes::Bytes>> {
+        ctx.timing.response_trailers(trailers);
+        Ok(None)
     }
 
     async fn fail_to_proxy(
