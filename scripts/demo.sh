@@ -6,7 +6,8 @@
 # Accepted and Programmed 1/1; a percentage rollout gating a route and telling the app its variant
 # (no SDK), and the same flag over OFREP; the app's outbound calls failing over from a killed
 # primary to a standby Service with no client error, and failing back; the app's events delivered
-# to a receiver that fails for a while and recovers, dead letters replayed; then every example, kubectl explain and bad input
+# to a receiver that fails for a while and recovers, dead letters replayed; a gRPC service's
+# per-method limit answered RESOURCE_EXHAUSTED to a grpcio client; then every example, kubectl explain and bad input
 # rejected (by the schema, and by the operator's validating webhook). All
 # narrated. The plane keeps running for you to explore (the operator and sidecar stop with the
 # script); `make down` stops it.
@@ -372,6 +373,56 @@ received in_4
 received in_5
 sleep 1
 run kubectl get whe -n shop
+
+say "gRPC: a per-method rate limit on a gRPC service, answered RESOURCE_EXHAUSTED"
+echo "(A second pod, orders-grpc-0 (app: orders-grpc), injected like the first; its sidecar runs"
+echo " here in front of a real gRPC server (PyPI grpcio) serving shop.v1.Orders, and the client is"
+echo " grpcio too, speaking HTTP/2 with prior knowledge to the sidecar's inbound port.)"
+cat >"$work/grpc-pod.yaml" <<'POD'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: orders-grpc-0
+  namespace: shop
+  labels: {app: orders-grpc}
+spec:
+  containers:
+    - name: app
+      image: registry.example/orders-grpc:2.0
+      ports: [{name: grpc, containerPort: 50051}]
+POD
+kubectl delete pod -n shop orders-grpc-0 --ignore-not-found --wait=false >/dev/null
+for _ in $(seq 50); do kubectl get pod -n shop orders-grpc-0 >/dev/null 2>&1 || break; sleep 0.2; done
+run kubectl apply -f "$work/grpc-pod.yaml"
+kubectl create token default -n shop --audience bulwark --bound-object-kind Pod \
+  --bound-object-name orders-grpc-0 --duration 1h >"$work/grpc-token"
+grpc_app=$(free_port); grpc_in=$(free_port); grpc_admin=$(free_port); grpc_out=$(free_port); grpc_flagd=$(free_port)
+"$sdk_python" e2e/src/grpc_echo.py serve "$grpc_app" >"$work/grpc-app.log" 2>&1 &
+pids+=($!)
+./target/debug/bulwark-sidecar --operator-url "https://127.0.0.1:$stream_port" \
+  --operator-ca-file "$work/ca.pem" --token-file "$work/grpc-token" --app "127.0.0.1:$grpc_app" \
+  --inbound-listen "127.0.0.1:$grpc_in" --outbound-listen "127.0.0.1:$grpc_out" \
+  --admin-listen "127.0.0.1:$grpc_admin" --flagd-listen "127.0.0.1:$grpc_flagd" --state-dir "$work/grpc-state" \
+  >"$cp_dir/logs/demo-sidecar-grpc.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "127.0.0.1:$grpc_admin/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+run kubectl apply -n shop -f examples/ratelimitpolicy-grpc-per-method.yaml
+for _ in $(seq 50); do
+  [ "$(kubectl get rlp -n shop orders-grpc-per-method -o jsonpath='{.status.programmedPods}')" = 1 ] && break
+  sleep 0.2
+done
+run kubectl get rlp -n shop orders-grpc-per-method
+echo "Eight CreateOrder calls at once from one client (x-client-id: demo; the limit is 5 a second):"
+"$sdk_python" e2e/src/grpc_echo.py call "127.0.0.1:$grpc_in" shop.v1.Orders/CreateOrder \
+  '{"request": "order", "metadata": {"x-client-id": "demo"}, "repeat": 8}' | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("    codes: " + " ".join(r["codes"]))
+print("    the last one, as the grpcio client surfaces it: %s: %s" % (r["code"], r["details"]))
+print("    its trailing metadata: " + ", ".join("%s=%s" % kv for kv in sorted(r["trailing"].items())))
+'
+echo "Counted by protocol and gRPC status (8 is RESOURCE_EXHAUSTED; the HTTP status of every gRPC answer is 200):"
+curl -s "127.0.0.1:$grpc_admin/metrics" | grep '^bulwark_inbound_requests_total{' | sed 's/^/    /'
 
 say "Applying every example into namespace 'examples' (no injected pods there)"
 kubectl create namespace examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null

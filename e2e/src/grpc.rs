@@ -33,6 +33,25 @@ impl GrpcEcho {
         Self::start_with(dir, &["unavailable"])
     }
 
+    /// One serving HTTP/2 over TLS with `cert` and `key` (PEM).
+    pub fn start_tls(dir: &Path, cert: &str, key: &str) -> GrpcEcho {
+        let name = unique_name("grpc-echo-tls");
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        Self::start_with(
+            dir,
+            &[
+                "tls",
+                cert_file.to_str().unwrap(),
+                key_file.to_str().unwrap(),
+            ],
+        )
+    }
+
     fn start_with(dir: &Path, args: &[&str]) -> GrpcEcho {
         let output = dir.join(format!("{}.out", unique_name("grpc-echo")));
         let mut cmd = script();

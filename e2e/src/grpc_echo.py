@@ -4,22 +4,27 @@ serializer), so no generated code or protoc is needed: gRPC's framing, metadata,
 status codes and deadlines are what is under test, not protobuf.
 
 Usage:
-  PYTHON grpc_echo.py serve PORT [unavailable]
+  PYTHON grpc_echo.py serve PORT [unavailable] [tls CERT_FILE KEY_FILE]
       Service bulwark.test.Echo on 127.0.0.1:PORT (0: any); prints `listening PORT`.
       Unary         echoes the request; initial metadata x-initial: yes, trailing
                     metadata x-trailer: done and x-seen-forwarded-for (the x-forwarded-for
                     it got) and x-seen-client (the x-client metadata it got). Waits
                     x-delay-ms milliseconds first when the call has that metadata. With
                     `unavailable`, every Unary call fails UNAVAILABLE (a server going down).
+      With `tls`, HTTP/2 over TLS with that certificate (gRPC requires ALPN h2).
       ServerStream  the request is an ASCII count N (and optionally ":MS", a pause between
                     messages in milliseconds): N messages "i".
       BidiStream    echoes each message as it comes.
       Fail          aborts with the status named by the request (e.g. "UNAVAILABLE").
+      Also shop.v1.Orders/CreateOrder, answered as Unary (for examples/ that name it).
   PYTHON grpc_echo.py call TARGET METHOD JSON
-      One call to TARGET (host:port); JSON: {"request": str, "size": int (a request of that
+      One call to TARGET (host:port); METHOD is one of bulwark.test.Echo's, or a full
+      `package.Service/Method` (unary). JSON: {"request": str, "size": int (a request of that
       many bytes instead), "metadata": {k: v}, "timeout": seconds, "messages": [str] (bidi),
-      "authority": str}. Prints one JSON line: code (a grpc.StatusCode name), details,
-      responses (their lengths for large ones: "sizes"), initial and trailing metadata.
+      "authority": str, "repeat": N (N calls on one channel)}. Prints one JSON line: code (a
+      grpc.StatusCode name), details, responses (their lengths for large ones: "sizes"),
+      initial and trailing metadata; with repeat, those of the last call and "codes", every
+      call's code in order.
   PYTHON grpc_echo.py drain-probe TARGET
       On one channel: starts ServerStream "10:300" and prints `streaming` at its first
       message; on a line on stdin, makes a Unary call (2 s deadline); prints one JSON line
@@ -35,7 +40,7 @@ import grpc
 SERVICE = "bulwark.test.Echo"
 
 
-def serve(port, unavailable=False):
+def serve(port, unavailable=False, tls=None):
     def unary(request, context):
         meta = dict(context.invocation_metadata())
         if unavailable:
@@ -76,8 +81,17 @@ def serve(port, unavailable=False):
         ("grpc.max_send_message_length", 64 << 20),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    orders = {"CreateOrder": handlers["Unary"]}
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler("shop.v1.Orders", orders),
+    ))
+    if tls:
+        cert, key = (open(path, "rb").read() for path in tls)
+        credentials = grpc.ssl_server_credentials(((key, cert),))
+        bound = server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print(f"listening {bound}", flush=True)
     server.wait_for_termination()
@@ -91,13 +105,23 @@ def call(target, method, spec):
     if "authority" in spec:
         options.append(("grpc.default_authority", spec["authority"]))
     channel = grpc.insecure_channel(target, options=options)
-    path = f"/{SERVICE}/{method}"
+    codes = []
+    for _ in range(spec.get("repeat", 1)):
+        out = one_call(channel, method, spec)
+        codes.append(out["code"])
+    if "repeat" in spec:
+        out["codes"] = codes
+    print(json.dumps(out), flush=True)
+
+
+def one_call(channel, method, spec):
+    path = f"/{method}" if "/" in method else f"/{SERVICE}/{method}"
     request = b"x" * spec["size"] if "size" in spec else spec.get("request", "").encode()
     metadata = tuple(spec.get("metadata", {}).items())
     timeout = spec.get("timeout", 10)
     out = {"code": "OK", "details": "", "responses": [], "initial": {}, "trailing": {}}
     try:
-        if method in ("Unary", "Fail"):
+        if method in ("Unary", "Fail") or "/" in method:
             fn = channel.unary_unary(path)
             response, call_ = fn.with_call(request, metadata=metadata, timeout=timeout)
             responses = [response]
@@ -122,7 +146,7 @@ def call(target, method, spec):
         out["sizes"] = [len(r) for r in responses]
     else:
         out["responses"] = [r.decode(errors="replace") for r in responses]
-    print(json.dumps(out), flush=True)
+    return out
 
 
 def drain_probe(target):
@@ -153,7 +177,9 @@ def drain_probe(target):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(int(sys.argv[2]), unavailable=sys.argv[3:] == ["unavailable"])
+        args = sys.argv[3:]
+        tls = args[args.index("tls") + 1:args.index("tls") + 3] if "tls" in args else None
+        serve(int(sys.argv[2]), unavailable="unavailable" in args, tls=tls)
     elif sys.argv[1] == "call":
         call(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
     elif sys.argv[1] == "drain-probe":

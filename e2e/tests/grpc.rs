@@ -386,3 +386,53 @@ fn grpc_statuses_are_retried_by_their_retry_class() {
     assert!(codes.contains(&"UNAVAILABLE".to_owned()), "{codes:?}");
     assert!(codes.contains(&"OK".to_owned()), "{codes:?}");
 }
+
+/// gRPC to an `https` FailoverPolicy upstream: HTTP/2 over TLS, asked for by ALPN (a gRPC
+/// server refuses anything else), the certificate verified against the Secret's CA bundle.
+#[test]
+fn grpc_calls_reach_an_https_upstream_over_http2_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = bulwark_e2e::tls::certificate_for("echo.test");
+    let secure = GrpcEcho::start_tls(dir.path(), &cert, &key);
+    let policy = format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: echo-ca}}
+stringData:
+  ca.crt: |
+    {}
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: echo}}
+spec:
+  upstreams:
+  - name: echo
+    match: {{hosts: [echo]}}
+    groups: [{{name: only, backends: [{{address: '{}'}}]}}]
+    tls: {{sni: echo.test, caSecretRef: {{name: echo-ca, key: ca.crt}}}}
+",
+        ca.trim_end().replace('\n', "\n    "),
+        secure.addr
+    );
+    let sidecar = sidecar(
+        dir.path(),
+        "127.0.0.1:9".parse().unwrap(),
+        Some(&policy),
+        &[],
+    );
+    let unary = call(
+        sidecar.outbound,
+        "Unary",
+        &json!({"request": "over tls", "authority": "echo"}),
+    );
+    assert_eq!(code(&unary), "OK", "{unary}");
+    assert_eq!(unary["responses"], json!(["over tls"]));
+    assert_eq!(unary["trailing"]["x-trailer"], "done", "{unary}");
+    let stream = call(
+        sidecar.outbound,
+        "ServerStream",
+        &json!({"request": "3", "authority": "echo"}),
+    );
+    assert_eq!(stream["responses"], json!(["0", "1", "2"]), "{stream}");
+}
