@@ -419,7 +419,7 @@ import json, sys
 r = json.load(sys.stdin)
 print("    codes: " + " ".join(r["codes"]))
 print("    the last one, as the grpcio client surfaces it: %s: %s" % (r["code"], r["details"]))
-print("    its trailing metadata: " + ", ".join("%s=%s" % kv for kv in sorted(r["trailing"].items())))
+print("    its trailing metadata: " + ", ".join("%s=%s" % kv for kv in sorted(r["trailing"].items()) if kv[0] != "date"))
 '
 echo "Counted by protocol and gRPC status (8 is RESOURCE_EXHAUSTED; the HTTP status of every gRPC answer is 200):"
 curl -s "127.0.0.1:$grpc_admin/metrics" | grep '^bulwark_inbound_requests_total{' | sed 's/^/    /'

@@ -436,3 +436,58 @@ spec:
     );
     assert_eq!(stream["responses"], json!(["0", "1", "2"]), "{stream}");
 }
+
+/// Quotas on gRPC methods: one counting calls, one counting the messages a client streams
+/// (`RequestMessages`, charged after each call). Both refuse with `RESOURCE_EXHAUSTED` once used
+/// up, the reason in the trailing metadata.
+#[test]
+fn quotas_count_grpc_calls_and_streamed_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = GrpcEcho::start(dir.path());
+    let policy = "apiVersion: bulwark.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: echo-quotas}
+spec:
+  quotas:
+    - name: unary-calls
+      match: {path: {type: Exact, value: /bulwark.test.Echo/Unary}}
+      limit: 2
+      period: Day
+    - name: bidi-messages
+      match: {path: {type: Exact, value: /bulwark.test.Echo/BidiStream}}
+      unit: RequestMessages
+      limit: 5
+      period: Day
+";
+    let sidecar = sidecar(dir.path(), app.addr, Some(policy), &[]);
+    let unary: Vec<String> = (0..3)
+        .map(|_| code(&call(sidecar.inbound, "Unary", &json!({"request": "q"}))).to_owned())
+        .collect();
+    assert_eq!(unary, ["OK", "OK", "RESOURCE_EXHAUSTED"]);
+
+    let bidi = |messages: &[&str]| {
+        call(
+            sidecar.inbound,
+            "BidiStream",
+            &json!({"messages": messages}),
+        )
+    };
+    // 4 messages of 5: admitted, then charged 4; 3 more: admitted (4 < 5), charged to 7.
+    let first = bidi(&["a", "b", "c", "d"]);
+    assert_eq!(first["responses"], json!(["a", "b", "c", "d"]), "{first}");
+    let second = bidi(&["e", "f", "g"]);
+    assert_eq!(code(&second), "OK", "{second}");
+    let refused = bidi(&["h"]);
+    assert_eq!(code(&refused), "RESOURCE_EXHAUSTED", "{refused}");
+    assert_eq!(
+        refused["trailing"]["bulwark-reason"], "quota_exhausted",
+        "{refused}"
+    );
+    let exhausted = refused["trailing"]["bulwark-quota-exhausted"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        exhausted.contains("\"bidi-messages\";limit=5;used=7"),
+        "{refused}"
+    );
+}

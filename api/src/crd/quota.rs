@@ -133,7 +133,8 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
     pub key: Vec<KeySource>,
-    /// What is counted: `Requests` (default), `RequestBytes` or `ResponseBytes` (body bytes).
+    /// What is counted: `Requests` (default; a gRPC call is one), `RequestBytes` or
+    /// `ResponseBytes` (body bytes), `RequestMessages` or `ResponseMessages` (gRPC messages).
     #[serde(default)]
     pub unit: QuotaUnit,
     /// The budget per period, in `unit`s.
@@ -164,6 +165,12 @@ pub enum QuotaUnit {
     /// Bytes of response body; counted after the response, so the request that crosses the
     /// limit completes and the next one is rejected.
     ResponseBytes,
+    /// gRPC messages the client sent on a call (one for a unary call, each message of a
+    /// client or bidirectional stream); counted after the call, like `ResponseBytes`. Other
+    /// requests count none.
+    RequestMessages,
+    /// gRPC messages the app sent back on a call; counted after the call.
+    ResponseMessages,
 }
 
 /// Calendar periods, aligned to the policy's time zone.

@@ -21,7 +21,10 @@ use http::HeaderName;
 
 use crate::{
     failover::upstream::Upstream,
-    quota::{engine::RequestQuotas, usage::UsageStore},
+    quota::{
+        engine::{Exchanged, RequestQuotas},
+        usage::UsageStore,
+    },
     ratelimit::engine::AppliedLimit,
     request::RequestView,
     respond::{Reason, Reply},
@@ -92,11 +95,14 @@ impl ResponseEffects {
         self.quota.has_deferred()
     }
 
+    /// Whether settling needs the exchange's gRPC messages counted.
+    pub fn counts_messages(&self) -> bool {
+        self.quota.counts_messages()
+    }
+
     /// Charges what depends on the exchange's size.
-    pub async fn settle(self, usage: &UsageStore, request_bytes: u64, response_bytes: u64) {
-        self.quota
-            .settle(usage, request_bytes, response_bytes)
-            .await;
+    pub async fn settle(self, usage: &UsageStore, exchanged: Exchanged) {
+        self.quota.settle(usage, exchanged).await;
     }
 }
 

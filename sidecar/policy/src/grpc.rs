@@ -77,6 +77,56 @@ pub fn http_equivalent(code: u8) -> u16 {
     }
 }
 
+/// Counts the gRPC messages in a body as it streams by, chunk by chunk: each message is a
+/// 5-byte prefix (a compressed flag and a big-endian length) and that many bytes, and chunks
+/// split prefixes and messages anywhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounter {
+    /// Messages whose prefix has been seen.
+    pub messages: u64,
+    prefix: [u8; 5],
+    /// Bytes of the current prefix seen (5: reading the message itself).
+    prefix_seen: u8,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl MessageCounter {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            if self.prefix_seen < 5 {
+                let take = chunk.len().min(usize::from(5 - self.prefix_seen));
+                let at = usize::from(self.prefix_seen);
+                self.prefix[at..at + take].copy_from_slice(&chunk[..take]);
+                self.prefix_seen += take as u8;
+                chunk = &chunk[take..];
+                if self.prefix_seen == 5 {
+                    self.messages += 1;
+                    let length = [
+                        self.prefix[1],
+                        self.prefix[2],
+                        self.prefix[3],
+                        self.prefix[4],
+                    ];
+                    self.remaining = u64::from(u32::from_be_bytes(length));
+                    if self.remaining == 0 {
+                        self.prefix_seen = 0;
+                    }
+                }
+            } else {
+                let take = chunk
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.remaining -= take as u64;
+                chunk = &chunk[take..];
+                if self.remaining == 0 {
+                    self.prefix_seen = 0;
+                }
+            }
+        }
+    }
+}
+
 /// The code for why the sidecar answered: limits and quotas are `RESOURCE_EXHAUSTED` (the
 /// client may retry later; Envoy's rate limit filter answers the same), an upstream that
 /// cannot take the call `UNAVAILABLE` (safe to retry), a timeout `DEADLINE_EXCEEDED`. A gate's
@@ -256,6 +306,44 @@ mod tests {
         assert_eq!(http_equivalent(Code::Internal as u8), 500);
         assert_eq!(http_equivalent(15), 500); // DATA_LOSS
         assert_eq!(http_equivalent(5), 404); // NOT_FOUND
+    }
+
+    /// `messages` framed as gRPC's length-prefixed messages.
+    fn framed(messages: &[usize]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for &len in messages {
+            body.push(0);
+            body.extend_from_slice(&(len as u32).to_be_bytes());
+            body.extend(std::iter::repeat_n(7u8, len));
+        }
+        body
+    }
+
+    #[test]
+    fn messages_are_counted_whole_in_one_chunk() {
+        let mut counter = MessageCounter::default();
+        counter.feed(&framed(&[0, 3, 70_000, 1]));
+        assert_eq!(counter.messages, 4);
+        counter.feed(&[]);
+        assert_eq!(counter.messages, 4);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunking_does_not_change_the_count(
+            messages in proptest::collection::vec(0usize..300, 0..20),
+            cuts in proptest::collection::vec(0usize..6000, 0..30),
+        ) {
+            let body = framed(&messages);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c <= body.len()).collect();
+            cuts.extend([0, body.len()]);
+            cuts.sort_unstable();
+            let mut counter = MessageCounter::default();
+            for pair in cuts.windows(2) {
+                counter.feed(&body[pair[0]..pair[1]]);
+            }
+            proptest::prop_assert_eq!(counter.messages, messages.len() as u64);
+        }
     }
 
     #[test]

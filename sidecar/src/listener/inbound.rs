@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use bulwark_policy::{
     admission::{Direction, HeaderEdit, ResponseEffects},
     clock::unix_nanos,
+    grpc::MessageCounter,
+    quota::engine::Exchanged,
     request::path::PathNormalization,
     runtime::Runtime,
 };
@@ -141,6 +143,8 @@ pub struct RequestCtx {
     response: ResponseEffects,
     /// A flag gate's `routeTo`: the request goes to this failover upstream, not the app.
     routed: Option<Tries>,
+    /// The call's gRPC messages sent and received, counted only when a quota charges them.
+    messages: Option<Box<[MessageCounter; 2]>>,
 }
 
 #[async_trait]
@@ -153,6 +157,7 @@ impl ProxyHttp for InboundProxy {
             request_headers: Vec::new(),
             response: ResponseEffects::default(),
             routed: None,
+            messages: None,
         }
     }
 
@@ -182,6 +187,9 @@ impl ProxyHttp for InboundProxy {
         };
         ctx.response = admission.response;
         ctx.request_headers = admission.request_headers;
+        if ctx.response.counts_messages() && protocol::is_grpc(session.req_header()) {
+            ctx.messages = Some(Box::default());
+        }
         let reply = match (admission.reply, admission.upstream) {
             (Some(reply), _) => Some(reply),
             (None, None) => None,
@@ -297,6 +305,32 @@ impl ProxyHttp for InboundProxy {
         })
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(messages), Some(chunk)) = (ctx.messages.as_mut(), body.as_ref()) {
+            messages[0].feed(chunk);
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(messages), Some(chunk)) = (ctx.messages.as_mut(), body.as_ref()) {
+            messages[1].feed(chunk);
+        }
+        Ok(None)
+    }
+
     async fn response_trailer_filter(
         &self,
         _session: &mut Session,
@@ -330,12 +364,15 @@ impl ProxyHttp for InboundProxy {
         edge::request_finished(session);
         ctx.timing.finish(session, &self.metrics.inbound);
         if ctx.response.has_deferred() {
+            let [sent, received] = ctx.messages.as_deref().copied().unwrap_or_default();
+            let exchanged = Exchanged {
+                request_bytes: session.body_bytes_read() as u64,
+                response_bytes: session.body_bytes_sent() as u64,
+                request_messages: sent.messages,
+                response_messages: received.messages,
+            };
             std::mem::take(&mut ctx.response)
-                .settle(
-                    &self.runtime.quota_usage,
-                    session.body_bytes_read() as u64,
-                    session.body_bytes_sent() as u64,
-                )
+                .settle(&self.runtime.quota_usage, exchanged)
                 .await;
         }
     }

@@ -162,7 +162,7 @@ struct Deferred {
     usage_key: String,
     period: Period,
     limit: u64,
-    bytes: Bytes,
+    measure: Measure,
 }
 
 /// One quota's view of a request, before its outcome is known.
@@ -174,7 +174,7 @@ struct Draw<'a> {
     /// Charged now.
     cost: u64,
     /// What is charged once the exchange is over, if anything.
-    deferred: Option<Bytes>,
+    deferred: Option<Measure>,
 }
 
 /// Where a quota's usage is counted.
@@ -188,13 +188,26 @@ enum UsageScope {
     GlobalFailClosed,
 }
 
-/// Which bytes of an exchange a byte quota charges after it.
+/// What of an exchange a quota charges after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Bytes {
-    /// Read from the client (a request body without `Content-Length`).
-    Request,
-    /// Sent to the client.
-    Response,
+enum Measure {
+    /// Body bytes read from the client (a request body without `Content-Length`).
+    RequestBytes,
+    /// Body bytes sent to the client.
+    ResponseBytes,
+    /// gRPC messages the client sent.
+    RequestMessages,
+    /// gRPC messages sent to the client.
+    ResponseMessages,
+}
+
+/// How much an exchange carried, known once it is over: what deferred charges are made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exchanged {
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub request_messages: u64,
+    pub response_messages: u64,
 }
 
 impl Quotas {
@@ -378,9 +391,11 @@ impl Quotas {
                 QuotaUnit::Requests => (1, None),
                 QuotaUnit::RequestBytes => match content_length(req) {
                     Some(length) => (length, None),
-                    None => (0, Some(Bytes::Request)),
+                    None => (0, Some(Measure::RequestBytes)),
                 },
-                QuotaUnit::ResponseBytes => (0, Some(Bytes::Response)),
+                QuotaUnit::ResponseBytes => (0, Some(Measure::ResponseBytes)),
+                QuotaUnit::RequestMessages => (0, Some(Measure::RequestMessages)),
+                QuotaUnit::ResponseMessages => (0, Some(Measure::ResponseMessages)),
             };
             draws.push(Draw {
                 quota,
@@ -458,13 +473,13 @@ impl Quotas {
                     ),
                 ));
             }
-            if let Some(bytes) = draw.deferred {
+            if let Some(measure) = draw.deferred {
                 pending.deferred.push(Deferred {
                     info: info.clone(),
                     usage_key: draw.usage_key.clone(),
                     period: draw.period,
                     limit: draw.limit,
-                    bytes,
+                    measure,
                 });
             }
         }
@@ -528,14 +543,26 @@ impl RequestQuotas {
         !self.deferred.is_empty()
     }
 
-    /// Charges what is counted after the response: `request_bytes` read from the client and
-    /// `response_bytes` sent to it. Unconditional: the budget was checked when the request was
-    /// admitted. A Redis failure loses these bytes (counted in `bulwark_store_errors_total`).
-    pub async fn settle(self, usage: &UsageStore, request_bytes: u64, response_bytes: u64) {
+    /// Whether a deferred charge counts gRPC messages (so the proxy counts them).
+    pub fn counts_messages(&self) -> bool {
+        self.deferred.iter().any(|d| {
+            matches!(
+                d.measure,
+                Measure::RequestMessages | Measure::ResponseMessages
+            )
+        })
+    }
+
+    /// Charges what is counted after the response, from what the exchange carried.
+    /// Unconditional: the budget was checked when the request was admitted. A Redis failure
+    /// loses these charges (counted in `bulwark_store_errors_total`).
+    pub async fn settle(self, usage: &UsageStore, exchanged: Exchanged) {
         for d in self.deferred {
-            let bytes = match d.bytes {
-                Bytes::Response => response_bytes,
-                Bytes::Request => request_bytes,
+            let bytes = match d.measure {
+                Measure::ResponseBytes => exchanged.response_bytes,
+                Measure::RequestBytes => exchanged.request_bytes,
+                Measure::RequestMessages => exchanged.request_messages,
+                Measure::ResponseMessages => exchanged.response_messages,
             };
             if bytes == 0 {
                 continue;

@@ -248,7 +248,14 @@ quotas:
     let chunked = decide(&quotas, &usage, &req(&[]), NOW);
     assert!(chunked.reject.is_none());
     assert!(chunked.pending.has_deferred());
-    futures::executor::block_on(chunked.pending.settle(&usage, 45, 999));
+    futures::executor::block_on(chunked.pending.settle(
+        &usage,
+        Exchanged {
+            request_bytes: 45,
+            response_bytes: 999,
+            ..Exchanged::default()
+        },
+    ));
     let (info, _) = quotas.find("ns/p", "upload").unwrap();
     assert_eq!(
         usage.used(&info.usage_key(""), info.period_at(NOW)),
@@ -273,7 +280,7 @@ quotas:
     let usage = UsageStore::new();
     let first = decide(&quotas, &usage, &req(&[]), NOW);
     assert!(first.reject.is_none());
-    futures::executor::block_on(first.pending.settle(&usage, 0, 900));
+    futures::executor::block_on(first.pending.settle(&usage, responded(900)));
     let second = decide(&quotas, &usage, &req(&[]), NOW);
     assert!(second.reject.is_none(), "900 < 1000");
     assert!(
@@ -282,11 +289,67 @@ quotas:
             .contains("used=90;threshold=80"),
         "warned on the usage before the response"
     );
-    futures::executor::block_on(second.pending.settle(&usage, 0, 900));
+    futures::executor::block_on(second.pending.settle(&usage, responded(900)));
     let third = decide(&quotas, &usage, &req(&[]), NOW);
     let refused = third.reject.expect("1800 ≥ 1000");
     // Next Monday 00:00 UTC is 6 days 12 hours away.
     assert_eq!(header(&refused.headers, "Retry-After"), Some("561600"));
+}
+
+fn responded(bytes: u64) -> Exchanged {
+    Exchanged {
+        response_bytes: bytes,
+        ..Exchanged::default()
+    }
+}
+
+#[test]
+fn grpc_messages_are_charged_after_the_call_and_only_message_quotas_ask_for_counting() {
+    let quotas = compile(
+        "
+quotas:
+- name: sent
+  unit: RequestMessages
+  limit: 10
+  period: Day
+- name: received
+  unit: ResponseMessages
+  limit: 100
+  period: Day
+",
+    );
+    let usage = UsageStore::new();
+    let call = decide(&quotas, &usage, &req(&[]), NOW);
+    assert!(call.reject.is_none());
+    assert!(call.pending.counts_messages());
+    futures::executor::block_on(call.pending.settle(
+        &usage,
+        Exchanged {
+            request_bytes: 5_000,
+            response_bytes: 9_000,
+            request_messages: 12,
+            response_messages: 3,
+        },
+    ));
+    let used = |name| {
+        let (info, _) = quotas.find("ns/p", name).unwrap();
+        usage.used(&info.usage_key(""), info.period_at(NOW))
+    };
+    assert_eq!((used("sent"), used("received")), (12, 3));
+    let next = decide(&quotas, &usage, &req(&[]), NOW);
+    assert!(next.reject.is_some(), "12 messages sent of 10: used up");
+
+    let bytes = compile(
+        "
+quotas:
+- name: download
+  unit: ResponseBytes
+  limit: 1000
+  period: Day
+",
+    );
+    let call = decide(&bytes, &usage, &req(&[]), NOW);
+    assert!(!call.pending.counts_messages());
 }
 
 #[test]
