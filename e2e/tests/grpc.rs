@@ -117,7 +117,7 @@ spec:
   rules:
     - name: unary
       match:
-        path: {type: Exact, value: /bulwark.test.Echo/Unary}
+        grpc: {service: bulwark.test.Echo, method: Unary}
       key: [{type: ClientIP}]
       algorithm: FixedWindow
       rates: [{limit: 2, window: 1m}]

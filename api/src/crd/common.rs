@@ -93,6 +93,28 @@ pub struct PathMatch {
     pub value: String,
 }
 
+/// A gRPC method: `service` and `method`, or either alone (every method of a service; a method
+/// of any service).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.service) || has(self.method)").message("set service, method or both"))]
+pub struct GrpcMethodMatch {
+    /// The fully qualified service, `package.Service` (e.g. `shop.v1.Orders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[A-Za-z_][A-Za-z_0-9]*(\.[A-Za-z_][A-Za-z_0-9]*)*$")
+    )]
+    pub service: Option<String>,
+    /// The method (e.g. `CreateOrder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[A-Za-z_][A-Za-z_0-9]*$")
+    )]
+    pub method: Option<String>,
+}
+
 /// How a header or query parameter value is compared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ValueMatchType {
@@ -146,10 +168,15 @@ pub enum HttpMethod {
 /// An empty match selects every request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.path) && has(self.grpc))").message("set path or grpc, not both: grpc is a shorthand for the path a gRPC call sends").field_path(".grpc"))]
 pub struct RequestMatch {
     /// The request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
+    /// A gRPC service and method, as Gateway API's GRPCRoute names them: a shorthand for the
+    /// path a gRPC call sends (`/package.Service/Method`). Not with `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMethodMatch>,
     /// Request methods, any of which matches (e.g. `[GET, HEAD]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9))]

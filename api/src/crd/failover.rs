@@ -69,7 +69,7 @@ pub struct FailoverPolicySpec {
 /// A destination the app calls, and how calls to it are handled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.match.hosts) && size(self.match.hosts) > 0) || has(self.match.path)").message("an upstream must match on hosts or path").field_path(".match"))]
+#[x_kube(validation = Rule::new("(has(self.match.hosts) && size(self.match.hosts) > 0) || has(self.match.path) || has(self.match.grpc)").message("an upstream must match on hosts, path or grpc").field_path(".match"))]
 pub struct Upstream {
     /// The upstream's name, unique within the policy; used in metrics, `routeTo` and headers.
     #[schemars(

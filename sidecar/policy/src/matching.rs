@@ -41,7 +41,7 @@
 use std::borrow::Cow;
 
 use bulwark_api::crd::common::{
-    HttpMethod, PathMatch, PathMatchType, RequestMatch, ValueMatch, ValueMatchType,
+    GrpcMethodMatch, HttpMethod, PathMatch, PathMatchType, RequestMatch, ValueMatch, ValueMatchType,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::{IpNet, Ipv4Net};
@@ -70,6 +70,8 @@ enum PathCond {
     /// The prefix without trailing slashes; empty for `/` (every path).
     Prefix(String),
     Regex(Regex),
+    /// A gRPC method of any service: `/<service>/<method>`.
+    GrpcMethod(String),
 }
 
 #[derive(Clone, Debug)]
@@ -134,12 +136,17 @@ impl CompiledMatch {
     /// to the match (e.g. `path.value`, `headers[0].value`, `sourceCIDRs[2]`).
     /// Each regular expression is charged to `regexes`.
     pub fn compile(m: &RequestMatch, regexes: &RegexBudget) -> Result<Self, CompileError> {
-        let path = m
-            .path
-            .as_ref()
-            .map(|p| compile_path(p, regexes))
-            .transpose()
-            .map_err(|e| e.under("path"))?;
+        let path = match (&m.path, &m.grpc) {
+            (Some(_), Some(_)) => {
+                return Err(CompileError::new(
+                    "grpc",
+                    "set path or grpc, not both: grpc is a shorthand for the path a gRPC call sends",
+                ));
+            }
+            (Some(p), None) => Some(compile_path(p, regexes).map_err(|e| e.under("path"))?),
+            (None, Some(g)) => Some(compile_grpc(g).map_err(|e| e.under("grpc"))?),
+            (None, None) => None,
+        };
         let methods = m.methods.iter().fold(0u16, |acc, &x| acc | method_bit(x));
         let hosts = m
             .hosts
@@ -258,9 +265,48 @@ fn compile_path(p: &PathMatch, regexes: &RegexBudget) -> Result<PathCond, Compil
     }
 }
 
+/// The path condition a gRPC method match stands for.
+fn compile_grpc(g: &GrpcMethodMatch) -> Result<PathCond, CompileError> {
+    let name = |field: &'static str, value: &str, dots: bool| {
+        let ok = !value.is_empty()
+            && value.split('.').all(|part| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            && (dots || !value.contains('.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(CompileError::new(
+                field,
+                "must be a protobuf name (letters, digits, _; a service may be qualified with dots)",
+            ))
+        }
+    };
+    if let Some(service) = &g.service {
+        name("service", service, true)?;
+    }
+    if let Some(method) = &g.method {
+        name("method", method, false)?;
+    }
+    match (&g.service, &g.method) {
+        (Some(service), Some(method)) => Ok(PathCond::Exact(format!("/{service}/{method}"))),
+        (Some(service), None) => Ok(PathCond::Prefix(format!("/{service}"))),
+        (None, Some(method)) => Ok(PathCond::GrpcMethod(method.clone())),
+        (None, None) => Err(CompileError::new("service", "set service, method or both")),
+    }
+}
+
 impl PathCond {
     fn matches(&self, path: &str) -> bool {
         match self {
+            PathCond::GrpcMethod(method) => path
+                .strip_suffix(method.as_str())
+                .and_then(|rest| rest.strip_suffix('/'))
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|service| !service.is_empty() && !service.contains('/')),
             PathCond::Exact(v) => path == v,
             PathCond::Prefix(p) => match path.strip_prefix(p.as_str()) {
                 Some(rest) => rest.is_empty() || rest.starts_with('/'),
@@ -1057,6 +1103,48 @@ mod tests {
         assert!(!single.matches(&TestRequest::new("/").ip("192.0.2.2").view()));
     }
 
+    fn grpc(service: Option<&str>, method: Option<&str>) -> RequestMatch {
+        RequestMatch {
+            grpc: Some(GrpcMethodMatch {
+                service: service.map(str::to_owned),
+                method: method.map(str::to_owned),
+            }),
+            ..RequestMatch::default()
+        }
+    }
+
+    #[test]
+    fn grpc_matches_are_the_paths_grpc_sends() {
+        let hits = |m: &RequestMatch, path: &str| {
+            compile(m)
+                .unwrap()
+                .matches(&TestRequest::new(path).view())
+        };
+        let both = grpc(Some("shop.v1.Orders"), Some("CreateOrder"));
+        assert!(hits(&both, "/shop.v1.Orders/CreateOrder"));
+        assert!(!hits(&both, "/shop.v1.Orders/CreateOrders"));
+        assert!(!hits(&both, "/shop.v1.OrdersX/CreateOrder"));
+        let service = grpc(Some("shop.v1.Orders"), None);
+        assert!(hits(&service, "/shop.v1.Orders/GetOrder"));
+        assert!(!hits(&service, "/shop.v1.OrdersAdmin/GetOrder"));
+        let method = grpc(None, Some("Check"));
+        assert!(hits(&method, "/grpc.health.v1.Health/Check"));
+        assert!(!hits(&method, "/Check"));
+        assert!(!hits(&method, "/a/b/Check"));
+        assert!(!hits(&method, "/grpc.health.v1.Health/PreCheck"));
+
+        let err = |m: RequestMatch| compile_err(m).field;
+        assert_eq!(err(grpc(None, None)), "grpc.service");
+        assert_eq!(err(grpc(Some("shop/v1"), None)), "grpc.service");
+        assert_eq!(err(grpc(None, Some("a.b"))), "grpc.method");
+        let mut with_path = grpc(Some("a.B"), None);
+        with_path.path = Some(PathMatch {
+            type_: PathMatchType::Exact,
+            value: "/a.B/C".into(),
+        });
+        assert_eq!(err(with_path), "grpc");
+    }
+
     #[test]
     fn conditions_are_anded_lists_are_ored() {
         let m = compile(&RequestMatch {
@@ -1069,6 +1157,7 @@ mod tests {
             headers: vec![vm("x-tenant", ValueMatchType::Present, None, false)],
             query_params: vec![vm("dry", ValueMatchType::Present, None, true)],
             source_cidrs: vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()],
+            grpc: None,
         })
         .unwrap();
         let base = || {
