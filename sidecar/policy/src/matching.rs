@@ -1116,9 +1116,7 @@ mod tests {
     #[test]
     fn grpc_matches_are_the_paths_grpc_sends() {
         let hits = |m: &RequestMatch, path: &str| {
-            compile(m)
-                .unwrap()
-                .matches(&TestRequest::new(path).view())
+            compile(m).unwrap().matches(&TestRequest::new(path).view())
         };
         let both = grpc(Some("shop.v1.Orders"), Some("CreateOrder"));
         assert!(hits(&both, "/shop.v1.Orders/CreateOrder"));
