@@ -46,13 +46,14 @@ test: deps controlplane peers lint build ## Everything CI runs: lint, unit, prop
 demo: deps controlplane build ## Start a local control plane, install Bulwark, show the CRDs at work
 	@bash scripts/demo.sh "$(CP_DIR)"
 
-bench: deps controlplane peers ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), instructions per request (bench/instructions.sh), policy propagation (bench/propagation.sh), flags vs flagd (bench/flags.sh), failover under faults vs haproxy and nginx (bench/failover.sh), webhook accepts and deliveries vs Redis (bench/webhooks.sh), the decision and flag micro-benchmarks
+bench: deps controlplane peers ## Benchmarks: proxies vs nginx and haproxy (bench/run.sh), instructions per request (bench/instructions.sh), policy propagation (bench/propagation.sh), flags vs flagd (bench/flags.sh), failover under faults vs haproxy and nginx (bench/failover.sh), webhook accepts and deliveries vs Redis (bench/webhooks.sh), gRPC over h2c vs nginx and haproxy (bench/grpc.sh), the decision and flag micro-benchmarks
 	bash bench/run.sh
 	bash bench/instructions.sh
 	bash bench/propagation.sh
 	BENCH_SKIP_BUILD=1 bash bench/flags.sh
 	BENCH_SKIP_BUILD=1 bash bench/failover.sh
 	BENCH_SKIP_BUILD=1 bash bench/webhooks.sh
+	BENCH_SKIP_BUILD=1 bash bench/grpc.sh
 	cargo bench -p bulwark-policy --bench decision -- --warm-up-time 2 --measurement-time 5
 	cargo bench -p bulwark-policy --bench flags -- --warm-up-time 2 --measurement-time 5
 	cargo bench -p bulwark-sidecar --bench config_load -- --warm-up-time 1 --measurement-time 5

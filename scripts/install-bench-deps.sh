@@ -2,8 +2,9 @@
 # Installs what `make bench` (bench/run.sh) needs on a Debian machine: nginx and haproxy (the
 # reverse proxies compared with bulwark-sidecar, and nginx also as the upstream), wrk (the load
 # generator, with its built-in LuaJIT for the percentile report), curl (readiness and sanity
-# checks), python3 (picks free loopback ports) and valgrind (bench/instructions.sh counts
-# instructions per request with its cachegrind tool). Idempotent: installs only what is missing.
+# checks), python3 (picks free loopback ports), valgrind (bench/instructions.sh counts
+# instructions per request with its cachegrind tool) and nghttp2-client (h2load, the HTTP/2 load
+# generator of bench/grpc.sh). Idempotent: installs only what is missing.
 #
 # The benchmark starts its own nginx/haproxy instances with generated config files in a temp
 # dir, in the foreground, on loopback ports. Debian's packages may start system services on
@@ -24,6 +25,7 @@ declare -A packages=(
   [python3]=python3
   [procps]=pgrep
   [valgrind]=valgrind
+  [nghttp2-client]=h2load
 )
 # nginx and haproxy live in /usr/sbin, which is not on every user's PATH.
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
