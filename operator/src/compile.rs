@@ -11,14 +11,16 @@
 //!   `jwt.verification.keySecretRef`, a FailoverPolicy's Service) makes the policy not Accepted
 //!   (reason `RefNotFound`); it is sent to no pod until the reference appears. Sending it
 //!   half-resolved would sign with no key, verify with none, or route nowhere.
+//! - The app port's protocol comes from the Services that select the pod and target that port
+//!   ([`app_protocol`]); when they disagree, from none of them.
 
 use std::collections::{BTreeMap, btree_map::Entry};
 
 use bulwark_api::{
     crd::common::{Scope, SecretKeyRef},
     snapshot::{
-        Endpoint, ObjectRef, PolicySource, RedisConnection, ResolvedWebhookEndpoint, SCHEMA,
-        SecretString, Snapshot, Sourced, secret_key_id, service_port_id,
+        AppProtocol, Endpoint, ObjectRef, PolicySource, RedisConnection, ResolvedWebhookEndpoint,
+        SCHEMA, SecretString, Snapshot, Sourced, secret_key_id, service_port_id,
     },
 };
 
@@ -44,6 +46,9 @@ pub enum Verdict {
 pub struct PodSnapshot {
     pub snapshot: Snapshot,
     pub sources: Vec<String>,
+    /// Why `snapshot.app_protocol` is unset although Services declare one: they disagree
+    /// ([`app_protocol`]). The index loop logs it when it changes.
+    pub app_protocol_conflict: Option<String>,
 }
 
 /// The string a pod's acknowledgement records for one policy generation.
@@ -123,7 +128,7 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
                             namespace: namespace.to_string(),
                             name: backend.name.clone(),
                         };
-                        let Some(ports) = index.services.get(&service) else {
+                        let Some(found) = index.services.get(&service) else {
                             return Verdict::Rejected {
                                 reason: "RefNotFound",
                                 message: format!(
@@ -132,7 +137,7 @@ fn references(index: &Index, key: &PolicyKey, policy: &Policy) -> Verdict {
                                 ),
                             };
                         };
-                        if !ports.0.iter().any(|(_, p)| *p == backend.port) {
+                        if !found.ports.iter().any(|p| p.port == backend.port) {
                             return Verdict::Rejected {
                                 reason: "RefNotFound",
                                 message: format!(
@@ -326,7 +331,77 @@ pub fn pod_snapshot(
     if global {
         snapshot.redis = redis.cloned();
     }
-    PodSnapshot { snapshot, sources }
+    let app_protocol_conflict = match app_protocol(index, pod_ref, pod) {
+        Ok(protocol) => {
+            snapshot.app_protocol = protocol;
+            None
+        }
+        Err(conflict) => Some(conflict),
+    };
+    PodSnapshot {
+        snapshot,
+        sources,
+        app_protocol_conflict,
+    }
+}
+
+/// What the pod's app port speaks, as the Services of its namespace that select it say: over
+/// their ports whose `targetPort` is the app port, each one's protocol
+/// ([`crate::index::ServicePort::protocol`]: its `appProtocol`, else its name). Ports that say
+/// nothing are left out; `Ok(None)` when none says anything (the sidecar detects). When they
+/// disagree, `Err` names them, and the snapshot says nothing either: the sidecar detects, and
+/// the pod's `bulwark.dev/app-protocol` annotation is how to settle it.
+pub fn app_protocol(
+    index: &Index,
+    pod_ref: &ObjectRef,
+    pod: &InjectedPod,
+) -> Result<Option<AppProtocol>, String> {
+    let Some(app_port) = pod.app_port else {
+        return Ok(None);
+    };
+    let mut said: Vec<(String, AppProtocol)> = Vec::new();
+    for (service_ref, service) in index.services_in(&pod_ref.namespace) {
+        if !service.selects(&pod.labels) {
+            continue;
+        }
+        for port in &service.ports {
+            if port.target_on(pod) != Some(app_port) {
+                continue;
+            }
+            if let Some(protocol) = port.protocol() {
+                let how = match &port.app_protocol {
+                    Some(declared) => format!("appProtocol {declared}"),
+                    None => format!("port name {}", port.name),
+                };
+                said.push((
+                    format!(
+                        "Service {}/{} port {} ({how})",
+                        service_ref.namespace, service_ref.name, port.port
+                    ),
+                    protocol,
+                ));
+            }
+        }
+    }
+    let Some((_, first)) = said.first() else {
+        return Ok(None);
+    };
+    if said.iter().all(|(_, p)| p == first) {
+        return Ok(Some(*first));
+    }
+    let name = |p: &AppProtocol| match p {
+        AppProtocol::Http1 => "http1",
+        AppProtocol::H2c => "h2c",
+    };
+    let each: Vec<String> = said
+        .iter()
+        .map(|(who, p)| format!("{who}: {}", name(p)))
+        .collect();
+    Err(format!(
+        "the Services targeting the app port {app_port} disagree on its protocol ({}); the sidecar detects it (set the pod annotation {} to choose)",
+        each.join(", "),
+        crate::inject::APP_PROTOCOL_ANNOTATION
+    ))
 }
 
 /// The ready endpoints of each Service backend of `spec`, added to `out` by
@@ -355,9 +430,10 @@ fn service_endpoints(
             name: backend.name.clone(),
         };
         let Some(port_name) = index.services.get(&service).and_then(|s| {
-            s.0.iter()
-                .find(|(_, p)| *p == backend.port)
-                .map(|(n, _)| n.clone())
+            s.ports
+                .iter()
+                .find(|p| p.port == backend.port)
+                .map(|p| p.name.clone())
         }) else {
             continue;
         };
@@ -895,6 +971,146 @@ endpoints: [{addresses: [10.5.0.1]}]
         );
         let web = snapshot_of(&index, "web-0").snapshot;
         assert!(web.failover.is_empty() && web.endpoints.is_empty());
+    }
+
+    #[test]
+    fn the_app_protocol_comes_from_the_services_selecting_the_pod_that_target_its_app_port() {
+        // The app port is 9000, the first containerPort; it is also named `rpc`.
+        let api = object::<Pod>(
+            r#"
+metadata: {name: api-0, namespace: shop, uid: u-api-0, labels: {app: api}}
+spec:
+  containers: [{name: app, ports: [{name: rpc, containerPort: 9000}, {name: metrics, containerPort: 9100}]}]
+"#,
+        )
+        .into_object();
+        let service = |name: &str, spec: &str| {
+            object::<Service>(&format!(
+                "metadata: {{name: {name}, namespace: shop}}\nspec: {{{spec}}}"
+            ))
+            .into_object()
+        };
+        let mut index = index_with(vec![api, pod("web-0", "web")]);
+        let protocol = |index: &Index, name: &str| {
+            let compiled = snapshot_of(index, name);
+            (
+                compiled.snapshot.app_protocol,
+                compiled.app_protocol_conflict.is_some(),
+            )
+        };
+        assert_eq!(
+            protocol(&index, "api-0"),
+            (None, false),
+            "no Service: detect"
+        );
+
+        // By number, by name, and with no targetPort (the port itself).
+        for spec in [
+            "selector: {app: api}, ports: [{port: 80, targetPort: 9000, appProtocol: kubernetes.io/h2c}]",
+            "selector: {app: api}, ports: [{port: 80, targetPort: rpc, appProtocol: kubernetes.io/h2c}]",
+            "selector: {app: api}, ports: [{port: 9000, appProtocol: kubernetes.io/h2c}]",
+        ] {
+            index.apply(Change::Upsert(service("rpc", spec)));
+            assert_eq!(
+                protocol(&index, "api-0"),
+                (Some(AppProtocol::H2c), false),
+                "{spec}"
+            );
+            assert_eq!(protocol(&index, "web-0"), (None, false), "not selected");
+        }
+        // Targeting another port, selecting another pod, or no pod at all: no opinion.
+        for spec in [
+            "selector: {app: api}, ports: [{port: 80, targetPort: 9100, appProtocol: kubernetes.io/h2c}]",
+            "selector: {app: api}, ports: [{port: 80, targetPort: metrics, appProtocol: grpc}]",
+            "selector: {app: api}, ports: [{port: 80, targetPort: missing, appProtocol: grpc}]",
+            "selector: {app: web}, ports: [{port: 80, targetPort: 9000, appProtocol: grpc}]",
+            "ports: [{port: 80, targetPort: 9000, appProtocol: grpc}]",
+            "selector: {app: api}, ports: [{port: 80, targetPort: 9000, appProtocol: https}]",
+        ] {
+            index.apply(Change::Upsert(service("rpc", spec)));
+            assert_eq!(protocol(&index, "api-0"), (None, false), "{spec}");
+        }
+        // The port's name when it has no appProtocol; HTTP/1.1 when it says so.
+        index.apply(Change::Upsert(service(
+            "rpc",
+            "selector: {app: api}, ports: [{name: grpc-api, port: 80, targetPort: 9000}]",
+        )));
+        assert_eq!(protocol(&index, "api-0"), (Some(AppProtocol::H2c), false));
+        index.apply(Change::Upsert(service(
+            "rpc",
+            "selector: {app: api}, ports: [{name: grpc-api, port: 80, targetPort: 9000, appProtocol: http}]",
+        )));
+        assert_eq!(protocol(&index, "api-0"), (Some(AppProtocol::Http1), false));
+
+        // Two Services that agree, then disagree: no opinion, and the conflict names both.
+        let h2c = service(
+            "rpc-internal",
+            "selector: {app: api}, ports: [{name: grpc, port: 81, targetPort: rpc}]",
+        );
+        index.apply(Change::Upsert(service(
+            "rpc",
+            "selector: {app: api}, ports: [{port: 80, targetPort: 9000, appProtocol: GRPC}]",
+        )));
+        index.apply(Change::Upsert(h2c));
+        assert_eq!(protocol(&index, "api-0"), (Some(AppProtocol::H2c), false));
+        index.apply(Change::Upsert(service(
+            "web",
+            "selector: {app: api}, ports: [{port: 8080, targetPort: 9000, appProtocol: kubernetes.io/http}]",
+        )));
+        let compiled = snapshot_of(&index, "api-0");
+        assert_eq!(compiled.snapshot.app_protocol, None);
+        let conflict = compiled.app_protocol_conflict.unwrap();
+        for part in [
+            "app port 9000",
+            "Service shop/rpc port 80 (appProtocol GRPC): h2c",
+            "Service shop/rpc-internal port 81 (port name grpc): h2c",
+            "Service shop/web port 8080 (appProtocol kubernetes.io/http): http1",
+            "bulwark.dev/app-protocol",
+        ] {
+            assert!(conflict.contains(part), "{part}: {conflict}");
+        }
+
+        // Deleted, the Services leave the snapshot as they found it.
+        for name in ["web", "rpc-internal", "rpc"] {
+            index.apply(Change::Delete(service(name, "")));
+        }
+        assert_eq!(protocol(&index, "api-0"), (None, false));
+        assert_eq!(
+            snapshot_of(&index, "api-0").snapshot,
+            Snapshot {
+                schema: SCHEMA,
+                pod: Some(ObjectRef {
+                    namespace: "shop".into(),
+                    name: "api-0".into()
+                }),
+                ..Snapshot::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_service_in_another_namespace_says_nothing_about_the_pod() {
+        let mut index = index_with(vec![pod("api-0", "api")]);
+        index.apply(Change::Upsert(
+            object::<Service>(
+                "metadata: {name: rpc, namespace: shopping}\n\
+                 spec: {selector: {app: api}, ports: [{port: 8080, appProtocol: grpc}]}",
+            )
+            .into_object(),
+        ));
+        assert_eq!(snapshot_of(&index, "api-0").snapshot.app_protocol, None);
+        index.apply(Change::Upsert(
+            object::<Service>(
+                "metadata: {name: rpc, namespace: shop}\n\
+                 spec: {selector: {app: api}, ports: [{port: 8080, appProtocol: grpc}]}",
+            )
+            .into_object(),
+        ));
+        assert_eq!(
+            snapshot_of(&index, "api-0").snapshot.app_protocol,
+            Some(AppProtocol::H2c),
+            "the pod's app port defaults to 8080"
+        );
     }
 
     /// What `index::Index::users_of` relies on: a Service changes only the verdicts of the

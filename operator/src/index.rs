@@ -9,7 +9,9 @@
 //! Each change says whose snapshots it may change ([`Affected`]). A policy or pod change: its
 //! namespace. A Service or EndpointSlice change: only the pods selected by the FailoverPolicies
 //! that name the Service as a backend, found through a reverse reference
-//! ([`Index::service_users`]) kept in step with every FailoverPolicy change.
+//! ([`Index::service_users`]) kept in step with every FailoverPolicy change; and, for a Service
+//! that says what protocol a port speaks (before or after the change), the injected pods of its
+//! namespace its selector matches (their app protocol, `compile::app_protocol`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,14 +23,14 @@ use bulwark_api::{
         common::{JwtVerification, PolicyStatus, ReadsBearerTokens, condition},
         webhook::WebhookEndpointStatus,
     },
-    snapshot::ObjectRef,
+    snapshot::{AppProtocol, ObjectRef},
 };
 use k8s_openapi::{
     api::{
         core::v1::{Pod, Secret, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
     jiff::Timestamp,
 };
 use kube::{
@@ -147,11 +149,96 @@ impl Policy {
 pub struct InjectedPod {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
+    /// The port the sidecar forwards to, as the injector chose it ([`crate::inject::app_port`]);
+    /// `None` when the pod's `bulwark.dev/app-port` no longer reads as a port.
+    pub app_port: Option<u16>,
+    /// The named TCP ports of the pod's containers, name to number (the first of each name, as
+    /// Kubernetes resolves a Service's named `targetPort`).
+    pub named_ports: BTreeMap<String, u16>,
 }
 
-/// The ports of a Service: (name, port).
+/// A Service, reduced to what the operator uses: which pods it selects and its ports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IndexedService {
+    /// `spec.selector`. Empty when absent or empty: such a Service (its endpoints managed by
+    /// hand) selects no pod.
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a Service.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ServicePorts(pub Vec<(String, u16)>);
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    /// `targetPort`; the port itself when absent.
+    pub target_port: TargetPort,
+    /// `appProtocol`, as written.
+    pub app_protocol: Option<String>,
+}
+
+/// A Service port's `targetPort`: a number, or the name of a container port of each pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+impl IndexedService {
+    /// Whether the Service selects a pod with `labels` (never, without a selector).
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty()
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+    }
+
+    /// Whether some port says what protocol it speaks ([`ServicePort::protocol`]): only then
+    /// can the Service change a selected pod's app protocol.
+    pub fn declares_a_protocol(&self) -> bool {
+        self.ports.iter().any(|p| p.protocol().is_some())
+    }
+}
+
+impl ServicePort {
+    /// The pod port this Service port sends to, for `pod` (`None`: a name no container of the
+    /// pod has, so the port sends the pod nothing).
+    pub fn target_on(&self, pod: &InjectedPod) -> Option<u16> {
+        match &self.target_port {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => pod.named_ports.get(name).copied(),
+        }
+    }
+
+    /// What the port says its pods speak (docs/http2-grpc.md, "How the app protocol is chosen"):
+    /// its `appProtocol` when it has one (`kubernetes.io/h2c`, `grpc`: h2c; `http`,
+    /// `kubernetes.io/http`, `kubernetes.io/ws`: HTTP/1.1; anything else, `grpc-web` and
+    /// `https` included: nothing), else its name as Istio reads it (`grpc`, `grpc-*`, `h2c`,
+    /// `h2c-*`: h2c; but `grpc-web`, `grpc-web-*` is gRPC-Web, which is HTTP/1-compatible:
+    /// nothing). The `kubernetes.io/` values are matched exactly, as Kubernetes defines them;
+    /// the bare ones in any case.
+    pub fn protocol(&self) -> Option<AppProtocol> {
+        if let Some(declared) = &self.app_protocol {
+            return match declared.as_str() {
+                "kubernetes.io/h2c" => Some(AppProtocol::H2c),
+                "kubernetes.io/http" | "kubernetes.io/ws" => Some(AppProtocol::Http1),
+                bare if bare.eq_ignore_ascii_case("grpc") => Some(AppProtocol::H2c),
+                bare if bare.eq_ignore_ascii_case("http") => Some(AppProtocol::Http1),
+                _ => None,
+            };
+        }
+        let name = self.name.as_str();
+        let is = |prefix: &str| name == prefix || name.starts_with(&format!("{prefix}-"));
+        if is("grpc-web") {
+            None
+        } else if is("grpc") || is("h2c") {
+            Some(AppProtocol::H2c)
+        } else {
+            None
+        }
+    }
+}
 
 /// One EndpointSlice reduced to what failover needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -201,7 +288,7 @@ impl Watched {
 pub enum Object {
     Policy(PolicyKey, Box<Policy>),
     Pod(ObjectRef, InjectedPod),
-    Service(ObjectRef, ServicePorts),
+    Service(ObjectRef, IndexedService),
     EndpointSlice(ObjectRef, Slice),
     Secret(ObjectRef, BTreeMap<String, Vec<u8>>),
 }
@@ -224,7 +311,8 @@ pub enum Affected {
     Nothing,
     /// Every pod of `namespaces` (a policy or pod changed there: verdicts, conflicts and
     /// selections may all move), and the pods in `pods` (a Service or EndpointSlice changed:
-    /// only the pods selected by the FailoverPolicies that name the Service).
+    /// only the pods selected by the FailoverPolicies that name the Service, and those the
+    /// Service selects when it declares a port's protocol).
     Only {
         namespaces: BTreeSet<String>,
         pods: BTreeSet<ObjectRef>,
@@ -281,7 +369,7 @@ impl Affected {
 pub struct Index {
     pub policies: BTreeMap<PolicyKey, Policy>,
     pub pods: BTreeMap<ObjectRef, InjectedPod>,
-    pub services: BTreeMap<ObjectRef, ServicePorts>,
+    pub services: BTreeMap<ObjectRef, IndexedService>,
     /// Keyed by the slice's own name.
     pub slices: BTreeMap<ObjectRef, Slice>,
     pub secrets: BTreeMap<ObjectRef, BTreeMap<String, Vec<u8>>>,
@@ -406,10 +494,15 @@ impl Index {
                 Affected::namespace(&namespace)
             }
             Object::Service(r, s) => {
-                if self.services.insert(r.clone(), s.clone()).as_ref() == Some(&s) {
+                let before = self.services.insert(r.clone(), s.clone());
+                if before.as_ref() == Some(&s) {
                     return Affected::Nothing;
                 }
-                self.users_of(&r)
+                // A selector change moves pods: those selected before and those selected now.
+                let mut affected = self.users_of(&r);
+                affected.merge(self.fronted_by(&r.namespace, before.as_ref()));
+                affected.merge(self.fronted_by(&r.namespace, Some(&s)));
+                affected
             }
             Object::EndpointSlice(r, s) => {
                 let before = self.slices.insert(r.clone(), s.clone());
@@ -449,7 +542,11 @@ impl Index {
                 None => Affected::Nothing,
             },
             Object::Service(r, _) => match self.services.remove(r) {
-                Some(_) => self.users_of(r),
+                Some(before) => {
+                    let mut affected = self.users_of(r);
+                    affected.merge(self.fronted_by(&r.namespace, Some(&before)));
+                    affected
+                }
                 None => Affected::Nothing,
             },
             Object::EndpointSlice(r, _) => match self.slices.remove(r) {
@@ -485,7 +582,7 @@ impl Index {
                 .map(|r| Object::Pod(r, InjectedPod::gone()))
                 .collect(),
             Watched::Service => unseen(&self.services, seen)
-                .map(|r| Object::Service(r, ServicePorts(Vec::new())))
+                .map(|r| Object::Service(r, IndexedService::default()))
                 .collect(),
             Watched::EndpointSlice => unseen(&self.slices, seen)
                 .map(|r| Object::EndpointSlice(r, Slice::gone()))
@@ -556,6 +653,20 @@ impl Index {
         }))
     }
 
+    /// The pods whose app protocol `service` (in `namespace`, as it is or was) may decide: those
+    /// it selects, if one of its ports declares a protocol. A Service that declares none changes
+    /// no pod's app protocol, so the namespace's pods are not even scanned for it.
+    fn fronted_by(&self, namespace: &str, service: Option<&IndexedService>) -> Affected {
+        let Some(service) = service.filter(|s| s.declares_a_protocol()) else {
+            return Affected::Nothing;
+        };
+        Affected::pods(
+            self.pods_in(namespace)
+                .filter(|(_, pod)| service.selects(&pod.labels))
+                .map(|(r, _)| r.clone()),
+        )
+    }
+
     /// The pods `policy` selects, in its namespace.
     pub fn selected_pods<'a>(
         &'a self,
@@ -575,6 +686,20 @@ impl Index {
             name: String::new(),
         };
         self.pods
+            .range(start..)
+            .take_while(move |(r, _)| r.namespace == namespace)
+    }
+
+    /// The Services of `namespace`.
+    pub fn services_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectRef, &'a IndexedService)> + 'a {
+        let start = ObjectRef {
+            namespace: namespace.to_string(),
+            name: String::new(),
+        };
+        self.services
             .range(start..)
             .take_while(move |(r, _)| r.namespace == namespace)
     }
@@ -649,6 +774,8 @@ impl InjectedPod {
         Self {
             uid: String::new(),
             labels: BTreeMap::new(),
+            app_port: None,
+            named_ports: BTreeMap::new(),
         }
     }
 }
@@ -777,11 +904,26 @@ impl IntoObject for FailoverPolicy {
 
 impl IntoObject for Pod {
     fn into_object(self) -> Object {
+        let app_port = crate::inject::app_port(&self).ok();
+        let mut named_ports = BTreeMap::new();
+        let tcp = self
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"));
+        for port in tcp {
+            if let (Some(name), Ok(number)) = (&port.name, u16::try_from(port.container_port)) {
+                named_ports.entry(name.clone()).or_insert(number);
+            }
+        }
         Object::Pod(
             object_ref(&self),
             InjectedPod {
                 uid: self.uid().unwrap_or_default(),
                 labels: self.metadata.labels.unwrap_or_default(),
+                app_port,
+                named_ports,
             },
         )
     }
@@ -790,14 +932,32 @@ impl IntoObject for Pod {
 impl IntoObject for Service {
     fn into_object(self) -> Object {
         let r = object_ref(&self);
-        let ports = self
-            .spec
-            .and_then(|s| s.ports)
+        let spec = self.spec.unwrap_or_default();
+        let ports = spec
+            .ports
             .unwrap_or_default()
             .into_iter()
-            .map(|p| (p.name.unwrap_or_default(), p.port as u16))
+            .map(|p| {
+                let port = p.port as u16;
+                ServicePort {
+                    name: p.name.unwrap_or_default(),
+                    port,
+                    target_port: match p.target_port {
+                        None => TargetPort::Number(port),
+                        Some(IntOrString::Int(n)) => TargetPort::Number(n as u16),
+                        Some(IntOrString::String(name)) => TargetPort::Name(name),
+                    },
+                    app_protocol: p.app_protocol,
+                }
+            })
             .collect();
-        Object::Service(r, ServicePorts(ports))
+        Object::Service(
+            r,
+            IndexedService {
+                selector: spec.selector.unwrap_or_default(),
+                ports,
+            },
+        )
     }
 }
 
@@ -866,6 +1026,8 @@ mod tests {
             InjectedPod {
                 uid: format!("uid-{name}"),
                 labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+                app_port: Some(8080),
+                named_ports: BTreeMap::new(),
             },
         )
     }
@@ -911,6 +1073,13 @@ spec:
         object::<Service>(&format!(
             "metadata: {{name: {name}, namespace: {ns}}}\n\
              spec: {{ports: [{{name: {port_name}, port: 80}}]}}"
+        ))
+    }
+
+    /// A Service with `spec` (flow-style YAML mapping contents).
+    fn service_with(ns: &str, name: &str, spec: &str) -> Object {
+        object::<Service>(&format!(
+            "metadata: {{name: {name}, namespace: {ns}}}\nspec: {{{spec}}}"
         ))
     }
 
@@ -1050,6 +1219,252 @@ endpoints: [{{addresses: ["{address}"], zone: zone-a}}]
             upsert(&mut index, service("shop", "payments", "http")),
             ["shop/api-0", "shop/api-1", "shop/web-0"]
         );
+    }
+
+    #[test]
+    fn a_service_declaring_a_protocol_affects_exactly_the_pods_it_selects_before_and_after() {
+        let mut index = failover_index();
+        let upsert = |index: &mut Index, o| pods_of(index.apply(Change::Upsert(o)));
+        let h2c = |selector: &str| {
+            service_with(
+                "shop",
+                "rpc",
+                &format!(
+                    "selector: {{{selector}}}, ports: [{{name: rpc, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}}]"
+                ),
+            )
+        };
+
+        // Selected in its own namespace only (other/api-0 is not).
+        assert_eq!(
+            upsert(&mut index, h2c("app: api")),
+            ["shop/api-0", "shop/api-1"]
+        );
+        assert_eq!(
+            upsert(&mut index, h2c("app: api")),
+            Vec::<String>::new(),
+            "unchanged"
+        );
+        // A selector change moves pods: those it selected and those it selects.
+        assert_eq!(
+            upsert(&mut index, h2c("app: web")),
+            ["shop/api-0", "shop/api-1", "shop/web-0"]
+        );
+        // It stops declaring a protocol: the pods it selected, once more; then nobody.
+        let plain = service_with(
+            "shop",
+            "rpc",
+            "selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]",
+        );
+        assert_eq!(upsert(&mut index, plain.clone()), ["shop/web-0"]);
+        assert_eq!(
+            upsert(
+                &mut index,
+                service_with(
+                    "shop",
+                    "rpc",
+                    "selector: {app: api}, ports: [{name: http, port: 81, targetPort: 8080}]"
+                )
+            ),
+            Vec::<String>::new(),
+            "declaring no protocol before or after, it decides no pod's"
+        );
+        // Without a selector (endpoints by hand), a Service selects nothing.
+        assert_eq!(
+            upsert(
+                &mut index,
+                service_with(
+                    "shop",
+                    "manual",
+                    "ports: [{name: rpc, port: 80, appProtocol: grpc}]"
+                )
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            upsert(
+                &mut index,
+                service_with(
+                    "shop",
+                    "manual",
+                    "selector: {}, ports: [{name: rpc, port: 80, appProtocol: grpc}]"
+                )
+            ),
+            Vec::<String>::new(),
+            "an empty selector is no selector"
+        );
+        // A port name Istio reads as gRPC declares a protocol too.
+        assert_eq!(
+            upsert(
+                &mut index,
+                service_with(
+                    "shop",
+                    "named",
+                    "selector: {app: web}, ports: [{name: grpc-api, port: 80}]"
+                )
+            ),
+            ["shop/web-0"]
+        );
+
+        // Deletions, and deletions found by a re-list: the pods it selected.
+        assert_eq!(
+            pods_of(index.apply(Change::Delete(h2c("app: web")))),
+            Vec::<String>::new(),
+            "rpc declares nothing any more"
+        );
+        upsert(&mut index, h2c("app: api"));
+        assert_eq!(
+            pods_of(index.apply(Change::Delete(h2c("app: api")))),
+            ["shop/api-0", "shop/api-1"]
+        );
+        index.apply(Change::Resync(Watched::Service));
+        assert_eq!(
+            pods_of(index.apply(Change::Synced(Watched::Service))),
+            ["shop/web-0"],
+            "named was not listed again"
+        );
+
+        // A FailoverPolicy's backend that also declares a protocol: its users and its pods.
+        assert_eq!(
+            upsert(
+                &mut index,
+                service_with(
+                    "shop",
+                    "payments",
+                    "selector: {app: web}, ports: [{name: http, port: 80, appProtocol: http}]"
+                )
+            ),
+            ["shop/api-0", "shop/api-1", "shop/web-0"]
+        );
+    }
+
+    #[test]
+    fn a_service_keeps_its_selector_and_each_ports_target_and_app_protocol() {
+        let Object::Service(_, service) = service_with(
+            "shop",
+            "api",
+            "selector: {app: api}, ports: [{name: a, port: 80}, {name: b, port: 81, targetPort: 9000, appProtocol: kubernetes.io/h2c}, {name: c, port: 82, targetPort: grpc}]",
+        ) else {
+            unreachable!()
+        };
+        assert_eq!(
+            service,
+            IndexedService {
+                selector: BTreeMap::from([("app".into(), "api".into())]),
+                ports: vec![
+                    ServicePort {
+                        name: "a".into(),
+                        port: 80,
+                        target_port: TargetPort::Number(80),
+                        app_protocol: None,
+                    },
+                    ServicePort {
+                        name: "b".into(),
+                        port: 81,
+                        target_port: TargetPort::Number(9000),
+                        app_protocol: Some("kubernetes.io/h2c".into()),
+                    },
+                    ServicePort {
+                        name: "c".into(),
+                        port: 82,
+                        target_port: TargetPort::Name("grpc".into()),
+                        app_protocol: None,
+                    },
+                ],
+            }
+        );
+        assert!(service.selects(&BTreeMap::from([
+            ("app".into(), "api".into()),
+            ("tier".into(), "x".into())
+        ])));
+        assert!(!service.selects(&BTreeMap::from([("app".into(), "web".into())])));
+        assert!(!IndexedService::default().selects(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_pod_keeps_its_app_port_and_its_containers_named_tcp_ports() {
+        let Object::Pod(_, pod) = object::<Pod>(
+            r#"
+metadata: {name: api-0, namespace: shop, annotations: {bulwark.dev/app-port: rpc}}
+spec:
+  containers:
+  - {name: app, ports: [{name: metrics, containerPort: 9100}, {name: rpc, containerPort: 9000}, {name: dns, containerPort: 53, protocol: UDP}]}
+  - {name: other, ports: [{name: rpc, containerPort: 9999}, {name: admin, containerPort: 9200}]}
+  initContainers:
+  - {name: bulwark-sidecar, restartPolicy: Always, ports: [{name: bulwark-http, containerPort: 15080}]}
+"#,
+        ) else {
+            unreachable!()
+        };
+        assert_eq!(pod.app_port, Some(9000), "inject::app_port's choice");
+        assert_eq!(
+            pod.named_ports,
+            BTreeMap::from([
+                ("admin".into(), 9200),
+                ("metrics".into(), 9100),
+                ("rpc".into(), 9000)
+            ]),
+            "the first of each name, TCP only, the app containers only"
+        );
+        let Object::Pod(_, unreadable) = object::<Pod>(
+            "metadata: {name: api-1, namespace: shop, annotations: {bulwark.dev/app-port: nope}}\nspec: {containers: [{name: app}]}",
+        ) else {
+            unreachable!()
+        };
+        assert_eq!(unreadable.app_port, None);
+    }
+
+    #[test]
+    fn a_port_declares_its_protocol_by_app_protocol_else_by_name() {
+        let port = |name: &str, app_protocol: Option<&str>| ServicePort {
+            name: name.into(),
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            app_protocol: app_protocol.map(Into::into),
+        };
+        use AppProtocol::{H2c, Http1};
+        for (declared, expected) in [
+            ("kubernetes.io/h2c", Some(H2c)),
+            ("grpc", Some(H2c)),
+            ("GRPC", Some(H2c)),
+            ("http", Some(Http1)),
+            ("HTTP", Some(Http1)),
+            ("kubernetes.io/http", Some(Http1)),
+            ("kubernetes.io/ws", Some(Http1)),
+            // gRPC-Web is HTTP/1-compatible; TLS and the rest say nothing the sidecar can use.
+            ("grpc-web", None),
+            ("https", None),
+            ("kubernetes.io/wss", None),
+            ("tcp", None),
+            ("http2", None),
+            ("example.com/custom", None),
+            // Kubernetes' own values are matched as Kubernetes defines them.
+            ("kubernetes.io/H2C", None),
+            ("Kubernetes.io/http", None),
+        ] {
+            assert_eq!(
+                port("tcp", Some(declared)).protocol(),
+                expected,
+                "appProtocol {declared}"
+            );
+        }
+        for (name, expected) in [
+            ("grpc", Some(H2c)),
+            ("grpc-api", Some(H2c)),
+            ("h2c", Some(H2c)),
+            ("h2c-internal", Some(H2c)),
+            ("grpc-web", None),
+            ("grpc-web-public", None),
+            ("grpcx", None),
+            ("http", None),
+            ("http2", None),
+            ("", None),
+        ] {
+            assert_eq!(port(name, None).protocol(), expected, "port name {name:?}");
+        }
+        // appProtocol, when there is one, is all that is read.
+        assert_eq!(port("grpc", Some("http")).protocol(), Some(Http1));
+        assert_eq!(port("grpc", Some("https")).protocol(), None);
     }
 
     #[test]

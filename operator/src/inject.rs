@@ -34,6 +34,11 @@ pub const APP_PORT_ANNOTATION: &str = "bulwark.dev/app-port";
 /// How many proxies in front of the pod append to X-Forwarded-For (the sidecar's
 /// `--trusted-proxy-hops`): `ClientIP` keys then use the client those proxies saw.
 pub const TRUSTED_PROXY_HOPS_ANNOTATION: &str = "bulwark.dev/trusted-proxy-hops";
+/// What the app speaks on its port (the sidecar's `--app-protocol`): `auto`, `http1` or `h2c`.
+/// Set, it wins over what the operator resolves from the pod's Services (docs/http2-grpc.md).
+pub const APP_PROTOCOL_ANNOTATION: &str = "bulwark.dev/app-protocol";
+/// The values [`APP_PROTOCOL_ANNOTATION`] takes (any case, surrounding spaces ignored).
+pub const APP_PROTOCOLS: [&str; 3] = ["auto", "http1", "h2c"];
 /// Label set on injected pods; the operator watches pods with it.
 pub const INJECTED_LABEL: &str = "bulwark.dev/injected";
 /// Annotation recording the injected image.
@@ -95,6 +100,10 @@ pub enum InjectError {
         "annotation {TRUSTED_PROXY_HOPS_ANNOTATION}: {0:?} must be a number of proxies from 0 to 10"
     )]
     InvalidTrustedProxyHops(String),
+    #[error(
+        "annotation {APP_PROTOCOL_ANNOTATION}: {0:?} must be \"auto\", \"http1\" or \"h2c\" (what the app speaks on its port)"
+    )]
+    InvalidAppProtocol(String),
     #[error("annotation {INJECT_ANNOTATION}: {0:?} must be \"true\" or \"false\"")]
     InvalidInjectAnnotation(String),
     #[error(
@@ -222,6 +231,23 @@ pub fn trusted_proxy_hops(pod: &Pod) -> Result<Option<u8>, InjectError> {
         .filter(|h| *h <= 10)
         .map(Some)
         .ok_or_else(|| InjectError::InvalidTrustedProxyHops(value.clone()))
+}
+
+/// The annotation's app protocol, if set: one of [`APP_PROTOCOLS`], in lower case.
+pub fn app_protocol(pod: &Pod) -> Result<Option<&'static str>, InjectError> {
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APP_PROTOCOL_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    APP_PROTOCOLS
+        .into_iter()
+        .find(|p| value.trim().eq_ignore_ascii_case(p))
+        .map(Some)
+        .ok_or_else(|| InjectError::InvalidAppProtocol(value.clone()))
 }
 
 /// The injected container.
@@ -424,6 +450,13 @@ pub fn mutation(pod: &Pod, cfg: &InjectConfig) -> Result<Option<json_patch::Patc
         container.env.get_or_insert_with(Vec::new).push(EnvVar {
             name: "BULWARK_TRUSTED_PROXY_HOPS".into(),
             value: Some(hops.to_string()),
+            ..Default::default()
+        });
+    }
+    if let Some(protocol) = app_protocol(pod)? {
+        container.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: "BULWARK_APP_PROTOCOL".into(),
+            value: Some(protocol.into()),
             ..Default::default()
         });
     }

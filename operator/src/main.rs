@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         changed: Arc::default(),
         redis: args.redis(),
+        app_protocol_conflicts: Default::default(),
     });
     // Ready when the API is served and the index has listed everything once.
     let gate: api_check::Gate = {

@@ -4,12 +4,13 @@
 //! itself); they are merged, taken in batches of whatever is ready, applied to the index, and
 //! only the pods a batch affects are recompiled: those of the namespaces where a policy, pod or
 //! Secret changed, and, for a Service or EndpointSlice, the pods selected by the FailoverPolicies
-//! that name it. A pod's snapshot is published only if its content changed.
+//! that name it (and, for a Service declaring a port's protocol, the pods it selects). A pod's
+//! snapshot is published only if its content changed.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -152,6 +153,9 @@ pub struct Shared {
     pub changed: Arc<Notify>,
     /// The Redis given to pods with a Global policy.
     pub redis: Option<bulwark_api::snapshot::RedisConnection>,
+    /// Pods whose Services disagree on the app protocol, with the last warning logged for each,
+    /// so a recompile that changes nothing about it logs nothing.
+    pub app_protocol_conflicts: Mutex<BTreeMap<ObjectRef, String>>,
 }
 
 /// Applies watch events until `changes` ends or shutdown.
@@ -225,6 +229,7 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
         for (pod_ref, pod) in chosen {
             let compiled =
                 compile::pod_snapshot(&index, pod_ref, pod, &verdicts, shared.redis.as_ref());
+            note_app_protocol_conflict(shared, pod_ref, compiled.app_protocol_conflict.as_ref());
             compiled_pods += 1;
             if shared.distributor.publish(pod_ref, &pod.uid, compiled) {
                 published += 1;
@@ -238,6 +243,11 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
             shared.acks.forget(&pod);
         }
     }
+    shared
+        .app_protocol_conflicts
+        .lock()
+        .expect("conflicts lock")
+        .retain(|pod, _| index.pods.contains_key(pod));
     let m = &shared.metrics;
     m.index_objects
         .with_label_values(&["policy"])
@@ -263,10 +273,35 @@ pub fn apply_batch(shared: &Shared, batch: Vec<Change>) {
     shared.changed.notify_one();
 }
 
+/// Logs a pod's Services disagreeing on its app protocol once per change: when it starts, when
+/// what they say changes, and when it ends.
+fn note_app_protocol_conflict(shared: &Shared, pod: &ObjectRef, conflict: Option<&String>) {
+    let mut conflicts = shared
+        .app_protocol_conflicts
+        .lock()
+        .expect("conflicts lock");
+    match conflict {
+        Some(why) if conflicts.get(pod) != Some(why) => {
+            tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "{why}");
+            conflicts.insert(pod.clone(), why.clone());
+        }
+        Some(_) => {}
+        None => {
+            if conflicts.remove(pod).is_some() {
+                tracing::info!(
+                    pod = %format!("{}/{}", pod.namespace, pod.name),
+                    "the Services targeting the app port no longer disagree on its protocol"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::index::Object;
+    use bulwark_api::snapshot::AppProtocol;
 
     fn object<T: DeserializeOwned + IntoObject>(yaml: &str) -> Object {
         serde_yaml::from_str::<T>(yaml).unwrap().into_object()
@@ -298,6 +333,7 @@ endpoints: [{{addresses: [{addresses}], zone: zone-a}}]
             metrics: Arc::new(Metrics::new().unwrap()),
             changed: Arc::default(),
             redis: None,
+            app_protocol_conflicts: Mutex::default(),
         }
     }
 
@@ -430,6 +466,84 @@ spec:
         assert_eq!((compiled(), published()), (9, 7));
         assert_eq!(changed(), [true, true, false]);
         assert_eq!(endpoints("api-0"), None);
+    }
+
+    #[test]
+    fn a_service_declaring_a_protocol_recompiles_and_sends_only_to_the_pods_it_selects() {
+        let shared = shared();
+        let service = |name: &str, spec: &str| {
+            Change::Upsert(object::<Service>(&format!(
+                "metadata: {{name: {name}, namespace: shop}}\nspec: {{{spec}}}"
+            )))
+        };
+        let mut first: Vec<Change> = Watched::ALL.iter().map(|w| Change::Resync(*w)).collect();
+        first.extend([
+            pod("api-0", "api"),
+            pod("api-1", "api"),
+            pod("web-0", "web"),
+        ]);
+        first.extend(Watched::ALL.iter().map(|w| Change::Synced(*w)));
+        apply_batch(&shared, first);
+        let counts = || {
+            (
+                shared.metrics.snapshots_compiled.get(),
+                shared.metrics.snapshots_published.get(),
+            )
+        };
+        assert_eq!(counts(), (3, 3));
+        let protocol = |name: &str| {
+            let r = ObjectRef {
+                namespace: "shop".into(),
+                name: name.into(),
+            };
+            let rx = shared.distributor.subscribe(&r).unwrap();
+            rx.borrow().snapshot.app_protocol
+        };
+
+        // The pods' app port is 8080 (no containerPort).
+        apply_batch(
+            &shared,
+            vec![service(
+                "api",
+                "selector: {app: api}, ports: [{port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}]",
+            )],
+        );
+        assert_eq!(counts(), (5, 5), "api-0 and api-1 only");
+        assert_eq!(
+            [protocol("api-0"), protocol("api-1"), protocol("web-0")],
+            [Some(AppProtocol::H2c), Some(AppProtocol::H2c), None]
+        );
+        // A Service declaring nothing: nothing compiled.
+        apply_batch(
+            &shared,
+            vec![service(
+                "plain",
+                "selector: {app: api}, ports: [{name: http, port: 80}]",
+            )],
+        );
+        assert_eq!(counts(), (5, 5));
+
+        // A second Service disagrees: no protocol, and the conflict is noted once.
+        let http = service(
+            "api-http",
+            "selector: {app: api}, ports: [{port: 81, targetPort: 8080, appProtocol: http}]",
+        );
+        apply_batch(&shared, vec![http.clone()]);
+        assert_eq!(counts(), (7, 7));
+        assert_eq!(protocol("api-0"), None);
+        let noted = || -> Vec<String> {
+            let conflicts = shared.app_protocol_conflicts.lock().unwrap();
+            conflicts.keys().map(|r| r.name.clone()).collect()
+        };
+        assert_eq!(noted(), ["api-0", "api-1"]);
+        // Deleted: the other Service decides again, and the conflict is over.
+        let Change::Upsert(http) = http else {
+            unreachable!()
+        };
+        apply_batch(&shared, vec![Change::Delete(http)]);
+        assert_eq!(counts(), (9, 9));
+        assert_eq!(protocol("api-1"), Some(AppProtocol::H2c));
+        assert!(noted().is_empty());
     }
 
     #[test]

@@ -174,6 +174,7 @@ mod tests {
                 ..Snapshot::empty()
             },
             sources: sources.iter().map(|s| s.to_string()).collect(),
+            app_protocol_conflict: None,
         }
     }
 

@@ -313,6 +313,48 @@ fn trusted_proxy_hops_annotation_reaches_the_sidecar_and_is_validated() {
 }
 
 #[test]
+fn app_protocol_annotation_reaches_the_sidecar_and_is_validated() {
+    let with = |v: &str| {
+        pod(json!({
+            "metadata": {"annotations": {"bulwark.dev/app-protocol": v}},
+            "spec": {"containers": [{"name": "app"}]}
+        }))
+    };
+    for (value, env_value) in [
+        ("h2c", "h2c"),
+        ("http1", "http1"),
+        ("auto", "auto"),
+        (" H2C ", "h2c"),
+        ("HTTP1", "http1"),
+    ] {
+        assert_eq!(
+            env(sidecar(&injected(&with(value))), "BULWARK_APP_PROTOCOL"),
+            env_value,
+            "{value:?}"
+        );
+    }
+    let plain = injected(&minimal());
+    assert!(
+        sidecar(&plain)
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "BULWARK_APP_PROTOCOL"),
+        "no annotation: the Services' appProtocol, else detection"
+    );
+    for bad in ["grpc", "http2", "h2", "http/1.1", ""] {
+        let err = mutation(&with(bad), &cfg()).unwrap_err();
+        assert_eq!(err, InjectError::InvalidAppProtocol(bad.into()));
+        let message = err.to_string();
+        assert!(message.contains("bulwark.dev/app-protocol"), "{message}");
+        assert!(
+            message.contains("\"auto\", \"http1\" or \"h2c\""),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn opted_out_or_already_injected_pods_are_left_alone() {
     let out = pod(json!({
         "metadata": {"annotations": {"bulwark.dev/inject": "false"}},
