@@ -4,7 +4,9 @@
 //! writes with kubectl, pointing at real backends (`fault_upstream.py`) on loopback: deleting
 //! and recreating slices moves the app's outbound calls between the groups, with no call lost;
 //! with `zoneAware`, the slices' zones and the sidecar's `--zone` bound the calls kept in the
-//! pod's zone, and a dead local endpoint spills its calls to the other zones.
+//! pod's zone, and a dead local endpoint spills its calls to the other zones. The same harness
+//! checks the other thing the operator reads from Services into a pod's snapshot: the app
+//! port's protocol, from the `appProtocol` of a Service selecting the pod.
 
 use std::{
     collections::BTreeMap,
@@ -429,4 +431,55 @@ fn zone_aware_calls_stay_in_the_pods_zone_up_to_its_share_and_spill_when_it_fail
         retried, connect_failures,
         "each connect failure was retried once, elsewhere"
     );
+}
+
+/// Service `rpc` selecting the pods `app: rpc`, its one port sending to 8080 (the app port of the
+/// injected pod, which declares no containerPort) with `appProtocol`.
+fn rpc_service(ns: &str, app_protocol: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: rpc, namespace: {ns}}}\nspec:\n  selector: {{app: rpc}}\n  ports: [{{name: api, port: 80, targetPort: 8080, protocol: TCP, appProtocol: {app_protocol}}}]\n"
+    )
+}
+
+#[test]
+fn the_app_protocol_follows_the_app_protocol_of_the_service_selecting_the_pod() {
+    let cp = ControlPlane::shared();
+    let work = tempfile::tempdir().unwrap();
+    let (ns, sidecar) = release(cp).injected_sidecar(cp, work.path(), "rpc", &[]);
+    // The snapshot's `appProtocol` as the sidecar holds it (`absent` when unset).
+    let app_protocol = || -> Option<String> {
+        let config = bulwark_e2e::process::http_get(sidecar.admin, "/config")?;
+        let snapshot: serde_json::Value = serde_json::from_str(&config.body).ok()?;
+        snapshot["pod"]["name"].as_str()?;
+        Some(
+            snapshot["appProtocol"]
+                .as_str()
+                .unwrap_or("absent")
+                .to_string(),
+        )
+    };
+    let wait_for = |expected: &str, what: &str| {
+        let started = Instant::now();
+        eventually(Duration::from_secs(20), what, || {
+            (app_protocol()? == expected).then_some(())
+        });
+        eprintln!("{what}: {:?}", started.elapsed());
+    };
+    assert_eq!(app_protocol().as_deref(), Some("absent"), "no Service yet");
+
+    apply(cp, &rpc_service(&ns.name, "kubernetes.io/h2c"));
+    wait_for("h2c", "kubernetes.io/h2c → appProtocol h2c");
+
+    ns.kubectl_ok(&[
+        "patch",
+        "service",
+        "rpc",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/ports/0/appProtocol", "value": "http"}]"#,
+    ]);
+    wait_for("http1", "patched to http → appProtocol http1");
+
+    ns.kubectl_ok(&["delete", "service", "rpc"]);
+    wait_for("absent", "Service deleted → no appProtocol");
 }

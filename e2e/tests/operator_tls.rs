@@ -276,6 +276,11 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
     assert_eq!(env("BULWARK_APP").as_deref(), Some("127.0.0.1:3000"));
     assert_eq!(env("BULWARK_OPERATOR_CA"), Some(certs.ca_pem.clone()));
     assert_eq!(
+        env("BULWARK_APP_PROTOCOL"),
+        None,
+        "no annotation, no override"
+    );
+    assert_eq!(
         web.metadata.labels.as_ref().unwrap()["bulwark.dev/injected"],
         "true"
     );
@@ -303,7 +308,46 @@ async fn the_apiserver_calls_the_webhook_over_tls_and_the_pod_gets_its_sidecar()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bulwark.dev/app-port"), "{stderr}");
 
-    assert_eq!(*outcomes.lock().unwrap(), ["injected", "skipped", "denied"]);
+    // The app protocol annotation: passed to the sidecar as it is (lower case); a value the
+    // sidecar does not take is refused, naming the annotation and the values it takes.
+    let out = tokio::task::block_in_place(|| {
+        apply(
+            "rpc",
+            serde_json::json!({"bulwark.dev/app-protocol": "H2C"}),
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rpc = pods.get("rpc").await.unwrap();
+    let protocol = rpc
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.name == "bulwark-sidecar")
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == "BULWARK_APP_PROTOCOL")
+        .and_then(|e| e.value.clone());
+    assert_eq!(protocol.as_deref(), Some("h2c"));
+    let out = tokio::task::block_in_place(|| {
+        apply(
+            "bad-protocol",
+            serde_json::json!({"bulwark.dev/app-protocol": "http2"}),
+        )
+    });
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bulwark.dev/app-protocol") && stderr.contains("\"h2c\""),
+        "{stderr}"
+    );
+
+    assert_eq!(
+        *outcomes.lock().unwrap(),
+        ["injected", "skipped", "denied", "injected", "denied"]
+    );
 
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(15), server)
