@@ -78,8 +78,8 @@ pub fn http_equivalent(code: u8) -> u16 {
 }
 
 /// Counts the gRPC messages in a body as it streams by, chunk by chunk: each message is a
-/// 5-byte prefix (a compressed flag and a big-endian length) and that many bytes, and chunks
-/// split prefixes and messages anywhere.
+/// 5-byte prefix (a flags byte and a big-endian length) and that many bytes, and chunks split
+/// prefixes and messages anywhere. gRPC-Web's trailers frame (flag `0x80`) is not a message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MessageCounter {
     /// Messages whose prefix has been seen.
@@ -101,7 +101,9 @@ impl MessageCounter {
                 self.prefix_seen += take as u8;
                 chunk = &chunk[take..];
                 if self.prefix_seen == 5 {
-                    self.messages += 1;
+                    if self.prefix[0] & 0x80 == 0 {
+                        self.messages += 1;
+                    }
                     let length = [
                         self.prefix[1],
                         self.prefix[2],
@@ -325,6 +327,11 @@ mod tests {
         counter.feed(&framed(&[0, 3, 70_000, 1]));
         assert_eq!(counter.messages, 4);
         counter.feed(&[]);
+        assert_eq!(counter.messages, 4);
+        // A gRPC-Web trailers frame ends the body: not a message.
+        let trailers = b"grpc-status: 0\r\n";
+        counter.feed(&[0x80, 0, 0, 0, trailers.len() as u8]);
+        counter.feed(trailers);
         assert_eq!(counter.messages, 4);
     }
 

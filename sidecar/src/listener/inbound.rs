@@ -239,7 +239,7 @@ impl ProxyHttp for InboundProxy {
             })
         };
         let mut peer = tries.peer(&host, resolve).await?;
-        if protocol::is_grpc(session.req_header()) {
+        if protocol::needs_h2(session.req_header()) {
             protocol::use_h2(&mut peer);
         }
         Ok(Box::new(peer))

@@ -276,7 +276,7 @@ impl ProxyHttp for OutboundProxy {
             }
         };
         // The app's gRPC calls go on over HTTP/2, as they came.
-        if protocol::is_grpc(session.req_header()) {
+        if protocol::needs_h2(session.req_header()) {
             protocol::use_h2(&mut peer);
         }
         Ok(Box::new(peer))

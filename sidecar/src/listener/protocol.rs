@@ -43,14 +43,25 @@ impl AppProtocol {
     /// Whether `request` goes to the app over HTTP/2.
     pub fn h2(self, request: &RequestHeader) -> bool {
         match self {
-            Self::Auto => is_grpc(request),
+            Self::Auto => needs_h2(request),
             Self::Http1 => false,
             Self::H2c => true,
         }
     }
 }
 
-/// A gRPC request: `content-type: application/grpc`, `application/grpc+proto` and the like.
+/// A gRPC call that needs HTTP/2 on to the app or upstream: gRPC but not gRPC-Web, which is
+/// made for HTTP/1.1 (its trailers travel in the body) and goes on as it came.
+pub fn needs_h2(request: &RequestHeader) -> bool {
+    is_grpc(request)
+        && !request
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+}
+
+/// A gRPC request: `content-type: application/grpc`, `application/grpc+proto` and the like
+/// (gRPC-Web's `application/grpc-web…` too).
 pub fn is_grpc(request: &RequestHeader) -> bool {
     request
         .headers
@@ -112,6 +123,9 @@ mod tests {
         assert!(!AppProtocol::Auto.h2(&request(None)));
         assert!(!AppProtocol::Http1.h2(&grpc));
         assert!(AppProtocol::H2c.h2(&json));
+        let web = request(Some("application/grpc-web+proto"));
+        assert!(is_grpc(&web), "answered in gRPC's terms");
+        assert!(!AppProtocol::Auto.h2(&web), "but sent on as HTTP/1.1");
     }
 
     #[test]
