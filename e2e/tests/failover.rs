@@ -400,6 +400,61 @@ fn a_slow_try_times_out_and_is_retried_on_another_endpoint() {
     assert_eq!(counts.get("504 upstream_timeout"), Some(&1), "{counts:?}");
 }
 
+/// Retries re-send the request body from Pingora's retry buffer (64 KiB): a body that fits is
+/// retried on another endpoint, a larger one is not (it has been sent and is gone), and the
+/// client gets the upstream's own answer.
+#[test]
+fn a_request_body_beyond_the_retry_buffer_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = FaultUpstream::start(dir.path(), "bad");
+    let good = FaultUpstream::start(dir.path(), "good");
+    let sidecar = sidecar(
+        dir.path(),
+        &policy(
+            &[("primary", &[&bad, &good])],
+            "    retry: {retryOn: [GatewayError]}
+    outlierDetection: {consecutive5xxErrors: 100}
+",
+        ),
+    );
+    bad.set_mode("status:503");
+    let put = |body_len: usize| {
+        send_raw(
+            sidecar.outbound,
+            &format!(
+                "PUT http://payments/pay HTTP/1.1\r\nHost: payments\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n{}",
+                "x".repeat(body_len)
+            ),
+        )
+        .expect("the outbound listener answers")
+    };
+
+    let small: Vec<_> = (0..4).map(|_| put(16 * 1024)).collect();
+    assert_eq!(
+        tally(&small),
+        BTreeMap::from([("good".into(), 4)]),
+        "a 16 KiB body is replayed to the other endpoint"
+    );
+    let bad_tries = bad.count();
+    assert!(bad_tries >= 1, "round robin tried the bad endpoint");
+
+    let large: Vec<_> = (0..4).map(|_| put(200 * 1024)).collect();
+    let counts = tally(&large);
+    let refused = large.iter().filter(|r| r.status == 503).count() as u64;
+    assert!(
+        refused >= 1
+            && large
+                .iter()
+                .all(|r| (r.status == 503 && r.body == "bad") || r.body == "good"),
+        "a 200 KiB body is not retried: the bad endpoint's own 503 reaches the client: {counts:?}"
+    );
+    assert_eq!(
+        bad.count() - bad_tries,
+        refused,
+        "each 503 is the bad endpoint's one try"
+    );
+}
+
 /// A flag gate's `routeTo`: users outside the rollout are sent to the `canary` upstream (a
 /// FailoverPolicy's) instead of the app; each user lands where OFREP says their variant goes.
 #[test]
