@@ -681,13 +681,7 @@ impl Index {
         &'a self,
         namespace: &'a str,
     ) -> impl Iterator<Item = (&'a ObjectRef, &'a InjectedPod)> + 'a {
-        let start = ObjectRef {
-            namespace: namespace.to_string(),
-            name: String::new(),
-        };
-        self.pods
-            .range(start..)
-            .take_while(move |(r, _)| r.namespace == namespace)
+        in_namespace(&self.pods, namespace)
     }
 
     /// The Services of `namespace`.
@@ -695,13 +689,7 @@ impl Index {
         &'a self,
         namespace: &'a str,
     ) -> impl Iterator<Item = (&'a ObjectRef, &'a IndexedService)> + 'a {
-        let start = ObjectRef {
-            namespace: namespace.to_string(),
-            name: String::new(),
-        };
-        self.services
-            .range(start..)
-            .take_while(move |(r, _)| r.namespace == namespace)
+        in_namespace(&self.services, namespace)
     }
 
     /// The EndpointSlices of `namespace`.
@@ -709,13 +697,7 @@ impl Index {
         &'a self,
         namespace: &'a str,
     ) -> impl Iterator<Item = (&'a ObjectRef, &'a Slice)> + 'a {
-        let start = ObjectRef {
-            namespace: namespace.to_string(),
-            name: String::new(),
-        };
-        self.slices
-            .range(start..)
-            .take_while(move |(r, _)| r.namespace == namespace)
+        in_namespace(&self.slices, namespace)
     }
 
     pub fn policies_in<'a>(
@@ -1011,6 +993,19 @@ impl IntoObject for Secret {
             .collect();
         Object::Secret(r, data)
     }
+}
+
+/// The entries of `map` in `namespace`: keys sort by namespace first, so they are one range.
+fn in_namespace<'a, V>(
+    map: &'a BTreeMap<ObjectRef, V>,
+    namespace: &'a str,
+) -> impl Iterator<Item = (&'a ObjectRef, &'a V)> + 'a {
+    let start = ObjectRef {
+        namespace: namespace.to_string(),
+        name: String::new(),
+    };
+    map.range(start..)
+        .take_while(move |(r, _)| r.namespace == namespace)
 }
 
 #[cfg(test)]
