@@ -130,11 +130,7 @@ error_log $dir/error.log warn;
 events { worker_connections 1024; }
 http {
     access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_temp_paths "$dir")
     upstream payments {
         server 127.0.0.1:$P1 max_fails=1 fail_timeout=30s;
         server 127.0.0.1:$P2 max_fails=1 fail_timeout=30s;

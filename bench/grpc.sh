@@ -145,11 +145,7 @@ error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_temp_paths "$dir")
     upstream grpc_app {
         server 127.0.0.1:$UPSTREAM_PORT;
         keepalive 64;

@@ -111,6 +111,14 @@ wait_ready() {
 }
 
 # Runs scripts/install-bench-deps.sh once if any of the given commands is missing.
+# The temp-file paths of an nginx http block, under DIR (nginx's defaults are not writable).
+nginx_temp_paths() { # nginx_temp_paths DIR
+  local kind
+  for kind in client_body proxy fastcgi uwsgi scgi; do
+    printf '    %s_temp_path %s/%s;\n' "$kind" "$1" "$kind"
+  done
+}
+
 require_commands() {
   local cmd
   for cmd in "$@"; do

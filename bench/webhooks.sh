@@ -251,11 +251,7 @@ error_log $TMP/receiver/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $TMP/receiver/client_body;
-    proxy_temp_path $TMP/receiver/proxy;
-    fastcgi_temp_path $TMP/receiver/fastcgi;
-    uwsgi_temp_path $TMP/receiver/uwsgi;
-    scgi_temp_path $TMP/receiver/scgi;
+$(nginx_temp_paths "$TMP/receiver")
     keepalive_requests 10000000;
     client_body_buffer_size 16k;
     server {
