@@ -9,8 +9,12 @@
 #   default binary: ${CARGO_TARGET_DIR:-target}/release/bulwark-sidecar (not built here);
 #   two binaries: a paired comparison, before then after.
 # Environment (all optional):
-#   INSTR_SCENARIOS  subset of "a b" (default "a b"): a = no policy, b = a per-IP limit that
-#                    never triggers (bench/policies/never-triggers.yaml; nginx: limit_req)
+#   INSTR_SCENARIOS  subset of "a b h" (default "a b h"): a = no policy, b = a per-IP limit
+#                    that never triggers (bench/policies/never-triggers.yaml; nginx: limit_req),
+#                    h = a feature-flag gate every request passes, its variant injected as a
+#                    header (bench/policies/gate-passes.yaml; nginx has none: its h is n/a; the
+#                    letter follows run.sh's, whose g is failover). With a and h, the report
+#                    gives h - a: what the gate adds per request.
 #   INSTR_REQUESTS   measured requests per target and scenario (default 4000)
 #   INSTR_WARMUP     requests sent before them, not measured (default 500)
 #   BENCH_KEEP_TMP   1: keep the temp dir with the configs, logs and cachegrind files
@@ -30,7 +34,7 @@ LOG_TAG=instructions
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh" # log, die, init_tmp, start_bg, stop_proc, free_ports, render, wait_ready, require_commands, start_upstream
 
-SCENARIOS=${INSTR_SCENARIOS:-a b}
+SCENARIOS=${INSTR_SCENARIOS:-a b h}
 REQUESTS=${INSTR_REQUESTS:-4000}
 WARMUP=${INSTR_WARMUP:-500}
 OUT="$BENCH_DIR/results/instructions.md"
@@ -45,7 +49,7 @@ for v in REQUESTS WARMUP; do
   fi
 done
 for s in $SCENARIOS; do
-  case $s in a | b) ;; *) die "unknown scenario '$s' in INSTR_SCENARIOS (a, b)" ;; esac
+  case $s in a | b | h) ;; *) die "unknown scenario '$s' in INSTR_SCENARIOS (a, b, h)" ;; esac
 done
 
 BINARIES=()
@@ -99,9 +103,24 @@ print(f"{time.monotonic() - start:.3f}")
 EOF
 }
 
-# Prometheus sample value of the first line of /metrics matching the regex $2 (empty if none).
+# Prometheus sample value of the first line of the saved /metrics page $1 matching the regex
+# $2 (empty if none).
 metric() {
-  curl -s --max-time 5 "$1" | grep -E "$2" | head -1 | awk '{print $NF}' || true
+  grep -E "$2" "$1" | head -1 | awk '{print $NF}' || true
+}
+
+# Sum of the samples of metric $2 on the saved /metrics page $1 whose labels include each of
+# $3... (label="value"); 0 if none.
+metric_sum() {
+  local file=$1 name=$2
+  shift 2
+  awk -v name="$name" -v want="$*" '
+    index($0, name "{") == 1 {
+      n = split(want, w, " ")
+      for (i = 1; i <= n; i++) if (index($0, w[i]) == 0) next
+      s += $NF
+    }
+    END {printf "%.0f", s}' "$file" || true
 }
 
 # Runs target $1 (nginx, or the sidecar binary at that path) in scenario $2 under cachegrind,
@@ -132,9 +151,14 @@ run_once() {
     local args=(--inbound-listen "127.0.0.1:$port" --app "127.0.0.1:$UPSTREAM_PORT"
       --admin-listen "127.0.0.1:$admin" --outbound-listen "127.0.0.1:$outbound"
       --state-dir "$dir/state" --threads 1)
-    if [ "$scenario" = b ]; then
+    local policy=""
+    case $scenario in
+      b) policy=never-triggers.yaml ;;
+      h) policy=gate-passes.yaml ;;
+    esac
+    if [ -n "$policy" ]; then
       mkdir -p "$dir/policies"
-      cp "$BENCH_DIR/policies/never-triggers.yaml" "$dir/policies/"
+      cp "$BENCH_DIR/policies/$policy" "$dir/policies/"
       args+=(--config-dir "$dir/policies")
     fi
     start_bg "${vg[@]}" "$target" "${args[@]}"
@@ -143,23 +167,46 @@ run_once() {
   pid=$STARTED_PID
   wait_ready "$pid" "http://127.0.0.1:$port/" "$READY_SECS" ||
     die "$target did not answer 200 within $READY_SECS s under valgrind (scenario $scenario): $(tail -n 5 "$dir/stderr.log")"
-  # The sidecar must show that it loaded the policy, else b would count plain proxying.
-  if [ "$target" != nginx ] && [ "$scenario" = b ]; then
-    local loaded="" reloads version metrics="http://127.0.0.1:$admin/metrics"
+  # The sidecar must have loaded the policy before the requests, else b or h would count plain
+  # proxying: with --config-dir and a fresh --state-dir, /readyz answers 200 only once a load
+  # succeeded. It is polled, not /metrics: a /metrics page costs the sidecar far more than a
+  # request, and the two runs of a pair poll a different number of times (±1 % in h).
+  if [ "$target" != nginx ] && [ "$scenario" != a ]; then
+    local ready=""
     for _ in $(seq $((READY_SECS * 5))); do
-      reloads=$(metric "$metrics" '^bulwark_config_reloads_total\{.*result="success"')
-      version=$(metric "$metrics" '^bulwark_snapshot_version ')
-      if [ "${reloads%.*}" -gt 0 ] 2>/dev/null || [ "${version%.*}" -gt 0 ] 2>/dev/null; then
-        loaded=1
+      if [ "$(http_status "http://127.0.0.1:$admin/readyz")" = 200 ]; then
+        ready=1
         break
       fi
       sleep 0.2
     done
-    [ -n "$loaded" ] || die "$target shows no loaded policy on $metrics after $READY_SECS s (does it support --config-dir?)"
+    [ -n "$ready" ] || die "$target is not ready (no policy loaded) on /readyz after $READY_SECS s: $(tail -n 3 "$dir/stderr.log")"
   fi
   send_requests "$port" "$n" "$WARMUP" >"$dir/client.log" 2>&1 ||
     die "$target, scenario $scenario: $(tail -n 3 "$dir/client.log")"
   SECS=$(tail -n 1 "$dir/client.log")
+  # After the requests, /metrics once in each run of b and h (so its cost cancels): the
+  # policy came from --config-dir, and in h the gate decided, and the flag was evaluated, for
+  # every request sent, else h would count plain proxying.
+  if [ "$target" != nginx ] && [ "$scenario" != a ]; then
+    local m="$dir/metrics.txt" reloads version
+    curl -s --max-time 10 -o "$m" "http://127.0.0.1:$admin/metrics" || true
+    reloads=$(metric "$m" '^bulwark_config_reloads_total\{.*result="success"')
+    version=$(metric "$m" '^bulwark_snapshot_version ')
+    [ "${reloads%.*}" -gt 0 ] 2>/dev/null || [ "${version%.*}" -gt 0 ] 2>/dev/null ||
+      die "$target shows no loaded policy on its /metrics (scenario $scenario; does it support --config-dir?)"
+  fi
+  if [ "$target" != nginx ] && [ "$scenario" = h ]; then
+    local allowed evals others
+    allowed=$(metric_sum "$m" bulwark_flag_gate_decisions_total 'gate="bench-gate"' 'decision="allowed"')
+    others=$(metric_sum "$m" bulwark_flag_gate_decisions_total 'gate="bench-gate"')
+    others=$((${others:-0} - ${allowed:-0}))
+    evals=$(metric_sum "$m" bulwark_flag_evaluations_total 'flag="bench-rollout"')
+    if [ "${allowed:-0}" -lt "$n" ] || [ "${evals:-0}" -lt "$n" ] || [ "$others" -ne 0 ]; then
+      die "$target, scenario h: $n requests sent, but /metrics counts ${allowed:-0} allowed by the gate, $others denied or routed, ${evals:-0} flag evaluations"
+    fi
+    log "scenario h, $target: $allowed requests allowed by the gate, $evals flag evaluations ($n sent)"
+  fi
   sleep "$idle"
   stop_proc "$pid" "$sig" "$STOP_SECS"
   # cachegrind writes its file when the program exits, not when it is killed.
@@ -176,6 +223,7 @@ TARGETS=(nginx "${BINARIES[@]}")
 for scenario in $SCENARIOS; do
   for i in "${!TARGETS[@]}"; do
     t=${TARGETS[$i]}
+    [ "$i" -gt 0 ] || [ "$scenario" != h ] || continue # nginx has no flag gates
     log "scenario $scenario, $t: $((WARMUP + REQUESTS)) requests, then $WARMUP, under cachegrind"
     # The long run first; the short one then idles as long as the long one spent on the
     # measured requests. The sidecar's timers (Pingora's 1 ms clock thread, tokio's timer wheel,
@@ -224,10 +272,15 @@ scenario_name() {
   case $1 in
     a) echo "a: no policy" ;;
     b) echo "b: limit never triggers" ;;
+    h) echo "h: flag gate passes" ;;
   esac
 }
-thousands() { sed -E ':a; s/^([0-9]+)([0-9]{3})/\1,\2/; ta' <<<"$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+thousands() {
+  if [ -z "$1" ]; then echo n/a; else sed -E ':a; s/^(-?[0-9]+)([0-9]{3})/\1,\2/; ta' <<<"$1"; fi
+}
+ratio() {
+  if [ -z "$1" ] || [ -z "$2" ]; then echo n/a; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; fi
+}
 change() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f (%+.1f %%)", a / b, 100 * (a / b - 1)}'; }
 
 NB=${#BINARIES[@]}
@@ -253,30 +306,44 @@ report() {
   done
   echo "# Instructions per proxied request"
   echo
-  # shellcheck disable=SC2028 # the \n is meant literally (nginx's config syntax)
   echo "Run $STARTED_AT, \`valgrind --tool=cachegrind --cache-sim=no\`: instructions the proxy"
   echo "executes per request (all its threads, user space), from two fresh starts:"
   echo "(I($((WARMUP + REQUESTS)) requests) − I($WARMUP requests, then idle as long as the other run's last $REQUESTS took)) ÷ $REQUESTS."
   echo "One keep-alive connection, header \`x-api-key\` alternating \`free\`/\`paid\`; the upstream"
+  # shellcheck disable=SC2028 # the \n is meant literally (nginx's config syntax)
   echo "(nginx, \`return 200 \"ok\\n\"\`) not counted. nginx: 1 process (\`master_process off\`);"
   echo "bulwark-sidecar: \`--threads 1\`, as in bench/run.sh. Repeated runs agree within ~0.3 %."
+  if [[ " $SCENARIOS " == *" h "* ]]; then
+    echo "h: bench/policies/gate-passes.yaml, a gate on every path whose flag (an \`if\` and a"
+    echo "3-way \`fractional\` on \`x-api-key\` as the targeting key) is evaluated per request and"
+    echo "allows every variant, and the variant injected as a request header; checked on /metrics."
+  fi
   echo
   echo "$head |"
   echo "$sep|"
   for s in $SCENARIOS; do
-    line="| $(scenario_name "$s") | $(thousands "${R[$s,0]}")"
+    line="| $(scenario_name "$s") | $(thousands "${R[$s,0]:-}")"
     for i in $(seq "$NB"); do line+=" | $(thousands "${R[$s,$i]}")"; done
-    for i in $(seq "$NB"); do line+=" | $(ratio "${R[$s,$i]}" "${R[$s,0]}")"; done
+    for i in $(seq "$NB"); do line+=" | $(ratio "${R[$s,$i]}" "${R[$s,0]:-}")"; done
     for i in $(seq 2 "$NB"); do line+=" | $(change "${R[$s,$i]}" "${R[$s,1]}")"; done
     echo "$line |"
   done
+  if [[ " $SCENARIOS " == *" a "* && " $SCENARIOS " == *" h "* ]]; then
+    echo
+    echo "The flag gate (h − a, the gate, one evaluation of its flag and the injected header):"
+    for i in $(seq "$NB"); do
+      echo "$(name_of "$i") $(thousands "$((${R[h,$i]} - ${R[a,$i]}))") instructions per request (h ÷ a: $(change "${R[h,$i]}" "${R[a,$i]}"))."
+    done
+    echo "nginx has no flag gates: its h is n/a."
+  fi
   echo
   echo "Totals from start to exit, short run / long run, and the seconds the long run's last"
   echo "$REQUESTS requests took under valgrind:"
   echo
   for s in $SCENARIOS; do
     for i in "${!TARGETS[@]}"; do
-      echo "- $s, $([ "$i" -eq 0 ] && echo nginx || name_of "$i"): $(thousands "${R[$s,$i,short]}") / $(thousands "${R[$s,$i,long]}") instructions, ${R[$s,$i,secs]} s"
+      [ -n "${R[$s,$i]:-}" ] || continue
+      echo "- $s, $(if [ "$i" -eq 0 ]; then echo nginx; else name_of "$i"; fi): $(thousands "${R[$s,$i,short]}") / $(thousands "${R[$s,$i,long]}") instructions, ${R[$s,$i,secs]} s"
     done
   done
   echo
