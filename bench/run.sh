@@ -15,7 +15,7 @@
 #   BENCH_CONNECTIONS wrk connections (default 32; wrk always runs 1 thread)
 #   BENCH_TARGETS     subset of "direct nginx haproxy pingora bulwark" (default: all, in that order;
 #                     pingora is Pingora alone, no Bulwark code: scenario a only)
-#   BENCH_SCENARIOS   subset of "a b c d e f g" (default: all)
+#   BENCH_SCENARIOS   subset of "a b c d e f g h" (default: all)
 #   BENCH_SKIP_BUILD  1: do not run cargo build, use the sidecar binary as it is
 #   BENCH_KEEP_TMP    1: keep the temp dir with the generated configs and logs
 #   CARGO_TARGET_DIR  where cargo builds (default: target/); the sidecar is read from its release/
@@ -34,7 +34,7 @@ DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy pingora bulwark}
-SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g}
+SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g h}
 OUT="$BENCH_DIR/results/latest.md"
 
 for v in DURATION WARMUP CONNECTIONS; do
@@ -48,7 +48,7 @@ for t in $TARGETS; do
   case $t in direct | nginx | haproxy | pingora | bulwark) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 for s in $SCENARIOS; do
-  case $s in a | b | c | d | e | f | g) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
+  case $s in a | b | c | d | e | f | g | h) ;; *) die "unknown scenario '$s' in BENCH_SCENARIOS" ;; esac
 done
 
 # --- Dependencies and the sidecar binary ----------------------------------------------------
@@ -78,15 +78,17 @@ init_tmp bulwark-bench # $TMP, and the traps that stop every start_bg process (l
 
 CLK_TCK=$(getconf CLK_TCK)
 
-# CPU ticks (user + system) used so far by the given pids, all threads.
+# CPU ticks used so far by the given pids, all threads: "user system".
 cpu_ticks() {
-  local total=0 p t
+  local user=0 sys=0 p u s
   for p in "$@"; do
     # Field 2 (comm) may hold spaces: cut up to its closing parenthesis; utime, stime follow.
-    t=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
-    total=$((total + ${t:-0}))
+    u=0 s=0
+    read -r u s < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') || true
+    user=$((user + ${u:-0}))
+    sys=$((sys + ${s:-0}))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
 # Resident memory in KiB of the given pids, added up.
@@ -206,6 +208,7 @@ start_target() {
           e) cp "$BENCH_DIR/policies/global-fast.yaml" "$dir/policies/" ;;
           g) render "$BENCH_DIR/policies/failover.yaml.in" "$dir/policies/failover.yaml" \
             "UPSTREAM_PORT=$UPSTREAM_PORT" ;;
+          h) cp "$BENCH_DIR/policies/gate-passes.yaml" "$dir/policies/" ;;
         esac
         args+=(--config-dir "$dir/policies")
         [ -z "$REDIS_URL" ] || args+=(--redis-url "$REDIS_URL")
@@ -277,7 +280,7 @@ declare -A R # R[scenario,target,metric]
 expected_share() { if [ "$1" = c ] && [ "$2" != direct ]; then echo 50; else echo 0; fi; }
 
 run_row() {
-  local target=$1 scenario=$2 dir="$TMP/$1-$2" pids=() idle_rss="" end_rss="" c0 c1 line sanity=""
+  local target=$1 scenario=$2 dir="$TMP/$1-$2" pids=() idle_rss="" end_rss="" u0 s0 u1 s1 line sanity=""
   log "scenario $scenario, $target: starting"
   if ! start_target "$target" "$scenario"; then
     R[$scenario,$target,na]=$NA
@@ -299,12 +302,13 @@ run_row() {
     idle_rss=$(rss_kib "${pids[@]}")
   fi
   run_wrk "$WARMUP" "$TARGET_URL" "$dir/wrk-warmup.txt" >/dev/null
-  [ -z "$TARGET_PID" ] || c0=$(cpu_ticks "${pids[@]}")
+  [ -z "$TARGET_PID" ] || read -r u0 s0 <<<"$(cpu_ticks "${pids[@]}")"
   line=$(run_wrk "$DURATION" "$TARGET_URL" "$dir/wrk.txt")
   if [ -n "$TARGET_PID" ]; then
-    c1=$(cpu_ticks "${pids[@]}")
+    read -r u1 s1 <<<"$(cpu_ticks "${pids[@]}")"
     end_rss=$(rss_kib "${pids[@]}")
-    R[$scenario,$target,cpu]=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", d / hz}')
+    R[$scenario,$target,cpu]=$(awk -v d=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", d / hz}')
+    R[$scenario,$target,user_cpu]=$(awk -v d=$((u1 - u0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", d / hz}')
     R[$scenario,$target,idle_rss]=$idle_rss
     R[$scenario,$target,end_rss]=$end_rss
   fi
@@ -335,7 +339,14 @@ fi
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # Pingora alone has no policy: it has a row in scenario a only.
-has_row() { [ "$1" != pingora ] || [ "$2" = a ]; }
+# nginx and haproxy have no feature-flag gates: scenario h is the sidecar's (and direct's) only.
+has_row() {
+  case $2 in
+    h) [ "$1" = bulwark ] || [ "$1" = direct ] ;;
+    a) true ;;
+    *) [ "$1" != pingora ] ;;
+  esac
+}
 # Scenarios whose sidecar rows load a policy.
 has_policy() { [ "$1" != a ] && [ "$1" != f ]; }
 
@@ -357,6 +368,7 @@ scenario_name() {
     e) echo "e: global fast (Redis), never triggers" ;;
     f) echo "f: outbound (the app's call through the sidecar), no policy" ;;
     g) echo "g: outbound through a FailoverPolicy upstream, nothing fails" ;;
+    h) echo "h: a flag gate every request passes, variant header injected" ;;
   esac
 }
 target_name() {
@@ -373,7 +385,7 @@ mib() { [ -n "$1" ] && awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}' || echo "
 row() {
   local s=$1 t=$2 k="$1,$2"
   if [ -n "${R[$k,na]:-}" ]; then
-    echo "| $(scenario_name "$s") | $(target_name "$t") | ${R[$k,na]} | | | | | | | | | | | |"
+    echo "| $(scenario_name "$s") | $(target_name "$t") | ${R[$k,na]} | | | | | | | | | | | | |"
     return
   fi
   local req=${R[$k,requests]} rps=${R[$k,rps]} share checks=() exp
@@ -385,14 +397,15 @@ row() {
   [ -z "${R[$k,sanity]}" ] || checks+=("⚠ sanity check: ${R[$k,sanity]}")
   local errs=$((${R[$k,connect_errors]} + ${R[$k,read_errors]} + ${R[$k,write_errors]} + ${R[$k,timeouts]}))
   [ "$errs" -eq 0 ] || checks+=("⚠ socket errors: connect ${R[$k,connect_errors]}, read ${R[$k,read_errors]}, write ${R[$k,write_errors]}, timeout ${R[$k,timeouts]}")
-  local cpu="—" cpu_per="—" rps_ratio="—" lat_ratio="—"
+  local cpu="—" cpu_per="—" user_per="—" rps_ratio="—" lat_ratio="—"
   if [ -n "${R[$k,cpu]:-}" ]; then
     cpu=${R[$k,cpu]}
     cpu_per=$(awk -v c="$cpu" -v r="$req" 'BEGIN {printf "%.1f", r ? c * 1e6 / r : 0}')
+    user_per=$(awk -v c="${R[$k,user_cpu]}" -v r="$req" 'BEGIN {printf "%.1f", r ? c * 1e6 / r : 0}')
   fi
   # Global rows compare with nginx's local limit (b): nginx has no shared store.
   local ref=$s
-  case $s in d | e) ref=b ;; f | g) ref=a ;; esac
+  case $s in d | e) ref=b ;; f | g | h) ref=a ;; esac
   if [ "$t" != direct ] && [ -n "${R[$ref,nginx,rps]:-}" ]; then
     rps_ratio=$(awk -v a="$rps" -v b="${R[$ref,nginx,rps]}" 'BEGIN {printf "%.2f", a / b}')
     if [ -n "${R[$ref,direct,p99_us]:-}" ]; then
@@ -405,10 +418,10 @@ row() {
     IFS=";"
     echo "${checks[*]}"
   )
-  printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+  printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
     "$(scenario_name "$s")" "$(target_name "$t")" "$rps" \
     "$(ms "${R[$k,p50_us]}")" "$(ms "${R[$k,p99_us]}")" "$(ms "${R[$k,p999_us]}")" \
-    "$share" "$cpu" "$cpu_per" "$(mib "${R[$k,idle_rss]:-}")" "$(mib "${R[$k,end_rss]:-}")" \
+    "$share" "$cpu" "$cpu_per" "$user_per" "$(mib "${R[$k,idle_rss]:-}")" "$(mib "${R[$k,end_rss]:-}")" \
     "$rps_ratio" "$lat_ratio" "$check"
 }
 
@@ -435,8 +448,8 @@ report() {
   echo "\`free\`/\`paid\`) for every row; each proxy runs 1 worker/thread with keep-alive to the"
   echo "upstream. ${WARMUP} s warm-up, then ${DURATION} s measured per row (BENCH_DURATION=$DURATION)."
   echo
-  echo "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | 429 % | proxy CPU s | CPU µs/req | RSS idle MiB | RSS end MiB | req/s vs nginx | p99 added vs nginx | check |"
-  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+  echo "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | 429 % | proxy CPU s | CPU µs/req | user µs/req | RSS idle MiB | RSS end MiB | req/s vs nginx | p99 added vs nginx | check |"
+  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
   local s t
   for s in $SCENARIOS; do
     for t in $TARGETS; do if has_row "$t" "$s"; then row "$s" "$t"; fi; done
@@ -448,7 +461,8 @@ report() {
   echo "- Latency: wrk's per-request latency over all responses, 429s included (percentiles from"
   echo "  wrk's Lua \`latency:percentile()\`); closed-loop load, so no coordinated-omission correction."
   echo "- proxy CPU s: user+system CPU of the proxy's processes (nginx: master and worker) during the"
-  echo "  measured run; RSS: VmRSS of those processes added up, after start-up (idle) and after the run."
+  echo "  measured run; user µs/req: the user-mode part of it (the proxy's own code, no syscalls);"
+  echo "  RSS: VmRSS of those processes added up, after start-up (idle) and after the run."
   echo "- req/s vs nginx: throughput ÷ nginx's in the same scenario. p99 added vs nginx:"
   echo "  (p99 − direct p99) ÷ (nginx p99 − direct p99), same scenario (1.00 = adds as much as nginx;"
   echo "  below 0 = p99 under direct's, e.g. when fast local 429s dominate or the baseline was noisy)."
@@ -464,6 +478,9 @@ report() {
   echo "  the upstream nginx as its one static backend, health checks every second, outlier detection,"
   echo "  a circuit breaker, retries with a budget, timeouts): failover's cost when nothing fails is"
   echo "  its CPU µs/req against f's."
+  echo "- h: as a, with a FeatureFlag gate on every path that every variant passes and the variant"
+  echo "  injected as a request header (bench/policies/gate-passes.yaml, targeting key x-api-key):"
+  echo "  a gate's cost is its CPU µs/req against a's (ratios are to nginx's a row)."
   echo
   echo "## Machine"
   echo
