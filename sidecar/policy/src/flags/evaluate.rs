@@ -1,7 +1,11 @@
 //! Evaluating a compiled flag against a context, with flagd's results: value, variant, reason,
 //! error code and metadata (flagd v0.16.0, `core/pkg/evaluator/json.go`).
 
-use datalogic_rs::{DataValue, bumpalo::Bump, datavalue::NumberValue};
+use datalogic_rs::{
+    DataValue,
+    bumpalo::{self, Bump},
+    datavalue::NumberValue,
+};
 use serde_json::{Map, Value};
 
 use super::{
@@ -22,6 +26,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// How many reasons there are (`reason as usize` is below it).
+    pub const COUNT: usize = 5;
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Static => "STATIC",
@@ -95,15 +102,12 @@ impl<'a> Context<'a> {
 
     /// The context with `key` set to `value` (replacing a given one).
     pub fn with(self, key: &'a str, value: DataValue<'a>, arena: &'a Bump) -> Self {
-        let mut entries: Vec<_> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| *k != key)
-            .cloned()
-            .collect();
+        let mut entries =
+            bumpalo::collections::Vec::with_capacity_in(self.entries.len() + 1, arena);
+        entries.extend(self.entries.iter().filter(|(k, _)| *k != key).cloned());
         entries.push((key, value));
         Self {
-            entries: arena.alloc_slice_clone(&entries),
+            entries: entries.into_bump_slice(),
         }
     }
 }
@@ -134,7 +138,7 @@ impl CompiledFlag {
             Err(e) => self.error(ErrorCode::ParseError, e.to_string()),
             Ok(result) => match go_text::variant_name(result) {
                 None => self.default_variant(Reason::Default),
-                Some(name) => match self.variants.get_key_value(&name) {
+                Some(name) => match self.variants.get_key_value(&*name) {
                     Some((variant, value)) => Resolution {
                         variant: Some(variant),
                         value: Some(value),

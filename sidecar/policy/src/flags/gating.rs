@@ -9,7 +9,7 @@
 //! use it. A flag that resolves to no variant (disabled, or an error) fails its gates closed and
 //! removes its header, so a client can never supply either.
 
-use std::sync::Arc;
+use std::{cell::RefCell, sync::Arc};
 
 use bulwark_api::{
     crd::{
@@ -19,11 +19,14 @@ use bulwark_api::{
     },
     snapshot::{PolicySource, Sourced},
 };
-use datalogic_rs::{DataValue, bumpalo::Bump};
+use datalogic_rs::{
+    DataValue,
+    bumpalo::{Bump, collections::Vec as ArenaVec},
+};
 use http::HeaderName;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 
-use super::{CompiledFlag, Context, FlagSet, metrics::count_evaluation};
+use super::{CompiledFlag, Context, FlagSet, metrics::EvaluationSeries};
 use crate::{
     admission::Direction,
     compile::{CompileEnv, CompileError},
@@ -38,8 +41,6 @@ use crate::{
 #[derive(Default)]
 pub struct FlagGates {
     resources: Vec<Resource>,
-    gate_decisions: Option<IntCounterVec>,
-    evaluations: Option<IntCounterVec>,
 }
 
 /// One `FeatureFlag`'s rules, evaluating its own definitions of its flags.
@@ -48,13 +49,14 @@ struct Resource {
     attributes: Vec<(String, KeyBuilder)>,
     /// The flags its gates and headers use, each once.
     flags: Vec<CompiledFlag>,
+    /// Each flag's evaluation series (`flags[i]`'s at `i`).
+    evaluations: Vec<EvaluationSeries>,
     gates: Vec<Gate>,
     /// Injected headers: the flag (index into `flags`), the header, and the requests.
     headers: Vec<(usize, HeaderName, Direction)>,
 }
 
 struct Gate {
-    name: String,
     direction: Direction,
     matcher: CompiledMatch,
     /// Index into the resource's `flags`.
@@ -62,6 +64,8 @@ struct Gate {
     allowed: Vec<String>,
     /// What a variant outside `allowed` gets.
     otherwise: Otherwise,
+    /// Its `bulwark_flag_gate_decisions_total` series, looked up once: allowed, denied, routed.
+    decisions: [IntCounter; 3],
 }
 
 enum Otherwise {
@@ -107,11 +111,7 @@ impl FlagGates {
                 compile_resource(source, spec, jwt_keys, env).map_err(|e| (source.clone(), e))?;
             resources.push(resource);
         }
-        Ok(Self {
-            resources,
-            gate_decisions: Some(env.metrics.flags.gate_decisions.clone()),
-            evaluations: Some(env.metrics.flags.evaluations.clone()),
-        })
+        Ok(Self { resources })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,18 +130,39 @@ impl FlagGates {
 
     /// Decides `req` at `now` (Unix seconds, `$flagd.timestamp`).
     pub fn decide(&self, req: &RequestView<'_>, direction: Direction, now: i64) -> GateDecision {
+        if self.resources.is_empty() {
+            return GateDecision::default();
+        }
+        // The evaluation's scratch space, kept by the thread from one request to the next.
+        thread_local!(static ARENA: RefCell<Bump> = RefCell::new(Bump::new()));
+        ARENA.with(|arena| {
+            let mut arena = arena.borrow_mut();
+            let decision = self.decide_in(req, direction, now, &arena);
+            arena.reset();
+            decision
+        })
+    }
+
+    fn decide_in(
+        &self,
+        req: &RequestView<'_>,
+        direction: Direction,
+        now: i64,
+        arena: &Bump,
+    ) -> GateDecision {
         let mut decision = GateDecision::default();
-        let arena = Bump::new();
         let mut value = String::new();
         for resource in &self.resources {
             // Each gate's match runs once; the flags needed are the headers' and these gates'.
-            let gates: Vec<&Gate> = resource
-                .gates
-                .iter()
-                .filter(|g| g.direction == direction && g.matcher.matches(req))
-                .collect();
+            let mut gates = ArenaVec::new_in(arena);
+            gates.extend(
+                resource
+                    .gates
+                    .iter()
+                    .filter(|g| g.direction == direction && g.matcher.matches(req)),
+            );
             let headers = || resource.headers.iter().filter(|(.., d)| *d == direction);
-            let mut needed = vec![false; resource.flags.len()];
+            let mut needed = ArenaVec::from_iter_in(resource.flags.iter().map(|_| false), arena);
             let flags_used = headers().map(|(flag, ..)| *flag);
             flags_used
                 .chain(gates.iter().map(|g| g.flag))
@@ -149,33 +170,41 @@ impl FlagGates {
             if !needed.contains(&true) {
                 continue;
             }
-            let context = resource.context(req, &arena, &mut value);
-            let variants: Vec<Option<&str>> = resource
-                .flags
-                .iter()
-                .zip(&needed)
-                .map(|(flag, needed)| {
-                    needed
-                        .then(|| self.evaluate(flag, context, &arena, now))
-                        .flatten()
-                })
-                .collect();
+            let context = resource.context(req, arena, &mut value);
+            let variants = ArenaVec::from_iter_in(
+                resource
+                    .flags
+                    .iter()
+                    .zip(&needed)
+                    .zip(&resource.evaluations)
+                    .map(|((flag, needed), series)| {
+                        needed
+                            .then(|| {
+                                let resolution = flag.evaluate(context, arena, now);
+                                series.count(flag, &resolution);
+                                resolution.variant
+                            })
+                            .flatten()
+                    }),
+                arena,
+            );
             for gate in gates {
                 let allowed =
                     variants[gate.flag].is_some_and(|v| gate.allowed.iter().any(|a| a == v));
+                let [allowed_count, denied_count, routed_count] = &gate.decisions;
                 if allowed {
-                    self.count(&gate.name, "allowed");
+                    allowed_count.inc();
                     continue;
                 }
                 match &gate.otherwise {
                     Otherwise::Deny(deny) => {
-                        self.count(&gate.name, "denied");
+                        denied_count.inc();
                         decision.reply = Some(deny.reply(Reason::FlagGated, Vec::new()));
                         return decision;
                     }
                     // The first gate that routes wins; later gates may still deny.
                     Otherwise::RouteTo(upstream) => {
-                        self.count(&gate.name, "routed");
+                        routed_count.inc();
                         decision.route_to.get_or_insert_with(|| upstream.clone());
                     }
                 }
@@ -188,26 +217,6 @@ impl FlagGates {
         }
         decision
     }
-
-    fn evaluate<'f>(
-        &self,
-        flag: &'f CompiledFlag,
-        context: Context<'_>,
-        arena: &Bump,
-        now: i64,
-    ) -> Option<&'f str> {
-        let resolution = flag.evaluate(context, arena, now);
-        if let Some(evaluations) = &self.evaluations {
-            count_evaluation(evaluations, &flag.key, &resolution);
-        }
-        resolution.variant
-    }
-
-    fn count(&self, gate: &str, decision: &str) {
-        if let Some(decisions) = &self.gate_decisions {
-            decisions.with_label_values(&[gate, decision]).inc();
-        }
-    }
 }
 
 impl Resource {
@@ -219,7 +228,7 @@ impl Resource {
         arena: &'a Bump,
         value: &mut String,
     ) -> Context<'a> {
-        let mut entries = Vec::with_capacity(self.attributes.len() + 1);
+        let mut entries = ArenaVec::with_capacity_in(self.attributes.len() + 1, arena);
         let sources = self
             .targeting_key
             .iter()
@@ -232,7 +241,7 @@ impl Resource {
                 entries.push((name, DataValue::String(arena.alloc_str(value))));
             }
         }
-        Context::from_entries(arena.alloc_slice_clone(&entries))
+        Context::from_entries(entries.into_bump_slice())
     }
 }
 
@@ -269,6 +278,7 @@ fn compile_resource(
         .collect::<Result<Vec<_>, CompileError>>()?;
 
     let mut flags: Vec<CompiledFlag> = Vec::new();
+    let mut evaluations = Vec::new();
     let mut flag_index = |key: &str, field: String| -> Result<usize, CompileError> {
         if let Some(i) = flags.iter().position(|f| f.key == key) {
             return Ok(i);
@@ -277,7 +287,12 @@ fn compile_resource(
             .flags
             .get(key)
             .ok_or_else(|| CompileError::new(field.clone(), format!("no flag {key:?} in flags")))?;
-        flags.push(FlagSet::compile_one(key, flag, spec, source)?);
+        let flag = FlagSet::compile_one(key, flag, spec, source)?;
+        evaluations.push(EvaluationSeries::new(
+            env.metrics.flags.evaluations.clone(),
+            &flag,
+        ));
+        flags.push(flag);
         Ok(flags.len() - 1)
     };
     let mut gates = Vec::new();
@@ -289,12 +304,12 @@ fn compile_resource(
             ..DenyResponse::default()
         };
         gates.push(Gate {
-            name: gate.name.clone(),
             direction: direction_of(gate.direction),
             matcher: CompiledMatch::compile(&gate.match_, &env.regexes)
                 .map_err(|e| e.under(&format!("{at}.match")))?,
             flag: flag_index(&gate.flag, format!("{at}.flag"))?,
             allowed: gate.allowed_variants.clone(),
+            decisions: gate_decisions(&env.metrics.flags.gate_decisions, &gate.name),
             otherwise: match &gate.route_to {
                 Some(name) => Otherwise::RouteTo(UpstreamRef {
                     namespace: source.namespace.as_str().into(),
@@ -319,9 +334,14 @@ fn compile_resource(
         targeting_key,
         attributes,
         flags,
+        evaluations,
         gates,
         headers,
     })
+}
+
+fn gate_decisions(decisions: &IntCounterVec, gate: &str) -> [IntCounter; 3] {
+    ["allowed", "denied", "routed"].map(|decision| decisions.with_label_values(&[gate, decision]))
 }
 
 fn direction_of(d: Option<TrafficDirection>) -> Direction {
@@ -337,7 +357,13 @@ mod tests {
     use crate::{metrics::PolicyMetrics, request::testing::TestRequest};
 
     fn compile(yaml: &str) -> Result<FlagGates, (PolicySource, CompileError)> {
-        let metrics = PolicyMetrics::unregistered();
+        compile_counted(yaml, &PolicyMetrics::unregistered())
+    }
+
+    fn compile_counted(
+        yaml: &str,
+        metrics: &PolicyMetrics,
+    ) -> Result<FlagGates, (PolicySource, CompileError)> {
         FlagGates::compile(
             &[Sourced {
                 source: PolicySource {
@@ -348,7 +374,7 @@ mod tests {
                 spec: serde_yaml::from_str(yaml).unwrap(),
             }],
             &JwtKeys::new(),
-            &CompileEnv::local(&metrics),
+            &CompileEnv::local(metrics),
         )
     }
 
@@ -400,6 +426,32 @@ injectHeaders:
             .iter()
             .find(|(n, _)| n == "x-flag-new-checkout")
             .and_then(|(_, v)| v.as_deref())
+    }
+
+    #[test]
+    fn decisions_and_evaluations_are_counted_by_their_labels() {
+        let metrics = PolicyMetrics::unregistered();
+        let gates = compile_counted(ROLLOUT, &metrics).unwrap();
+        let pro = [("x-user-id", "u1"), ("cookie", "plan=pro")];
+        for _ in 0..3 {
+            decide(&gates, "/checkout/v2/pay", &pro);
+        }
+        decide(&gates, "/admin", &pro);
+        let evaluations =
+            |labels: [&str; 3]| metrics.flags.evaluations.with_label_values(&labels).get();
+        let decisions = |labels: [&str; 2]| {
+            metrics
+                .flags
+                .gate_decisions
+                .with_label_values(&labels)
+                .get()
+        };
+        // Evaluated once per request, for the gate and the header alike.
+        assert_eq!(evaluations(["new-checkout", "on", "TARGETING_MATCH"]), 4);
+        assert_eq!(evaluations(["retired", "", "DISABLED"]), 1);
+        assert_eq!(decisions(["checkout-v2", "allowed"]), 3);
+        assert_eq!(decisions(["checkout-v2", "denied"]), 0);
+        assert_eq!(decisions(["old-admin", "denied"]), 1);
     }
 
     #[test]

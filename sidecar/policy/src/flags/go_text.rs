@@ -3,7 +3,7 @@
 //! targeting result becomes a variant name: encoded, then every `"` removed, so `true` names
 //! the variant `true` and `1.0` the variant `1`).
 
-use std::fmt::Write;
+use std::{borrow::Cow, fmt::Write};
 
 use datalogic_rs::DataValue;
 use datalogic_rs::datavalue::NumberValue;
@@ -21,13 +21,23 @@ pub fn sprint_v(value: &DataValue<'_>) -> Option<String> {
 }
 
 /// The variant name flagd takes from a targeting result; `None` for null (no variant chosen).
-pub fn variant_name(value: &DataValue<'_>) -> Option<String> {
-    if value.is_null() {
-        return None;
+/// A string that encodes as itself (the common case: a variant name from the rule) is
+/// returned as it is, without encoding.
+pub fn variant_name<'v>(value: &DataValue<'v>) -> Option<Cow<'v, str>> {
+    match value {
+        DataValue::Null => None,
+        DataValue::String(s) if s.chars().all(encodes_as_itself) => Some(Cow::Borrowed(*s)),
+        _ => {
+            let mut json = String::new();
+            encode(value, &mut json);
+            Some(Cow::Owned(json.replace('"', "")))
+        }
     }
-    let mut json = String::new();
-    encode(value, &mut json);
-    Some(json.replace('"', ""))
+}
+
+/// A character `encode_str` writes unchanged.
+fn encodes_as_itself(c: char) -> bool {
+    !matches!(c, '"' | '\\' | '<' | '>' | '&' | '\u{2028}' | '\u{2029}') && c >= ' '
 }
 
 /// `encoding/json` with its defaults: HTML-safe escaping, map keys sorted, float64 numbers.
@@ -131,7 +141,7 @@ mod tests {
     fn variant(json: &str) -> Option<String> {
         let arena = datalogic_rs::bumpalo::Bump::new();
         let value = DataValue::from_str(json, &arena).unwrap();
-        variant_name(&value)
+        variant_name(&value).map(Cow::into_owned)
     }
 
     #[test]
@@ -149,6 +159,17 @@ mod tests {
             Some("{a:[true],b:1}")
         );
         assert_eq!(variant("null"), None);
+    }
+
+    proptest::proptest! {
+        /// Returning a string as it is agrees with encoding it and removing the quotes.
+        #[test]
+        fn a_string_variant_is_its_encoding_without_quotes(s in "\\PC*|[a-z<>&\"\\\\\n\u{1}\u{2028} -]{0,12}") {
+            let mut json = String::new();
+            encode_str(&s, &mut json);
+            let name = variant_name(&DataValue::String(&s)).unwrap();
+            proptest::prop_assert_eq!(name.as_ref(), json.replace('"', ""));
+        }
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! configuration: flag keys and variant names come from `FeatureFlag`s, never from requests
 //! (an unknown key asked of OFREP counts under the status, not its key).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::sync::OnceLock;
 
-use super::Resolution;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use super::{CompiledFlag, Reason, Resolution};
 use crate::metrics::registry::registered;
 
 /// From 10 µs (a static flag) to 25 ms (a bulk answer under load).
@@ -98,11 +100,55 @@ impl FlagMetrics {
 
 /// Counts one evaluation (`bulwark_flag_evaluations_total`), wherever it was made (OFREP, gates).
 pub fn count_evaluation(evaluations: &IntCounterVec, flag: &str, resolution: &Resolution<'_>) {
-    evaluations
-        .with_label_values(&[
-            flag,
-            resolution.variant.unwrap_or(""),
-            resolution.reason.as_str(),
-        ])
-        .inc();
+    evaluation_series(evaluations, flag, resolution).inc();
+}
+
+fn evaluation_series(
+    evaluations: &IntCounterVec,
+    flag: &str,
+    resolution: &Resolution<'_>,
+) -> IntCounter {
+    evaluations.with_label_values(&[
+        flag,
+        resolution.variant.unwrap_or(""),
+        resolution.reason.as_str(),
+    ])
+}
+
+/// One flag's `bulwark_flag_evaluations_total` series, each looked up once, on its first count:
+/// gates count every proxied request, and a label lookup (hashing three labels) costs more than
+/// the count itself.
+pub struct EvaluationSeries {
+    evaluations: IntCounterVec,
+    /// By variant (its position among the flag's variants; the last slot: no variant) and
+    /// reason.
+    series: Box<[OnceLock<IntCounter>]>,
+}
+
+impl EvaluationSeries {
+    pub fn new(evaluations: IntCounterVec, flag: &CompiledFlag) -> Self {
+        Self {
+            evaluations,
+            series: (0..(flag.variants.len() + 1) * Reason::COUNT)
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// Counts `resolution`, one of `flag`'s (the flag this was made for).
+    pub fn count(&self, flag: &CompiledFlag, resolution: &Resolution<'_>) {
+        let variant = resolution
+            .variant
+            .and_then(|v| flag.variants.keys().position(|k| k == v))
+            .unwrap_or(flag.variants.len());
+        let slot = variant * Reason::COUNT + resolution.reason as usize;
+        match self.series.get(slot) {
+            Some(series) => series.get_or_init(|| self.labelled(flag, resolution)).inc(),
+            None => self.labelled(flag, resolution).inc(),
+        }
+    }
+
+    fn labelled(&self, flag: &CompiledFlag, resolution: &Resolution<'_>) -> IntCounter {
+        evaluation_series(&self.evaluations, &flag.key, resolution)
+    }
 }

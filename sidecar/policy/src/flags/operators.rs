@@ -10,8 +10,10 @@
 use std::sync::LazyLock;
 
 use datalogic_rs::{
-    ArenaExt, CustomOperator, DataValue, Engine, EvaluationConfig, Result, bumpalo::Bump,
-    datavalue::NumberValue, operator::EvalContext,
+    ArenaExt, CustomOperator, DataValue, Engine, EvaluationConfig, Result,
+    bumpalo::{self, Bump},
+    datavalue::NumberValue,
+    operator::EvalContext,
 };
 use serde_json::{Map, Value, json};
 
@@ -104,17 +106,19 @@ impl CustomOperator for Fractional {
         ctx: &mut EvalContext<'_, 'a>,
         arena: &'a Bump,
     ) -> Result<&'a DataValue<'a>> {
-        Ok(fractional(args, ctx.root_input()).unwrap_or_else(|| arena.null()))
+        Ok(fractional(args, ctx.root_input(), arena).unwrap_or_else(|| arena.null()))
     }
 }
 
+/// Its scratch space (the bucketing key, the weights) is in the evaluation's arena: this runs
+/// for every request a rollout gate sees.
 fn fractional<'a>(
     args: &[&'a DataValue<'a>],
     root: &'a DataValue<'a>,
+    arena: &'a Bump,
 ) -> Option<&'a DataValue<'a>> {
     let first = args.first()?;
     root.as_object()?;
-    let implicit_key;
     let (bucket_by, buckets) = match first.as_str() {
         Some(key) => (key, &args[1..]),
         None => {
@@ -129,12 +133,17 @@ fn fractional<'a>(
                 .and_then(|f| f.get("flagKey"))
                 .and_then(DataValue::as_str)
                 .unwrap_or("");
-            implicit_key = format!("{flag_key}{targeting_key}");
-            (implicit_key.as_str(), buckets)
+            let mut key = bumpalo::collections::String::with_capacity_in(
+                flag_key.len() + targeting_key.len(),
+                arena,
+            );
+            key.push_str(flag_key);
+            key.push_str(targeting_key);
+            (key.into_bump_str(), buckets)
         }
     };
     let mut total: i64 = 0;
-    let mut weighted = Vec::with_capacity(buckets.len());
+    let mut weighted = bumpalo::collections::Vec::with_capacity_in(buckets.len(), arena);
     for bucket in buckets {
         let bucket = bucket.as_array()?;
         let variant = bucket.first()?;
