@@ -9,12 +9,14 @@
 #   default binary: ${CARGO_TARGET_DIR:-target}/release/bulwark-sidecar (not built here);
 #   two binaries: a paired comparison, before then after.
 # Environment (all optional):
-#   INSTR_SCENARIOS  subset of "a b h" (default "a b h"): a = no policy, b = a per-IP limit
-#                    that never triggers (bench/policies/never-triggers.yaml; nginx: limit_req),
+#   INSTR_SCENARIOS  subset of "a b f g h" (default "a b h"), run.sh's letters: a = no policy,
+#                    b = a per-IP limit that never triggers (bench/policies/never-triggers.yaml;
+#                    nginx: limit_req), f = the app's call through the outbound listener, g = the
+#                    same through a FailoverPolicy upstream (bench/policies/failover.yaml.in),
 #                    h = a feature-flag gate every request passes, its variant injected as a
-#                    header (bench/policies/gate-passes.yaml; nginx has none: its h is n/a; the
-#                    letter follows run.sh's, whose g is failover). With a and h, the report
-#                    gives h - a: what the gate adds per request.
+#                    header (bench/policies/gate-passes.yaml). nginx has rows in a and b only.
+#                    With a and h the report gives h - a, what the gate adds per request; with
+#                    f and g, g - f, what failover adds when nothing fails.
 #   INSTR_REQUESTS   measured requests per target and scenario (default 4000)
 #   INSTR_WARMUP     requests sent before them, not measured (default 500)
 #   BENCH_KEEP_TMP   1: keep the temp dir with the configs, logs and cachegrind files
@@ -49,7 +51,7 @@ for v in REQUESTS WARMUP; do
   fi
 done
 for s in $SCENARIOS; do
-  case $s in a | b | h) ;; *) die "unknown scenario '$s' in INSTR_SCENARIOS (a, b, h)" ;; esac
+  case $s in a | b | f | g | h) ;; *) die "unknown scenario '$s' in INSTR_SCENARIOS (a, b, f, g, h)" ;; esac
 done
 
 BINARIES=()
@@ -72,12 +74,14 @@ start_upstream
 # --- One run: start under cachegrind, send N requests, stop, read the total -----------------
 
 # Sends $2 GETs to 127.0.0.1:$1 on one keep-alive connection, x-api-key alternating as in
-# bench/wrk/bench.lua; fails unless every answer is 200 and the connection was never reopened.
-# Prints the seconds the requests after the first $3 took.
+# bench/wrk/bench.lua, with Host $4 if given (the outbound scenarios' destination); fails unless
+# every answer is 200 and the connection was never reopened. Prints the seconds the requests
+# after the first $3 took.
 send_requests() {
   python3 - "$@" <<'EOF'
 import http.client, sys, time
 port, n, skip = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+host = sys.argv[4] if len(sys.argv) > 4 else None
 class Conn(http.client.HTTPConnection):
     connects = 0
     def connect(self):
@@ -89,7 +93,9 @@ for i in range(n):
     if i == skip:
         start = time.monotonic()
     # Host and x-api-key only, like wrk's request (http.client would add Accept-Encoding).
-    c.putrequest("GET", "/", skip_accept_encoding=True)
+    c.putrequest("GET", "/", skip_host=host is not None, skip_accept_encoding=True)
+    if host is not None:
+        c.putheader("Host", host)
     c.putheader("x-api-key", ("paid", "free")[i % 2])
     c.endheaders()
     r = c.getresponse()
@@ -128,7 +134,7 @@ metric_sum() {
 # and SECS to the seconds the requests after the first $WARMUP took. $4 names the run's dir.
 # Not called in $(...): start_bg must record the pid in this shell, for the exit trap.
 run_once() {
-  local target=$1 scenario=$2 n=$3 dir="$TMP/$4" idle=$5 port admin outbound pid sig
+  local target=$1 scenario=$2 n=$3 dir="$TMP/$4" idle=$5 port admin outbound pid sig host=""
   mkdir -p "$dir"
   LOG_FILE="$dir/stderr.log"
   local vg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$dir/cachegrind.out")
@@ -151,16 +157,14 @@ run_once() {
     local args=(--inbound-listen "127.0.0.1:$port" --app "127.0.0.1:$UPSTREAM_PORT"
       --admin-listen "127.0.0.1:$admin" --outbound-listen "127.0.0.1:$outbound"
       --state-dir "$dir/state" --threads 1)
-    local policy=""
+    mkdir -p "$dir/policies"
     case $scenario in
-      b) policy=never-triggers.yaml ;;
-      h) policy=gate-passes.yaml ;;
+      b) cp "$BENCH_DIR/policies/never-triggers.yaml" "$dir/policies/" ;;
+      g) render "$BENCH_DIR/policies/failover.yaml.in" "$dir/policies/failover.yaml" \
+        "UPSTREAM_PORT=$UPSTREAM_PORT" ;;
+      h) cp "$BENCH_DIR/policies/gate-passes.yaml" "$dir/policies/" ;;
     esac
-    if [ -n "$policy" ]; then
-      mkdir -p "$dir/policies"
-      cp "$BENCH_DIR/policies/$policy" "$dir/policies/"
-      args+=(--config-dir "$dir/policies")
-    fi
+    if has_policy "$scenario"; then args+=(--config-dir "$dir/policies"); fi
     start_bg "${vg[@]}" "$target" "${args[@]}"
     sig=INT # Pingora's fast shutdown
   fi
@@ -171,7 +175,7 @@ run_once() {
   # proxying: with --config-dir and a fresh --state-dir, /readyz answers 200 only once a load
   # succeeded. It is polled, not /metrics: a /metrics page costs the sidecar far more than a
   # request, and the two runs of a pair poll a different number of times (±1 % in h).
-  if [ "$target" != nginx ] && [ "$scenario" != a ]; then
+  if [ "$target" != nginx ] && has_policy "$scenario"; then
     local ready=""
     for _ in $(seq $((READY_SECS * 5))); do
       if [ "$(http_status "http://127.0.0.1:$admin/readyz")" = 200 ]; then
@@ -182,13 +186,19 @@ run_once() {
     done
     [ -n "$ready" ] || die "$target is not ready (no policy loaded) on /readyz after $READY_SECS s: $(tail -n 3 "$dir/stderr.log")"
   fi
-  send_requests "$port" "$n" "$WARMUP" >"$dir/client.log" 2>&1 ||
+  # f and g: the app's calls through the outbound listener, to the upstream by address (f) or
+  # to a FailoverPolicy upstream by name (g), as run.sh sends them.
+  case $scenario in
+    f) host="127.0.0.1:$UPSTREAM_PORT" port=$outbound ;;
+    g) host=payments port=$outbound ;;
+  esac
+  send_requests "$port" "$n" "$WARMUP" ${host:+"$host"} >"$dir/client.log" 2>&1 ||
     die "$target, scenario $scenario: $(tail -n 3 "$dir/client.log")"
   SECS=$(tail -n 1 "$dir/client.log")
   # After the requests, /metrics once in each run of b and h (so its cost cancels): the
   # policy came from --config-dir, and in h the gate decided, and the flag was evaluated, for
   # every request sent, else h would count plain proxying.
-  if [ "$target" != nginx ] && [ "$scenario" != a ]; then
+  if [ "$target" != nginx ] && has_policy "$scenario"; then
     local m="$dir/metrics.txt" reloads version
     curl -s --max-time 10 -o "$m" "http://127.0.0.1:$admin/metrics" || true
     reloads=$(metric "$m" '^bulwark_config_reloads_total\{.*result="success"')
@@ -207,6 +217,12 @@ run_once() {
     fi
     log "scenario h, $target: $allowed requests allowed by the gate, $evals flag evaluations ($n sent)"
   fi
+  if [ "$target" != nginx ] && [ "$scenario" = g ]; then
+    local tries
+    tries=$(metric_sum "$m" bulwark_failover_tries_total 'upstream="payments"')
+    [ "${tries:-0}" -ge "$n" ] ||
+      die "$target, scenario g: $n requests sent, but /metrics counts ${tries:-0} tries of the payments upstream"
+  fi
   sleep "$idle"
   stop_proc "$pid" "$sig" "$STOP_SECS"
   # cachegrind writes its file when the program exits, not when it is killed.
@@ -214,6 +230,9 @@ run_once() {
   [[ $TOTAL =~ ^[0-9]+$ ]] ||
     die "$target (scenario $scenario) left no cachegrind summary: did it exit on SIG$sig within $STOP_SECS s? $(tail -n 3 "$dir/stderr.log")"
 }
+
+# Scenarios whose sidecar loads a policy from --config-dir.
+has_policy() { [ "$1" != a ] && [ "$1" != f ]; }
 
 declare -A R # R[scenario,target-index]: instructions per request; R[...,short|long|secs]: raw
 
@@ -223,7 +242,8 @@ TARGETS=(nginx "${BINARIES[@]}")
 for scenario in $SCENARIOS; do
   for i in "${!TARGETS[@]}"; do
     t=${TARGETS[$i]}
-    [ "$i" -gt 0 ] || [ "$scenario" != h ] || continue # nginx has no flag gates
+    # nginx has no flag gates (h), and proxies only to configured upstreams (f, g).
+    [ "$i" -gt 0 ] || [ "$scenario" = a ] || [ "$scenario" = b ] || continue
     log "scenario $scenario, $t: $((WARMUP + REQUESTS)) requests, then $WARMUP, under cachegrind"
     # The long run first; the short one then idles as long as the long one spent on the
     # measured requests. The sidecar's timers (Pingora's 1 ms clock thread, tokio's timer wheel,
@@ -272,6 +292,8 @@ scenario_name() {
   case $1 in
     a) echo "a: no policy" ;;
     b) echo "b: limit never triggers" ;;
+    f) echo "f: outbound, no policy" ;;
+    g) echo "g: outbound through a FailoverPolicy upstream" ;;
     h) echo "h: flag gate passes" ;;
   esac
 }
@@ -335,6 +357,14 @@ report() {
       echo "$(name_of "$i") $(thousands "$((${R[h,$i]} - ${R[a,$i]}))") instructions per request (h ÷ a: $(change "${R[h,$i]}" "${R[a,$i]}"))."
     done
     echo "nginx has no flag gates: its h is n/a."
+  fi
+  if [[ " $SCENARIOS " == *" f "* && " $SCENARIOS " == *" g "* ]]; then
+    echo
+    echo "Failover when nothing fails (g − f, the FailoverPolicy upstream against the plain outbound call):"
+    for i in $(seq "$NB"); do
+      echo "$(name_of "$i") $(thousands "$((${R[g,$i]} - ${R[f,$i]}))") instructions per request (g ÷ f: $(change "${R[g,$i]}" "${R[f,$i]}"))."
+    done
+    echo "nginx proxies only to configured upstreams, not as a forward proxy: its f and g are n/a."
   fi
   echo
   echo "Totals from start to exit, short run / long run, and the seconds the long run's last"
