@@ -6,8 +6,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use bulwark_e2e::{
     grpc::{GrpcEcho, call},
-    process::{http_get, wait_for_status},
-    sidecar::{Sidecar, Upstream},
+    process::{http_get, send_raw, wait_for_status},
+    sidecar::{RecordingUpstream, Sidecar, Upstream},
 };
 use serde_json::{Value, json};
 
@@ -103,6 +103,67 @@ fn http1_and_http2_share_the_inbound_port() {
     let short = bulwark_e2e::process::send_raw(sidecar.inbound, "GET / HTTP/1.0\r\n\r\n")
         .expect("answered");
     assert_eq!(short.status, 200, "{short:?}");
+}
+
+/// gRPC-Web (what a browser sends, over HTTP/1.1, its trailers in the body) reaches an
+/// HTTP/1.1 app as it came, not over h2c as gRPC does; a limit refuses it in gRPC's terms, which
+/// gRPC-Web clients read from the header block.
+#[test]
+fn grpc_web_goes_to_the_app_as_it_came_and_is_refused_in_grpc_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = RecordingUpstream::start(dir.path());
+    let policy = "apiVersion: bulwark.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: orders}
+spec:
+  selector: {matchLabels: {app: shop}}
+  rules:
+    - name: create
+      match:
+        grpc: {service: shop.v1.Orders, method: CreateOrder}
+      key: [{type: ClientIP}]
+      algorithm: FixedWindow
+      rates: [{limit: 1, window: 1m}]
+";
+    let sidecar = sidecar(dir.path(), app.addr, Some(policy), &[]);
+    // One message: the 5-byte prefix (no flags, length 2) and its bytes.
+    let message = "\0\0\0\0\u{2}hi";
+    let request = format!(
+        "POST /shop.v1.Orders/CreateOrder HTTP/1.1\r\nHost: shop\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}",
+        message.len()
+    );
+    let first = send_raw(sidecar.inbound, &request).expect("answered");
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "recorded"),
+        "{first:?}"
+    );
+    let received = app.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        received[0].request_line(),
+        "POST /shop.v1.Orders/CreateOrder HTTP/1.1"
+    );
+    assert_eq!(
+        received[0].header_values("content-type"),
+        ["application/grpc-web+proto"]
+    );
+    assert_eq!(received[0].body, message);
+
+    let refused = send_raw(sidecar.inbound, &request).expect("answered");
+    assert_eq!(refused.status, 200, "{refused:?}");
+    assert_eq!(refused.header("grpc-status"), Some("8"), "{refused:?}");
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/grpc-web+proto"),
+        "gRPC-Web's own content type back"
+    );
+    assert_eq!(refused.header("bulwark-reason"), Some("rate_limited"));
+    assert_eq!(
+        app.received().len(),
+        1,
+        "the refused call never reached the app"
+    );
 }
 
 #[test]

@@ -164,10 +164,11 @@ fn from_http(status: u16) -> Code {
     }
 }
 
-/// The headers of the trailers-only response for `reply`, in order: `content-type`,
-/// `grpc-status`, `grpc-message`, then the reply's own headers but its `Content-Type`.
-pub fn trailers_only(reply: &Reply, message: &str) -> Vec<(String, String)> {
-    let mut headers = vec![("content-type".to_owned(), "application/grpc".to_owned())];
+/// The headers of the trailers-only response for `reply`, in order: `content-type` (the
+/// call's own: `application/grpc`, or gRPC-Web's as the client sent it), `grpc-status`,
+/// `grpc-message`, then the reply's own headers but its `Content-Type`.
+pub fn trailers_only(reply: &Reply, message: &str, content_type: &str) -> Vec<(String, String)> {
+    let mut headers = vec![("content-type".to_owned(), content_type.to_owned())];
     headers.extend(status(reply, message));
     headers.extend(
         reply
@@ -235,7 +236,7 @@ mod tests {
     fn the_trailers_only_answer_carries_the_replys_headers_as_metadata() {
         let mut reply = Reply::new(Reason::RateLimited, None);
         reply.headers.insert(0, ("Retry-After".into(), "2".into()));
-        let headers = trailers_only(&reply, "rate limited: 100% used ✓");
+        let headers = trailers_only(&reply, "rate limited: 100% used ✓", "application/grpc");
         let get = |name: &str| {
             headers
                 .iter()

@@ -172,7 +172,8 @@ pub async fn write_reply(session: &mut Session, reply: &Reply) -> pingora::Resul
 /// `reply` as a gRPC trailers-only response: one HEADERS frame that ends the stream.
 /// (`write_response_header(.., true)` does not end an HTTP/2 stream: its flag is dropped.)
 async fn write_grpc_reply(session: &mut Session, reply: &Reply) -> pingora::Result<()> {
-    let headers = grpc::trailers_only(reply, reply.reason.message());
+    let content_type = protocol::grpc_answer_content_type(session.req_header());
+    let headers = grpc::trailers_only(reply, reply.reason.message(), content_type);
     let mut header = ResponseHeader::build(200, Some(headers.len()))?;
     for (name, value) in headers {
         header.append_header(name, value)?;

@@ -53,11 +53,22 @@ impl AppProtocol {
 /// A gRPC call that needs HTTP/2 on to the app or upstream: gRPC but not gRPC-Web, which is
 /// made for HTTP/1.1 (its trailers travel in the body) and goes on as it came.
 pub fn needs_h2(request: &RequestHeader) -> bool {
-    is_grpc(request)
-        && !request
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+    is_grpc(request) && grpc_web_content_type(request).is_none()
+}
+
+/// The `content-type` of the sidecar's own answer to a gRPC call: gRPC-Web's as the client sent
+/// it (`application/grpc-web+proto`, `application/grpc-web-text`), which its clients expect
+/// back, else gRPC's.
+pub fn grpc_answer_content_type(request: &RequestHeader) -> &str {
+    grpc_web_content_type(request).unwrap_or("application/grpc")
+}
+
+fn grpc_web_content_type(request: &RequestHeader) -> Option<&str> {
+    request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("application/grpc-web"))
 }
 
 /// A gRPC request: `content-type: application/grpc`, `application/grpc+proto` and the like
@@ -126,6 +137,8 @@ mod tests {
         let web = request(Some("application/grpc-web+proto"));
         assert!(is_grpc(&web), "answered in gRPC's terms");
         assert!(!AppProtocol::Auto.h2(&web), "but sent on as HTTP/1.1");
+        assert_eq!(grpc_answer_content_type(&web), "application/grpc-web+proto");
+        assert_eq!(grpc_answer_content_type(&grpc), "application/grpc");
     }
 
     #[test]
