@@ -106,8 +106,8 @@ fn http1_and_http2_share_the_inbound_port() {
 }
 
 /// gRPC-Web (what a browser sends, over HTTP/1.1, its trailers in the body) reaches an
-/// HTTP/1.1 app as it came, not over h2c as gRPC does; a limit refuses it in gRPC's terms, which
-/// gRPC-Web clients read from the header block.
+/// HTTP/1.1 app as it came, not over h2c as gRPC does, its deadline passed on as what is left of
+/// it; a limit refuses it in gRPC's terms, which gRPC-Web clients read from the header block.
 #[test]
 fn grpc_web_goes_to_the_app_as_it_came_and_is_refused_in_grpc_terms() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,7 +129,7 @@ spec:
     // One message: the 5-byte prefix (no flags, length 2) and its bytes.
     let message = "\0\0\0\0\u{2}hi";
     let request = format!(
-        "POST /shop.v1.Orders/CreateOrder HTTP/1.1\r\nHost: shop\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}",
+        "POST /shop.v1.Orders/CreateOrder HTTP/1.1\r\nHost: shop\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nGrpc-Timeout: 2S\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}",
         message.len()
     );
     let first = send_raw(sidecar.inbound, &request).expect("answered");
@@ -149,6 +149,10 @@ spec:
         ["application/grpc-web+proto"]
     );
     assert_eq!(received[0].body, message);
+    // The deadline goes on as what is left of it, in microseconds.
+    let left = received[0].header_values("grpc-timeout");
+    let micros: u64 = left[0].strip_suffix('u').unwrap().parse().unwrap();
+    assert!((1_000_000..2_000_000).contains(&micros), "{left:?}");
 
     let refused = send_raw(sidecar.inbound, &request).expect("answered");
     assert_eq!(refused.status, 200, "{refused:?}");

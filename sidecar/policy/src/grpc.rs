@@ -48,6 +48,27 @@ pub fn timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
+/// `remaining` as a `grpc-timeout` value: the finest unit whose count fits gRPC's 8 digits,
+/// rounded down (a deadline passed on is never later than the caller's), and at least `1n`.
+pub fn timeout_value(remaining: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let nanos = remaining.as_nanos().max(1);
+    for (per, unit) in units {
+        if nanos / per <= MAX {
+            return format!("{}{unit}", nanos / per);
+        }
+    }
+    format!("{MAX}H")
+}
+
 /// A `grpc-status` header's code (0 to 16, as digits); `None` if it is anything else.
 pub fn status_code(value: &[u8]) -> Option<u8> {
     std::str::from_utf8(value)
@@ -336,7 +357,29 @@ mod tests {
         assert_eq!(counter.messages, 4);
     }
 
+    #[test]
+    fn timeout_values_use_the_finest_unit_that_fits() {
+        assert_eq!(timeout_value(Duration::from_millis(250)), "250000u");
+        assert_eq!(timeout_value(Duration::from_secs(5)), "5000000u");
+        assert_eq!(timeout_value(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(timeout_value(Duration::from_nanos(1_500)), "1500n");
+        assert_eq!(timeout_value(Duration::ZERO), "1n");
+        assert_eq!(timeout_value(Duration::from_secs(u64::MAX)), "99999999H");
+    }
+
     proptest::proptest! {
+        /// What is passed on reads back as at most the time left, and loses less than one of
+        /// its unit.
+        #[test]
+        fn a_timeout_value_reads_back_as_at_most_the_time_left(nanos in 1u64..u64::MAX) {
+            let remaining = Duration::from_nanos(nanos);
+            let value = timeout_value(remaining);
+            let read = timeout(value.as_bytes()).unwrap();
+            proptest::prop_assert!(read <= remaining, "{value}");
+            let unit = timeout(format!("1{}", value.chars().last().unwrap()).as_bytes()).unwrap();
+            proptest::prop_assert!(remaining - read < unit, "{value}");
+        }
+
         #[test]
         fn chunking_does_not_change_the_count(
             messages in proptest::collection::vec(0usize..300, 0..20),

@@ -283,6 +283,7 @@ impl ProxyHttp for InboundProxy {
     ) -> Result<()> {
         // Flag variants for the app; a client-sent header of that name never reaches it.
         set_request_headers(upstream_request, &ctx.request_headers)?;
+        protocol::pass_on_deadline(session.req_header(), upstream_request, ctx.timing.elapsed())?;
         // The app sees the client the sidecar trusted, not 127.0.0.1 (docs/security.md).
         if let Some(peer) = peer_ip(session) {
             let value = forwarded_for(&upstream_request.headers, peer, self.trusted_hops);

@@ -12,7 +12,10 @@ pub mod metrics;
 pub mod outbound;
 pub mod protocol;
 
-use std::{borrow::Cow, time::Instant};
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
 
 use bulwark_policy::{
     grpc,
@@ -207,6 +210,11 @@ impl Timing {
             answered: None,
             grpc_status: None,
         }
+    }
+
+    /// How long the request has been at the sidecar.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Writes `reply` and remembers why the sidecar answered.

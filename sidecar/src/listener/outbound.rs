@@ -314,7 +314,7 @@ impl ProxyHttp for OutboundProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -323,6 +323,7 @@ impl ProxyHttp for OutboundProxy {
             upstream_request.set_uri(origin_form.clone());
             upstream_request.insert_header(HOST, host.as_str())?;
         }
+        protocol::pass_on_deadline(session.req_header(), upstream_request, ctx.timing.elapsed())?;
         super::set_request_headers(upstream_request, &ctx.request_headers)
     }
 

@@ -88,6 +88,22 @@ pub fn grpc_deadline(request: &RequestHeader) -> Option<Duration> {
     grpc::timeout(request.headers.get("grpc-timeout")?.as_bytes())
 }
 
+/// Passes a gRPC call's deadline on as what is left of it: the caller's `grpc-timeout` less
+/// `elapsed`, the time the call has spent at the sidecar (earlier tries and backoffs included),
+/// as a gRPC server passes its own deadline to the calls it makes, so the upstream does not
+/// work past the caller's deadline.
+pub fn pass_on_deadline(
+    request: &RequestHeader,
+    upstream_request: &mut RequestHeader,
+    elapsed: Duration,
+) -> pingora::Result<()> {
+    if let Some(deadline) = grpc_deadline(request) {
+        let left = deadline.saturating_sub(elapsed);
+        upstream_request.insert_header("grpc-timeout", grpc::timeout_value(left))?;
+    }
+    Ok(())
+}
+
 /// The `grpc-status` in the response header of a gRPC call: a trailers-only answer, which is
 /// how gRPC servers send errors (a status after messages comes in trailers, too late to retry).
 pub fn grpc_status(request: &RequestHeader, response: &ResponseHeader) -> Option<u8> {
@@ -139,6 +155,24 @@ mod tests {
         assert!(!AppProtocol::Auto.h2(&web), "but sent on as HTTP/1.1");
         assert_eq!(grpc_answer_content_type(&web), "application/grpc-web+proto");
         assert_eq!(grpc_answer_content_type(&grpc), "application/grpc");
+    }
+
+    #[test]
+    fn the_deadline_passed_on_is_what_is_left_of_it() {
+        let mut grpc = request(Some("application/grpc"));
+        grpc.insert_header("grpc-timeout", "2S").unwrap();
+        let mut upstream = grpc.clone();
+        pass_on_deadline(&grpc, &mut upstream, Duration::from_millis(500)).unwrap();
+        assert_eq!(upstream.headers["grpc-timeout"], "1500000u");
+        pass_on_deadline(&grpc, &mut upstream, Duration::from_secs(3)).unwrap();
+        assert_eq!(
+            upstream.headers["grpc-timeout"], "1n",
+            "past: the least there is"
+        );
+        let json = request(Some("application/json"));
+        let mut upstream = json.clone();
+        pass_on_deadline(&json, &mut upstream, Duration::from_secs(1)).unwrap();
+        assert!(upstream.headers.get("grpc-timeout").is_none());
     }
 
     #[test]
