@@ -29,6 +29,19 @@ pub fn is_grpc_content_type(value: &[u8]) -> bool {
     value.starts_with(b"application/grpc")
 }
 
+/// `grpc-timeout`'s units, finest first, each with its length.
+const TIMEOUT_UNITS: [(u8, Duration); 6] = [
+    (b'n', Duration::from_nanos(1)),
+    (b'u', Duration::from_micros(1)),
+    (b'm', Duration::from_millis(1)),
+    (b'S', Duration::from_secs(1)),
+    (b'M', Duration::from_secs(60)),
+    (b'H', Duration::from_secs(3600)),
+];
+
+/// The most digits a `grpc-timeout` value has.
+const TIMEOUT_MAX: u32 = 99_999_999;
+
 /// The call's deadline from its `grpc-timeout` header: 1 to 8 digits and a unit (`H`, `M`,
 /// `S`, `m`, `u`, `n`). `None` for anything else: a malformed timeout is ignored, as if absent.
 pub fn timeout(value: &[u8]) -> Option<Duration> {
@@ -36,37 +49,22 @@ pub fn timeout(value: &[u8]) -> Option<Duration> {
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
+    let n: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let (_, length) = TIMEOUT_UNITS.iter().find(|(u, _)| u == unit)?;
+    Some(*length * n)
 }
 
 /// `remaining` as a `grpc-timeout` value: the finest unit whose count fits gRPC's 8 digits,
 /// rounded down (a deadline passed on is never later than the caller's), and at least `1n`.
 pub fn timeout_value(remaining: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let units: [(u128, char); 6] = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ];
     let nanos = remaining.as_nanos().max(1);
-    for (per, unit) in units {
-        if nanos / per <= MAX {
-            return format!("{}{unit}", nanos / per);
+    for (unit, length) in TIMEOUT_UNITS {
+        let count = nanos / length.as_nanos();
+        if count <= u128::from(TIMEOUT_MAX) {
+            return format!("{count}{}", char::from(unit));
         }
     }
-    format!("{MAX}H")
+    format!("{TIMEOUT_MAX}H")
 }
 
 /// A `grpc-status` header's code (0 to 16, as digits); `None` if it is anything else.
