@@ -312,6 +312,19 @@ name_of() { # column name of binary $1 (1-based)
   else echo "#$1"; fi
 }
 
+# What scenario $1 adds to scenario $2 per request, for each binary, when both ran: a title ($3),
+# a line per binary, and what nginx lacks ($4).
+difference() {
+  local with=$1 base=$2 i
+  [[ " $SCENARIOS " == *" $with "* && " $SCENARIOS " == *" $base "* ]] || return 0
+  echo
+  echo "$3"
+  for i in $(seq "$NB"); do
+    echo "$(name_of "$i") $(thousands "$((${R[$with,$i]} - ${R[$base,$i]}))") instructions per request ($with ÷ $base: $(change "${R[$with,$i]}" "${R[$base,$i]}"))."
+  done
+  echo "$4"
+}
+
 report() {
   local s i head="| scenario | nginx" sep="|---|--:" line
   for i in $(seq "$NB"); do
@@ -350,22 +363,10 @@ report() {
     for i in $(seq 2 "$NB"); do line+=" | $(change "${R[$s,$i]}" "${R[$s,1]}")"; done
     echo "$line |"
   done
-  if [[ " $SCENARIOS " == *" a "* && " $SCENARIOS " == *" h "* ]]; then
-    echo
-    echo "The flag gate (h − a, the gate, one evaluation of its flag and the injected header):"
-    for i in $(seq "$NB"); do
-      echo "$(name_of "$i") $(thousands "$((${R[h,$i]} - ${R[a,$i]}))") instructions per request (h ÷ a: $(change "${R[h,$i]}" "${R[a,$i]}"))."
-    done
-    echo "nginx has no flag gates: its h is n/a."
-  fi
-  if [[ " $SCENARIOS " == *" f "* && " $SCENARIOS " == *" g "* ]]; then
-    echo
-    echo "Failover when nothing fails (g − f, the FailoverPolicy upstream against the plain outbound call):"
-    for i in $(seq "$NB"); do
-      echo "$(name_of "$i") $(thousands "$((${R[g,$i]} - ${R[f,$i]}))") instructions per request (g ÷ f: $(change "${R[g,$i]}" "${R[f,$i]}"))."
-    done
-    echo "nginx proxies only to configured upstreams, not as a forward proxy: its f and g are n/a."
-  fi
+  difference h a "The flag gate (h − a, the gate, one evaluation of its flag and the injected header):" \
+    "nginx has no flag gates: its h is n/a."
+  difference g f "Failover when nothing fails (g − f, the FailoverPolicy upstream against the plain outbound call):" \
+    "nginx proxies only to configured upstreams, not as a forward proxy: its f and g are n/a."
   echo
   echo "Totals from start to exit, short run / long run, and the seconds the long run's last"
   echo "$REQUESTS requests took under valgrind:"
